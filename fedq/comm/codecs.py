@@ -1,0 +1,361 @@
+"""Update codecs: ``encode(vector) -> arrays`` and ``decode(arrays) -> vector``.
+
+A client flattens its update (local - global, all float tensors) into one float32
+vector and encodes it; the arrays returned by ``encode`` are exactly what goes on
+the wire, so ``payload_bytes(arrays)`` is the honest byte count. Everything the
+decoder needs apart from ``numel`` (the model size, known to both sides) travels
+inside those arrays, and ``decode`` rejects any payload that does not match.
+
+Bit packing is LSB-first (see ``fedq.comm.bitpack``).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+import numpy as np
+
+from fedq.comm.bitpack import pack_bits, packed_nbytes, unpack_bits
+from fedq.comm.errors import CodecError
+from fedq.comm.indexcode import decode_sorted_indices, encode_sorted_indices
+
+CODEC_NAMES = ("fp32", "fp16", "uniform", "sign", "topk")
+QUANT_BITS = range(2, 9)
+FP16_MAX = float(np.finfo(np.float16).max)
+
+
+class UpdateCodec(ABC):
+    """Turns a flat float32 update into wire arrays and back."""
+
+    name: ClassVar[str]
+    biased: ClassVar[bool] = False  # True: needs error feedback
+
+    @property
+    @abstractmethod
+    def bits_per_value(self) -> float:
+        """Nominal bits per model parameter, for reports (payload_bytes is the real count)."""
+
+    @abstractmethod
+    def encode(self, vector: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        """Encode a 1-D float vector into the arrays that are sent."""
+
+    @abstractmethod
+    def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
+        """Decode a payload into a float32 vector of shape ``(numel,)``; raise CodecError if malformed."""
+
+
+@dataclass(frozen=True)
+class Fp32Codec(UpdateCodec):
+    name: ClassVar[str] = "fp32"
+
+    @property
+    def bits_per_value(self) -> float:
+        return 32.0
+
+    def encode(self, vector: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        return [_as_update(vector).copy()]
+
+    def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
+        (values,) = _check_payload(self.name, arrays, [("values", np.float32, numel)])
+        return _finite(self.name, values.copy())
+
+
+@dataclass(frozen=True)
+class Fp16Codec(UpdateCodec):
+    name: ClassVar[str] = "fp16"
+
+    @property
+    def bits_per_value(self) -> float:
+        return 16.0
+
+    def encode(self, vector: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        x = _as_update(vector)
+        _check_fp16_range(_max(np.abs(x)))
+        return [x.astype(np.float16)]
+
+    def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
+        (values,) = _check_payload(self.name, arrays, [("values", np.float16, numel)])
+        return _finite(self.name, values.astype(np.float32))
+
+
+@dataclass(frozen=True)
+class UniformCodec(UpdateCodec):
+    """Unbiased stochastic rounding to 2**bits levels spread over [-s, s] per block.
+
+    ``s`` is the block's max |x| rounded up to float16, so the scale the decoder uses
+    is exactly the one the encoder used and every value lies inside the level range.
+    Payload: ``[codes (uint8, bits-packed), scales (float16, one per block)]``.
+    """
+
+    bits: int = 8
+    block_size: int = 1024
+    name: ClassVar[str] = "uniform"
+
+    @property
+    def bits_per_value(self) -> float:
+        return float(self.bits)
+
+    def encode(self, vector: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        codes, scales = _quantize(_as_update(vector), self.bits, self.block_size, rng)
+        return [pack_bits(codes, self.bits), scales]
+
+    def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
+        packed, scales = _check_payload(
+            self.name,
+            arrays,
+            [
+                ("codes", np.uint8, packed_nbytes(numel, self.bits)),
+                ("scales", np.float16, _num_blocks(numel, self.block_size)),
+            ],
+        )
+        _check_scales(self.name, scales)
+        codes = unpack_bits(packed, self.bits, numel)
+        return _finite(self.name, _dequantize(codes, scales, self.bits, self.block_size))
+
+
+@dataclass(frozen=True)
+class SignCodec(UpdateCodec):
+    """1 bit per value (1 = negative, zero counts as positive) times the block's mean |x|.
+
+    Payload: ``[sign bits (uint8, packed), scales (float16, one per block)]``.
+    """
+
+    block_size: int = 1024
+    name: ClassVar[str] = "sign"
+    biased: ClassVar[bool] = True
+
+    @property
+    def bits_per_value(self) -> float:
+        return 1.0
+
+    def encode(self, vector: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        x = _as_update(vector)
+        abs_blocks = _blocks(np.abs(x), self.block_size)
+        counts = np.full(len(abs_blocks), self.block_size, np.float32)
+        if len(counts):
+            counts[-1] = x.size - (len(counts) - 1) * self.block_size
+        means = abs_blocks.sum(axis=1, dtype=np.float32) / counts
+        _check_fp16_range(_max(means))
+        return [pack_bits(x < 0, 1), means.astype(np.float16)]
+
+    def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
+        packed, scales = _check_payload(
+            self.name,
+            arrays,
+            [
+                ("signs", np.uint8, packed_nbytes(numel, 1)),
+                ("scales", np.float16, _num_blocks(numel, self.block_size)),
+            ],
+        )
+        _check_scales(self.name, scales)
+        signs = 1.0 - 2.0 * _blocks(unpack_bits(packed, 1, numel).astype(np.float32), self.block_size)
+        values = (signs * scales.astype(np.float32)[:, None]).ravel()[:numel]
+        return _finite(self.name, values)
+
+
+@dataclass(frozen=True)
+class TopKCodec(UpdateCodec):
+    """Keep the ``ceil(density * n)`` largest-magnitude entries.
+
+    Indices are Rice-coded gaps (``fedq.comm.indexcode``); values are quantized with
+    the unbiased uniform quantizer, blocks taken over the kept values in index order.
+    Payload: ``[header uint32 [k, rice_bits], unary gap quotients (uint8),
+    gap remainders (uint8), value codes (uint8), value scales (float16)]``.
+    """
+
+    density: float = 0.01
+    bits: int = 4
+    block_size: int = 1024
+    name: ClassVar[str] = "topk"
+    biased: ClassVar[bool] = True
+
+    @property
+    def bits_per_value(self) -> float:
+        return self.density * self.bits
+
+    def num_kept(self, numel: int) -> int:
+        return math.ceil(self.density * numel)
+
+    def encode(self, vector: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        x = _as_update(vector)
+        k = self.num_kept(x.size)
+        kept = np.sort(np.argpartition(np.abs(x), x.size - k)[x.size - k :]) if k else np.zeros(0, np.intp)
+        rice_bits, unary, remainders = encode_sorted_indices(kept)
+        codes, scales = _quantize(x[kept], self.bits, self.block_size, rng)
+        header = np.array([k, rice_bits], np.uint32)
+        return [header, unary, remainders, pack_bits(codes, self.bits), scales]
+
+    def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
+        header, unary, remainders, packed, scales = _check_payload(
+            self.name,
+            arrays,
+            [
+                ("header", np.uint32, 2),
+                ("index quotients", np.uint8, None),
+                ("index remainders", np.uint8, None),
+                ("value codes", np.uint8, None),
+                ("value scales", np.float16, None),
+            ],
+        )
+        k, rice_bits = int(header[0]), int(header[1])
+        expected_k = self.num_kept(numel)
+        if k != expected_k:
+            raise CodecError(f"topk payload: k={k}, expected {expected_k} ({self.density:g} of {numel} values)")
+        _check_length(self.name, "value codes", packed, packed_nbytes(k, self.bits))
+        _check_length(self.name, "value scales", scales, _num_blocks(k, self.block_size))
+        _check_scales(self.name, scales)
+        kept = decode_sorted_indices(rice_bits, unary, remainders, k, numel)
+        values = _dequantize(unpack_bits(packed, self.bits, k), scales, self.bits, self.block_size)
+        out = np.zeros(numel, np.float32)
+        out[kept] = values
+        return _finite(self.name, out)
+
+
+def make_codec(
+    name: str, bits: int | None = None, block_size: int = 1024, density: float = 0.01
+) -> UpdateCodec:
+    """Build a codec by name. ``bits`` sets the value bits of ``uniform`` (default 8) and
+    ``topk`` (default 4) and is ignored by ``fp32``, ``fp16`` and ``sign``."""
+    if block_size < 1:
+        raise CodecError(f"codec block_size must be >= 1, got {block_size}")
+    if name == "fp32":
+        return Fp32Codec()
+    if name == "fp16":
+        return Fp16Codec()
+    if name == "sign":
+        return SignCodec(block_size)
+    if name == "uniform":
+        return UniformCodec(_value_bits(name, bits, 8), block_size)
+    if name == "topk":
+        if not 0.0 < density <= 1.0:
+            raise CodecError(f"codec topk: density must be in (0, 1], got {density}")
+        return TopKCodec(density, _value_bits(name, bits, 4), block_size)
+    raise CodecError(f"unknown codec {name!r}; choose one of {', '.join(CODEC_NAMES)}")
+
+
+def payload_bytes(arrays: Sequence[np.ndarray]) -> int:
+    """Bytes on the wire: the sum of the sizes of the arrays actually sent."""
+    return sum(int(a.nbytes) for a in arrays)
+
+
+def flatten_arrays(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Concatenate arrays (any shapes) into one float32 vector."""
+    if not arrays:
+        return np.zeros(0, np.float32)
+    return np.concatenate([np.asarray(a, np.float32).ravel() for a in arrays])
+
+
+def unflatten_vector(vector: np.ndarray, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    """Split a flat vector back into arrays of ``shapes`` (inverse of ``flatten_arrays``)."""
+    sizes = [math.prod(s) for s in shapes]
+    if vector.ndim != 1 or vector.size != sum(sizes):
+        raise CodecError(f"vector of shape {vector.shape} does not fill shapes totalling {sum(sizes)} values")
+    pieces = np.split(vector, np.cumsum(sizes)[:-1]) if sizes else []
+    return [p.reshape(s) for p, s in zip(pieces, shapes)]
+
+
+def _value_bits(name: str, bits: int | None, default: int) -> int:
+    bits = default if bits is None else bits
+    if bits not in QUANT_BITS:
+        raise CodecError(f"codec {name}: bits must be one of 2..8 (1 bit: use codec sign), got {bits}")
+    return bits
+
+
+def _as_update(vector: np.ndarray) -> np.ndarray:
+    x = np.asarray(vector)
+    if x.ndim != 1 or x.dtype.kind != "f":
+        raise CodecError(f"codecs encode a 1-D float vector, got shape {x.shape} dtype {x.dtype}")
+    x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise CodecError("update contains NaN or Inf; refusing to encode it")
+    return x
+
+
+def _max(values: np.ndarray) -> float:
+    return float(values.max()) if values.size else 0.0
+
+
+def _check_fp16_range(max_abs: float) -> None:
+    if max_abs > FP16_MAX:
+        raise CodecError(f"update magnitude {max_abs:.3g} exceeds the float16 range ({FP16_MAX:g})")
+
+
+def _num_blocks(numel: int, block_size: int) -> int:
+    return -(-numel // block_size)
+
+
+def _blocks(x: np.ndarray, block_size: int) -> np.ndarray:
+    """View ``x`` as (blocks, block_size), zero-padding the last block."""
+    n_blocks = _num_blocks(x.size, block_size)
+    if x.size != n_blocks * block_size:
+        x = np.concatenate([x, np.zeros(n_blocks * block_size - x.size, x.dtype)])
+    return x.reshape(n_blocks, block_size)
+
+
+def _fp16_ceil(values: np.ndarray) -> np.ndarray:
+    """Round non-negative float32 values up to the nearest float16."""
+    rounded = values.astype(np.float16)
+    low = rounded.astype(np.float32) < values
+    rounded[low] = np.nextafter(rounded[low], np.float16(np.inf))
+    return rounded
+
+
+def _quantize(
+    x: np.ndarray, bits: int, block_size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stochastic rounding of each block to codes 0..2**bits-1 for levels -s + code * 2s/(2**bits-1)."""
+    blocks = _blocks(x, block_size)
+    max_abs = np.abs(blocks).max(axis=1) if blocks.size else np.zeros(0, np.float32)
+    _check_fp16_range(_max(max_abs))
+    scales = _fp16_ceil(max_abs)
+    half = np.float32((2**bits - 1) / 2)
+    safe = np.where(scales > 0, scales.astype(np.float32), np.float32(1.0))
+    position = blocks * (half / safe)[:, None] + half  # in [0, 2**bits - 1]
+    position += rng.random(position.shape, dtype=np.float32)
+    codes = np.clip(np.floor(position), 0, 2**bits - 1).astype(np.uint8)
+    return codes.ravel()[: x.size], scales
+
+
+def _dequantize(codes: np.ndarray, scales: np.ndarray, bits: int, block_size: int) -> np.ndarray:
+    s = scales.astype(np.float32)[:, None]
+    step = s / np.float32((2**bits - 1) / 2)
+    return (_blocks(codes.astype(np.float32), block_size) * step - s).ravel()[: codes.size]
+
+
+def _check_payload(
+    codec: str, arrays: Sequence[np.ndarray], spec: list[tuple[str, type, int | None]]
+) -> list[np.ndarray]:
+    """Check the number of arrays, and each array's dtype, 1-D shape and length (None = any)."""
+    if len(arrays) != len(spec):
+        raise CodecError(f"{codec} payload has {len(arrays)} arrays, expected {len(spec)}")
+    checked = []
+    for array, (label, dtype, length) in zip(arrays, spec):
+        array = np.asarray(array)
+        if array.dtype != dtype or array.ndim != 1:
+            raise CodecError(
+                f"{codec} payload: {label} is {array.dtype} with shape {array.shape}, "
+                f"expected 1-D {np.dtype(dtype)}"
+            )
+        if length is not None:
+            _check_length(codec, label, array, length)
+        checked.append(array)
+    return checked
+
+
+def _check_length(codec: str, label: str, array: np.ndarray, length: int) -> None:
+    if array.size != length:
+        raise CodecError(f"{codec} payload: {label} has {array.size} entries, expected {length}")
+
+
+def _check_scales(codec: str, scales: np.ndarray) -> None:
+    if not (np.isfinite(scales).all() and (scales >= 0).all()):
+        raise CodecError(f"{codec} payload: scales must be finite and non-negative")
+
+
+def _finite(codec: str, values: np.ndarray) -> np.ndarray:
+    if not np.isfinite(values).all():
+        raise CodecError(f"{codec} payload decodes to NaN or Inf")
+    return values

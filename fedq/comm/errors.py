@@ -1,0 +1,5 @@
+"""The one exception type of the codecs, kept apart so that every module can raise it."""
+
+
+class CodecError(ValueError):
+    """A codec was asked for something it cannot do, or a payload is malformed."""

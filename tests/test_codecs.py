@@ -1,0 +1,299 @@
+import math
+import time
+
+import numpy as np
+import pytest
+
+from fedq.comm import (
+    CodecError,
+    encode_with_feedback,
+    flatten_arrays,
+    make_codec,
+    payload_bytes,
+    unflatten_vector,
+)
+from fedq.comm.bitpack import pack_bits, packed_nbytes, unpack_bits
+from fedq.comm.indexcode import decode_sorted_indices, encode_sorted_indices
+
+
+def normal(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(n).astype(np.float32)
+
+
+def round_trip(codec, x, seed=1):
+    arrays = codec.encode(x, np.random.default_rng(seed))
+    return arrays, codec.decode(arrays, x.size)
+
+
+# --- bit packing -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("width", [0, 1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 21, 32])
+@pytest.mark.parametrize("count", [0, 1, 7, 8, 9, 1001])
+def test_pack_bits_round_trip_uses_exactly_width_bits(width, count):
+    rng = np.random.default_rng(width * 100 + count)
+    values = rng.integers(0, 2**width, count, dtype=np.uint64)
+    packed = pack_bits(values, width)
+    assert packed.dtype == np.uint8
+    assert packed.size == packed_nbytes(count, width)
+    assert packed.size * 8 - count * width < 8 * (1 + width // 8)  # padding below one byte per stream
+    assert np.array_equal(unpack_bits(packed, width, count).astype(np.uint64), values)
+
+
+@pytest.mark.parametrize("width", range(1, 9))
+def test_pack_bits_is_lsb_first_stream(width):
+    values = np.random.default_rng(width).integers(0, 2**width, 101).astype(np.uint8)
+    bits = ((values[:, None] >> np.arange(width)) & 1).astype(np.uint8).ravel()
+    assert np.array_equal(pack_bits(values, width), np.packbits(bits, bitorder="little"))
+
+
+# --- index coding ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "indices,numel",
+    [
+        ([], 10),
+        ([0], 1),
+        ([9], 10),
+        (list(range(50)), 50),
+        ([0, 1, 2, 999_990, 999_999], 1_000_000),
+        (sorted(np.random.default_rng(0).choice(100_000, 1000, replace=False).tolist()), 100_000),
+    ],
+)
+def test_index_code_round_trip(indices, numel):
+    idx = np.array(indices, np.int64)
+    r, unary, rem = encode_sorted_indices(idx)
+    assert np.array_equal(decode_sorted_indices(r, unary, rem, idx.size, numel), idx)
+
+
+def test_index_code_is_compact_for_random_and_clustered_positions():
+    n, k = 1_000_000, 10_000
+    scattered = np.sort(np.random.default_rng(0).choice(n, k, replace=False))
+    clustered = np.arange(n - k, n)
+    for idx in (scattered, clustered):
+        r, unary, rem = encode_sorted_indices(idx)
+        bits_per_index = 8 * (unary.size + rem.size) / k
+        assert bits_per_index < 10, bits_per_index
+
+
+def test_index_code_rejects_tampered_streams():
+    idx = np.array([3, 17, 40], np.int64)
+    r, unary, rem = encode_sorted_indices(idx)
+    with pytest.raises(CodecError, match="out of range"):
+        decode_sorted_indices(r, unary, rem, 3, 40)
+    with pytest.raises(CodecError, match="expected 2"):
+        decode_sorted_indices(r, unary, rem[: packed_nbytes(2, r)], 2, 100)
+    with pytest.raises(CodecError, match="unary"):
+        decode_sorted_indices(r, np.concatenate([unary, [255]]).astype(np.uint8), rem, 3, 100)
+    with pytest.raises(CodecError, match="Rice parameter"):
+        decode_sorted_indices(40, unary, rem, 3, 100)
+
+
+# --- codecs ------------------------------------------------------------------
+
+
+def test_fp32_is_exact_and_fp16_is_a_cast():
+    x = normal(5000)
+    arrays, y = round_trip(make_codec("fp32"), x)
+    assert np.array_equal(y, x) and payload_bytes(arrays) == 4 * x.size
+    arrays, y = round_trip(make_codec("fp16"), x)
+    assert arrays[0].dtype == np.float16 and payload_bytes(arrays) == 2 * x.size
+    assert y.dtype == np.float32 and np.array_equal(y, x.astype(np.float16).astype(np.float32))
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_uniform_levels_error_and_packing(bits):
+    block = 256
+    x = normal(10 * block + 37) * 0.01
+    codec = make_codec("uniform", bits, block_size=block)
+    arrays, y = round_trip(codec, x)
+    codes, scales = arrays
+    assert codes.dtype == np.uint8 and codes.size == math.ceil(x.size * bits / 8)
+    assert scales.dtype == np.float16 and scales.size == math.ceil(x.size / block)
+    s = scales.astype(np.float32)
+    padded = np.concatenate([x, np.zeros(-x.size % block, np.float32)]).reshape(-1, block)
+    assert np.all(s >= np.abs(padded).max(axis=1))  # scale rounded up to fp16
+    assert np.all(s <= np.abs(padded).max(axis=1) * (1 + 2**-10))
+    step = np.repeat(2 * s / (2**bits - 1), block)[: x.size]
+    assert np.all(np.abs(y - x) <= step * 1.0001)
+    for b in range(len(s)):
+        assert len(np.unique(y[b * block : (b + 1) * block])) <= 2**bits
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_uniform_is_unbiased(bits):
+    n, draws = 256, 4000
+    x = normal(n, seed=3)
+    codec = make_codec("uniform", bits, block_size=n)
+    # One block per copy: every copy gets the same scale and independent rounding.
+    y = codec.decode(codec.encode(np.tile(x, draws), np.random.default_rng(0)), n * draws)
+    mean = y.reshape(draws, n).mean(axis=0)
+    step = 2 * np.abs(x).max() / (2**bits - 1)
+    assert np.abs(mean - x).max() < 5 * step / (2 * math.sqrt(draws))
+
+
+def test_sign_sends_block_mean_magnitude():
+    block = 100
+    x = normal(1050)
+    x[5] = 0.0
+    arrays, y = round_trip(make_codec("sign", block_size=block), x)
+    assert arrays[0].size == math.ceil(x.size / 8)
+    for b in range(math.ceil(x.size / block)):
+        part = x[b * block : (b + 1) * block]
+        scale = np.float32(np.float16(np.abs(part).mean()))
+        assert np.array_equal(y[b * block : (b + 1) * block], np.where(part < 0, -scale, scale))
+    assert y[5] > 0
+
+
+def test_topk_keeps_the_largest_entries():
+    x = normal(100_000)
+    codec = make_codec("topk", 4, density=0.01)
+    arrays, y = round_trip(codec, x)
+    k = 1000
+    assert arrays[0].tolist()[0] == k
+    kept = np.flatnonzero(y)
+    assert np.array_equal(kept, np.sort(np.argsort(-np.abs(x))[:k]))
+    step = 2 * np.abs(x).max() / 15
+    assert np.abs(y[kept] - x[kept]).max() <= step
+
+
+def test_topk_handles_clustered_and_full_density():
+    x = np.zeros(50_000, np.float32)
+    x[-500:] = normal(500)  # every kept index at the end of the vector
+    _, y = round_trip(make_codec("topk", 8, density=0.01), x)
+    assert np.array_equal(np.flatnonzero(y), np.arange(49_500, 50_000))
+    x = normal(3000)
+    _, y = round_trip(make_codec("topk", 8, density=1.0, block_size=64), x)
+    assert np.abs(y - x).max() <= 2 * np.abs(x).max() / 255
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_uniform_compression_ratio(bits):
+    x = normal(1_000_000)
+    arrays = make_codec("uniform", bits).encode(x, np.random.default_rng(0))
+    assert 4 * x.size / payload_bytes(arrays) >= 0.95 * 32 / bits
+
+
+def test_sign_compression_ratio():
+    x = normal(1_000_000)
+    arrays = make_codec("sign").encode(x, np.random.default_rng(0))
+    assert 4 * x.size / payload_bytes(arrays) >= 28
+
+
+def test_topk_compression_ratio():
+    x = normal(1_000_000)
+    arrays = make_codec("topk", 4, density=0.01).encode(x, np.random.default_rng(0))
+    assert 4 * x.size / payload_bytes(arrays) >= 100
+
+
+@pytest.mark.parametrize("name,bits", [("uniform", 4), ("sign", None)])
+def test_ten_million_values_encode_and_decode_fast(name, bits):
+    x = normal(10_000_000)
+    codec = make_codec(name, bits)
+    start = time.perf_counter()
+    codec.decode(codec.encode(x, np.random.default_rng(0)), x.size)
+    assert time.perf_counter() - start < 1.0
+
+
+# --- bad settings and malformed payloads --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(name="gzip"), "unknown codec 'gzip'; choose one of fp32, fp16, uniform, sign, topk"),
+        (dict(name="uniform", bits=1), "bits must be one of 2..8"),
+        (dict(name="uniform", bits=16), "bits must be one of 2..8"),
+        (dict(name="topk", bits=1), "bits must be one of 2..8"),
+        (dict(name="topk", density=0.0), r"density must be in \(0, 1\]"),
+        (dict(name="topk", density=1.5), r"density must be in \(0, 1\]"),
+        (dict(name="sign", block_size=0), "block_size must be >= 1"),
+    ],
+)
+def test_make_codec_rejects_bad_settings(kwargs, message):
+    with pytest.raises(CodecError, match=message):
+        make_codec(**kwargs)
+
+
+def test_encode_rejects_non_finite_and_out_of_range_updates():
+    x = normal(100)
+    x[3] = np.nan
+    with pytest.raises(CodecError, match="NaN"):
+        make_codec("uniform").encode(x, np.random.default_rng(0))
+    with pytest.raises(CodecError, match="float16 range"):
+        make_codec("fp16").encode(np.array([1e6], np.float32), np.random.default_rng(0))
+    with pytest.raises(CodecError, match="1-D float"):
+        make_codec("fp32").encode(np.zeros((2, 2), np.float32), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("name", ["fp32", "fp16", "uniform", "sign", "topk"])
+def test_decode_rejects_wrong_count_dtype_and_length(name):
+    codec = make_codec(name, density=0.1)
+    n = 1000
+    arrays = codec.encode(normal(n), np.random.default_rng(0))
+    with pytest.raises(CodecError, match="arrays, expected"):
+        codec.decode(arrays + [np.zeros(1, np.uint8)], n)
+    with pytest.raises(CodecError, match="expected 1-D"):
+        codec.decode([a.astype(np.float64) for a in arrays], n)
+    with pytest.raises(CodecError):
+        codec.decode(arrays, n + 100)
+
+
+def test_decode_rejects_bad_header_scales_and_values():
+    n = 1000
+    rng = np.random.default_rng(0)
+    topk = make_codec("topk", density=0.1)
+    arrays = topk.encode(normal(n), rng)
+    arrays[0] = np.array([n + 1, arrays[0][1]], np.uint32)
+    with pytest.raises(CodecError, match="k=1001, expected 100"):
+        topk.decode(arrays, n)
+    uniform = make_codec("uniform", 4)
+    codes, scales = uniform.encode(normal(n), rng)
+    scales[0] = np.inf
+    with pytest.raises(CodecError, match="scales must be finite"):
+        uniform.decode([codes, scales], n)
+    with pytest.raises(CodecError, match="NaN"):
+        make_codec("fp32").decode([np.full(n, np.nan, np.float32)], n)
+
+
+# --- flattening and error feedback ------------------------------------------
+
+
+def test_flatten_unflatten_round_trip():
+    arrays = [np.ones((3, 4)), np.arange(5, dtype=np.float16), np.zeros(())]
+    flat = flatten_arrays(arrays)
+    assert flat.dtype == np.float32 and flat.size == 18
+    back = unflatten_vector(flat, [a.shape for a in arrays])
+    assert [b.shape for b in back] == [(3, 4), (5,), ()]
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, back))
+    with pytest.raises(CodecError, match="does not fill"):
+        unflatten_vector(flat, [(3, 4)])
+
+
+@pytest.mark.parametrize("name", ["sign", "topk"])
+def test_error_feedback_residual_holds_what_was_not_sent(name):
+    codec = make_codec(name, density=0.05)
+    rng = np.random.default_rng(0)
+    inputs = [normal(2000, seed=s) for s in range(20)]
+    residual, sent = None, np.zeros(2000, np.float64)
+    for x in inputs:
+        arrays, residual = encode_with_feedback(codec, x, residual, rng)
+        sent += codec.decode(arrays, x.size)
+    np.testing.assert_allclose(sent + residual, np.sum(inputs, axis=0), atol=1e-4)
+
+
+def test_error_feedback_makes_sign_messages_converge_to_the_true_mean():
+    codec = make_codec("sign", block_size=1000)
+    rng = np.random.default_rng(0)
+    target = normal(1000) + 0.5
+    rounds = 400
+    with_feedback, without, residual = np.zeros(1000), np.zeros(1000), None
+    for _ in range(rounds):
+        arrays, residual = encode_with_feedback(codec, target, residual, rng)
+        with_feedback += codec.decode(arrays, target.size) / rounds
+        without += codec.decode(codec.encode(target, rng), target.size) / rounds
+    error_with = np.abs(with_feedback - target).mean()
+    error_without = np.abs(without - target).mean()
+    assert error_with < 0.05 * np.abs(target).mean()
+    assert error_without > 10 * error_with
