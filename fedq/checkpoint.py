@@ -1,0 +1,132 @@
+"""Training checkpoints: a folder with everything needed to rebuild and re-score a model.
+
+    model.safetensors   latent (QAT) weights and quantizer parameters
+    config.yaml         the resolved run config
+    tokenizer.model     the SentencePiece model the weights were trained with
+    meta.json           shape, tokenizer fingerprint, scores
+    model.fedq          the packed deployed form (what evaluation runs)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from fedq.config import FedqConfig
+from fedq.data.tokenizer import SubwordTokenizer
+from fedq.model.transformer import Transformer
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+TOKENIZER = "tokenizer.model"
+META = "meta.json"
+DEPLOYED = "model.fedq"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    folder: str | Path,
+    model: Transformer,
+    cfg: FedqConfig,
+    tokenizer: SubwordTokenizer,
+    meta: dict | None = None,
+) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    tmp = folder / (WEIGHTS + ".tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, folder / WEIGHTS)
+    _atomic_write_text(folder / CONFIG, OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    tokenizer.save(folder / TOKENIZER)
+    full_meta = {"shape": model.shape.to_dict(), "tokenizer_fingerprint": tokenizer.fingerprint}
+    full_meta.update(meta or {})
+    _atomic_write_text(folder / META, json.dumps(full_meta, indent=2))
+    return folder
+
+
+def update_meta(folder: str | Path, **values: object) -> None:
+    path = Path(folder) / META
+    meta = json.loads(path.read_text())
+    meta.update(values)
+    _atomic_write_text(path, json.dumps(meta, indent=2))
+
+
+def checkpoint_folder(path: str | Path) -> Path:
+    """Accept the folder or any file inside it."""
+    path = Path(os.path.expanduser(str(path)))
+    folder = path if path.is_dir() else path.parent
+    if not (folder / WEIGHTS).is_file():
+        raise CheckpointError(f"no checkpoint at {path} (expected a folder with {WEIGHTS})")
+    return folder
+
+
+@dataclass
+class Checkpoint:
+    folder: Path
+    config: FedqConfig
+    tokenizer: SubwordTokenizer
+    meta: dict
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        try:
+            return load_file(str(self.folder / WEIGHTS))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"cannot read {self.folder / WEIGHTS}: {err}") from None
+
+    @property
+    def deployed_path(self) -> Path:
+        return self.folder / DEPLOYED
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    from fedq.config import FedqConfig as Schema
+
+    folder = checkpoint_folder(path)
+    try:
+        raw = OmegaConf.load(folder / CONFIG)
+        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Schema), raw))
+        meta = json.loads((folder / META).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {folder} is incomplete or corrupt: {err}") from None
+    tokenizer = SubwordTokenizer.load(folder / TOKENIZER)
+    if tokenizer.fingerprint != meta.get("tokenizer_fingerprint"):
+        raise CheckpointError(f"checkpoint {folder}: {TOKENIZER} is not the vocabulary its weights were trained with")
+    return Checkpoint(folder, config, tokenizer, meta)
+
+
+def load_weights_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Load ``state`` into ``model``; shape mismatches are a clear error.
+
+    Keys the model does not have (e.g. quantizer steps of a QAT checkpoint loaded
+    into another setting) are skipped and returned; missing keys are an error.
+    """
+    own = model.state_dict()
+    missing = [key for key in own if key not in state]
+    if missing:
+        raise CheckpointError(f"{source} lacks {len(missing)} tensors of this model (first: {missing[0]})")
+    for key, tensor in own.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{source}: tensor {key} has shape {tuple(state[key].shape)}, this model expects {tuple(tensor.shape)}"
+                " (different model preset or vocabulary?)"
+            )
+    model.load_state_dict({key: state[key] for key in own}, strict=True)
+    return [key for key in state if key not in own]
+

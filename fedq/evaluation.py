@@ -1,0 +1,72 @@
+"""Translate a set of sentences and score them with sacreBLEU."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sacrebleu
+import torch
+
+from fedq.config import DecodeConfig
+from fedq.data.tokenizer import SubwordTokenizer
+from fedq.model.decoding import beam_search, greedy_decode
+from fedq.model.transformer import Transformer
+
+
+@dataclass(frozen=True)
+class BleuResult:
+    score: float
+    signature: str
+    sentences: int
+
+    def __str__(self) -> str:
+        return f"BLEU {self.score:.2f} ({self.sentences} sentences; {self.signature})"
+
+
+def translate(
+    model: Transformer,
+    tokenizer: SubwordTokenizer,
+    sources: Sequence[str],
+    decode: DecodeConfig,
+    device: torch.device,
+) -> list[str]:
+    """Detokenized translations, batched by source length, returned in input order."""
+    model.eval()
+    max_src = model.shape.max_positions
+    encoded = [tokenizer.encode(text)[:max_src] for text in sources]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    outputs: list[str] = [""] * len(encoded)
+    for start in range(0, len(order), decode.batch_size):
+        index = order[start : start + decode.batch_size]
+        width = max(1, max(len(encoded[i]) for i in index))
+        src = torch.full((len(index), width), tokenizer.pad_id, dtype=torch.long)
+        for row, i in enumerate(index):
+            src[row, : len(encoded[i])] = torch.tensor(encoded[i], dtype=torch.long)
+        src = src.to(device)
+        max_len = int(decode.max_len_a * width + decode.max_len_b)
+        if decode.beam > 1:
+            ids = beam_search(model, src, tokenizer.bos_id, tokenizer.eos_id, max_len, decode.beam, decode.length_penalty)
+        else:
+            ids = greedy_decode(model, src, tokenizer.bos_id, tokenizer.eos_id, max_len)
+        for row, i in enumerate(index):
+            outputs[i] = tokenizer.decode(ids[row])
+    return outputs
+
+
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> BleuResult:
+    """sacreBLEU on detokenized text against the raw references (default 13a tokenization)."""
+    metric = sacrebleu.BLEU()
+    score = metric.corpus_score(list(hypotheses), [list(references)])
+    return BleuResult(score=score.score, signature=str(metric.get_signature()), sentences=len(hypotheses))
+
+
+def evaluate_bleu(
+    model: Transformer,
+    tokenizer: SubwordTokenizer,
+    pairs: Sequence[tuple[str, str]],
+    decode: DecodeConfig,
+    device: torch.device,
+) -> tuple[BleuResult, list[str]]:
+    hypotheses = translate(model, tokenizer, [src for src, _ in pairs], decode, device)
+    return corpus_bleu(hypotheses, [tgt for _, tgt in pairs]), hypotheses
