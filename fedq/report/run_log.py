@@ -1,0 +1,92 @@
+"""Results of a federated run: one JSON row per round, a summary, a plot.
+
+Rows are appended and flushed as each round ends, so a crash loses nothing
+that was already measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+PLOT_FILE = "bleu_vs_uplink.png"
+
+
+class RunLog:
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict[str, Any]] = []
+        (self.out_dir / METRICS_FILE).write_text("")
+
+    def write_round(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        with open(self.out_dir / METRICS_FILE, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def write_summary(self, summary: dict[str, Any]) -> Path:
+        path = self.out_dir / SUMMARY_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, path)
+        return path
+
+
+def read_rows(out_dir: str | Path) -> list[dict[str, Any]]:
+    lines = (Path(out_dir) / METRICS_FILE).read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def summarize_traffic(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals over the per-round rows; the ratio is fp32 bytes / bytes sent."""
+    up = sum(row["uplink_bytes"] for row in rows)
+    down = sum(row["downlink_bytes"] for row in rows)
+    up32 = sum(row["fp32_uplink_bytes"] for row in rows)
+    down32 = sum(row["fp32_downlink_bytes"] for row in rows)
+    return {
+        "rounds": len(rows),
+        "uplink_bytes": up,
+        "downlink_bytes": down,
+        "fp32_uplink_bytes": up32,
+        "fp32_downlink_bytes": down32,
+        "uplink_ratio": up32 / up if up else None,
+        "downlink_ratio": down32 / down if down else None,
+        "total_ratio": (up32 + down32) / (up + down) if up + down else None,
+        "rejected_updates": sum(row["rejected"] for row in rows),
+    }
+
+
+def plot_run(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """BLEU against cumulative uplink MB (left) and train loss against round (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cumulative, total = [], 0
+    for row in rows:
+        total += row["uplink_bytes"]
+        cumulative.append(total / 1e6)
+    evaluated = [(mb, row["valid_bleu"]) for mb, row in zip(cumulative, rows) if row.get("valid_bleu") is not None]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    if evaluated:
+        left.plot([mb for mb, _ in evaluated], [bleu for _, bleu in evaluated], marker="o")
+    left.set_xlabel("cumulative uplink MB")
+    left.set_ylabel("valid BLEU (deployed form)")
+    left.grid(alpha=0.3)
+    right.plot([row["round"] for row in rows], [row["train_loss"] for row in rows], marker=".")
+    right.set_xlabel("round")
+    right.set_ylabel("train loss (label-smoothed, per token)")
+    right.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
