@@ -34,7 +34,8 @@ def translate(
     """Detokenized translations, batched by source length, returned in input order."""
     model.eval()
     max_src = model.shape.max_positions
-    encoded = [tokenizer.encode(text)[:max_src] for text in sources]
+    # An empty source would be an all-pad row (attention over nothing): give it one unk.
+    encoded = [tokenizer.encode(text)[:max_src] or [tokenizer.unk_id] for text in sources]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     outputs: list[str] = [""] * len(encoded)
     for start in range(0, len(order), decode.batch_size):

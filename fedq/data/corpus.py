@@ -1,0 +1,64 @@
+"""The one shape every corpus takes: train/valid/test lists of (source, target) strings."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+Pairs = list[tuple[str, str]]
+
+
+class CorpusError(ValueError):
+    """A corpus cannot be found, downloaded or read; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class ParallelCorpus:
+    name: str
+    src_lang: str
+    tgt_lang: str
+    train: Pairs
+    valid: Pairs
+    test: Pairs
+    train_talks: Optional[list[str]] = None  # talk id per training pair (IWSLT), for natural partitions
+
+    def fingerprint(self) -> str:
+        """Stable hash of the languages and every string, for cache keys (tokenizer, shards)."""
+        h = hashlib.sha256()
+        _update(h, [self.src_lang, self.tgt_lang])
+        for split in (self.train, self.valid, self.test):
+            _update(h, [f"split:{len(split)}"])
+            for src, tgt in split:
+                _update(h, (src, tgt))
+        _update(h, ["talks"] + list(self.train_talks or []))
+        return h.hexdigest()
+
+
+def _update(h: Any, strings: Iterable[str]) -> None:
+    # Length-prefixed, so that no two different string sequences hash alike.
+    for s in strings:
+        data = s.encode("utf-8")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+
+
+def download(url: str, dest: Path, timeout: float = 60.0) -> None:
+    """Fetch ``url`` into ``dest`` through a temp file and an atomic rename (no half-written caches).
+
+    Raises OSError (urllib's errors included) for the caller to turn into a CorpusError.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            shutil.copyfileobj(response, out, length=1 << 20)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
