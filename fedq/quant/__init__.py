@@ -1,0 +1,39 @@
+"""Quantization-aware training: quantizers (STE), quantized layers, swapping by scope, packing, deployed file."""
+
+from fedq.quant.deployed import DeployedFormatError, DeployedSize, load_deployed, save_deployed
+from fedq.quant.layers import ActQuantLinear, QuantLinear, QuantTiedEmbedding
+from fedq.quant.packing import pack_bits, packed_nbytes, unpack_bits
+from fedq.quant.quantizers import (
+    ActQuantizer,
+    QuantConfigError,
+    WeightQuantizer,
+    bits_per_weight,
+    make_weight_quantizer,
+    resolve_method,
+    validate_quant_config,
+)
+from fedq.quant.swap import describe_quantization, quant_summary, quantize_model, quantized_modules
+
+__all__ = [
+    "ActQuantLinear",
+    "ActQuantizer",
+    "DeployedFormatError",
+    "DeployedSize",
+    "QuantConfigError",
+    "QuantLinear",
+    "QuantTiedEmbedding",
+    "WeightQuantizer",
+    "bits_per_weight",
+    "describe_quantization",
+    "load_deployed",
+    "make_weight_quantizer",
+    "pack_bits",
+    "packed_nbytes",
+    "quant_summary",
+    "quantize_model",
+    "quantized_modules",
+    "resolve_method",
+    "save_deployed",
+    "unpack_bits",
+    "validate_quant_config",
+]

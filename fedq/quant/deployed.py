@@ -1,0 +1,206 @@
+"""The deployed model file: packed low-bit codes + fp16 scales, everything else fp32.
+
+Layout::
+
+    b"FEDQPK01"                 8 bytes of magic
+    header length               uint64, little-endian
+    header                      UTF-8 JSON (format_version, shape, quant, metadata, tensors)
+    payload                     the tensors' bytes; table offsets count from here
+
+A quantized weight is stored as its integer codes packed at the quantizer's bit
+width (binary 1, ternary 2) plus one fp16 scale per output channel. Biases,
+layer norms and unquantized weights stay fp32: they are small, and the size
+report counts them separately. Loading dequantizes the codes into exactly the
+floats the fake-quantized model used, so the logits match.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedq.model.transformer import Transformer, TransformerShape
+from fedq.quant.layers import ActQuantLinear
+from fedq.quant.packing import pack_bits, packed_nbytes, unpack_bits
+from fedq.quant.quantizers import QUANTIZERS, ActQuantizer
+from fedq.quant.swap import quant_summary, quantized_modules
+
+MAGIC = b"FEDQPK01"
+FORMAT_VERSION = 1
+_LENGTH = struct.Struct("<Q")
+
+
+class DeployedFormatError(ValueError):
+    """A deployed file that is not one, is damaged, or does not match its header."""
+
+
+@dataclass
+class DeployedSize:
+    """Bytes of a deployed file, by part. ``fp32_bytes``: all its tensors at fp32."""
+
+    file_bytes: int
+    fp32_bytes: int
+    quantized_fp32_bytes: int  # the quantized weights, were they fp32
+    quantized_packed_bytes: int  # their packed codes + fp16 scales
+    other_bytes: int  # fp32 tensors: biases, norms, unquantized weights
+    header_bytes: int
+
+    def describe(self) -> str:
+        mb = 1e6
+        return (
+            f"{self.file_bytes / mb:.3f} MB file ({self.fp32_bytes / self.file_bytes:.1f}x below fp32): "
+            f"quantized weights {self.quantized_packed_bytes / mb:.3f} MB packed codes+scales "
+            f"(fp32 {self.quantized_fp32_bytes / mb:.3f} MB), other tensors {self.other_bytes / mb:.3f} MB fp32, "
+            f"header {self.header_bytes / 1e3:.1f} kB"
+        )
+
+
+def _fp32_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The plain Transformer's state dict: latent weights, no quantizer parameters."""
+    return {key: value for key, value in model.state_dict().items() if "_quantizer." not in key}
+
+
+def save_deployed(model: Transformer, path: str | Path, metadata: dict) -> DeployedSize:
+    """Write ``model`` in deployed form to ``path`` (atomically) and report its size.
+
+    ``metadata`` (JSON-serialisable: tokenizer fingerprint, config, ...) is stored
+    as is and returned by load_deployed.
+    """
+    path = Path(path)
+    packed_layers = {f"{name}.weight": module.weight_quantizer for name, module in quantized_modules(model).items()}
+    table, chunks, offset = [], [], 0
+    quantized_fp32 = quantized_packed = other = 0
+
+    def add(data: bytes) -> list[int]:
+        nonlocal offset
+        chunks.append(data)
+        offset += len(data)
+        return [offset - len(data), len(data)]
+
+    for name, tensor in _fp32_weights(model).items():
+        tensor = tensor.detach()
+        entry = {"name": name, "shape": list(tensor.shape)}
+        quantizer = packed_layers.get(name)
+        if quantizer is None:
+            data = tensor.to("cpu", torch.float32).contiguous().numpy().tobytes()
+            entry.update(kind="fp32", data=add(data))
+            other += len(data)
+        else:
+            codes, scales = quantizer.codes_and_scales(tensor)
+            codes_bytes = pack_bits(codes.cpu().numpy(), quantizer.bits).tobytes()
+            scales_bytes = scales.cpu().numpy().astype("<f2").tobytes()
+            codes_span, scales_span = add(codes_bytes), add(scales_bytes)
+            entry.update(kind="packed", method=quantizer.method, bits=quantizer.bits, codes=codes_span, scales=scales_span)
+            quantized_fp32 += 4 * tensor.numel()
+            quantized_packed += len(codes_bytes) + len(scales_bytes)
+        table.append(entry)
+
+    header = {
+        "format_version": FORMAT_VERSION,
+        "shape": model.shape.to_dict(),
+        "quant": quant_summary(model),
+        "metadata": metadata,
+        "tensors": table,
+    }
+    header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(MAGIC + _LENGTH.pack(len(header_bytes)) + header_bytes)
+        for data in chunks:
+            f.write(data)
+    os.replace(tmp, path)
+    return DeployedSize(
+        file_bytes=path.stat().st_size,
+        fp32_bytes=quantized_fp32 + other,
+        quantized_fp32_bytes=quantized_fp32,
+        quantized_packed_bytes=quantized_packed,
+        other_bytes=other,
+        header_bytes=len(MAGIC) + _LENGTH.size + len(header_bytes),
+    )
+
+
+def _read_header(raw: bytes, path: Path) -> tuple[dict, memoryview]:
+    if raw[: len(MAGIC)] != MAGIC:
+        raise DeployedFormatError(f"{path} is not a fedq deployed model file (wrong magic bytes)")
+    start = len(MAGIC) + _LENGTH.size
+    if len(raw) < start:
+        raise DeployedFormatError(f"{path} is truncated (no header)")
+    (length,) = _LENGTH.unpack_from(raw, len(MAGIC))
+    if len(raw) < start + length:
+        raise DeployedFormatError(f"{path} is truncated (header of {length} bytes incomplete)")
+    try:
+        header = json.loads(raw[start : start + length].decode("utf-8"))
+    except ValueError:
+        raise DeployedFormatError(f"{path} has a corrupt header") from None
+    if not isinstance(header, dict):
+        raise DeployedFormatError(f"{path} has a corrupt header")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise DeployedFormatError(
+            f"{path} has format version {header.get('format_version')}; this fedq reads version {FORMAT_VERSION}"
+        )
+    return header, memoryview(raw)[start + length :]
+
+
+def _slice(payload: memoryview, span: list[int], name: str, path: Path) -> memoryview:
+    begin, length = span
+    if begin + length > len(payload):
+        raise DeployedFormatError(f"{path} is truncated (tensor {name} runs past the end of the file)")
+    return payload[begin : begin + length]
+
+
+def _decode(entry: dict, payload: memoryview, path: Path) -> torch.Tensor:
+    name, shape = entry["name"], tuple(entry["shape"])
+    count = int(np.prod(shape))
+    if entry["kind"] == "fp32":
+        data = _slice(payload, entry["data"], name, path)
+        if len(data) != 4 * count:
+            raise DeployedFormatError(f"{path}: tensor {name} has {len(data)} bytes, its shape {shape} needs {4 * count}")
+        return torch.from_numpy(np.frombuffer(data, dtype="<f4").astype(np.float32).reshape(shape))
+    if entry["kind"] != "packed" or entry.get("method") not in QUANTIZERS:
+        raise DeployedFormatError(f"{path}: tensor {name} has unknown kind {entry['kind']!r}/{entry.get('method')!r}")
+    codes_data = _slice(payload, entry["codes"], name, path)
+    scales_data = _slice(payload, entry["scales"], name, path)
+    if len(codes_data) != packed_nbytes(count, entry["bits"]) or len(scales_data) != 2 * shape[0]:
+        raise DeployedFormatError(f"{path}: tensor {name} has the wrong number of bytes for its shape {shape}")
+    codes = unpack_bits(np.frombuffer(codes_data, dtype=np.uint8), entry["bits"], count).reshape(shape)
+    scales = np.frombuffer(scales_data, dtype="<f2").astype(np.float16)
+    return QUANTIZERS[entry["method"]].dequantize(torch.from_numpy(codes), torch.from_numpy(scales))
+
+
+def load_deployed(path: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, dict]:
+    """Rebuild the model from a deployed file: (eval-mode Transformer, the saved metadata).
+
+    Weights are the dequantized codes·scales; if activations were quantized, the
+    formerly quantized linear layers fake-quantize their inputs the same way.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DeployedFormatError(f"cannot read deployed file {path}: {err.strerror}") from None
+    header, payload = _read_header(raw, path)
+    try:
+        model = Transformer(TransformerShape(**header["shape"]))
+        table = header["tensors"]
+        state = {entry["name"]: _decode(entry, payload, path) for entry in table}
+        model.load_state_dict(state, strict=True)
+    except (KeyError, TypeError) as err:
+        raise DeployedFormatError(f"{path} has an incomplete header ({type(err).__name__}: {err})") from None
+    except RuntimeError as err:
+        detail = str(err).strip().splitlines()[-1].strip()
+        raise DeployedFormatError(f"{path}: tensors do not match the model shape in its header ({detail})") from None
+    act_bits = (header.get("quant") or {}).get("act_bits")
+    if act_bits is not None:
+        for entry in table:
+            layer_name = entry["name"].removesuffix(".weight")
+            if entry["kind"] == "packed" and isinstance(layer := model.get_submodule(layer_name), nn.Linear):
+                parent, _, child = layer_name.rpartition(".")
+                setattr(model.get_submodule(parent), child, ActQuantLinear(layer, ActQuantizer(act_bits)))
+    return model.to(device).eval(), header.get("metadata", {})

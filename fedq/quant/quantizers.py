@@ -1,0 +1,323 @@
+"""Weight and activation fake-quantizers with straight-through gradients.
+
+Every weight quantizer works per output channel (one scale per row of a
+``[out, in]`` weight) and offers three views of the same numbers:
+
+- ``forward(w)``: the fake-quantized weight, differentiable (STE);
+- ``codes_and_scales(w)``: int8 codes and fp16 per-row scales (the deployed form);
+- ``dequantize(codes, scales)``: back to floats.
+
+``forward(w)`` equals ``dequantize(*codes_and_scales(w))`` bit for bit: the
+scale used in the forward pass is already rounded to fp16, and the STE is
+written so that its forward value is exactly ``code * scale``. So a model
+loaded from the packed file computes the same logits as the QAT model.
+
+Methods and their bit widths (``quant.bits`` / ``quant.method``):
+
+- ``lsq`` / ``maxabs`` / ``percentile``: symmetric uniform, codes in
+  [-2^(b-1), 2^(b-1)-1], b in {8, 4, 3, 2}. ``maxabs`` and ``percentile`` map
+  the row's max (or percentile) of |w| to 2^(b-1)-1, so they use 2^b - 1 levels;
+  a learned LSQ step can use all 2^b.
+- ``binary``: sign(w)·alpha, alpha = mean|w_row|, bits=1. ``quant.bits=1`` with
+  the default method ``lsq`` resolves to ``binary``.
+- ``ternary``: {-alpha, 0, +alpha} (TWN), log2(3) ≈ 1.58 bits of information,
+  stored as 2-bit codes, so it requires ``quant.bits=2``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+UNIFORM_METHODS = ("lsq", "maxabs", "percentile")
+METHODS = UNIFORM_METHODS + ("binary", "ternary")
+UNIFORM_BITS = (8, 4, 3, 2)
+SCOPES = ("attention", "linear", "attention+embedding", "all")
+ACT_BITS = range(2, 9)
+OFF_BITS = 32
+
+FP16_TINY = 2.0**-14  # smallest normal fp16: scales below it would lose precision or vanish
+FP16_MAX = 65504.0
+BINARY_CLIP = 1.0  # binary STE: no gradient where |w| > 1 (BinaryConnect's hardtanh)
+TERNARY_THRESHOLD = 0.7  # TWN: weights with |w| <= 0.7·mean|w_row| become 0
+
+
+class QuantConfigError(ValueError):
+    """A ``quant.*`` setting that fedq cannot run."""
+
+
+def resolve_method(cfg: Any) -> str:
+    """The method a config means: ``bits=1`` with the default ``lsq`` is binary."""
+    if cfg.bits == 1 and cfg.method == "lsq":
+        return "binary"
+    return cfg.method
+
+
+def validate_quant_config(cfg: Any) -> None:
+    """Raise QuantConfigError (one line) unless ``cfg`` (a QuantConfig) is runnable."""
+    method = resolve_method(cfg)
+    if method not in METHODS:
+        raise QuantConfigError(f"quant.method={method!r} is unknown; choose one of {', '.join(METHODS)}")
+    if cfg.scope not in SCOPES:
+        raise QuantConfigError(f"quant.scope={cfg.scope!r} is unknown; choose one of {', '.join(SCOPES)}")
+    if cfg.act_bits is not None and cfg.act_bits not in ACT_BITS:
+        raise QuantConfigError(f"quant.act_bits={cfg.act_bits} is not supported; use 2..8, or null for fp32 activations")
+    if method == "percentile" and not 0.0 < cfg.percentile <= 100.0:
+        raise QuantConfigError(f"quant.percentile={cfg.percentile} must be in (0, 100]")
+    bits = cfg.bits
+    if bits == OFF_BITS:
+        return
+    if bits not in UNIFORM_BITS + (1,):
+        raise QuantConfigError(
+            f"quant.bits={bits} is not supported; allowed: lsq/maxabs/percentile 8, 4, 3, 2; "
+            "binary 1; ternary 2; 32 = off"
+        )
+    if method == "binary" and bits != 1:
+        raise QuantConfigError(f"quant.method=binary needs quant.bits=1 (got {bits})")
+    if method == "ternary" and bits != 2:
+        raise QuantConfigError(f"quant.method=ternary stores 2-bit codes (3 levels): set quant.bits=2 (got {bits})")
+    if method in UNIFORM_METHODS and bits == 1:
+        raise QuantConfigError(f"quant.bits=1 is binary: set quant.method=binary ({method} needs 2..8 bits)")
+
+
+def bits_per_weight(method: str, bits: int) -> float:
+    """Information per weight: b for uniform/binary, log2(3) for ternary."""
+    return math.log2(3) if method == "ternary" else float(bits)
+
+
+def _fp16_exact(scale: torch.Tensor) -> torch.Tensor:
+    """``scale`` rounded to fp16 in value, gradient passing straight through.
+
+    The difference of a float and its fp16 rounding is exact (they are within a
+    factor of two), so the result equals ``scale.half().float()`` exactly.
+    """
+    scale = scale.clamp(FP16_TINY, FP16_MAX)
+    return scale + (scale.half().float() - scale).detach()
+
+
+def _round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round(x) in value (exactly: round(x) - x is exact), identity gradient."""
+    return x + (torch.round(x) - x).detach()
+
+
+def _grad_scale(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x`` in value, gradient multiplied by ``factor`` (LSQ's step-size gradient scale)."""
+    scaled = x * factor
+    return scaled + (x - scaled).detach()
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward value ``q`` (computed without grad); gradient to ``w`` where |w| <= clip."""
+
+    @staticmethod
+    def forward(ctx: Any, w: torch.Tensor, q: torch.Tensor, clip: float) -> torch.Tensor:
+        ctx.save_for_backward(w)
+        ctx.clip = clip
+        return q
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (w,) = ctx.saved_tensors
+        if math.isinf(ctx.clip):
+            return grad, None, None
+        return grad * (w.abs() <= ctx.clip), None, None
+
+
+class WeightQuantizer(nn.Module):
+    """Base class: per-output-channel fake quantization of a ``[out, in]`` weight."""
+
+    method: str
+    bits: int  # storage bits per code in the deployed file
+
+    @property
+    def bits_per_weight(self) -> float:
+        return bits_per_weight(self.method, self.bits)
+
+    def codes_and_scales(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """int8 codes ``[out, in]`` and fp16 scales ``[out]``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def dequantize(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        return codes.float() * scales.float().unsqueeze(1)
+
+
+class UniformQuantizer(WeightQuantizer):
+    """Symmetric uniform b-bit quantizer; subclasses choose the per-row scale."""
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        self.bits = bits
+        self.qmax = 2 ** (bits - 1) - 1
+        self.qmin = -(2 ** (bits - 1))
+
+    def scale(self, w: torch.Tensor) -> torch.Tensor:
+        """Per-row scale ``[out, 1]``, fp32 holding an fp16 value."""
+        raise NotImplementedError
+
+    def _levels(self, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return _round_ste((w / scale).clamp(self.qmin, self.qmax))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        scale = self.scale(w)
+        return self._levels(w, scale) * scale
+
+    @torch.no_grad()
+    def codes_and_scales(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = self.scale(w)
+        return self._levels(w, scale).to(torch.int8), scale.squeeze(1).half()
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"
+
+
+class LSQQuantizer(UniformQuantizer):
+    """Learned step size (Esser et al., 2020): one trainable step per output channel.
+
+    The step starts at the smaller of max|w|/qmax (no clipping) and LSQ's
+    2·mean|w|/sqrt(qmax), so 8-bit layers start unclipped and low-bit layers
+    start from LSQ's heuristic.
+    """
+
+    method = "lsq"
+
+    def __init__(self, bits: int, weight: torch.Tensor) -> None:
+        super().__init__(bits)
+        with torch.no_grad():
+            w = weight.detach().float()
+            max_abs = w.abs().amax(dim=1, keepdim=True) / self.qmax
+            lsq = 2 * w.abs().mean(dim=1, keepdim=True) / math.sqrt(self.qmax)
+            self.step = nn.Parameter(torch.minimum(max_abs, lsq).clamp_min(FP16_TINY))
+        self.grad_factor = 1.0 / math.sqrt(weight.shape[1] * self.qmax)
+
+    def scale(self, w: torch.Tensor) -> torch.Tensor:
+        return _fp16_exact(_grad_scale(self.step, self.grad_factor))
+
+
+class MaxAbsQuantizer(UniformQuantizer):
+    """scale = max|w_row| / qmax, recomputed every forward (no gradient through it)."""
+
+    method = "maxabs"
+
+    def _row_range(self, w_abs: torch.Tensor) -> torch.Tensor:
+        return w_abs.amax(dim=1, keepdim=True)
+
+    def scale(self, w: torch.Tensor) -> torch.Tensor:
+        return _fp16_exact(self._row_range(w.detach().abs()) / self.qmax)
+
+
+class PercentileQuantizer(MaxAbsQuantizer):
+    """Like maxabs, with the ``percentile`` of |w_row| as its range: outliers clip."""
+
+    method = "percentile"
+
+    def __init__(self, bits: int, percentile: float) -> None:
+        super().__init__(bits)
+        self.percentile = percentile
+
+    def _row_range(self, w_abs: torch.Tensor) -> torch.Tensor:
+        return torch.quantile(w_abs, self.percentile / 100.0, dim=1, keepdim=True)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, percentile={self.percentile}"
+
+
+class BinaryQuantizer(WeightQuantizer):
+    """sign(w)·alpha per row, alpha = mean|w_row|; sign(0) = +1.
+
+    Codes are 1-bit signed: -1 for a negative weight, 0 for +, dequantized as
+    (2·code + 1)·alpha. Gradient: straight through where |w| <= 1 (hardtanh STE;
+    the latent weights of this model are far below 1, so it only stops runaway
+    weights), none through alpha.
+    """
+
+    method = "binary"
+    bits = 1
+
+    def _alpha(self, w: torch.Tensor) -> torch.Tensor:
+        return _fp16_exact(w.detach().abs().mean(dim=1, keepdim=True))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        alpha = self._alpha(w)
+        return _StraightThrough.apply(w, torch.where(w.detach() >= 0, alpha, -alpha), BINARY_CLIP)
+
+    @torch.no_grad()
+    def codes_and_scales(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        codes = torch.where(w >= 0, 0, -1).to(torch.int8)
+        return codes, self._alpha(w).squeeze(1).half()
+
+    @staticmethod
+    def dequantize(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        return (2 * codes.float() + 1) * scales.float().unsqueeze(1)
+
+
+class TernaryQuantizer(WeightQuantizer):
+    """Ternary weight networks (Li & Liu, 2016): {-alpha, 0, +alpha} per row.
+
+    Threshold 0.7·mean|w_row|; alpha = mean |w| of the weights above it.
+    Identity STE. Codes -1/0/1 stored at 2 bits each.
+    """
+
+    method = "ternary"
+    bits = 2
+
+    def _codes_float(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w_abs = w.abs()
+        keep = w_abs > TERNARY_THRESHOLD * w_abs.mean(dim=1, keepdim=True)
+        kept = keep.sum(dim=1, keepdim=True).clamp_min(1)
+        alpha = _fp16_exact((w_abs * keep).sum(dim=1, keepdim=True) / kept)
+        return torch.sign(w) * keep, alpha
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        codes, alpha = self._codes_float(w.detach())
+        return _StraightThrough.apply(w, codes * alpha, math.inf)
+
+    @torch.no_grad()
+    def codes_and_scales(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        codes, alpha = self._codes_float(w)
+        return codes.to(torch.int8), alpha.squeeze(1).half()
+
+
+QUANTIZERS: dict[str, type[WeightQuantizer]] = {
+    "lsq": LSQQuantizer,
+    "maxabs": MaxAbsQuantizer,
+    "percentile": PercentileQuantizer,
+    "binary": BinaryQuantizer,
+    "ternary": TernaryQuantizer,
+}
+
+
+def make_weight_quantizer(cfg: Any, weight: torch.Tensor) -> WeightQuantizer:
+    """The weight quantizer of a validated config, initialised from ``weight`` where it learns."""
+    method = resolve_method(cfg)
+    if method == "lsq":
+        return LSQQuantizer(cfg.bits, weight)
+    if method == "percentile":
+        return PercentileQuantizer(cfg.bits, cfg.percentile)
+    if method == "maxabs":
+        return MaxAbsQuantizer(cfg.bits)
+    return QUANTIZERS[method]()
+
+
+class ActQuantizer(nn.Module):
+    """Dynamic per-tensor symmetric fake quantization of activations, identity STE.
+
+    scale = max|x| / (2^(b-1) - 1) of the current tensor, rounded to fp16.
+    """
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        self.bits = bits
+        self.qmax = 2 ** (bits - 1) - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # in-place on temporaries: activations are large
+            scale = _fp16_exact(x.abs().amax() / self.qmax)
+            q = torch.div(x, scale).round_().clamp_(-self.qmax, self.qmax).mul_(scale)
+        return _StraightThrough.apply(x, q, math.inf)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"

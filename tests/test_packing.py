@@ -1,0 +1,44 @@
+"""Bit packing of signed quantization codes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedq.quant import pack_bits, packed_nbytes, unpack_bits
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("count", [0, 1, 7, 13, 1001])
+def test_round_trip_is_bit_exact(bits: int, count: int) -> None:
+    rng = np.random.default_rng(bits * 1000 + count)
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    codes = rng.integers(low, high + 1, size=count).astype(np.int8)
+    if count >= 2:
+        codes[:2] = [low, high]  # both extremes survive
+    packed = pack_bits(codes, bits)
+    assert packed.dtype == np.uint8
+    assert packed.size == packed_nbytes(count, bits) == -(-count * bits // 8)
+    out = unpack_bits(packed, bits, count)
+    assert out.dtype == np.int8 and np.array_equal(out, codes)
+
+
+def test_layout_is_msb_first_offset_binary() -> None:
+    # 2-bit codes -2, -1, 0, 1 -> unsigned 0, 1, 2, 3 -> 00 01 10 11
+    assert pack_bits(np.array([-2, -1, 0, 1]), 2).tolist() == [0b00011011]
+    # 3 codes of 3 bits = 9 bits -> 2 bytes, last one zero-padded
+    assert pack_bits(np.array([3, -4, 0]), 3).tolist() == [0b11100010, 0b00000000]
+
+
+def test_multidimensional_codes_are_flattened() -> None:
+    codes = np.arange(-8, 8, dtype=np.int8).reshape(4, 4)
+    assert np.array_equal(unpack_bits(pack_bits(codes, 4), 4, 16).reshape(4, 4), codes)
+
+
+def test_bad_input_raises() -> None:
+    with pytest.raises(ValueError, match=r"outside \[-2, 1\]"):
+        pack_bits(np.array([0, 2]), 2)
+    with pytest.raises(ValueError, match="not in 1..8"):
+        pack_bits(np.array([0]), 9)
+    with pytest.raises(ValueError, match="fewer than 9 codes"):
+        unpack_bits(np.zeros(1, np.uint8), 1, 9)
