@@ -114,6 +114,7 @@ class FLConfig:
     eval_every: int = 5
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    verbose: bool = False  # show Flower's own INFO/DEBUG log
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 
 from fedq.comm import UpdateCodec, encode_with_feedback, make_codec, payload_bytes
 from fedq.config import CodecConfig, FedqConfig
-from fedq.data.batching import encode_pairs
+from fedq.data.batching import encode_pairs, token_batches
 from fedq.data.partition import describe_partition, length_bucket_labels, partition_indices
 from fedq.model.transformer import Transformer
 from fedq.pipeline import TranslationTask, build_model, load_task, resolve_device
@@ -188,16 +188,12 @@ class Federation:
         stream = batch_stream(shard, cfg.data.max_tokens, tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, seed)
         steps = cfg.fl.local_steps
         if cfg.fl.local_epochs > 0:
-            from fedq.data.batching import token_batches
-
             per_epoch = len(token_batches(shard, cfg.data.max_tokens, tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, shuffle=False))
             steps = cfg.fl.local_epochs * per_epoch
         optimizer = make_optimizer(self.model, cfg.fl.local_lr, cfg.train.betas, kind=cfg.fl.local_optimizer)
         # The learning rate follows the centralized warm-up/decay schedule over the
         # global number of local steps, so early rounds do not blow up a fresh model.
-        scheduler = inverse_sqrt_schedule(optimizer, cfg.train.warmup_steps)
-        for _ in range((server_round - 1) * steps):
-            scheduler.step()
+        scheduler = inverse_sqrt_schedule(optimizer, cfg.train.warmup_steps, start_step=(server_round - 1) * steps)
         start = time.perf_counter()
         stats = train_steps(
             self.model, stream, optimizer, steps, self.device, tokenizer.pad_id,

@@ -22,6 +22,14 @@ from fedq.federated import validate_federation
 from fedq.pipeline import load_task, resolve_device
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no phoning home from an offline machine
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's future default, without its warning
+
+
+def quiet_flower_logs(verbose: bool) -> None:
+    """fedq prints one line per round; Flower's own INFO log would bury it."""
+    logger = logging.getLogger("flwr")
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logger.propagate = False  # Hydra's root handler would print every line twice
 
 
 def backend_config(cfg: FedqConfig) -> dict:
@@ -40,6 +48,7 @@ def simulate(cfg: FedqConfig, out_dir: Path) -> None:
     from server.server_app import make_server_app
 
     validate_federation(cfg)
+    quiet_flower_logs(cfg.fl.verbose)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and cfg.fl.num_gpus <= 0:
         print("note: CUDA is available but fl.num_gpus=0: clients train on CPU (set fl.num_gpus=0.5 to share the GPU)")
@@ -54,6 +63,7 @@ def simulate(cfg: FedqConfig, out_dir: Path) -> None:
         num_supernodes=cfg.fl.clients,
         backend_name="ray",
         backend_config=backend_config(cfg),
+        verbose_logging=cfg.fl.verbose,
     )
     print(f"simulation wall time {time.perf_counter() - started:.1f}s", flush=True)
     if not (out_dir / "summary.json").exists():

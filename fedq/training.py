@@ -41,12 +41,17 @@ def make_optimizer(model: nn.Module, lr: float, betas: Sequence[float] = (0.9, 0
     raise ValueError(f"unknown optimizer '{kind}' (use adam or sgd)")
 
 
-def inverse_sqrt_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up to the base lr, then decay with 1/sqrt(step) (the Noam shape)."""
+def inverse_sqrt_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, start_step: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base lr, then decay with 1/sqrt(step) (the Noam shape).
+
+    ``start_step`` resumes the schedule part-way (a federated client in a later round).
+    """
     warmup = max(1, warmup_steps)
 
     def factor(step: int) -> float:
-        step = step + 1
+        step = step + 1 + start_step
         return min(step / warmup, math.sqrt(warmup / step))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -12,7 +12,7 @@ from fedq.comm import (
     payload_bytes,
     unflatten_vector,
 )
-from fedq.comm.bitpack import pack_bits, packed_nbytes, unpack_bits
+from fedq.bitpack import pack_bits, packed_nbytes, unpack_bits
 from fedq.comm.indexcode import decode_sorted_indices, encode_sorted_indices
 
 

@@ -23,11 +23,11 @@ def test_round_trip_is_bit_exact(bits: int, count: int) -> None:
     assert out.dtype == np.int8 and np.array_equal(out, codes)
 
 
-def test_layout_is_msb_first_offset_binary() -> None:
-    # 2-bit codes -2, -1, 0, 1 -> unsigned 0, 1, 2, 3 -> 00 01 10 11
-    assert pack_bits(np.array([-2, -1, 0, 1]), 2).tolist() == [0b00011011]
-    # 3 codes of 3 bits = 9 bits -> 2 bytes, last one zero-padded
-    assert pack_bits(np.array([3, -4, 0]), 3).tolist() == [0b11100010, 0b00000000]
+def test_layout_is_offset_binary_lsb_first() -> None:
+    # 2-bit codes -2,-1,0,1 -> unsigned 0,1,2,3, least significant bits first
+    assert pack_bits(np.array([-2, -1, 0, 1]), 2).tolist() == [0b11100100]
+    # 3-bit codes 3,-4,0 -> 7,0,4 -> bits 111 000 001(00) from the low end
+    assert pack_bits(np.array([3, -4, 0]), 3).tolist() == [0b00000111, 0b00000001]
 
 
 def test_multidimensional_codes_are_flattened() -> None:

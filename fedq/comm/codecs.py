@@ -18,7 +18,7 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from fedq.comm.bitpack import pack_bits, packed_nbytes, unpack_bits
+from fedq.bitpack import pack_bits, packed_nbytes, unpack_bits
 from fedq.comm.errors import CodecError
 from fedq.comm.indexcode import decode_sorted_indices, encode_sorted_indices
 

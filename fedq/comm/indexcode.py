@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedq.comm.bitpack import pack_bits, packed_nbytes, unpack_bits
+from fedq.bitpack import pack_bits, packed_nbytes, unpack_bits
 from fedq.comm.errors import CodecError
 
 MAX_RICE_BITS = 31

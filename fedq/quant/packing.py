@@ -1,18 +1,20 @@
-"""Pack signed b-bit integer codes into bytes at exactly b bits each, and back.
+"""Signed b-bit weight codes packed at exactly b bits each (the deployed file's layout).
 
-A code c in [-2^(b-1), 2^(b-1)-1] is stored as the unsigned c + 2^(b-1), most
-significant bit first, codes back to back across byte boundaries; the last byte
-is zero-padded. Vectorized with numpy's bit (un)packing.
+A code c in [-2^(b-1), 2^(b-1)-1] is stored as the unsigned c + 2^(b-1)
+("offset binary") with ``fedq.bitpack``, the same packer the update codecs use.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from fedq import bitpack
+
 
 def packed_nbytes(count: int, bits: int) -> int:
     """Bytes that ``count`` codes of ``bits`` bits occupy: ceil(count·bits / 8)."""
-    return (count * bits + 7) // 8
+    _check_bits(bits)
+    return bitpack.packed_nbytes(count, bits)
 
 
 def _check_bits(bits: int) -> None:
@@ -27,17 +29,15 @@ def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
     offset = 1 << (bits - 1)
     if flat.size and (flat.min() < -offset or flat.max() >= offset):
         raise ValueError(f"codes outside [{-offset}, {offset - 1}] cannot be packed at {bits} bits")
-    unsigned = (flat + offset).astype(np.uint8)
-    bit_matrix = np.unpackbits(unsigned[:, None], axis=1)[:, 8 - bits :]
-    return np.packbits(bit_matrix.reshape(-1))
+    return bitpack.pack_bits((flat + offset).astype(np.uint8), bits)
 
 
 def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     """Inverse of pack_bits: the first ``count`` codes as int8."""
     _check_bits(bits)
     packed = np.asarray(packed, dtype=np.uint8).reshape(-1)
-    if packed.size < packed_nbytes(count, bits):
+    needed = packed_nbytes(count, bits)
+    if packed.size < needed:
         raise ValueError(f"{packed.size} bytes hold fewer than {count} codes of {bits} bits")
-    bit_matrix = np.unpackbits(packed)[: count * bits].reshape(count, bits)
-    unsigned = np.packbits(bit_matrix, axis=1)[:, 0] >> (8 - bits)
+    unsigned = bitpack.unpack_bits(packed[:needed], bits, count)
     return (unsigned.astype(np.int16) - (1 << (bits - 1))).astype(np.int8)

@@ -1,0 +1,87 @@
+"""Centralized training, the deployed form and re-scoring, on the demo corpus."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fedq.compose import compose_config
+from fedq.data.batching import encode_pairs
+from fedq.evaluate import evaluate
+from fedq.evaluation import evaluate_bleu
+from fedq.pipeline import build_model, load_task
+from fedq.train import train
+from fedq.training import batch_stream, make_optimizer, train_steps
+
+SMALL_DEMO = ["data.demo_train_size=1500", "data.demo_eval_size=40", "data.vocab_size=400"]
+
+
+@pytest.fixture()
+def cache_overrides(tmp_path_factory):
+    cache = tmp_path_factory.getbasetemp() / "fedq-cache"
+    return [f"data.cache_dir={cache}", "threads=2", "device=cpu"]
+
+
+def test_tiny_model_overfits_32_pairs(cache_overrides):
+    cfg = compose_config(SMALL_DEMO + cache_overrides + ["model.dropout=0.0"])
+    torch.manual_seed(0)
+    task = load_task(cfg)
+    pairs = task.corpus.train[:32]
+    tok = task.tokenizer
+    model = build_model(cfg, tok)
+    encoded = encode_pairs(pairs, tok, None)
+    stream = batch_stream(encoded, 10_000, tok.pad_id, tok.bos_id, tok.eos_id, seed=0)
+    optimizer = make_optimizer(model, 3e-3)
+    train_steps(model, stream, optimizer, 300, torch.device("cpu"), tok.pad_id, label_smoothing=0.0)
+    bleu, hypotheses = evaluate_bleu(model, tok, pairs, cfg.decode, torch.device("cpu"))
+    assert bleu.score > 90, hypotheses[:3]
+    assert "tok:13a" in bleu.signature
+
+
+def test_evaluate_reproduces_bleu_saved_at_training(tmp_path, cache_overrides, capsys):
+    overrides = SMALL_DEMO + cache_overrides + ["train.max_steps=60", "train.log_every=30", "quant.bits=4"]
+    scores = train(compose_config(overrides), tmp_path)
+    out = capsys.readouterr().out
+    assert "step 60/60" in out and "tgt tok/s" in out and "ETA" in out
+    ckpt = tmp_path / "checkpoint"
+    for name in ("model.safetensors", "config.yaml", "tokenizer.model", "meta.json", "model.fedq"):
+        assert (ckpt / name).is_file()
+    size = scores["deployed_size"]
+    assert size["file_bytes"] < size["fp32_bytes"] / 3  # 4-bit linear layers, fp32 rest
+    rescored = evaluate(compose_config(cache_overrides + [f"ckpt={ckpt}"]))
+    assert rescored["valid"] == pytest.approx(scores["valid_bleu"], abs=1e-9)
+    assert rescored["test"] == pytest.approx(scores["test_bleu"], abs=1e-9)
+
+
+def run_cli(module: str, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *overrides], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model=huge"], "model/huge"),
+        (["quant.bits=3", "quant.method=binary"], "binary"),
+        (["quant.scope=everything", "quant.bits=4"], "scope"),
+        (["data=textdir", "data.dir=/nonexistent/corpus"], "/nonexistent/corpus"),
+        (["train.max_step=5"], "max_step"),
+    ],
+)
+def test_bad_input_is_one_clear_line(overrides, expected, tmp_path):
+    """The first line names the problem; no traceback (Hydra may list the valid options below it)."""
+    result = run_cli("fedq.train", *overrides, f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    first_line = result.stderr.strip().splitlines()[0]
+    assert expected in first_line, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_checkpoint_from_another_vocabulary_is_refused(tmp_path, cache_overrides):
+    overrides = SMALL_DEMO + cache_overrides + ["train.max_steps=2", "data.max_eval_pairs=5"]
+    train(compose_config(overrides), tmp_path)
+    other = compose_config(overrides[:2] + ["data.vocab_size=300"] + cache_overrides + [f"init_from={tmp_path}/checkpoint"])
+    with pytest.raises(ValueError, match="another vocabulary"):
+        train(other, tmp_path / "second")
