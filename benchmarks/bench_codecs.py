@@ -1,0 +1,137 @@
+"""Uplink codecs: compression ratio and encode/decode time vs a round's local training.
+
+Issue targets:
+- compression ratio (fp32 bytes / sent bytes, same update) >= 0.95 * 32/b for
+  uniform at b = 8, 4, 2; >= 28 for sign; >= 100 for topk at 1% density with
+  4-bit values;
+- codec encode + decode time <= 5% of a round's local training time.
+
+The update is real, not random: for each model preset (``--models``, default
+small and tiny) the model is built with QAT (``--overrides``, default
+``quant.bits=2``: 2-bit lsq on all linear layers) exactly as a federated client
+builds it, trained for ``fl.local_steps`` (20) steps like round 1 of
+``Federation.client_round`` (same optimizer and lr schedule) on random batches
+of ``data.max_tokens`` tokens, and the update is ``local - global`` over the
+vector the client sends (all float state, quantizer steps included). Those
+local steps, timed, are the "local round time" the codec time is compared with.
+
+Encode time is what the client pays: ``encode_with_feedback`` (encode, plus a
+decode for the residual) for the biased codecs sign and topk, ``encode`` for the
+others. Decode time is the server's ``decode``. Codecs are timed interleaved.
+
+    python benchmarks/bench_codecs.py [--quick] [--threads 2] [--models small tiny] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+import benchlib
+from fedq.comm import encode_with_feedback, make_codec, payload_bytes
+from fedq.federated import model_to_vector
+from fedq.training import inverse_sqrt_schedule, make_optimizer, train_steps
+
+TIME_TARGET = 0.05
+VOCAB = {"small": 8000, "tiny": 1000}  # the vocabularies these presets are used with (Multi30k-sized, demo)
+# (row label, make_codec kwargs, ratio target or None)
+CODECS = [
+    ("fp32", dict(name="fp32"), None),
+    ("fp16", dict(name="fp16"), None),
+    ("uniform 8-bit", dict(name="uniform", bits=8), 0.95 * 32 / 8),
+    ("uniform 4-bit", dict(name="uniform", bits=4), 0.95 * 32 / 4),
+    ("uniform 2-bit", dict(name="uniform", bits=2), 0.95 * 32 / 2),
+    ("sign", dict(name="sign"), 28.0),
+    ("topk 1% 4-bit", dict(name="topk", bits=4, density=0.01), 100.0),
+]
+
+
+def local_update(args, preset: str) -> tuple[np.ndarray, float, str]:
+    """(update vector, seconds of the local steps, description) for one model preset."""
+    cfg = benchlib.config([f"model={preset}", *args.overrides])
+    vocab = args.vocab or VOCAB.get(preset, cfg.data.vocab_size)
+    model = benchlib.synthetic_model(cfg, vocab)
+    global_vector = model_to_vector(model)
+    steps = args.local_steps or cfg.fl.local_steps
+    batches = benchlib.random_batches(steps, vocab, cfg.data.max_tokens, args.seed)
+    optimizer = make_optimizer(model, cfg.fl.local_lr, cfg.train.betas, kind=cfg.fl.local_optimizer)
+    scheduler = inverse_sqrt_schedule(optimizer, cfg.train.warmup_steps)
+    start = time.perf_counter()
+    train_steps(model, iter(batches), optimizer, steps, torch.device("cpu"), model.shape.pad_id,
+                cfg.train.label_smoothing, cfg.train.clip_norm, scheduler)
+    seconds = time.perf_counter() - start
+    update = model_to_vector(model) - global_vector
+    text = (f"{preset}: {update.size / 1e6:.2f}M values, quant.bits={cfg.quant.bits} {cfg.quant.method} {cfg.quant.scope}, "
+            f"vocab {vocab}; {steps} local steps of {batches[0].n_src_tokens + batches[0].n_tgt_tokens} tokens "
+            f"took {seconds:.2f}s; |update| mean {np.abs(update).mean():.2e}, max {np.abs(update).max():.2e}")
+    return update, seconds, text
+
+
+def bench_codecs(args, update: np.ndarray, round_seconds: float) -> list[dict]:
+    codecs = {label: (make_codec(block_size=args.block_size, **kwargs), target) for label, kwargs, target in CODECS}
+    payloads: dict[str, list[np.ndarray]] = {}
+
+    def encoder(label: str, codec):
+        def run():
+            rng = np.random.default_rng(args.seed)
+            if codec.biased:
+                payloads[label], _ = encode_with_feedback(codec, update, None, rng)
+            else:
+                payloads[label] = codec.encode(update, rng)
+        return run
+
+    encode_times = benchlib.interleaved({label: encoder(label, c) for label, (c, _) in codecs.items()}, args.repeats)
+    decode_times = benchlib.interleaved(
+        {label: (lambda c=c, label=label: c.decode(payloads[label], update.size)) for label, (c, _) in codecs.items()},
+        args.repeats,
+    )
+    rows = []
+    for label, (codec, target) in codecs.items():
+        sent = payload_bytes(payloads[label])
+        ratio = update.nbytes / sent
+        encode_s, decode_s = benchlib.median(encode_times[label]), benchlib.median(decode_times[label])
+        fraction = (encode_s + decode_s) / round_seconds
+        error = codec.decode(payloads[label], update.size) - update
+        rows.append({
+            "codec": label, "sent_bytes": sent, "fp32_bytes": int(update.nbytes), "ratio": ratio, "target": target,
+            "ratio_pass": ratio >= target if target is not None else None,
+            "encode_ms": 1000 * encode_s, "decode_ms": 1000 * decode_s, "fraction_of_round": fraction,
+            "time_pass": fraction <= TIME_TARGET,
+            "relative_error": float(np.linalg.norm(error) / max(np.linalg.norm(update), 1e-30)),
+        })
+    return rows
+
+
+def main() -> None:
+    p = benchlib.parser(__doc__)
+    p.add_argument("--models", nargs="+", default=["small", "tiny"], help="model presets")
+    p.add_argument("--overrides", nargs="*", default=["quant.bits=2"], help="Hydra overrides after model=PRESET")
+    p.add_argument("--vocab", type=int, default=0, help="synthetic vocabulary (0: 8000 for small, 1000 for tiny)")
+    p.add_argument("--local-steps", type=int, default=0, help="0: fl.local_steps of the config")
+    p.add_argument("--block-size", type=int, default=1024, help="comm.uplink.block_size")
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    if args.quick:
+        args.local_steps, args.repeats = 2, 2
+        args.overrides = [*args.overrides, "data.max_tokens=1024"]
+    machine = benchlib.setup(args)
+    results = {}
+    for preset in args.models:
+        update, round_seconds, text = local_update(args, preset)
+        rows = bench_codecs(args, update, round_seconds)
+        print(f"\n{text}")
+        print(benchlib.table(
+            ["codec", "sent KB", "ratio", "target", "pass", "encode ms", "decode ms", "(enc+dec) / round", "<= 5%", "rel. error"],
+            [[r["codec"], r["sent_bytes"] / 1e3, r["ratio"], r["target"], r["ratio_pass"], r["encode_ms"], r["decode_ms"],
+              f"{100 * r['fraction_of_round']:.2f}%", r["time_pass"], r["relative_error"]] for r in rows],
+        ))
+        results[preset] = {"description": text, "local_round_seconds": round_seconds, "numel": int(update.size), "codecs": rows}
+    print("\nencode = client side (encode_with_feedback for sign/topk), decode = server side; rel. error = |decoded - update| / |update| of one encode")
+    benchlib.write_json(args.out, {"machine": machine, "config": {"overrides": args.overrides, "block_size": args.block_size,
+                                                                  "repeats": args.repeats}, "models": results})
+
+
+if __name__ == "__main__":
+    benchlib.run(main)
