@@ -57,8 +57,8 @@ class TrainConfig:
     max_steps: int = 2000
     max_epochs: int = 0  # 0 = bounded by max_steps only
     max_minutes: float = 0.0  # 0 = no time limit
-    lr: float = 1e-3
-    warmup_steps: int = 400
+    lr: float = 2e-3
+    warmup_steps: int = 200
     betas: tuple = (0.9, 0.98)
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
@@ -103,11 +103,12 @@ class PartitionConfig:
 class FLConfig:
     clients: int = 20
     clients_per_round: int = 0  # 0 = use fraction
-    fraction: float = 0.5
+    fraction: float = 0.25
     rounds: int = 20
-    local_steps: int = 20
+    local_steps: int = 40
     local_epochs: int = 0  # >0 overrides local_steps
-    local_lr: float = 1e-3
+    local_lr: float = 2e-3
+    warmup_rounds: int = 1  # clients warm their lr up over the first rounds, then decay as 1/sqrt(step)
     local_optimizer: str = "adam"  # adam | sgd
     strategy: str = "fedavg"  # fedavg | fedadam
     server_lr: float = 1.0  # fedavg: step on the averaged update; fedadam: eta

@@ -191,9 +191,9 @@ class Federation:
             per_epoch = len(token_batches(shard, cfg.data.max_tokens, tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, shuffle=False))
             steps = cfg.fl.local_epochs * per_epoch
         optimizer = make_optimizer(self.model, cfg.fl.local_lr, cfg.train.betas, kind=cfg.fl.local_optimizer)
-        # The learning rate follows the centralized warm-up/decay schedule over the
-        # global number of local steps, so early rounds do not blow up a fresh model.
-        scheduler = inverse_sqrt_schedule(optimizer, cfg.train.warmup_steps, start_step=(server_round - 1) * steps)
+        # The learning rate warms up over the first fl.warmup_rounds rounds (counted in
+        # local steps), then decays as 1/sqrt(step): a fresh model does not blow up.
+        scheduler = inverse_sqrt_schedule(optimizer, cfg.fl.warmup_rounds * steps, start_step=(server_round - 1) * steps)
         start = time.perf_counter()
         stats = train_steps(
             self.model, stream, optimizer, steps, self.device, tokenizer.pad_id,

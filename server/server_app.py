@@ -42,9 +42,8 @@ def run_server(grid: Grid, cfg: FedqConfig, out_dir: Path) -> dict:
     strategy = make_strategy(cfg, federation)
     scorer = GlobalModelScorer(federation, out_dir)
     reporter = RoundReporter(cfg, federation, scorer, out_dir)
-    initial = ArrayRecord(federation.model.state_dict())
-    # Only the floating-point state travels (there are no integer buffers today).
-    initial = ArrayRecord({name: initial[name] for name in reporter.state_names})
+    state = federation.model.state_dict()
+    initial = ArrayRecord({name: state[name] for name in reporter.state_names})  # the floating-point state
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         row = reporter.end_round(server_round, arrays_to_vector(arrays), strategy.last_round)

@@ -1,0 +1,114 @@
+"""The federated run: a real Flower + Ray simulation end to end, and the server's payload checks."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from fedq.comm import make_codec, payload_bytes
+from fedq.compose import compose_config
+from fedq.federated import validate_federation
+from server.strategy import CompressedFedAvg, arrays_to_vector
+
+TINY_RUN = [
+    "clients=3",
+    "fl.clients_per_round=2",
+    "fl.rounds=2",
+    "fl.local_steps=2",
+    "fl.eval_every=1",
+    "data.demo_train_size=600",
+    "data.demo_eval_size=20",
+    "data.vocab_size=300",
+    "model.d_model=32",
+    "model.ffn_dim=64",
+    "quant.bits=2",
+    "comm.uplink.name=sign",
+    "comm.downlink.name=fp16",
+]
+
+
+def test_end_to_end_simulation_with_flower_and_ray(tmp_path):
+    out = tmp_path / "run"
+    cache = tmp_path / "cache"
+    result = subprocess.run(
+        [sys.executable, "-m", "fedq.simulate", *TINY_RUN, f"data.cache_dir={cache}", f"hydra.run.dir={out}"],
+        capture_output=True, text=True, timeout=420,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "round 2/2" in result.stdout
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["round"] for row in rows] == [1, 2]
+    assert all(row["clients"] == 2 and row["rejected"] == 0 for row in rows)
+
+    # Bytes: the sign codec sends 1 bit per value + one fp16 scale per 1024-value block.
+    numel = rows[0]["fp32_uplink_bytes"] // (2 * 4)
+    sign_payload = payload_bytes(make_codec("sign").encode(np.ones(numel, np.float32), np.random.default_rng(0)))
+    assert sign_payload == (numel + 7) // 8 + 2 * (-(-numel // 1024))
+    assert all(row["uplink_bytes"] == 2 * sign_payload for row in rows)
+    assert all(row["downlink_bytes"] == 2 * 2 * numel for row in rows)  # fp16 weights to 2 clients
+    assert summary["uplink_bytes"] == sum(row["uplink_bytes"] for row in rows)
+    assert summary["downlink_bytes"] == sum(row["downlink_bytes"] for row in rows)
+    assert summary["uplink_ratio"] == pytest.approx(summary["fp32_uplink_bytes"] / summary["uplink_bytes"])
+    assert summary["uplink_ratio"] > 28
+    assert summary["final_valid_bleu"] == pytest.approx(rows[-1]["valid_bleu"])
+    assert "tok:13a" in summary["bleu_signature"]
+    assert (out / "bleu_vs_uplink.png").stat().st_size > 1000
+    assert (out / "checkpoint" / "model.fedq").is_file()
+    assert summary["train_loss_final"] == rows[-1]["train_loss"]
+
+
+def reply(request: Message, arrays: list[np.ndarray], tokens: float) -> Message:
+    metrics = MetricRecord(
+        {"num-examples": 1.0, "num-tokens": tokens, "train-loss": 1.0, "train-seconds": 0.1, "encode-seconds": 0.01}
+    )
+    return Message(content=RecordDict({"arrays": ArrayRecord(arrays), "metrics": metrics}), reply_to=request)
+
+
+def test_server_rejects_a_malformed_payload_and_averages_the_rest():
+    codec = make_codec("uniform", bits=8)
+    strategy = CompressedFedAvg(uplink=codec, downlink=make_codec("fp32"), weighted_by_key="num-tokens")
+    global_arrays = ArrayRecord({"w": np.zeros((4, 256), np.float32), "b": np.ones(3, np.float32)})
+    strategy.global_arrays = global_arrays
+    strategy.global_vector = arrays_to_vector(global_arrays)
+    n = strategy.global_vector.size
+    request = Message(content=RecordDict({"config": ConfigRecord({})}), dst_node_id=1, message_type="train")
+
+    good = np.full(n, 0.5, np.float32)
+    good_payload = codec.encode(good, np.random.default_rng(0))
+    truncated = [good_payload[0][:-3]] + good_payload[1:]
+    replies = [reply(request, good_payload, 10.0), reply(request, truncated, 1000.0)]
+
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert strategy.last_round.rejected == 1 and strategy.last_round.clients == 1
+    # Only the good update is applied (the bad one, heavily weighted, would dominate).
+    np.testing.assert_allclose(arrays_to_vector(arrays), strategy.global_vector + 0.5, atol=0.01)
+    assert strategy.last_round.uplink_bytes == payload_bytes(good_payload) + payload_bytes(truncated)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["clients=4", "fl.clients_per_round=5"], "more than clients=4"),
+        (["comm.uplink.name=gzip"], "gzip"),
+        (["comm.uplink.name=uniform", "comm.uplink.bits=16"], "16"),
+        (["comm.downlink.name=sign"], "downlink"),
+    ],
+)
+def test_bad_federation_settings_are_rejected(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        validate_federation(compose_config(overrides))
+
+
+def test_bad_federation_setting_is_one_line_on_the_command_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "fedq.simulate", "clients=2", "fl.clients_per_round=3", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: fl.clients_per_round=3 is more than clients=2"]
+
