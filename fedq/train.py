@@ -71,6 +71,8 @@ def train(cfg: FedqConfig, out_dir: Path) -> dict:
         global_step = done + step
         seconds = totals.seconds + elapsed
         eta = seconds / global_step * (total_steps - global_step)
+        if deadline is not None:
+            eta = min(eta, max(0.0, deadline - time.time()))
         print(
             f"step {global_step}/{total_steps} (epoch {global_step / batches_per_epoch:.2f}) | loss {window.loss:.3f} | "
             f"{window.tokens_per_second:,.0f} tgt tok/s | lr {scheduler.get_last_lr()[0]:.2e} | "

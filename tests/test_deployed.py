@@ -16,15 +16,6 @@ from fedq.quant import ActQuantLinear, DeployedFormatError, load_deployed, quant
 SMALL = TransformerShape(vocab_size=50, d_model=32, n_heads=4, ffn_dim=64, enc_layers=2, dec_layers=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when other jobs share the CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def trained_model(shape: TransformerShape, cfg: QuantConfig, steps: int = 3) -> Transformer:
     """A quantized model after a few Adam steps, so weights and LSQ steps moved off their init."""
     torch.manual_seed(0)

@@ -23,15 +23,6 @@ from fedq.quant import (
 SHAPE = TransformerShape(vocab_size=50, d_model=32, n_heads=4, ffn_dim=64, enc_layers=2, dec_layers=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when other jobs share the CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def gaussian(rows: int = 64, cols: int = 256, seed: int = 0) -> torch.Tensor:
     return torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed)) * 0.05
 

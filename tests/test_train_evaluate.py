@@ -20,7 +20,7 @@ SMALL_DEMO = ["data.demo_train_size=1500", "data.demo_eval_size=40", "data.vocab
 @pytest.fixture()
 def cache_overrides(tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "fedq-cache"
-    return [f"data.cache_dir={cache}", "threads=2", "device=cpu"]
+    return [f"data.cache_dir={cache}", "device=cpu"]
 
 
 def test_tiny_model_overfits_32_pairs(cache_overrides):
