@@ -80,29 +80,37 @@ def train(cfg: FedqConfig, out_dir: Path) -> dict:
             flush=True,
         )
 
-    while done < total_steps:
-        steps = min(segment, total_steps - done)
-        stats = train_steps(
-            model, stream, optimizer, steps, device, tokenizer.pad_id,
-            cfg.train.label_smoothing, cfg.train.clip_norm, scheduler, deadline, log, cfg.train.log_every,
-        )
-        done += stats.steps
-        totals.steps += stats.steps
-        totals.loss_sum += stats.loss_sum
-        totals.tokens += stats.tokens
-        totals.seconds += stats.seconds
-        if deadline is not None and time.time() >= deadline:
-            print(f"time limit of {cfg.train.max_minutes:g} min reached at step {done}", flush=True)
-            break
-        if done < total_steps:
-            valid, _ = evaluate_bleu(model, tokenizer, task.corpus.valid, cfg.decode, device)
-            print(f"step {done}: valid {valid} (training-form weights)", flush=True)
-
     folder = out_dir / "checkpoint"
-    save_checkpoint(
-        folder, model, cfg, tokenizer,
-        {"steps": done, "train_loss": totals.loss, "train_seconds": totals.seconds, "tgt_tokens_per_second": totals.tokens_per_second},
-    )
+
+    def save() -> None:
+        meta = {"steps": done, "train_loss": totals.loss, "train_seconds": totals.seconds,
+                "tgt_tokens_per_second": totals.tokens_per_second}
+        save_checkpoint(folder, model, cfg, tokenizer, meta)
+
+    try:
+        while done < total_steps:
+            steps = min(segment, total_steps - done)
+            stats = train_steps(
+                model, stream, optimizer, steps, device, tokenizer.pad_id,
+                cfg.train.label_smoothing, cfg.train.clip_norm, scheduler, deadline, log, cfg.train.log_every,
+            )
+            done += stats.steps
+            totals.steps += stats.steps
+            totals.loss_sum += stats.loss_sum
+            totals.tokens += stats.tokens
+            totals.seconds += stats.seconds
+            if deadline is not None and time.time() >= deadline:
+                print(f"time limit of {cfg.train.max_minutes:g} min reached at step {done}", flush=True)
+                break
+            if done < total_steps:
+                save()  # a crash later loses at most one evaluation segment
+                valid, _ = evaluate_bleu(model, tokenizer, task.corpus.valid, cfg.decode, device)
+                print(f"step {done}: valid {valid} (training-form weights)", flush=True)
+    except KeyboardInterrupt:
+        save()
+        print(f"interrupted at step {done}; checkpoint saved in {folder}", flush=True)
+        raise
+    save()
     scores = score_deployed(model, folder, tokenizer, task.corpus, cfg, device)
     update_meta(folder, **scores)
     print(f"checkpoint: {folder}", flush=True)
