@@ -25,7 +25,11 @@ def make_client_app(config_source: ConfigSource) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        federation = federation_for(config_source(context))
+        cfg = config_source(context)
+        num_partitions = int(context.node_config.get("num-partitions", cfg.fl.clients))
+        if num_partitions != cfg.fl.clients:
+            raise ValueError(f"this federation has {num_partitions} nodes but the config says clients={cfg.fl.clients}")
+        federation = federation_for(cfg)
         residual = None
         if RESIDUAL_KEY in context.state:
             residual = context.state[RESIDUAL_KEY].to_numpy_ndarrays()[0]
