@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import sys
 import tarfile
 import types
@@ -17,7 +18,8 @@ from fedq.data.iwslt import load_iwslt2017, read_iwslt_tags, read_iwslt_xml, saf
 from fedq.data.multi30k import load_multi30k
 from fedq.data.textdir import load_textdir
 
-SHARED = Path("/work/shared/data")
+# The project's shared data folder sits beside the repository (../shared/data).
+SHARED = Path(os.environ.get("FEDQ_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def write(path: Path, lines: list[str]) -> None:
