@@ -157,7 +157,12 @@ class RoundReporter:
             "config": config_to_yaml(self.cfg),
         }
         self.log.write_summary(summary)
-        plot_run(self.log.rows, self.out_dir / PLOT_FILE, title=f"fedq {self.cfg.quant.bits}-bit QAT, uplink {self.cfg.comm.uplink.name}")
+        plot_run(
+            self.log.rows,
+            self.out_dir / PLOT_FILE,
+            title=f"fedq: {describe_quantization(self.scorer.federation.model)}; uplink {self.cfg.comm.uplink.name}",
+            initial_bleu=summary["initial_valid_bleu"],
+        )
         self._print_summary(summary)
         return summary
 

@@ -62,7 +62,7 @@ def summarize_traffic(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def plot_run(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+def plot_run(rows: list[dict[str, Any]], path: str | Path, title: str = "", initial_bleu: float | None = None) -> Path:
     """BLEU against cumulative uplink MB (left) and train loss against round (right)."""
     import matplotlib
 
@@ -74,6 +74,8 @@ def plot_run(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> P
         total += row["uplink_bytes"]
         cumulative.append(total / 1e6)
     evaluated = [(mb, row["valid_bleu"]) for mb, row in zip(cumulative, rows) if row.get("valid_bleu") is not None]
+    if initial_bleu is not None:  # the untrained model, before any byte was sent
+        evaluated.insert(0, (0.0, initial_bleu))
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     if evaluated:
         left.plot([mb for mb, _ in evaluated], [bleu for _, bleu in evaluated], marker="o")
