@@ -6,12 +6,12 @@ import sys
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedq.comm import make_codec, payload_bytes
 from fedq.compose import compose_config
 from fedq.federated import validate_federation
-from server.strategy import CompressedFedAvg, arrays_to_vector
+from server.strategy import CompressedFedAdam, CompressedFedAvg, arrays_to_vector
 
 TINY_RUN = [
     "clients=3",
@@ -62,6 +62,16 @@ def test_end_to_end_simulation_with_flower_and_ray(tmp_path):
     assert summary["train_loss_final"] == rows[-1]["train_loss"]
 
 
+@pytest.fixture()
+def server_identity():
+    """Messages built outside a running Flower app need the process's task identity."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    yield
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+
+
 def reply(request: Message, arrays: list[np.ndarray], tokens: float) -> Message:
     metrics = MetricRecord(
         {"num-examples": 1.0, "num-tokens": tokens, "train-loss": 1.0, "train-seconds": 0.1, "encode-seconds": 0.01}
@@ -69,10 +79,10 @@ def reply(request: Message, arrays: list[np.ndarray], tokens: float) -> Message:
     return Message(content=RecordDict({"arrays": ArrayRecord(arrays), "metrics": metrics}), reply_to=request)
 
 
-def test_server_rejects_a_malformed_payload_and_averages_the_rest():
+def test_server_rejects_a_malformed_payload_and_averages_the_rest(server_identity):
     codec = make_codec("uniform", bits=8)
     strategy = CompressedFedAvg(uplink=codec, downlink=make_codec("fp32"), weighted_by_key="num-tokens")
-    global_arrays = ArrayRecord({"w": np.zeros((4, 256), np.float32), "b": np.ones(3, np.float32)})
+    global_arrays = ArrayRecord({"w": Array(np.zeros((4, 256), np.float32)), "b": Array(np.ones(3, np.float32))})
     strategy.global_arrays = global_arrays
     strategy.global_vector = arrays_to_vector(global_arrays)
     n = strategy.global_vector.size
@@ -112,3 +122,18 @@ def test_bad_federation_setting_is_one_line_on_the_command_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: fl.clients_per_round=3 is more than clients=2"]
 
+
+
+def test_fedadam_server_optimizer_steps_along_the_decoded_update(server_identity):
+    codec = make_codec("fp32")
+    strategy = CompressedFedAdam(uplink=codec, downlink=codec, weighted_by_key="num-tokens", eta=0.1, beta_1=0.9, beta_2=0.99)
+    global_arrays = ArrayRecord({"w": Array(np.zeros(8, np.float32))})
+    strategy.global_arrays = global_arrays
+    strategy.global_vector = arrays_to_vector(global_arrays)
+    strategy.current_arrays = {"w": np.zeros(8, np.float32)}  # what FedOpt.configure_train records
+    request = Message(content=RecordDict({"config": ConfigRecord({})}), dst_node_id=1, message_type="train")
+    update = np.linspace(-1, 1, 8).astype(np.float32)
+    arrays, _ = strategy.aggregate_train(1, [reply(request, codec.encode(update, None), 5.0)])
+    step = arrays_to_vector(arrays)
+    assert np.all(np.sign(step[update != 0]) == np.sign(update[update != 0]))
+    assert np.abs(step).max() <= 0.1 * 1.01  # Adam's step is bounded by eta
