@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's QAT table: Multi30k De->En, model=small, each row QAT-fine-tuned for
-# train.max_minutes from the fp32 baseline checkpoint, then scored in its packed form.
+# train.max_minutes from the fp32 baseline checkpoint (the fp32 row gets the same
+# fine-tune), then scored in its packed form.
 #   bash benchmarks/run_qat_table.sh outputs/m30k_fp32/checkpoint [OUT_DIR] [MINUTES]
 # Two runs at a time, one torch thread each (2 cores).
 set -euo pipefail
@@ -14,6 +15,7 @@ run() {  # name overrides...
     "$@" hydra.run.dir="$out/$name" > "$out/$name.log" 2>&1
 }
 configs=(
+  "fp32 quant.bits=32"  # the same fine-tune without quantization: the row to compare against
   "attn_w8 quant.bits=8 quant.scope=attention"
   "attn_w4 quant.bits=4 quant.scope=attention"
   "attn_w2 quant.bits=2 quant.scope=attention"
