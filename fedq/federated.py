@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fedq.comm import UpdateCodec, encode_with_feedback, make_codec, payload_bytes
+from fedq.compose import config_to_yaml
 from fedq.config import CodecConfig, FedqConfig
 from fedq.data.batching import encode_pairs, token_batches
 from fedq.data.partition import describe_partition, length_bucket_labels, partition_indices
@@ -31,19 +32,18 @@ class FederationConfigError(ValueError):
 
 def clients_per_round(cfg: FedqConfig) -> int:
     fl = cfg.fl
-    k = fl.clients_per_round if fl.clients_per_round > 0 else max(1, round(fl.fraction * fl.clients))
-    return k
+    return fl.clients_per_round if fl.clients_per_round > 0 else max(1, round(fl.fraction * fl.clients))
 
 
 def validate_federation(cfg: FedqConfig) -> None:
     fl = cfg.fl
     if fl.clients < 1:
         raise FederationConfigError(f"clients={fl.clients}: need at least one client")
+    if not 0 < fl.fraction <= 1:
+        raise FederationConfigError(f"fl.fraction={fl.fraction} must be in (0, 1]")
     k = clients_per_round(cfg)
     if k > fl.clients:
         raise FederationConfigError(f"fl.clients_per_round={k} is more than clients={fl.clients}")
-    if not 0 < fl.fraction <= 1:
-        raise FederationConfigError(f"fl.fraction={fl.fraction} must be in (0, 1]")
     if fl.rounds < 1:
         raise FederationConfigError(f"fl.rounds={fl.rounds}: need at least one round")
     if fl.strategy not in ("fedavg", "fedadam"):
@@ -136,8 +136,6 @@ class Federation:
         validate_federation(cfg)
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        if self.device.type == "cpu":  # one simulated client = num_cpus cores, not the whole machine
-            torch.set_num_threads(max(1, int(cfg.fl.num_cpus)))
         self.task = load_task(cfg)
         self.uplink = uplink_codec(cfg)
         self.downlink = downlink_codec(cfg)
@@ -228,12 +226,12 @@ _FEDERATIONS: dict[str, Federation] = {}
 
 
 def federation_for(cfg: FedqConfig) -> Federation:
-    """One Federation per process and config (Ray actors reuse it across rounds)."""
-    from omegaconf import OmegaConf
-
-    key = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """The client side's Federation: one per process and config (Ray actors reuse it across rounds)."""
+    key = config_to_yaml(cfg)
     if key not in _FEDERATIONS:
         _FEDERATIONS.clear()
+        if resolve_device(cfg.device).type == "cpu":  # a simulated client has fl.num_cpus cores, not the machine
+            torch.set_num_threads(max(1, int(cfg.fl.num_cpus)))
         _FEDERATIONS[key] = Federation(cfg)
     return _FEDERATIONS[key]
 
