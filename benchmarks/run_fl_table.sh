@@ -13,6 +13,7 @@ sim() {  # name overrides...
 }
 python -m fedq.train train.max_steps=800 hydra.run.dir="$out/central_fp32" > "$out/central_fp32.log" 2>&1
 sim fed_fp32 quant.bits=32 comm=fp32
+sim fed_w2_fp32up quant.bits=2 comm=fp32
 sim fed_w2_uniform2 quant.bits=2
 sim fed_w2_sign quant.bits=2 comm=sign
 sim fed_w2_topk quant.bits=2 comm=topk
