@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -19,17 +20,21 @@ from fedq.quant import describe_quantization
 from fedq.report.run_log import PLOT_FILE, RunLog, plot_run, summarize_traffic
 
 
-class Traffic(Protocol):
-    clients: int
-    rejected: int
-    uplink_bytes: int
-    downlink_bytes: int
-    fp32_uplink_bytes: int
-    fp32_downlink_bytes: int
-    train_loss: float | None
-    client_train_seconds: float
-    client_encode_seconds: float
-    server_decode_seconds: float
+@dataclass
+class RoundTraffic:
+    """What one round cost on the wire, and what the clients reported."""
+
+    clients: int = 0
+    rejected: int = 0
+    uplink_bytes: int = 0
+    downlink_bytes: int = 0
+    fp32_uplink_bytes: int = 0
+    fp32_downlink_bytes: int = 0
+    train_loss: float | None = None
+    client_train_seconds: float = 0.0
+    client_encode_seconds: float = 0.0
+    server_decode_seconds: float = 0.0
+    rejections: list[str] = field(default_factory=list)
 
 
 class GlobalModelScorer:
@@ -88,7 +93,7 @@ class RoundReporter:
         every = self.cfg.fl.eval_every
         return every > 0 and server_round % every == 0
 
-    def end_round(self, server_round: int, vector: np.ndarray, traffic: Traffic) -> dict[str, Any]:
+    def end_round(self, server_round: int, vector: np.ndarray, traffic: RoundTraffic) -> dict[str, Any]:
         now = time.perf_counter()
         round_seconds = now - self.round_started
         if server_round == 0:
@@ -107,6 +112,7 @@ class RoundReporter:
             "round": server_round,
             "clients": traffic.clients,
             "rejected": traffic.rejected,
+            "rejections": traffic.rejections,
             "train_loss": traffic.train_loss,
             "uplink_bytes": traffic.uplink_bytes,
             "downlink_bytes": traffic.downlink_bytes,

@@ -9,8 +9,8 @@ Byte counts come from the arrays actually sent and received.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from logging import WARNING
 
 import numpy as np
@@ -20,23 +20,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg
 
 from fedq.comm import CodecError, UpdateCodec, payload_bytes
-
-
-@dataclass
-class RoundTraffic:
-    """What one round cost on the wire, and what the clients reported."""
-
-    clients: int = 0
-    rejected: int = 0
-    uplink_bytes: int = 0
-    downlink_bytes: int = 0
-    fp32_uplink_bytes: int = 0
-    fp32_downlink_bytes: int = 0
-    train_loss: float | None = None
-    client_train_seconds: float = 0.0
-    client_encode_seconds: float = 0.0
-    server_decode_seconds: float = 0.0
-    rejections: list[str] = field(default_factory=list)
+from fedq.server_side import RoundTraffic
 
 
 def arrays_to_vector(arrays: ArrayRecord) -> np.ndarray:
@@ -82,8 +66,6 @@ class CompressedUpdates:
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        import time
-
         traffic = self.last_round
         decoded: list[Message] = []
         start = time.perf_counter()
