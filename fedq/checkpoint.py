@@ -96,12 +96,10 @@ class Checkpoint:
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
-    from fedq.config import FedqConfig as Schema
-
     folder = checkpoint_folder(path)
     try:
         raw = OmegaConf.load(folder / CONFIG)
-        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Schema), raw))
+        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FedqConfig), raw))
         meta = json.loads((folder / META).read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint {folder} is incomplete or corrupt: {err}") from None

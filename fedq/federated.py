@@ -146,8 +146,7 @@ class Federation:
     @cached_property
     def train_pairs(self) -> list[tuple[list[int], list[int]]]:
         """Training pairs as token ids. A pair's index is its position in corpus.train."""
-        pairs = encode_pairs(self.task.corpus.train, self.task.tokenizer, None)
-        return pairs
+        return encode_pairs(self.task.corpus.train, self.task.tokenizer, None)
 
     @cached_property
     def shards(self) -> list[list[int]]:

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedq.config import TrainConfig
 from fedq.data.batching import Batch, token_batches
 
 EncodedPairs = Sequence[tuple[list[int], list[int]]]
