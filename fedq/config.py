@@ -108,7 +108,9 @@ class FLConfig:
     local_steps: int = 40
     local_epochs: int = 0  # >0 overrides local_steps
     local_lr: float = 2e-3
-    warmup_rounds: int = 1  # clients warm their lr up over the first rounds, then decay as 1/sqrt(step)
+    # The clients' lr follows the centralized schedule (train.lr's Noam shape) over the
+    # global step count: round r's local step i is step (r-1)*local_steps + i.
+    warmup_steps: int = 200
     local_optimizer: str = "adam"  # adam | sgd
     strategy: str = "fedavg"  # fedavg | fedadam
     server_lr: float = 1.0  # fedavg: step on the averaged update; fedadam: eta

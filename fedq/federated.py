@@ -119,6 +119,18 @@ def shard_labels(task: TranslationTask, encoded_src_lengths: list[int], cfg: Fed
     raise FederationConfigError(f"unknown partition.label '{label}' (use length or talk)")
 
 
+def client_lr_schedule(
+    optimizer: torch.optim.Optimizer, cfg: FedqConfig, server_round: int, local_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Centralized training's warm-up and 1/sqrt decay, over the global step count.
+
+    Round r's local step i is global step (r-1)*local_steps + i, so R rounds of S
+    local steps see the lr of R*S centralized steps. (A one-round warm-up with decay
+    from there left the lr 2x lower and cost 7 BLEU on demo/tiny.)
+    """
+    return inverse_sqrt_schedule(optimizer, cfg.fl.warmup_steps, start_step=(server_round - 1) * local_steps)
+
+
 @dataclass
 class ClientUpdate:
     arrays: list[np.ndarray]
@@ -188,9 +200,7 @@ class Federation:
             per_epoch = len(token_batches(shard, cfg.data.max_tokens, tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, shuffle=False))
             steps = cfg.fl.local_epochs * per_epoch
         optimizer = make_optimizer(self.model, cfg.fl.local_lr, cfg.train.betas, kind=cfg.fl.local_optimizer)
-        # The learning rate warms up over the first fl.warmup_rounds rounds (counted in
-        # local steps), then decays as 1/sqrt(step): a fresh model does not blow up.
-        scheduler = inverse_sqrt_schedule(optimizer, cfg.fl.warmup_rounds * steps, start_step=(server_round - 1) * steps)
+        scheduler = client_lr_schedule(optimizer, cfg, server_round, steps)
         start = time.perf_counter()
         stats = train_steps(
             self.model, stream, optimizer, steps, self.device, tokenizer.pad_id,

@@ -2,10 +2,12 @@
 
 import numpy as np
 import pytest
+import torch
 
 from fedq.comm import payload_bytes
 from fedq.compose import compose_config, overrides_from_run_config
-from fedq.federated import Federation, default_uplink_bits, model_to_vector, vector_to_model
+from fedq.federated import Federation, client_lr_schedule, default_uplink_bits, model_to_vector, vector_to_model
+from fedq.training import inverse_sqrt_schedule
 
 TINY = [
     "clients=4",
@@ -73,3 +75,25 @@ def test_flower_run_config_maps_onto_hydra_settings():
     assert overrides == ["fl.rounds=7", "quant.bits=4", "model=small", "comm.uplink.name=sign"]
     cfg = compose_config(overrides)
     assert (cfg.fl.rounds, cfg.quant.bits, cfg.model.d_model, cfg.comm.uplink.name) == (7, 4, 256, "sign")
+
+
+def _lrs(scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> list[float]:
+    lrs = []
+    for _ in range(steps):
+        lrs.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_client_lr_follows_the_centralized_schedule_over_global_steps():
+    cfg = compose_config(["fl.local_steps=40", "fl.warmup_steps=200", "fl.local_lr=2e-3"])
+
+    def optimizer():
+        return torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=cfg.fl.local_lr)
+
+    central = _lrs(inverse_sqrt_schedule(optimizer(), 200), 5 * 40)
+    federated = [lr for r in range(1, 6) for lr in _lrs(client_lr_schedule(optimizer(), cfg, r, 40), 40)]
+    np.testing.assert_allclose(federated, central)
+    assert max(federated) == pytest.approx(2e-3) and federated[-1] == pytest.approx(2e-3)  # peak at step 200
+    assert federated[40] > federated[39]  # round 2 goes on warming up, it does not restart
