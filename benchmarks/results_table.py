@@ -12,6 +12,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from fedq.config import FedqConfig
+from fedq.federated import default_uplink_bits
+
 
 def quant_label(quant: dict) -> str:
     if quant["bits"] >= 32:
@@ -40,7 +43,10 @@ def federated_row(run: Path) -> str:
     s = json.loads((run / "summary.json").read_text())
     cfg = OmegaConf.to_container(OmegaConf.create(s["config"]))
     uplink = cfg["comm"]["uplink"]
-    codec = uplink["name"] + (f" {uplink['bits']}-bit" if uplink.get("bits") else "")
+    codec = uplink["name"]
+    if codec in ("uniform", "topk"):  # bits null = the default the run used (quant.bits)
+        schema = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FedqConfig), cfg))
+        codec += f" {uplink['bits'] or default_uplink_bits(schema)}-bit"
     return (
         f"| {quant_label(cfg['quant'])} | {codec} | {s['rounds']} | {s['uplink_bytes'] / 1e6:.1f} | "
         f"{s['uplink_ratio']:.1f}x | {s['downlink_bytes'] / 1e6:.1f} | {s['final_test_bleu']:.2f} | "

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Multi30k federated table (configs/experiment/multi30k_fl.yaml): model=small,
 # 20 clients IID, 2 per round x 50 local steps x 20 rounds, against centralized fp32
-# training for the same 1000 steps. About 90 minutes on 2 CPU cores.
+# training for the same 1000 steps. About 65 minutes on 2 CPU cores (12 + 25 + 27).
 #   bash benchmarks/run_fl_multi30k.sh [OUT_DIR]
 set -euo pipefail
 out=${1:-outputs/fl_multi30k}
