@@ -12,10 +12,11 @@ sim() {  # name overrides...
   python -m fedq.simulate clients=20 "$@" hydra.run.dir="$out/$name" > "$out/$name.log" 2>&1
 }
 python -m fedq.train train.max_steps=800 hydra.run.dir="$out/central_fp32" > "$out/central_fp32.log" 2>&1
+python -m fedq.train train.max_steps=800 quant.bits=2 hydra.run.dir="$out/central_w2" > "$out/central_w2.log" 2>&1
 sim fed_fp32 quant.bits=32 comm=fp32
 sim fed_w2_fp32up quant.bits=2 comm=fp32
 sim fed_w2_uniform2 quant.bits=2
 sim fed_w2_sign quant.bits=2 comm=sign
 sim fed_w2_topk quant.bits=2 comm=topk
-python benchmarks/results_table.py "$out/central_fp32"
+python benchmarks/results_table.py "$out"/central_*/
 python benchmarks/results_table.py --federated "$out"/fed_*/
