@@ -108,7 +108,7 @@ class FLConfig:
     local_steps: int = 40
     local_epochs: int = 0  # >0 overrides local_steps
     local_lr: float = 2e-3
-    # The clients' lr follows the centralized schedule (train.lr's Noam shape) over the
+    # The clients' lr follows centralized training's warm-up and 1/sqrt decay over the
     # global step count: round r's local step i is step (r-1)*local_steps + i.
     warmup_steps: int = 200
     local_optimizer: str = "adam"  # adam | sgd

@@ -46,6 +46,8 @@ def validate_federation(cfg: FedqConfig) -> None:
         raise FederationConfigError(f"fl.clients_per_round={k} is more than clients={fl.clients}")
     if fl.rounds < 1:
         raise FederationConfigError(f"fl.rounds={fl.rounds}: need at least one round")
+    if fl.warmup_steps < 0:
+        raise FederationConfigError(f"fl.warmup_steps={fl.warmup_steps} must be >= 0")
     if fl.strategy not in ("fedavg", "fedadam"):
         raise FederationConfigError(f"unknown fl.strategy '{fl.strategy}' (use fedavg or fedadam)")
     if fl.local_optimizer not in ("adam", "sgd"):

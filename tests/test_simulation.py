@@ -107,6 +107,7 @@ def test_server_rejects_a_malformed_payload_and_averages_the_rest(server_identit
         (["comm.uplink.name=gzip"], "gzip"),
         (["comm.uplink.name=uniform", "comm.uplink.bits=16"], "16"),
         (["comm.downlink.name=sign"], "downlink"),
+        (["fl.warmup_steps=-1"], "warmup_steps"),
     ],
 )
 def test_bad_federation_settings_are_rejected(overrides, message):
