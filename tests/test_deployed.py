@@ -35,6 +35,7 @@ def trained_model(shape: TransformerShape, cfg: QuantConfig, steps: int = 3) -> 
     [
         QuantConfig(bits=1, method="binary", scope="all"),
         QuantConfig(bits=2, method="lsq", scope="attention+embedding"),
+        QuantConfig(bits=2, method="seq", scope="all"),
         QuantConfig(bits=4, method="lsq", scope="linear", act_bits=8),
         QuantConfig(bits=2, method="ternary", scope="all", act_bits=4),
         QuantConfig(bits=8, method="maxabs", scope="attention"),
@@ -67,6 +68,7 @@ def test_deployed_logits_equal_fake_quant_logits(cfg: QuantConfig, tmp_path: Pat
         (QuantConfig(bits=8, scope="all"), 128),
         (QuantConfig(bits=4, scope="all"), 128),
         (QuantConfig(bits=2, scope="all"), 256),
+        (QuantConfig(bits=2, method="seq", scope="all"), 256),
         (QuantConfig(bits=2, method="ternary", scope="all"), 256),
         (QuantConfig(bits=1, scope="all"), 512),
     ],

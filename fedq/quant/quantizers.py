@@ -18,6 +18,10 @@ Methods and their bit widths (``quant.bits`` / ``quant.method``):
   [-2^(b-1), 2^(b-1)-1], b in {8, 4, 3, 2}. ``maxabs`` and ``percentile`` map
   the row's max (or percentile) of |w| to 2^(b-1)-1, so they use 2^b - 1 levels;
   a learned LSQ step can use all 2^b.
+- ``seq``: a learned step like ``lsq`` on balanced levels (c + 1/2)·step, the
+  same codes c: ±1/2, ±3/2 at 2 bits, no zero level and no lone extra
+  negative level. ParetoQ (Liu et al., 2025) calls this grid "stretched elastic
+  quant" and finds it better than integer grids at 2 and 3 bits.
 - ``binary``: sign(w)·alpha, alpha = mean|w_row|, bits=1. ``quant.bits=1`` with
   the default method ``lsq`` resolves to ``binary``.
 - ``ternary``: {-alpha, 0, +alpha} (TWN), log2(3) ≈ 1.58 bits of information,
@@ -32,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-UNIFORM_METHODS = ("lsq", "maxabs", "percentile")
+UNIFORM_METHODS = ("lsq", "seq", "maxabs", "percentile")
 METHODS = UNIFORM_METHODS + ("binary", "ternary")
 UNIFORM_BITS = (8, 4, 3, 2)
 SCOPES = ("attention", "linear", "attention+embedding", "all")
@@ -72,7 +76,7 @@ def validate_quant_config(cfg: Any) -> None:
         return
     if bits not in UNIFORM_BITS + (1,):
         raise QuantConfigError(
-            f"quant.bits={bits} is not supported; allowed: lsq/maxabs/percentile 8, 4, 3, 2; "
+            f"quant.bits={bits} is not supported; allowed: lsq/seq/maxabs/percentile 8, 4, 3, 2; "
             "binary 1; ternary 2; 32 = off"
         )
     if method == "binary" and bits != 1:
@@ -140,9 +144,11 @@ class WeightQuantizer(nn.Module):
         """int8 codes ``[out, in]`` and fp16 scales ``[out]``."""
         raise NotImplementedError
 
-    @staticmethod
-    def dequantize(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-        return codes.float() * scales.float().unsqueeze(1)
+    level_offset = 0.0  # a code c stands for (c + level_offset)·scale
+
+    @classmethod
+    def dequantize(cls, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        return (codes.float() + cls.level_offset) * scales.float().unsqueeze(1)
 
 
 class UniformQuantizer(WeightQuantizer):
@@ -158,17 +164,18 @@ class UniformQuantizer(WeightQuantizer):
         """Per-row scale ``[out, 1]``, fp32 holding an fp16 value."""
         raise NotImplementedError
 
-    def _levels(self, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        return _round_ste((w / scale).clamp(self.qmin, self.qmax))
+    def _codes(self, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Integer-valued float codes in [qmin, qmax], rounding with a straight-through gradient."""
+        return _round_ste((w / scale - self.level_offset).clamp(self.qmin, self.qmax))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         scale = self.scale(w)
-        return self._levels(w, scale) * scale
+        return (self._codes(w, scale) + self.level_offset) * scale
 
     @torch.no_grad()
     def codes_and_scales(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scale = self.scale(w)
-        return self._levels(w, scale).to(torch.int8), scale.squeeze(1).half()
+        return self._codes(w, scale).to(torch.int8), scale.squeeze(1).half()
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"
@@ -195,6 +202,39 @@ class LSQQuantizer(UniformQuantizer):
 
     def scale(self, w: torch.Tensor) -> torch.Tensor:
         return _fp16_exact(_grad_scale(self.step, self.grad_factor))
+
+
+class SEQQuantizer(LSQQuantizer):
+    """LSQ on balanced levels (c + 1/2)·step: ±1/2, ±3/2 at 2 bits (ParetoQ's SEQ grid).
+
+    An integer grid at 2 bits is {-2, -1, 0, 1}·step: one of its four levels is
+    a lone negative outlier, so in practice it is ternary. The balanced grid uses
+    all four levels symmetrically. The step starts where the row's quantization
+    error is smallest (a search over fractions of the step that clips nothing),
+    so training starts from a good fit rather than from a heuristic.
+    """
+
+    method = "seq"
+    level_offset = 0.5
+    INIT_FACTORS = torch.linspace(0.02, 1.0, 50)  # step candidates, as fractions of the no-clip step
+
+    def __init__(self, bits: int, weight: torch.Tensor) -> None:
+        super().__init__(bits, weight)
+        with torch.no_grad():
+            self.step.copy_(self._least_error_step(weight.detach().float()))
+
+    def _least_error_step(self, w: torch.Tensor) -> torch.Tensor:
+        no_clip = (w.abs().amax(dim=1, keepdim=True) / (self.qmax + self.level_offset)).clamp_min(FP16_TINY)
+        best_error = torch.full_like(no_clip, math.inf)
+        best_step = no_clip.clone()
+        for factor in self.INIT_FACTORS.tolist():
+            step = no_clip * factor
+            q = ((w / step - self.level_offset).round().clamp(self.qmin, self.qmax) + self.level_offset) * step
+            error = (q - w).pow(2).sum(dim=1, keepdim=True)
+            better = error < best_error
+            best_error = torch.where(better, error, best_error)
+            best_step = torch.where(better, step, best_step)
+        return best_step.clamp_min(FP16_TINY)
 
 
 class MaxAbsQuantizer(UniformQuantizer):
@@ -249,8 +289,8 @@ class BinaryQuantizer(WeightQuantizer):
         codes = torch.where(w >= 0, 0, -1).to(torch.int8)
         return codes, self._alpha(w).squeeze(1).half()
 
-    @staticmethod
-    def dequantize(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def dequantize(cls, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
         return (2 * codes.float() + 1) * scales.float().unsqueeze(1)
 
 
@@ -283,6 +323,7 @@ class TernaryQuantizer(WeightQuantizer):
 
 QUANTIZERS: dict[str, type[WeightQuantizer]] = {
     "lsq": LSQQuantizer,
+    "seq": SEQQuantizer,
     "maxabs": MaxAbsQuantizer,
     "percentile": PercentileQuantizer,
     "binary": BinaryQuantizer,
@@ -293,8 +334,8 @@ QUANTIZERS: dict[str, type[WeightQuantizer]] = {
 def make_weight_quantizer(cfg: Any, weight: torch.Tensor) -> WeightQuantizer:
     """The weight quantizer of a validated config, initialised from ``weight`` where it learns."""
     method = resolve_method(cfg)
-    if method == "lsq":
-        return LSQQuantizer(cfg.bits, weight)
+    if method in ("lsq", "seq"):
+        return QUANTIZERS[method](cfg.bits, weight)
     if method == "percentile":
         return PercentileQuantizer(cfg.bits, cfg.percentile)
     if method == "maxabs":
