@@ -8,7 +8,7 @@ Issue targets:
 
 The update is real, not random: for each model preset (``--models``, default
 small and tiny) the model is built with QAT (``--overrides``, default
-``quant.bits=2``: 2-bit lsq on all linear layers) exactly as a federated client
+``quant.bits=2 quant.method=lsq``: 2-bit lsq on all linear layers) exactly as a federated client
 builds it, trained for ``fl.local_steps`` (20) steps like round 1 of
 ``Federation.client_round`` (same optimizer and lr schedule) on random batches
 of ``data.max_tokens`` tokens, and the update is ``local - global`` over the
@@ -107,7 +107,7 @@ def bench_codecs(args, update: np.ndarray, round_seconds: float) -> list[dict]:
 def main() -> None:
     p = benchlib.parser(__doc__)
     p.add_argument("--models", nargs="+", default=["small", "tiny"], help="model presets")
-    p.add_argument("--overrides", nargs="*", default=["quant.bits=2"], help="Hydra overrides after model=PRESET")
+    p.add_argument("--overrides", nargs="*", default=["quant.bits=2", "quant.method=lsq"], help="Hydra overrides after model=PRESET")
     p.add_argument("--vocab", type=int, default=0, help="synthetic vocabulary (0: 8000 for small, 1000 for tiny)")
     p.add_argument("--local-steps", type=int, default=0, help="0: fl.local_steps of the config")
     p.add_argument("--block-size", type=int, default=1024, help="comm.uplink.block_size")

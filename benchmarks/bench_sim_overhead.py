@@ -133,7 +133,7 @@ def run_simulation(overrides: list[str], seed: int) -> dict:
 
 def main() -> None:
     p = benchlib.parser(__doc__)
-    p.add_argument("--overrides", nargs="*", default=["quant.bits=2"], help="Hydra overrides (model, quant, comm, data)")
+    p.add_argument("--overrides", nargs="*", default=["quant.bits=2", "quant.method=lsq"], help="Hydra overrides (model, quant, comm, data)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds R (one warm-up round is added)")
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--per-round", type=int, default=2, help="clients per round K")

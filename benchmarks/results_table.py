@@ -9,17 +9,19 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 from omegaconf import OmegaConf
 
 from fedq.config import FedqConfig
 from fedq.federated import default_uplink_bits
+from fedq.quant import resolve_method
 
 
 def quant_label(quant: dict) -> str:
     if quant["bits"] >= 32:
         return "fp32"
-    method = quant["method"]
+    method = resolve_method(SimpleNamespace(**quant))
     if method == "ternary":
         kind = "ternary (1.58-bit)"
     elif method == "binary" or quant["bits"] == 1:

@@ -18,7 +18,7 @@ configs=(
   "fp32 quant.bits=32"  # the same fine-tune without quantization: the row to compare against
   "attn_w8 quant.bits=8 quant.scope=attention"
   "attn_w4 quant.bits=4 quant.scope=attention"
-  "attn_w2 quant.bits=2 quant.scope=attention"
+  "attn_w2 quant.bits=2 quant.method=lsq quant.scope=attention"
   "attn_binary quant.bits=1 quant.method=binary quant.scope=attention"
   "attn_ternary quant.bits=2 quant.method=ternary quant.scope=attention"
   "attn_emb_w8 quant.bits=8 quant.scope=attention+embedding"

@@ -46,7 +46,7 @@ class ModelConfig:
 @dataclass
 class QuantConfig:
     bits: int = 32  # 32 = off; 8/4/3/2 uniform; 1 binary
-    method: str = "lsq"  # lsq | seq | maxabs | percentile | binary | ternary
+    method: str = "auto"  # auto (binary at 1 bit, seq at 2, else lsq) | lsq | seq | maxabs | percentile | binary | ternary
     scope: str = "linear"  # attention | linear | attention+embedding | all
     act_bits: Optional[int] = None  # e.g. 8 to fake-quantize linear-layer inputs
     percentile: float = 99.9

@@ -48,7 +48,7 @@ def test_uniform_levels_and_codes(method: str, bits: int) -> None:
 
 def test_two_bit_lsq_uses_all_four_levels() -> None:
     w = gaussian()
-    counts = distinct_per_row(make_weight_quantizer(QuantConfig(bits=2), w)(w))
+    counts = distinct_per_row(make_weight_quantizer(QuantConfig(bits=2, method="lsq"), w)(w))
     assert min(counts) >= 3 and sum(counts) / len(counts) >= 3.8
 
 
@@ -143,7 +143,7 @@ def test_act_quantizer_levels_and_gradient() -> None:
         ({"bits": 1, "method": "maxabs"}, "set quant.method=binary"),
         ({"bits": 3, "method": "ternary"}, "set quant.bits=2"),
         ({"bits": 4, "scope": "attn"}, "quant.scope='attn' is unknown"),
-        ({"bits": 4, "method": "kmeans"}, "quant.method='kmeans' is unknown"),
+        ({"bits": 4, "method": "kmeans"}, "quant.method='kmeans' is unknown; choose one of auto, lsq, seq"),
         ({"bits": 4, "act_bits": 1}, "quant.act_bits=1"),
         ({"bits": 4, "method": "percentile", "percentile": 150.0}, "quant.percentile=150.0"),
     ],
@@ -157,8 +157,10 @@ def test_bad_configs_raise_one_line(kwargs: dict, message: str) -> None:
 def test_good_configs_and_method_resolution() -> None:
     for cfg in [QuantConfig(), QuantConfig(bits=32, method="binary"), QuantConfig(bits=2, method="ternary", act_bits=8)]:
         validate_quant_config(cfg)
-    assert resolve_method(QuantConfig(bits=1)) == "binary"
-    assert resolve_method(QuantConfig(bits=2)) == "lsq"
+    assert [resolve_method(QuantConfig(bits=b)) for b in (1, 2, 3, 4, 8)] == ["binary", "seq", "lsq", "lsq", "lsq"]
+    assert resolve_method(QuantConfig(bits=1, method="lsq")) == "binary"
+    assert resolve_method(QuantConfig(bits=2, method="lsq")) == "lsq"
+    assert make_weight_quantizer(QuantConfig(bits=2), gaussian()).method == "seq"
 
 
 @pytest.mark.parametrize(
@@ -180,7 +182,7 @@ def test_scope_selects_layers_and_keeps_parameters(scope: str, linears: int, emb
 
 
 def test_state_dict_round_trip_and_fp32_untouched() -> None:
-    cfg = QuantConfig(bits=2, scope="all", act_bits=8)
+    cfg = QuantConfig(bits=2, method="lsq", scope="all", act_bits=8)
     trained = quantize_model(Transformer(SHAPE), cfg)
     with torch.no_grad():
         trained.encoder_layers[0].self_attn.q_proj.weight_quantizer.step.mul_(1.5)
