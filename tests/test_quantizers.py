@@ -18,6 +18,7 @@ from fedq.quant import (
     quantized_modules,
     resolve_method,
     validate_quant_config,
+    with_resolved_method,
 )
 
 SHAPE = TransformerShape(vocab_size=50, d_model=32, n_heads=4, ffn_dim=64, enc_layers=2, dec_layers=2)
@@ -161,6 +162,9 @@ def test_good_configs_and_method_resolution() -> None:
     assert resolve_method(QuantConfig(bits=1, method="lsq")) == "binary"
     assert resolve_method(QuantConfig(bits=2, method="lsq")) == "lsq"
     assert make_weight_quantizer(QuantConfig(bits=2), gaussian()).method == "seq"
+    assert with_resolved_method(QuantConfig(bits=2)) == QuantConfig(bits=2, method="seq")
+    assert with_resolved_method(QuantConfig(bits=1)).method == "binary"
+    assert with_resolved_method(QuantConfig(bits=32)).method == "auto"  # nothing quantized, nothing to name
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from fedq.checkpoint import read_checkpoint
 from fedq.compose import compose_config
 from fedq.data.batching import encode_pairs
 from fedq.evaluate import evaluate
@@ -40,15 +41,16 @@ def test_tiny_model_overfits_32_pairs(cache_overrides):
 
 
 def test_evaluate_reproduces_bleu_saved_at_training(tmp_path, cache_overrides, capsys):
-    overrides = SMALL_DEMO + cache_overrides + ["train.max_steps=60", "train.log_every=30", "quant.bits=4"]
+    overrides = SMALL_DEMO + cache_overrides + ["train.max_steps=60", "train.log_every=30", "quant.bits=2"]
     scores = train(compose_config(overrides), tmp_path)
     out = capsys.readouterr().out
     assert "step 60/60" in out and "tgt tok/s" in out and "ETA" in out
     ckpt = tmp_path / "checkpoint"
     for name in ("model.safetensors", "config.yaml", "tokenizer.model", "meta.json", "model.fedq"):
         assert (ckpt / name).is_file()
+    assert read_checkpoint(ckpt).config.quant.method == "seq"  # the grid auto chose, named
     size = scores["deployed_size"]
-    assert size["file_bytes"] < size["fp32_bytes"] / 3  # 4-bit linear layers, fp32 rest
+    assert size["file_bytes"] < size["fp32_bytes"] / 3  # 2-bit linear layers, fp32 rest
     rescored = evaluate(compose_config(cache_overrides + [f"ckpt={ckpt}"]))
     assert rescored["valid"] == pytest.approx(scores["valid_bleu"], abs=1e-9)
     assert rescored["test"] == pytest.approx(scores["test_bleu"], abs=1e-9)

@@ -11,6 +11,7 @@ from fedq.quant.quantizers import (
     make_weight_quantizer,
     resolve_method,
     validate_quant_config,
+    with_resolved_method,
 )
 from fedq.quant.swap import describe_quantization, quant_summary, quantize_model, quantized_modules
 
@@ -36,4 +37,5 @@ __all__ = [
     "save_deployed",
     "unpack_bits",
     "validate_quant_config",
+    "with_resolved_method",
 ]

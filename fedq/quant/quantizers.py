@@ -32,6 +32,7 @@ Methods and their bit widths (``quant.bits`` / ``quant.method``):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -69,6 +70,18 @@ def resolve_method(cfg: Any) -> str:
     if cfg.bits == 1 and cfg.method == "lsq":
         return "binary"
     return cfg.method
+
+
+def with_resolved_method(cfg: Any) -> Any:
+    """``cfg`` (a QuantConfig) with ``auto`` replaced by the method it means, for saving.
+
+    A checkpoint must name the grid its weights were trained on: lsq and seq have
+    the same parameters, so a checkpoint saying ``auto`` would load silently into
+    the wrong grid if ``auto`` ever came to mean something else.
+    """
+    if cfg.method != AUTO or cfg.bits == OFF_BITS:
+        return cfg
+    return dataclasses.replace(cfg, method=resolve_method(cfg))
 
 
 def validate_quant_config(cfg: Any) -> None:
