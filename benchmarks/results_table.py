@@ -24,7 +24,7 @@ def quant_label(quant: dict) -> str:
     method = resolve_method(SimpleNamespace(**quant))
     if method == "ternary":
         kind = "ternary (1.58-bit)"
-    elif method == "binary" or quant["bits"] == 1:
+    elif method == "binary":
         kind = "binary"
     else:
         kind = f"{quant['bits']}-bit {method}"

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from fedq.config import FedqConfig
 from fedq.data.tokenizer import SubwordTokenizer
 from fedq.model.transformer import Transformer
-from fedq.quant import with_resolved_method
+from fedq.compose import config_to_yaml
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
@@ -55,8 +54,7 @@ def save_checkpoint(
     tmp = folder / (WEIGHTS + ".tmp")
     save_file(state, str(tmp))
     os.replace(tmp, folder / WEIGHTS)
-    cfg = dataclasses.replace(cfg, quant=with_resolved_method(cfg.quant))  # name the grid, not "auto"
-    _atomic_write_text(folder / CONFIG, OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    _atomic_write_text(folder / CONFIG, config_to_yaml(cfg))
     tokenizer.save(folder / TOKENIZER)
     full_meta = {"shape": model.shape.to_dict(), "tokenizer_fingerprint": tokenizer.fingerprint}
     full_meta.update(meta or {})

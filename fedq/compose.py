@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -10,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from fedq.config import FedqConfig, register_configs
+from fedq.quant import with_resolved_method
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -46,6 +48,9 @@ def config_from_run_config(run_config: Mapping[str, object]) -> FedqConfig:
 
 
 def config_to_yaml(cfg: FedqConfig) -> str:
+    """The config as saved (checkpoint config.yaml, summary.json): ``quant.method=auto``
+    is written as the grid it chose, so a saved run names what it trained on."""
+    cfg = dataclasses.replace(cfg, quant=with_resolved_method(cfg.quant))
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
