@@ -31,8 +31,8 @@ import torch
 
 import benchlib
 from fedq.comm import encode_with_feedback, make_codec, payload_bytes
-from fedq.federated import model_to_vector
-from fedq.training import inverse_sqrt_schedule, make_optimizer, train_steps
+from fedq.engine import StepSettings, inverse_sqrt_schedule, make_optimizer, train_steps
+from fedq.fl.weights import model_to_vector
 
 TIME_TARGET = 0.05
 VOCAB = {"small": 8000, "tiny": 1000}  # the vocabularies these presets are used with (Multi30k-sized, demo)
@@ -59,8 +59,8 @@ def local_update(args, preset: str) -> tuple[np.ndarray, float, str]:
     optimizer = make_optimizer(model, cfg.fl.local_lr, cfg.train.betas, kind=cfg.fl.local_optimizer)
     scheduler = inverse_sqrt_schedule(optimizer, cfg.train.warmup_steps)
     start = time.perf_counter()
-    train_steps(model, iter(batches), optimizer, steps, torch.device("cpu"), model.shape.pad_id,
-                cfg.train.label_smoothing, cfg.train.clip_norm, scheduler)
+    settings = StepSettings(torch.device("cpu"), model.shape.pad_id, cfg.train.label_smoothing, cfg.train.clip_norm)
+    train_steps(model, iter(batches), optimizer, steps, settings, scheduler=scheduler)
     seconds = time.perf_counter() - start
     update = model_to_vector(model) - global_vector
     text = (f"{preset}: {update.size / 1e6:.2f}M values, quant.bits={cfg.quant.bits} {cfg.quant.method} {cfg.quant.scope}, "

@@ -6,7 +6,7 @@ Issue targets:
 - in the deployed file at b bits the quantized tensors take <= b/32 * 1.05 of
   their fp32 bytes, scales included.
 
-Step time: one ``fedq.training.train_steps`` step (forward, backward, clip, Adam)
+Step time: one ``fedq.engine.train_steps`` step (forward, backward, clip, Adam)
 on the same random batches (about ``data.max_tokens`` = 4096 tokens, synthetic
 vocabulary ``--vocab``) for the fp32 model and for each ``--configs`` entry, all
 starting from the same fp32 weights; steps interleaved fp32, Q1, Q2, ..., fp32,
@@ -33,14 +33,15 @@ import torch
 
 import benchlib
 from fedq.config import QuantConfig
+from fedq.errors import FedqError
 from fedq.quant import quantize_model, quantized_modules, save_deployed
-from fedq.training import make_optimizer, train_steps
+from fedq.engine import StepSettings, make_optimizer, train_steps
 
 STEP_TARGET = 1.3
 DEPLOY_SCHEMES = [(8, "lsq"), (4, "lsq"), (3, "lsq"), (2, "lsq"), (1, "binary"), (2, "ternary")]
 
 
-class ConfigSpecError(ValueError):
+class ConfigSpecError(FedqError):
     pass
 
 
@@ -61,7 +62,7 @@ def label(quant: QuantConfig) -> str:
 def step_times(args, cfg, fp32_model, quants: list[QuantConfig]) -> tuple[dict[str, list[float]], int]:
     """Seconds per train step of fp32 and each QAT config, steps interleaved."""
     batches = benchlib.random_batches(args.steps + 1, args.vocab, cfg.data.max_tokens, args.seed)
-    device = torch.device("cpu")
+    settings = StepSettings(torch.device("cpu"), benchlib.PAD_ID, cfg.train.label_smoothing, cfg.train.clip_norm)
     variants = {}
     for quant in [dataclasses.replace(cfg.quant, bits=32), *quants]:
         model = quantize_model(copy.deepcopy(fp32_model), quant)
@@ -69,7 +70,7 @@ def step_times(args, cfg, fp32_model, quants: list[QuantConfig]) -> tuple[dict[s
         stream = benchlib.cycle(batches)
 
         def step(model=model, optimizer=optimizer, stream=stream):
-            train_steps(model, stream, optimizer, 1, device, model.shape.pad_id, cfg.train.label_smoothing, cfg.train.clip_norm)
+            train_steps(model, stream, optimizer, 1, settings)
 
         variants[label(quant)] = step
     return benchlib.interleaved(variants, args.steps), batches[0].n_src_tokens + batches[0].n_tgt_tokens

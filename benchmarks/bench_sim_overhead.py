@@ -14,7 +14,7 @@ decode + aggregate; the server's BLEU evaluation is not in it, and
 ``data.max_eval_pairs`` pairs). Start-up = launch until the "round 0" line
 (imports, corpus, Ray, server model, a BLEU of the untrained model).
 
-Baseline: one process, one ``fedq.federated.Federation`` with the same config,
+Baseline: one process, one ``fedq.fl.federation.Federation`` with the same config,
 and per round what the client and server functions do without Flower: encode
 the global weights with the downlink codec, ``client_round`` for K sampled
 clients one after another (error-feedback residuals kept per client), decode
@@ -49,8 +49,9 @@ from pathlib import Path
 import numpy as np
 
 import benchlib
-from fedq.config import FedqConfig
-from fedq.federated import Federation, clients_per_round
+from fedq.config import FedqConfig, clients_per_round
+from fedq.fl.client import client_round
+from fedq.fl.federation import Federation
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 1.25
@@ -82,7 +83,7 @@ def run_baseline(fed: Federation, cfg: FedqConfig, parallel: int, seed: int) -> 
         client_s, replies = [], []
         for pid in rng.choice(cfg.fl.clients, size=k, replace=False).tolist():
             t = time.perf_counter()
-            reply = fed.client_round(pid, server_round, downlink, residuals.get(pid))
+            reply = client_round(fed, pid, server_round, downlink, residuals.get(pid))
             client_s.append(time.perf_counter() - t)
             residuals[pid] = reply.residual
             replies.append(reply)

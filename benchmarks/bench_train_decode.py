@@ -9,7 +9,7 @@ over a synthetic vocabulary (``--vocab``, default 8000) unless the overrides
 name a corpus (``--overrides data=textdir data.dir=...``): then its tokenizer,
 its training batches and its validation sources are used.
 
-Training: ``fedq.training.train_steps`` (forward, backward, clip, Adam) on
+Training: ``fedq.engine.train_steps`` (forward, backward, clip, Adam) on
 batches of about ``data.max_tokens`` (4096) source+target tokens; reported as
 target tokens/s. Decoding: ``greedy_decode`` of ``--sentences`` sources for
 exactly ``--out-len`` steps (eos id -1 can never be produced, so no sentence
@@ -27,8 +27,8 @@ import torch
 import benchlib
 from fedq.data.batching import encode_pairs, token_batches
 from fedq.model.decoding import greedy_decode
-from fedq.pipeline import build_model, load_task
-from fedq.training import make_optimizer, train_steps
+from fedq.engine import StepSettings, make_optimizer, train_steps, training_pairs
+from fedq.task import build_model, load_task
 
 NEVER = -1  # an eos id no argmax can return: decoding runs the full length
 
@@ -38,7 +38,7 @@ def prepare(args, cfg):
     if any(o.startswith("data") for o in args.overrides):
         task = load_task(cfg)
         tok = task.tokenizer
-        pairs = encode_pairs(task.corpus.train, tok, cfg.data.max_len)
+        pairs = training_pairs(encode_pairs(task.corpus.train, tok), cfg.data.max_len)
         batches = token_batches(pairs, cfg.data.max_tokens, tok.pad_id, tok.bos_id, tok.eos_id, shuffle=True, seed=args.seed)
         batches = batches[: max(args.train_steps * (args.repeats + 1), 1)]
         sources = [tok.encode(src) for src, _ in task.corpus.valid[: args.sentences]]
@@ -75,11 +75,11 @@ def main() -> None:
     print(f"model: {cfg.model.preset} ({n_params / 1e6:.2f}M parameters), quant.bits={cfg.quant.bits}; data: {data_text}")
 
     # Training: median over repeats of target tokens/s, one untimed warm-up block first.
-    device = torch.device("cpu")
+    settings = StepSettings(torch.device("cpu"), model.shape.pad_id)
     optimizer = make_optimizer(model, cfg.train.lr, cfg.train.betas)
     stream = benchlib.cycle(batches)
-    train_steps(model, stream, optimizer, args.train_steps, device, model.shape.pad_id)
-    runs = [train_steps(model, stream, optimizer, args.train_steps, device, model.shape.pad_id) for _ in range(args.repeats)]
+    train_steps(model, stream, optimizer, args.train_steps, settings)
+    runs = [train_steps(model, stream, optimizer, args.train_steps, settings) for _ in range(args.repeats)]
     tokens_per_step = sum(r.tokens for r in runs) / sum(r.steps for r in runs)
     train_tps = benchlib.median([r.tokens_per_second for r in runs])
     step_ms = benchlib.median([1000 * r.seconds / r.steps for r in runs])

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 
-from fedq.compose import compose_config
-from fedq.config import FedqConfig
+from fedq.config import FedqConfig, compose_config
+from fedq.errors import FedqError
 from fedq.data.batching import Batch
-from fedq.model.transformer import Transformer, TransformerShape
+from fedq.model.transformer import Transformer
 from fedq.quant import quantize_model
+from fedq.task import model_shape
 
 # Special ids of fedq's SubwordTokenizer; synthetic tokens are drawn above them.
 PAD_ID, BOS_ID, EOS_ID, FIRST_WORD_ID = 0, 2, 3, 4
@@ -104,13 +105,7 @@ def config(overrides: Sequence[str]) -> FedqConfig:
 
 def synthetic_model(cfg: FedqConfig, vocab_size: int, quantized: bool = True) -> Transformer:
     """The Transformer of ``cfg.model`` over a synthetic vocabulary, with ``cfg.quant``'s QAT layers."""
-    m = cfg.model
-    shape = TransformerShape(
-        vocab_size=vocab_size, d_model=m.d_model, n_heads=m.n_heads, ffn_dim=m.ffn_dim,
-        enc_layers=m.enc_layers, dec_layers=m.dec_layers, dropout=m.dropout,
-        max_positions=m.max_positions, pad_id=PAD_ID,
-    )
-    model = Transformer(shape)
+    model = Transformer(model_shape(cfg.model, vocab_size, PAD_ID))
     return quantize_model(model, cfg.quant) if quantized else model
 
 
@@ -135,9 +130,9 @@ def cycle(batches: Sequence[Batch]):
 
 
 def run(main: Callable[[], None]) -> None:
-    """Run a script's main; a bad input (ValueError) is one line on stderr and exit status 2."""
+    """Run a script's main; a bad input (a FedqError) is one line on stderr and exit status 2."""
     try:
         main()
-    except ValueError as err:
+    except FedqError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

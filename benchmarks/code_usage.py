@@ -16,7 +16,7 @@ import math
 import torch
 
 from fedq.checkpoint import read_checkpoint
-from fedq.pipeline import build_model
+from fedq.task import build_model
 from fedq.quant import quantized_modules
 
 

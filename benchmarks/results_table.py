@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from omegaconf import OmegaConf
 
 from fedq.config import FedqConfig
-from fedq.federated import default_uplink_bits
+from fedq.comm.settings import default_uplink_bits
 from fedq.quant import resolve_method
 
 

@@ -1,7 +1,7 @@
 """Flower ClientApp: local QAT on this node's shard, reply with the encoded update.
 
-Thin on purpose: the round itself is ``fedq.federated.Federation.client_round``.
-The error-feedback residual of biased codecs lives in the node's persistent
+Thin on purpose: the round itself is ``fedq.fl.client.client_round``. The
+error-feedback residual of biased codecs lives in the node's persistent
 ``context.state`` between rounds.
 """
 
@@ -12,9 +12,9 @@ from collections.abc import Callable
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedq.compose import config_from_run_config
-from fedq.config import FedqConfig
-from fedq.federated import federation_for
+from fedq.config import FedqConfig, config_from_run_config
+from fedq.errors import ConfigError
+from fedq.fl.client import client_round, federation_for
 
 RESIDUAL_KEY = "fedq-error-feedback"
 ConfigSource = Callable[[Context], FedqConfig]
@@ -28,12 +28,12 @@ def make_client_app(config_source: ConfigSource) -> ClientApp:
         cfg = config_source(context)
         num_partitions = int(context.node_config.get("num-partitions", cfg.fl.clients))
         if num_partitions != cfg.fl.clients:
-            raise ValueError(f"this federation has {num_partitions} nodes but the config says clients={cfg.fl.clients}")
-        federation = federation_for(cfg)
+            raise ConfigError(f"this federation has {num_partitions} nodes but the config says clients={cfg.fl.clients}")
         residual = None
         if RESIDUAL_KEY in context.state:
             residual = context.state[RESIDUAL_KEY].to_numpy_ndarrays()[0]
-        update = federation.client_round(
+        update = client_round(
+            federation_for(cfg),
             partition_id=int(context.node_config["partition-id"]),
             server_round=int(msg.content["config"]["server-round"]),
             downlink_arrays=msg.content["arrays"].to_numpy_ndarrays(),

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from fedq.config import FedqConfig
+from fedq.config import FedqConfig, config_to_yaml, read_config_file
 from fedq.data.tokenizer import SubwordTokenizer
+from fedq.errors import FedqError
+from fedq.files import atomic_write
 from fedq.model.transformer import Transformer
-from fedq.compose import config_to_yaml
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
@@ -31,14 +31,8 @@ META = "meta.json"
 DEPLOYED = "model.fedq"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FedqError):
     pass
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def save_checkpoint(
@@ -49,16 +43,13 @@ def save_checkpoint(
     meta: dict | None = None,
 ) -> Path:
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    tmp = folder / (WEIGHTS + ".tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, folder / WEIGHTS)
-    _atomic_write_text(folder / CONFIG, config_to_yaml(cfg))
+    atomic_write(folder / WEIGHTS, save(state))
+    atomic_write(folder / CONFIG, config_to_yaml(cfg))
     tokenizer.save(folder / TOKENIZER)
     full_meta = {"shape": model.shape.to_dict(), "tokenizer_fingerprint": tokenizer.fingerprint}
     full_meta.update(meta or {})
-    _atomic_write_text(folder / META, json.dumps(full_meta, indent=2))
+    atomic_write(folder / META, json.dumps(full_meta, indent=2))
     return folder
 
 
@@ -66,7 +57,7 @@ def update_meta(folder: str | Path, **values: object) -> None:
     path = Path(folder) / META
     meta = json.loads(path.read_text())
     meta.update(values)
-    _atomic_write_text(path, json.dumps(meta, indent=2))
+    atomic_write(path, json.dumps(meta, indent=2))
 
 
 def checkpoint_folder(path: str | Path) -> Path:
@@ -99,8 +90,7 @@ class Checkpoint:
 def read_checkpoint(path: str | Path) -> Checkpoint:
     folder = checkpoint_folder(path)
     try:
-        raw = OmegaConf.load(folder / CONFIG)
-        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FedqConfig), raw))
+        config = read_config_file(folder / CONFIG)
         meta = json.loads((folder / META).read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint {folder} is incomplete or corrupt: {err}") from None

@@ -9,7 +9,8 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fedq.config import FedqConfig
+from fedq.config import FedqConfig, validate_config
+from fedq.errors import FedqError
 
 
 def to_config(cfg: DictConfig) -> FedqConfig:
@@ -24,11 +25,17 @@ def run_dir() -> Path:
         return Path.cwd()
 
 
-def run_with_user_errors(main: Callable[[FedqConfig], None], cfg: DictConfig) -> None:
-    """Run ``main``; a bad input (any ValueError / missing file) is one line on stderr, exit 2."""
+def run_with_user_errors(main: Callable[[FedqConfig], object], cfg: DictConfig) -> None:
+    """Validate the config, then run ``main``.
+
+    A user error (any :class:`FedqError`) is one line on stderr and exit status 2;
+    any other exception is a bug and keeps its traceback.
+    """
     try:
-        main(to_config(cfg))
-    except (ValueError, FileNotFoundError) as err:
+        config = to_config(cfg)
+        validate_config(config)
+        main(config)
+    except FedqError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

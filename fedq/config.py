@@ -1,16 +1,31 @@
-"""Structured config schemas for every entry point.
+"""Configuration: the schema, composing it, mapping Flower's run config, YAML I/O, validation.
 
 The dataclasses are registered in Hydra's ConfigStore, so a typo in a key or a
-wrong type is rejected by Hydra with a one-line message before any work starts.
-The YAML files under ``configs/`` only choose values; the schema lives here.
+wrong type is rejected by Hydra with one line before any work starts. The YAML
+files under ``configs/`` (shipped inside the package as ``fedq.conf``) only
+choose values. :func:`validate_config` checks every value and every
+combination in one place; each entry point calls it first, before any corpus,
+tokenizer or Ray work.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import shlex
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
+from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fedq.errors import ConfigError
+
+CONFIG_MODULE = "fedq.conf"  # the YAML tree of configs/, as package data
+CONFIG_SOURCE = f"pkg://{CONFIG_MODULE}"  # for @hydra.main(config_path=...)
 
 
 @dataclass
@@ -23,7 +38,7 @@ class DataConfig:
     cache_dir: str = "~/.cache/fedq"
     vocab_size: int = 2000
     max_tokens: int = 4096  # token budget per batch (source + target tokens)
-    max_len: int = 128  # sentences longer than this (in subword tokens) are dropped from training
+    max_len: int = 128  # pairs with a side longer than this (in subword tokens) are not trained on
     max_train_pairs: int = 0  # 0 = all; else keep the first N training pairs
     max_eval_pairs: int = 0  # 0 = all; else evaluate on the first N valid/test pairs
     demo_train_size: int = 24000
@@ -33,6 +48,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    """The network's shape (with the vocabulary, a ``TransformerShape``)."""
+
     preset: str = "tiny"
     d_model: int = 128
     n_heads: int = 4
@@ -113,7 +130,7 @@ class FLConfig:
     warmup_steps: int = 200
     local_optimizer: str = "adam"  # adam | sgd
     strategy: str = "fedavg"  # fedavg | fedadam
-    server_lr: float = 1.0  # fedavg: step on the averaged update; fedadam: eta
+    server_lr: float = 1.0  # fedavg: global += server_lr * (average - global); fedadam: Adam's eta
     eval_every: int = 5
     num_cpus: float = 1.0
     num_gpus: float = 0.0
@@ -130,16 +147,192 @@ class FedqConfig:
     comm: CommConfig = field(default_factory=CommConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     fl: FLConfig = field(default_factory=FLConfig)
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda[:N]
     seed: int = 1
     threads: int = 0  # torch intra-op threads; 0 = torch default
     ckpt: Optional[str] = None  # evaluate: checkpoint to score
     init_from: Optional[str] = None  # train: start from this checkpoint
-    out_dir: str = "."  # where results go (Hydra sets the working dir per run)
     clients: int = 20  # shorthand for fl.clients, so that `clients=20` works
 
 
 def register_configs() -> None:
     """Register the schema so Hydra validates configs/config.yaml against it."""
-    cs = ConfigStore.instance()
-    cs.store(name="fedq_schema", node=FedqConfig)
+    ConfigStore.instance().store(name="fedq_schema", node=FedqConfig)
+
+
+# --- composing a config outside a Hydra command line (Flower apps, tests, benchmarks)
+
+# `flwr run . --run-config "..."` keys and the Hydra settings they stand for.
+RUN_CONFIG_KEYS = {
+    "num-server-rounds": "fl.rounds",
+    "clients-per-round": "fl.clients_per_round",
+    "local-steps": "fl.local_steps",
+    "quant-bits": "quant.bits",
+}
+
+
+def compose_config(overrides: Sequence[str] = ()) -> FedqConfig:
+    """The config ``python -m fedq.simulate OVERRIDES`` would run with."""
+    register_configs()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def overrides_from_run_config(run_config: Mapping[str, object]) -> list[str]:
+    """Map Flower's run config (pyproject [tool.flwr.app.config]) to Hydra overrides.
+
+    ``overrides`` holds any further Hydra overrides as one string, e.g.
+    ``flwr run . --run-config "overrides='model=small comm.uplink.name=sign'"``.
+    """
+    overrides = [f"{RUN_CONFIG_KEYS[key]}={value}" for key, value in run_config.items() if key in RUN_CONFIG_KEYS]
+    overrides += shlex.split(str(run_config.get("overrides", "")))
+    return overrides
+
+
+def config_from_run_config(run_config: Mapping[str, object]) -> FedqConfig:
+    return compose_config(overrides_from_run_config(run_config))
+
+
+# --- YAML I/O: the one writer and the one reader of a saved config
+
+
+def config_to_yaml(cfg: FedqConfig) -> str:
+    """The config as saved (checkpoint config.yaml, summary.json): ``quant.method=auto``
+    is written as the grid it chose, so a saved run names what it trained on."""
+    from fedq.quant.quantizers import with_resolved_method
+
+    cfg = dataclasses.replace(cfg, quant=with_resolved_method(cfg.quant))
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_from_yaml(text: str, source: str = "config") -> FedqConfig:
+    """Parse a saved config; anything that is not a fedq config is one ConfigError line."""
+    try:
+        raw = OmegaConf.create(text)
+        merged = OmegaConf.merge(OmegaConf.structured(FedqConfig), raw)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except (OmegaConfBaseException, ValueError) as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{source} is not a valid fedq config ({detail})") from None
+
+
+def read_config_file(path: str | Path) -> FedqConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from None
+    return config_from_yaml(text, str(path))
+
+
+# --- validation: every setting, once, before any work starts
+
+DEVICES = ("auto", "cpu", "cuda")
+STRATEGIES = ("fedavg", "fedadam")
+LOCAL_OPTIMIZERS = ("adam", "sgd")
+PARTITION_LABELS = ("length", "talk")
+
+
+def clients_per_round(cfg: FedqConfig) -> int:
+    fl = cfg.fl
+    return fl.clients_per_round if fl.clients_per_round > 0 else max(1, round(fl.fraction * fl.clients))
+
+
+def validate_config(cfg: FedqConfig) -> None:
+    """Raise a one-line FedqError for the first setting fedq cannot run."""
+    from fedq.comm.settings import downlink_codec, uplink_codec
+    from fedq.data import validate_data_config
+    from fedq.data.partition import validate_partition
+    from fedq.quant import validate_quant_config
+
+    validate_data_config(cfg.data)
+    _validate_model(cfg)
+    validate_quant_config(cfg.quant)
+    _validate_train(cfg)
+    _validate_decode(cfg)
+    _validate_federation(cfg)
+    validate_partition(cfg.partition.scheme, cfg.partition.label, cfg.partition.alpha,
+                       cfg.partition.length_buckets, cfg.data.name)
+    uplink_codec(cfg)
+    downlink_codec(cfg)
+    device = cfg.device.split(":")[0]
+    if device not in DEVICES:
+        raise ConfigError(f"device={cfg.device!r} is unknown; use auto, cpu or cuda[:N]")
+    _at_least(cfg.threads, 0, "threads")
+
+
+def _at_least(value: float, low: float, name: str) -> None:
+    if value < low:
+        raise ConfigError(f"{name}={value} must be >= {low:g}")
+
+
+def _above(value: float, low: float, name: str) -> None:
+    if value <= low:
+        raise ConfigError(f"{name}={value} must be > {low:g}")
+
+
+def _choice(value: str, choices: Sequence[str], name: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is unknown; choose one of {', '.join(choices)}")
+
+
+def _validate_model(cfg: FedqConfig) -> None:
+    m = cfg.model
+    for name in ("d_model", "n_heads", "ffn_dim", "max_positions"):
+        _at_least(getattr(m, name), 1, f"model.{name}")
+    for name in ("enc_layers", "dec_layers"):
+        _at_least(getattr(m, name), 1, f"model.{name}")
+    if m.d_model % m.n_heads:
+        raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
+
+
+def _validate_train(cfg: FedqConfig) -> None:
+    t = cfg.train
+    _at_least(t.max_steps, 1, "train.max_steps")
+    _at_least(t.max_epochs, 0, "train.max_epochs")
+    _at_least(t.max_minutes, 0, "train.max_minutes")
+    _above(t.lr, 0, "train.lr")
+    _at_least(t.warmup_steps, 0, "train.warmup_steps")
+    _at_least(t.weight_decay, 0, "train.weight_decay")
+    _at_least(t.clip_norm, 0, "train.clip_norm")
+    _at_least(t.log_every, 1, "train.log_every")
+    _at_least(t.eval_every, 0, "train.eval_every")
+    if not 0.0 <= t.label_smoothing < 1.0:
+        raise ConfigError(f"train.label_smoothing={t.label_smoothing} must be in [0, 1)")
+    if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
+        raise ConfigError(f"train.betas={list(t.betas)} must be two numbers in [0, 1)")
+
+
+def _validate_decode(cfg: FedqConfig) -> None:
+    d = cfg.decode
+    _at_least(d.beam, 1, "decode.beam")
+    _at_least(d.batch_size, 1, "decode.batch_size")
+    _at_least(d.max_len_a, 0, "decode.max_len_a")
+    _at_least(d.max_len_b, 0, "decode.max_len_b")
+    if d.max_len_a == 0 and d.max_len_b == 0:
+        raise ConfigError("decode.max_len_a and decode.max_len_b are both 0: no output could be produced")
+
+
+def _validate_federation(cfg: FedqConfig) -> None:
+    fl = cfg.fl
+    _at_least(fl.clients, 1, "clients")
+    if not 0 < fl.fraction <= 1:
+        raise ConfigError(f"fl.fraction={fl.fraction} must be in (0, 1]")
+    _at_least(fl.clients_per_round, 0, "fl.clients_per_round")
+    k = clients_per_round(cfg)
+    if k > fl.clients:
+        raise ConfigError(f"fl.clients_per_round={k} is more than clients={fl.clients}")
+    _at_least(fl.rounds, 1, "fl.rounds")
+    _at_least(fl.local_steps, 1, "fl.local_steps")
+    _at_least(fl.local_epochs, 0, "fl.local_epochs")
+    _above(fl.local_lr, 0, "fl.local_lr")
+    _at_least(fl.warmup_steps, 0, "fl.warmup_steps")
+    _choice(fl.strategy, STRATEGIES, "fl.strategy")
+    _choice(fl.local_optimizer, LOCAL_OPTIMIZERS, "fl.local_optimizer")
+    _above(fl.server_lr, 0, "fl.server_lr")
+    _at_least(fl.eval_every, 0, "fl.eval_every")
+    _above(fl.num_cpus, 0, "fl.num_cpus")
+    _at_least(fl.num_gpus, 0, "fl.num_gpus")

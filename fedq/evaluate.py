@@ -9,25 +9,26 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from fedq.checkpoint import read_checkpoint
+from fedq.checkpoint import CheckpointError, read_checkpoint
 from fedq.cli import run_with_user_errors
-from fedq.config import FedqConfig, register_configs
+from fedq.config import CONFIG_SOURCE, FedqConfig, register_configs
 from fedq.data import load_corpus
-from fedq.deployment import score_file
-from fedq.pipeline import configure_threads, resolve_device
+from fedq.errors import ConfigError
+from fedq.scoring import score_file
+from fedq.task import configure_threads, resolve_device
 
 
 def evaluate(cfg: FedqConfig) -> dict[str, float]:
     if not cfg.ckpt:
-        raise ValueError("give the checkpoint to score: python -m fedq.evaluate ckpt=PATH")
+        raise ConfigError("give the checkpoint to score: python -m fedq.evaluate ckpt=PATH")
     configure_threads(cfg.threads)
     checkpoint = read_checkpoint(cfg.ckpt)
     if not checkpoint.deployed_path.is_file():
-        raise ValueError(f"{checkpoint.folder} has no deployed file {checkpoint.deployed_path.name}")
+        raise CheckpointError(f"{checkpoint.folder} has no deployed file {checkpoint.deployed_path.name}")
     corpus = load_corpus(checkpoint.config.data)
     device = resolve_device(cfg.device)
     results = score_file(
-        checkpoint.deployed_path, checkpoint.tokenizer, {"valid": corpus.valid, "test": corpus.test}, cfg, device
+        checkpoint.deployed_path, checkpoint.tokenizer, {"valid": corpus.valid, "test": corpus.test}, cfg.decode, device
     )
     scores = {}
     for split, bleu in results.items():
@@ -38,7 +39,7 @@ def evaluate(cfg: FedqConfig) -> dict[str, float]:
     return scores
 
 
-@hydra.main(config_path="../configs", config_name="config", version_base=None)
+@hydra.main(config_path=CONFIG_SOURCE, config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     run_with_user_errors(evaluate, cfg)
 

@@ -17,9 +17,8 @@ import hydra
 from omegaconf import DictConfig
 
 from fedq.cli import run_dir, run_with_user_errors
-from fedq.config import FedqConfig, register_configs
-from fedq.federated import validate_federation
-from fedq.pipeline import load_task, resolve_device
+from fedq.config import CONFIG_SOURCE, FedqConfig, register_configs
+from fedq.task import load_task, resolve_device
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no phoning home from an offline machine
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's future default, without its warning
@@ -47,7 +46,6 @@ def simulate(cfg: FedqConfig, out_dir: Path) -> None:
     from clients.client_app import make_client_app
     from server.server_app import make_server_app
 
-    validate_federation(cfg)
     quiet_flower_logs(cfg.fl.verbose)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and cfg.fl.num_gpus <= 0:
@@ -70,7 +68,7 @@ def simulate(cfg: FedqConfig, out_dir: Path) -> None:
         raise RuntimeError(f"the simulation ended without writing {out_dir / 'summary.json'}; see the log above")
 
 
-@hydra.main(config_path="../configs", config_name="config", version_base=None)
+@hydra.main(config_path=CONFIG_SOURCE, config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     run_with_user_errors(lambda config: simulate(config, run_dir()), cfg)
 

@@ -1,7 +1,8 @@
 """Centralized training: ``python -m fedq.train [overrides]``.
 
-Same model, QAT layers and loss as a federated client, on the whole training
-split. Ends by packing the deployed form and scoring *that* with sacreBLEU.
+Same model, QAT layers, data preparation and loss as a federated client, on
+the whole training split. Ends by packing the deployed form and scoring *that*
+with sacreBLEU.
 """
 
 from __future__ import annotations
@@ -12,16 +13,25 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fedq.checkpoint import read_checkpoint, load_weights_into, save_checkpoint, update_meta
+from fedq.checkpoint import CheckpointError, load_weights_into, read_checkpoint, save_checkpoint, update_meta
 from fedq.cli import format_seconds, run_dir, run_with_user_errors
-from fedq.config import FedqConfig, register_configs
-from fedq.data.batching import encode_pairs, token_batches
-from fedq.deployment import score_deployed
-from fedq.evaluation import evaluate_bleu
+from fedq.config import CONFIG_SOURCE, FedqConfig, register_configs
+from fedq.data.batching import encode_pairs
+from fedq.engine import (
+    StepSettings,
+    TrainStats,
+    batch_stream,
+    inverse_sqrt_schedule,
+    make_optimizer,
+    planned_steps,
+    steps_per_epoch,
+    train_steps,
+    training_pairs,
+)
 from fedq.model.transformer import Transformer
-from fedq.pipeline import configure_threads, load_task, model_shape, resolve_device, seed_everything
 from fedq.quant import describe_quantization, quantize_model
-from fedq.training import TrainStats, batch_stream, inverse_sqrt_schedule, make_optimizer, train_steps
+from fedq.scoring import evaluate_bleu, score_deployed
+from fedq.task import configure_threads, load_task, model_shape, resolve_device, seed_everything
 
 
 def train(cfg: FedqConfig, out_dir: Path) -> dict:
@@ -32,11 +42,11 @@ def train(cfg: FedqConfig, out_dir: Path) -> dict:
     tokenizer = task.tokenizer
     print(task.describe(), flush=True)
 
-    model = Transformer(model_shape(cfg.model, tokenizer))
+    model = Transformer(model_shape(cfg.model, tokenizer.vocab_size, tokenizer.pad_id))
     if cfg.init_from:
         source = read_checkpoint(cfg.init_from)
         if source.tokenizer.fingerprint != tokenizer.fingerprint:
-            raise ValueError(
+            raise CheckpointError(
                 f"init_from={cfg.init_from} was trained with another vocabulary "
                 f"({source.tokenizer.vocab_size} pieces) than this run ({tokenizer.vocab_size}); use the same data settings"
             )
@@ -47,12 +57,9 @@ def train(cfg: FedqConfig, out_dir: Path) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model {cfg.model.preset}: {n_params / 1e6:.2f}M parameters on {device}; {describe_quantization(model)}", flush=True)
 
-    encoded = encode_pairs(task.corpus.train, tokenizer, cfg.data.max_len)
-    if not encoded:
-        raise ValueError(f"no training pair is within data.max_len={cfg.data.max_len} tokens")
-    ids = (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
-    batches_per_epoch = len(token_batches(encoded, cfg.data.max_tokens, *ids, shuffle=False))
-    total_steps = cfg.train.max_epochs * batches_per_epoch if cfg.train.max_epochs > 0 else cfg.train.max_steps
+    encoded = training_pairs(encode_pairs(task.corpus.train, tokenizer), cfg.data.max_len)
+    batches_per_epoch = steps_per_epoch(encoded, cfg.data.max_tokens, tokenizer)
+    total_steps = planned_steps(cfg.train.max_steps, cfg.train.max_epochs, encoded, cfg.data.max_tokens, tokenizer)
     deadline = time.time() + 60 * cfg.train.max_minutes if cfg.train.max_minutes > 0 else None
     print(
         f"training: {len(encoded)} pairs, {batches_per_epoch} batches/epoch of <= {cfg.data.max_tokens} tokens, "
@@ -62,53 +69,47 @@ def train(cfg: FedqConfig, out_dir: Path) -> dict:
 
     optimizer = make_optimizer(model, cfg.train.lr, cfg.train.betas, cfg.train.weight_decay)
     scheduler = inverse_sqrt_schedule(optimizer, cfg.train.warmup_steps)
-    stream = batch_stream(encoded, cfg.data.max_tokens, *ids, seed=cfg.seed)
-    done = 0
+    stream = batch_stream(encoded, cfg.data.max_tokens, tokenizer, seed=cfg.seed)
+    settings = StepSettings(device, tokenizer.pad_id, cfg.train.label_smoothing, cfg.train.clip_norm)
     totals = TrainStats()
     segment = cfg.train.eval_every if cfg.train.eval_every > 0 else total_steps
 
     def log(step: int, window: TrainStats, elapsed: float) -> None:
-        global_step = done + step
-        seconds = totals.seconds + elapsed
-        eta = seconds / global_step * (total_steps - global_step)
+        global_step = totals.steps
+        eta = totals.seconds / global_step * (total_steps - global_step)
         if deadline is not None:
             eta = min(eta, max(0.0, deadline - time.time()))
         print(
             f"step {global_step}/{total_steps} (epoch {global_step / batches_per_epoch:.2f}) | loss {window.loss:.3f} | "
             f"{window.tokens_per_second:,.0f} tgt tok/s | lr {scheduler.get_last_lr()[0]:.2e} | "
-            f"{format_seconds(seconds)} elapsed, ETA {format_seconds(eta)}",
+            f"{format_seconds(totals.seconds)} elapsed, ETA {format_seconds(eta)}",
             flush=True,
         )
 
     folder = out_dir / "checkpoint"
 
     def save() -> None:
-        meta = {"steps": done, "train_loss": totals.loss, "train_seconds": totals.seconds,
+        meta = {"steps": totals.steps, "train_loss": totals.loss, "train_seconds": totals.seconds,
                 "tgt_tokens_per_second": totals.tokens_per_second}
         save_checkpoint(folder, model, cfg, tokenizer, meta)
 
     try:
-        while done < total_steps:
-            steps = min(segment, total_steps - done)
-            stats = train_steps(
-                model, stream, optimizer, steps, device, tokenizer.pad_id,
-                cfg.train.label_smoothing, cfg.train.clip_norm, scheduler, deadline, log, cfg.train.log_every,
+        while totals.steps < total_steps:
+            steps = min(segment, total_steps - totals.steps)
+            train_steps(
+                model, stream, optimizer, steps, settings, scheduler=scheduler, deadline=deadline,
+                on_log=log, log_every=cfg.train.log_every, totals=totals,
             )
-            done += stats.steps
-            totals.steps += stats.steps
-            totals.loss_sum += stats.loss_sum
-            totals.tokens += stats.tokens
-            totals.seconds += stats.seconds
             if deadline is not None and time.time() >= deadline:
-                print(f"time limit of {cfg.train.max_minutes:g} min reached at step {done}", flush=True)
+                print(f"time limit of {cfg.train.max_minutes:g} min reached at step {totals.steps}", flush=True)
                 break
-            if done < total_steps:
+            if totals.steps < total_steps:
                 save()  # a crash later loses at most one evaluation segment
                 valid, _ = evaluate_bleu(model, tokenizer, task.corpus.valid, cfg.decode, device)
-                print(f"step {done}: valid {valid} (training-form weights)", flush=True)
+                print(f"step {totals.steps}: valid {valid} (training-form weights)", flush=True)
     except KeyboardInterrupt:
         save()
-        print(f"interrupted at step {done}; checkpoint saved in {folder}", flush=True)
+        print(f"interrupted at step {totals.steps}; checkpoint saved in {folder}", flush=True)
         raise
     save()
     scores = score_deployed(model, folder, tokenizer, task.corpus, cfg, device)
@@ -117,7 +118,7 @@ def train(cfg: FedqConfig, out_dir: Path) -> dict:
     return scores
 
 
-@hydra.main(config_path="../configs", config_name="config", version_base=None)
+@hydra.main(config_path=CONFIG_SOURCE, config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     run_with_user_errors(lambda config: train(config, run_dir()), cfg)
 

@@ -3,8 +3,13 @@
 The mixin encodes the global weights with the downlink codec before they are
 sent, and decodes each client's uplink payload into ``global + update`` before
 the parent strategy (Flower's FedAvg or FedAdam) aggregates. A payload that
-does not decode against the model is rejected and logged, never applied.
-Byte counts come from the arrays actually sent and received.
+does not decode against the model, or that comes from a client with another
+tokenizer, is rejected and logged, never applied. Byte counts come from the
+arrays actually sent and received.
+
+The global model travels between the strategy and the ServerApp as one
+ArrayRecord holding a single flat float32 array (``fedq.fl.weights``' vector),
+so Flower aggregates exactly the vector the codecs work on.
 """
 
 from __future__ import annotations
@@ -14,44 +19,68 @@ from collections.abc import Iterable
 from logging import WARNING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg
 
 from fedq.comm import CodecError, UpdateCodec, payload_bytes
-from fedq.server_side import RoundTraffic
+from fedq.fl.client import FINGERPRINT_KEY
+from fedq.fl.server import RoundTraffic
+
+WEIGHTS_KEY = "weights"
+SUMMED_METRICS = ("num-examples", "num-tokens", "payload-bytes", "steps")
+SLOWEST_METRICS = ("train-seconds", "encode-seconds")
 
 
-def arrays_to_vector(arrays: ArrayRecord) -> np.ndarray:
-    return np.concatenate([array.numpy().reshape(-1) for array in arrays.values()]).astype(np.float32, copy=False)
+def weights_record(vector: np.ndarray) -> ArrayRecord:
+    return ArrayRecord({WEIGHTS_KEY: Array(np.asarray(vector, np.float32))})
 
 
-def vector_to_arrays(vector: np.ndarray, template: ArrayRecord) -> ArrayRecord:
-    out, offset = {}, 0
-    for name, array in template.items():
-        size = int(np.prod(array.shape))
-        out[name] = Array(vector[offset : offset + size].reshape(array.shape).copy())
-        offset += size
-    return ArrayRecord(out)
+def record_vector(record: ArrayRecord) -> np.ndarray:
+    return record[WEIGHTS_KEY].numpy()
+
+
+def aggregate_client_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+    """The round's client metrics: train loss weighted by ``weighted_by_key`` (target tokens),
+    counts summed, times of the slowest client (the round waits for it)."""
+    metrics = [next(iter(record.metric_records.values())) for record in records]
+    weights = [float(m[weighted_by_key]) for m in metrics]
+    out = {"train-loss": sum(float(m["train-loss"]) * w for m, w in zip(metrics, weights)) / max(sum(weights), 1e-12)}
+    out.update({key: sum(float(m[key]) for m in metrics) for key in SUMMED_METRICS if all(key in m for m in metrics)})
+    out.update({key: max(float(m[key]) for m in metrics) for key in SLOWEST_METRICS if all(key in m for m in metrics)})
+    return MetricRecord(out)
 
 
 class CompressedUpdates:
-    """Mixin over a Flower strategy: downlink encoding, uplink decoding, byte accounting."""
+    """Mixin over a Flower strategy: downlink encoding, uplink decoding, byte accounting.
 
-    def __init__(self, *, uplink: UpdateCodec, downlink: UpdateCodec, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[call-arg]
+    ``server_lr`` steps the aggregate: global += server_lr * (aggregate - global).
+    ``tokenizer_fingerprint`` is the server's (``fedq.fl.client.fingerprint_number``);
+    a client that reports another one trained on another vocabulary and is refused.
+    """
+
+    def __init__(
+        self,
+        *,
+        uplink: UpdateCodec,
+        downlink: UpdateCodec,
+        tokenizer_fingerprint: int | None = None,
+        server_lr: float = 1.0,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(train_metrics_aggr_fn=aggregate_client_metrics, **kwargs)  # type: ignore[call-arg]
         self.uplink = uplink
         self.downlink = downlink
-        self.global_arrays: ArrayRecord | None = None
+        self.tokenizer_fingerprint = tokenizer_fingerprint
+        self.server_lr = server_lr
         self.global_vector: np.ndarray | None = None
         self.last_round = RoundTraffic()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self.global_arrays = arrays
-        self.global_vector = arrays_to_vector(arrays)
+        self.global_vector = record_vector(arrays)
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
         payload = self.downlink.encode(self.global_vector, np.random.default_rng(server_round))
         record = ArrayRecord(payload)
@@ -63,43 +92,55 @@ class CompressedUpdates:
         )
         return messages
 
+    def _reject(self, reply: Message, reason: str) -> None:
+        traffic = self.last_round
+        traffic.rejected += 1
+        text = f"node {reply.metadata.src_node_id}: {reason}"
+        traffic.rejections.append(text)
+        log(WARNING, "rejected the update of %s", text)
+
+    def _decode(self, reply: Message) -> str | None:
+        """Replace the reply's payload by ``global + update``; return why it was refused, or None."""
+        metrics = reply.content["metrics"]
+        fingerprint = metrics.get(FINGERPRINT_KEY)
+        if self.tokenizer_fingerprint is not None and fingerprint != self.tokenizer_fingerprint:
+            theirs = f"{int(fingerprint):015x}" if fingerprint is not None else "none"
+            return (
+                f"its tokenizer (fingerprint {theirs}) is not the server's ({self.tokenizer_fingerprint:015x}); "
+                "every node must build the same vocabulary (same data.* settings and corpus files)"
+            )
+        arrays = reply.content[self.arrayrecord_key].to_numpy_ndarrays()  # type: ignore[attr-defined]
+        self.last_round.uplink_bytes += payload_bytes(arrays)
+        self.last_round.fp32_uplink_bytes += self.global_vector.nbytes  # type: ignore[union-attr]
+        try:
+            update = self.uplink.decode(arrays, self.global_vector.size)  # type: ignore[union-attr]
+        except CodecError as err:
+            return str(err)
+        reply.content[self.arrayrecord_key] = weights_record(self.global_vector + update)  # type: ignore[attr-defined,operator]
+        return None
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         traffic = self.last_round
-        decoded: list[Message] = []
+        kept: list[Message] = []
         start = time.perf_counter()
         for reply in replies:
-            if reply.has_error():
-                decoded.append(reply)  # the parent strategy logs the failure
+            if not reply.has_error() and (reason := self._decode(reply)) is not None:
+                self._reject(reply, reason)
                 continue
-            arrays = reply.content[self.arrayrecord_key].to_numpy_ndarrays()  # type: ignore[attr-defined]
-            traffic.uplink_bytes += payload_bytes(arrays)
-            traffic.fp32_uplink_bytes += self.global_vector.nbytes  # type: ignore[union-attr]
-            try:
-                update = self.uplink.decode(arrays, self.global_vector.size)  # type: ignore[union-attr]
-                if not np.all(np.isfinite(update)):
-                    raise CodecError("the decoded update holds NaN or Inf")
-            except CodecError as err:
-                traffic.rejected += 1
-                reason = f"node {reply.metadata.src_node_id}: {err}"
-                traffic.rejections.append(reason)
-                log(WARNING, "rejected the update of %s", reason)
-                continue
-            reply.content[self.arrayrecord_key] = vector_to_arrays(  # type: ignore[attr-defined]
-                self.global_vector + update, self.global_arrays  # type: ignore[operator,arg-type]
-            )
-            decoded.append(reply)
+            kept.append(reply)  # failed replies too: the parent strategy logs them
         traffic.server_decode_seconds = time.perf_counter() - start
-        accepted = [reply for reply in decoded if not reply.has_error()]
-        traffic.clients = len(accepted)
-        if accepted:
-            metrics = [reply.content["metrics"] for reply in accepted]
-            tokens = sum(float(m["num-tokens"]) for m in metrics)
-            traffic.train_loss = sum(float(m["train-loss"]) * float(m["num-tokens"]) for m in metrics) / max(tokens, 1.0)
-            traffic.client_train_seconds = max(float(m["train-seconds"]) for m in metrics)
-            traffic.client_encode_seconds = max(float(m["encode-seconds"]) for m in metrics)
-        return super().aggregate_train(server_round, decoded)  # type: ignore[misc]
+        traffic.clients = sum(not reply.has_error() for reply in kept)
+        arrays, metrics = super().aggregate_train(server_round, kept)  # type: ignore[misc]
+        if metrics is not None:
+            traffic.train_loss = float(metrics["train-loss"])
+            traffic.client_train_seconds = float(metrics.get("train-seconds", 0.0))
+            traffic.client_encode_seconds = float(metrics.get("encode-seconds", 0.0))
+        if arrays is not None and self.server_lr != 1.0:
+            average = record_vector(arrays)
+            arrays = weights_record(self.global_vector + self.server_lr * (average - self.global_vector))  # type: ignore[operator]
+        return arrays, metrics
 
 
 class CompressedFedAvg(CompressedUpdates, FedAvg):
@@ -107,4 +148,4 @@ class CompressedFedAvg(CompressedUpdates, FedAvg):
 
 
 class CompressedFedAdam(CompressedUpdates, FedAdam):
-    """FedAdam (Reddi et al.) server optimizer over decoded updates."""
+    """FedAdam (Reddi et al.) server optimizer over decoded updates (its eta is the server lr)."""

@@ -5,9 +5,12 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
 import torch
 
 from fedq.data.batching import Batch, encode_pairs, token_batches
+from fedq.engine import training_pairs, within_length
+from fedq.errors import FedqError
 
 PAD, BOS, EOS = 0, 2, 3
 
@@ -82,7 +85,11 @@ class SplitTokenizer:
         return [len(w) + 3 for w in text.split()]
 
 
-def test_encode_pairs_drops_long_pairs():
+def test_pairs_with_a_long_side_are_not_trained_on():
     pairs = [("a b c", "x y"), ("a", "x y z w"), ("a b", "c")]
-    assert encode_pairs(pairs, SplitTokenizer(), max_len=3) == [([4, 4, 4], [4, 4]), ([4, 4], [4])]
-    assert len(encode_pairs(pairs, SplitTokenizer(), max_len=None)) == 3
+    encoded = encode_pairs(pairs, SplitTokenizer())
+    assert len(encoded) == 3
+    assert within_length(encoded, 3) == [0, 2]
+    assert training_pairs(encoded, 3) == [([4, 4, 4], [4, 4]), ([4, 4], [4])]
+    with pytest.raises(FedqError, match="data.max_len=1"):
+        training_pairs(encoded, 1)

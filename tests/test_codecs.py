@@ -7,10 +7,8 @@ import pytest
 from fedq.comm import (
     CodecError,
     encode_with_feedback,
-    flatten_arrays,
     make_codec,
     payload_bytes,
-    unflatten_vector,
 )
 from fedq.bitpack import pack_bits, packed_nbytes, unpack_bits
 from fedq.comm.indexcode import decode_sorted_indices, encode_sorted_indices
@@ -257,18 +255,7 @@ def test_decode_rejects_bad_header_scales_and_values():
         make_codec("fp32").decode([np.full(n, np.nan, np.float32)], n)
 
 
-# --- flattening and error feedback ------------------------------------------
-
-
-def test_flatten_unflatten_round_trip():
-    arrays = [np.ones((3, 4)), np.arange(5, dtype=np.float16), np.zeros(())]
-    flat = flatten_arrays(arrays)
-    assert flat.dtype == np.float32 and flat.size == 18
-    back = unflatten_vector(flat, [a.shape for a in arrays])
-    assert [b.shape for b in back] == [(3, 4), (5,), ()]
-    assert all(np.array_equal(a, b) for a, b in zip(arrays, back))
-    with pytest.raises(CodecError, match="does not fill"):
-        unflatten_vector(flat, [(3, 4)])
+# --- error feedback ------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["sign", "topk"])

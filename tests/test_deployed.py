@@ -13,7 +13,7 @@ from fedq.config import QuantConfig
 from fedq.model.transformer import Transformer, TransformerShape
 from fedq.quant import ActQuantLinear, DeployedFormatError, load_deployed, quantize_model, save_deployed
 
-SMALL = TransformerShape(vocab_size=50, d_model=32, n_heads=4, ffn_dim=64, enc_layers=2, dec_layers=2)
+SMALL = TransformerShape(vocab_size=50, d_model=32, n_heads=4, ffn_dim=64, enc_layers=2, dec_layers=2, dropout=0.1, max_positions=256, pad_id=0)
 
 
 def trained_model(shape: TransformerShape, cfg: QuantConfig, steps: int = 3) -> Transformer:
@@ -75,7 +75,7 @@ def test_deployed_logits_equal_fake_quant_logits(cfg: QuantConfig, tmp_path: Pat
     ids=lambda x: str(x) if isinstance(x, int) else f"{x.bits}-{x.method}",
 )
 def test_packed_sizes_are_b_over_32(cfg: QuantConfig, d_model: int, tmp_path: Path) -> None:
-    shape = TransformerShape(vocab_size=500, d_model=d_model, n_heads=4, ffn_dim=2 * d_model, enc_layers=1, dec_layers=1)
+    shape = TransformerShape(vocab_size=500, d_model=d_model, n_heads=4, ffn_dim=2 * d_model, enc_layers=1, dec_layers=1, dropout=0.1, max_positions=256, pad_id=0)
     model = quantize_model(Transformer(shape), cfg)
     size = save_deployed(model, tmp_path / "m.fedq", {})
     n_quantized = sum(m.weight.numel() for name, m in model.named_modules() if hasattr(m, "weight_quantizer"))

@@ -5,9 +5,14 @@ import pytest
 import torch
 
 from fedq.comm import payload_bytes
-from fedq.compose import compose_config, overrides_from_run_config
-from fedq.federated import Federation, client_lr_schedule, default_uplink_bits, model_to_vector, vector_to_model
-from fedq.training import inverse_sqrt_schedule
+from fedq.comm.settings import default_uplink_bits
+from fedq.config import compose_config, overrides_from_run_config
+from fedq.engine import inverse_sqrt_schedule, steps_per_epoch, within_length
+from fedq.fl.client import client_lr_schedule, client_round, federation_for
+from fedq.fl.federation import Federation
+from fedq.fl.server import RoundReporter, RoundTraffic
+from fedq.scoring import BleuResult
+from fedq.fl.weights import model_to_vector, vector_to_model
 
 TINY = [
     "clients=4",
@@ -41,7 +46,7 @@ def test_client_round_sends_a_compressed_update_and_keeps_the_sign_residual(cach
     federation = Federation(compose_config(TINY + [cache, "quant.bits=2", "comm.uplink.name=sign"]))
     global_vector = federation.initial_vector()
     downlink = federation.downlink.encode(global_vector, np.random.default_rng(0))
-    result = federation.client_round(1, 1, downlink, residual=None)
+    result = client_round(federation, 1, 1, downlink, residual=None)
 
     assert result.metrics["payload-bytes"] == payload_bytes(result.arrays)
     assert payload_bytes(result.arrays) * 28 < global_vector.nbytes
@@ -56,7 +61,7 @@ def test_client_round_sends_a_compressed_update_and_keeps_the_sign_residual(cach
 def test_unbiased_uplink_keeps_no_residual(cache):
     federation = Federation(compose_config(TINY + [cache, "quant.bits=4"]))
     downlink = federation.downlink.encode(federation.initial_vector(), np.random.default_rng(0))
-    result = federation.client_round(0, 1, downlink, residual=None)
+    result = client_round(federation, 0, 1, downlink, residual=None)
     assert result.residual is None
     assert federation.uplink.name == "uniform" and default_uplink_bits(federation.cfg) == 4
 
@@ -97,3 +102,57 @@ def test_client_lr_follows_the_centralized_schedule_over_global_steps():
     np.testing.assert_allclose(federated, central)
     assert max(federated) == pytest.approx(2e-3) and federated[-1] == pytest.approx(2e-3)  # peak at step 200
     assert federated[40] > federated[39]  # round 2 goes on warming up, it does not restart
+
+
+def test_local_epochs_train_whole_passes_over_the_shard(cache):
+    federation = Federation(compose_config(TINY + [cache, "fl.local_epochs=2"]))
+    shard = [federation.train_pairs[i] for i in federation.shards[0]]
+    tok = federation.task.tokenizer
+    per_epoch = steps_per_epoch(shard, federation.cfg.data.max_tokens, tok)
+    downlink = federation.downlink.encode(federation.initial_vector(), np.random.default_rng(0))
+    result = client_round(federation, 0, 1, downlink, residual=None)
+    assert result.metrics["steps"] == 2 * per_epoch != federation.cfg.fl.local_steps
+
+
+def test_local_optimizer_setting_is_the_optimizer_the_client_steps_with(cache):
+    updates = {}
+    for kind in ("adam", "sgd"):
+        federation = Federation(compose_config(TINY + [cache, f"fl.local_optimizer={kind}", "comm.uplink.name=fp32"]))
+        start = federation.initial_vector()
+        downlink = federation.downlink.encode(start, np.random.default_rng(0))
+        result = client_round(federation, 0, 1, downlink, residual=None)
+        updates[kind] = federation.uplink.decode(result.arrays, federation.numel)
+    # Adam's first steps move every weight by about lr; momentum SGD's by lr * gradient, far less here.
+    assert np.abs(updates["sgd"]).max() < 0.5 * np.abs(updates["adam"]).max()
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_a_simulated_client_gets_fl_num_cpus_threads(cache, cpus):
+    federation_for(compose_config(TINY + [cache, f"fl.num_cpus={cpus}", f"seed={10 + cpus}"]))
+    assert torch.get_num_threads() == cpus
+
+
+def test_shards_hold_only_pairs_within_max_len_and_every_such_pair_once(cache):
+    federation = Federation(compose_config(TINY + [cache, "data.max_len=9"]))
+    kept = within_length(federation.train_pairs, 9)
+    assert 0 < len(kept) < len(federation.train_pairs)  # the setting really filters this corpus
+    assert sorted(i for shard in federation.shards for i in shard) == kept
+    assert all(shard for shard in federation.shards)
+
+
+def test_the_final_model_is_scored_once_after_the_last_round(cache, tmp_path, monkeypatch):
+    cfg = compose_config(TINY + [cache, "fl.rounds=3", "fl.eval_every=1", "data.max_eval_pairs=4"])
+    federation = Federation(cfg)
+    reporter = RoundReporter(cfg, federation, tmp_path)
+    calls = []
+    monkeypatch.setattr(reporter.scorer, "valid_bleu", lambda vector: calls.append("valid") or BleuResult(1.0, "sig", 4))
+    monkeypatch.setattr(reporter.scorer, "final", lambda vector, meta: calls.append("final") or {
+        "valid_bleu": 2.0, "test_bleu": 3.0, "bleu_signature": "sig", "deployed_size": {}, "checkpoint": "c",
+        "deployed_file": "f"})
+    vector = federation.initial_vector()
+    reporter.start(vector)
+    for r in (1, 2, 3):
+        reporter.end_round(r, vector, RoundTraffic(clients=2, uplink_bytes=10, fp32_uplink_bytes=40, train_loss=1.0))
+    summary = reporter.finish(vector)
+    assert calls == ["valid", "valid", "valid", "final"]  # rounds 0, 1, 2 scored; round 3 by finish only
+    assert summary["final_valid_bleu"] == 2.0 and summary["rounds"] == 3

@@ -10,7 +10,7 @@ BOS, EOS, PAD = 2, 3, 0
 
 def small_model(seed: int = 0, vocab: int = 40) -> Transformer:
     torch.manual_seed(seed)
-    return Transformer(TransformerShape(vocab_size=vocab, d_model=32, n_heads=4, ffn_dim=64, dropout=0.0)).eval()
+    return Transformer(TransformerShape(vocab_size=vocab, d_model=32, n_heads=4, ffn_dim=64, enc_layers=2, dec_layers=2, dropout=0.0, max_positions=256, pad_id=0)).eval()
 
 
 def test_decoder_does_not_look_ahead():

@@ -21,7 +21,7 @@ from fedq.quant import (
     with_resolved_method,
 )
 
-SHAPE = TransformerShape(vocab_size=50, d_model=32, n_heads=4, ffn_dim=64, enc_layers=2, dec_layers=2)
+SHAPE = TransformerShape(vocab_size=50, d_model=32, n_heads=4, ffn_dim=64, enc_layers=2, dec_layers=2, dropout=0.1, max_positions=256, pad_id=0)
 
 
 def gaussian(rows: int = 64, cols: int = 256, seed: int = 0) -> torch.Tensor:

@@ -5,15 +5,18 @@ import sys
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from fedq.checkpoint import read_checkpoint
-from fedq.compose import compose_config
+from fedq.cli import run_with_user_errors
+from fedq.config import FedqConfig, compose_config
 from fedq.data.batching import encode_pairs
+from fedq.engine import StepSettings, batch_stream, make_optimizer, train_steps
+from fedq.errors import ConfigError
 from fedq.evaluate import evaluate
-from fedq.evaluation import evaluate_bleu
-from fedq.pipeline import build_model, load_task
+from fedq.scoring import evaluate_bleu
+from fedq.task import build_model, load_task
 from fedq.train import train
-from fedq.training import batch_stream, make_optimizer, train_steps
 
 SMALL_DEMO = ["data.demo_train_size=1500", "data.demo_eval_size=40", "data.vocab_size=400"]
 
@@ -31,10 +34,10 @@ def test_tiny_model_overfits_32_pairs(cache_overrides):
     pairs = task.corpus.train[:32]
     tok = task.tokenizer
     model = build_model(cfg, tok)
-    encoded = encode_pairs(pairs, tok, None)
-    stream = batch_stream(encoded, 10_000, tok.pad_id, tok.bos_id, tok.eos_id, seed=0)
+    encoded = encode_pairs(pairs, tok)
+    stream = batch_stream(encoded, 10_000, tok, seed=0)
     optimizer = make_optimizer(model, 3e-3)
-    train_steps(model, stream, optimizer, 300, torch.device("cpu"), tok.pad_id, label_smoothing=0.0)
+    train_steps(model, stream, optimizer, 300, StepSettings(torch.device("cpu"), tok.pad_id, label_smoothing=0.0))
     bleu, hypotheses = evaluate_bleu(model, tok, pairs, cfg.decode, torch.device("cpu"))
     assert bleu.score > 90, hypotheses[:3]
     assert "tok:13a" in bleu.signature
@@ -87,3 +90,20 @@ def test_checkpoint_from_another_vocabulary_is_refused(tmp_path, cache_overrides
     other = compose_config(overrides[:2] + ["data.vocab_size=300"] + cache_overrides + [f"init_from={tmp_path}/checkpoint"])
     with pytest.raises(ValueError, match="another vocabulary"):
         train(other, tmp_path / "second")
+
+
+def test_user_errors_are_one_line_but_bugs_keep_their_traceback(capsys):
+    cfg = OmegaConf.structured(FedqConfig)
+
+    def user_error(config):
+        raise ConfigError("data.dir does not exist")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_with_user_errors(user_error, cfg)
+    assert exit_info.value.code == 2 and capsys.readouterr().err == "error: data.dir does not exist\n"
+
+    def bug(config):
+        raise ValueError("operands could not be broadcast together")
+
+    with pytest.raises(ValueError, match="broadcast"):  # not swallowed into a one-line message
+        run_with_user_errors(bug, cfg)

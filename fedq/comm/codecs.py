@@ -6,7 +6,7 @@ the wire, so ``payload_bytes(arrays)`` is the honest byte count. Everything the
 decoder needs apart from ``numel`` (the model size, known to both sides) travels
 inside those arrays, and ``decode`` rejects any payload that does not match.
 
-Bit packing is LSB-first (see ``fedq.comm.bitpack``).
+Bit packing is LSB-first (see ``fedq.bitpack``).
 """
 
 from __future__ import annotations
@@ -221,6 +221,8 @@ def make_codec(
     ``topk`` (default 4) and is ignored by ``fp32``, ``fp16`` and ``sign``."""
     if block_size < 1:
         raise CodecError(f"codec block_size must be >= 1, got {block_size}")
+    if not 0.0 < density <= 1.0:  # checked for every codec: a bad value is never silently ignored
+        raise CodecError(f"codec {name}: density must be in (0, 1], got {density}")
     if name == "fp32":
         return Fp32Codec()
     if name == "fp16":
@@ -230,8 +232,6 @@ def make_codec(
     if name == "uniform":
         return UniformCodec(_value_bits(name, bits, 8), block_size)
     if name == "topk":
-        if not 0.0 < density <= 1.0:
-            raise CodecError(f"codec topk: density must be in (0, 1], got {density}")
         return TopKCodec(density, _value_bits(name, bits, 4), block_size)
     raise CodecError(f"unknown codec {name!r}; choose one of {', '.join(CODEC_NAMES)}")
 
@@ -239,22 +239,6 @@ def make_codec(
 def payload_bytes(arrays: Sequence[np.ndarray]) -> int:
     """Bytes on the wire: the sum of the sizes of the arrays actually sent."""
     return sum(int(a.nbytes) for a in arrays)
-
-
-def flatten_arrays(arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """Concatenate arrays (any shapes) into one float32 vector."""
-    if not arrays:
-        return np.zeros(0, np.float32)
-    return np.concatenate([np.asarray(a, np.float32).ravel() for a in arrays])
-
-
-def unflatten_vector(vector: np.ndarray, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
-    """Split a flat vector back into arrays of ``shapes`` (inverse of ``flatten_arrays``)."""
-    sizes = [math.prod(s) for s in shapes]
-    if vector.ndim != 1 or vector.size != sum(sizes):
-        raise CodecError(f"vector of shape {vector.shape} does not fill shapes totalling {sum(sizes)} values")
-    pieces = np.split(vector, np.cumsum(sizes)[:-1]) if sizes else []
-    return [p.reshape(s) for p, s in zip(pieces, shapes)]
 
 
 def _value_bits(name: str, bits: int | None, default: int) -> int:

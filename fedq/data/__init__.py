@@ -16,21 +16,35 @@ from fedq.data.multi30k import load_multi30k
 from fedq.data.textdir import load_textdir
 
 CORPORA = ("demo", "textdir", "multi30k", "iwslt2017")
+CORPORA_WITH_TALKS = ("iwslt2017",)  # corpora whose training pairs carry a talk id
 _DE_EN = {"de", "en"}
+MIN_VOCAB = 8  # the four special pieces and a few more
 
-__all__ = ["CORPORA", "CorpusError", "ParallelCorpus", "load_corpus"]
+__all__ = ["CORPORA", "CORPORA_WITH_TALKS", "CorpusError", "ParallelCorpus", "load_corpus", "validate_data_config"]
 
 
-def load_corpus(cfg: DataConfig) -> ParallelCorpus:
-    """Load ``cfg.name`` in the direction ``cfg.src`` → ``cfg.tgt`` and apply the size limits."""
+def validate_data_config(cfg: DataConfig) -> None:
+    """The ``data.*`` settings that can be checked without reading a file (one CorpusError line)."""
     if cfg.name not in CORPORA:
         raise CorpusError(f"unknown corpus data.name={cfg.name!r}; choose one of: {', '.join(CORPORA)}")
     if cfg.src == cfg.tgt:
         raise CorpusError(f"data.src and data.tgt are both {cfg.src!r}; choose two languages")
     if cfg.name != "textdir" and {cfg.src, cfg.tgt} != _DE_EN:
         raise CorpusError(f"data={cfg.name} is German–English: use data.src=de data.tgt=en or the reverse")
+    if cfg.name == "textdir" and not cfg.dir:
+        raise CorpusError("data=textdir needs data.dir=PATH (a folder of {split}.{lang}[.gz] files)")
     if cfg.max_train_pairs < 0 or cfg.max_eval_pairs < 0:
         raise CorpusError("data.max_train_pairs and data.max_eval_pairs must be >= 0 (0 = all)")
+    if cfg.vocab_size < MIN_VOCAB:
+        raise CorpusError(f"data.vocab_size={cfg.vocab_size} must be >= {MIN_VOCAB}")
+    for name in ("max_tokens", "max_len", "demo_train_size", "demo_eval_size"):
+        if getattr(cfg, name) < 1:
+            raise CorpusError(f"data.{name}={getattr(cfg, name)} must be >= 1")
+
+
+def load_corpus(cfg: DataConfig) -> ParallelCorpus:
+    """Load ``cfg.name`` in the direction ``cfg.src`` → ``cfg.tgt`` and apply the size limits."""
+    validate_data_config(cfg)
     corpus = _limit(_load(cfg), cfg.max_train_pairs, cfg.max_eval_pairs)
     for split in ("train", "valid", "test"):
         if not getattr(corpus, split):
@@ -48,8 +62,6 @@ def _load(cfg: DataConfig) -> ParallelCorpus:
             train, valid, test = ([(en, de) for de, en in split] for split in (train, valid, test))
         return ParallelCorpus("demo", cfg.src, cfg.tgt, list(train), list(valid), list(test))
     if cfg.name == "textdir":
-        if not cfg.dir:
-            raise CorpusError("data=textdir needs data.dir=PATH (a folder of {split}.{lang}[.gz] files)")
         return load_textdir(cfg.dir, cfg.src, cfg.tgt, test_split=cfg.test_split)
     if cfg.name == "multi30k":
         return load_multi30k(cache_dir, cfg.src, cfg.tgt, test_split=cfg.test_split)

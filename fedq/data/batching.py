@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -28,14 +28,9 @@ class Batch:
         )
 
 
-def encode_pairs(
-    pairs: Sequence[tuple[str, str]], tokenizer: "SubwordTokenizer", max_len: Optional[int]
-) -> list[EncodedPair]:
-    """Subword ids of each pair; pairs with a side longer than ``max_len`` tokens are dropped (None keeps all)."""
-    encoded = [(tokenizer.encode(src), tokenizer.encode(tgt)) for src, tgt in pairs]
-    if max_len is None:
-        return encoded
-    return [(s, t) for s, t in encoded if len(s) <= max_len and len(t) <= max_len]
+def encode_pairs(pairs: Sequence[tuple[str, str]], tokenizer: "SubwordTokenizer") -> list[EncodedPair]:
+    """Subword ids of each pair, in order (``fedq.engine.within_length`` picks the ones trained on)."""
+    return [(tokenizer.encode(src), tokenizer.encode(tgt)) for src, tgt in pairs]
 
 
 def token_batches(

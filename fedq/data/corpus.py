@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from fedq.errors import FedqError
+from fedq.files import atomic_write
+
 Pairs = list[tuple[str, str]]
 
 
-class CorpusError(ValueError):
+class CorpusError(FedqError):
     """A corpus cannot be found, downloaded or read; the message is one line for the user."""
 
 
@@ -49,16 +49,10 @@ def _update(h: Any, strings: Iterable[str]) -> None:
 
 
 def download(url: str, dest: Path, timeout: float = 60.0) -> None:
-    """Fetch ``url`` into ``dest`` through a temp file and an atomic rename (no half-written caches).
+    """Fetch ``url`` into ``dest`` atomically (no half-written caches).
 
     Raises OSError (urllib's errors included) for the caller to turn into a CorpusError.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            shutil.copyfileobj(response, out, length=1 << 20)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        data = response.read()
+    atomic_write(dest, data)

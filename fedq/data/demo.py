@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from fedq.errors import FedqError
 from fedq.data.demo_lexicon import (
     ADJECTIVES, AUXILIARIES, COMITATIVE, CONJUNCTIONS, COPULA, FREQUENCY_ADVERBS,
     LOCATIVE_PREPOSITIONS, MODALS, NAMES, NOUNS, NUMBERS, OBJECT_PRONOUNS, POSSESSIVES,
@@ -25,7 +26,7 @@ MAX_WORDS = 25
 MIN_WORDS = 3
 
 
-class DemoCorpusError(ValueError):
+class DemoCorpusError(FedqError):
     """Bad size or seed for the demo corpus."""
 
 

@@ -7,10 +7,13 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
+from fedq.errors import FedqError
+
 SCHEMES = ("iid", "dirichlet", "natural")
+LABELS = ("length", "talk")
 
 
-class PartitionError(ValueError):
+class PartitionError(FedqError):
     """A partition cannot be built from the given settings."""
 
 
@@ -49,6 +52,42 @@ def partition_indices(
     else:
         raise PartitionError(f"unknown partition scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
     return [sorted(int(i) for i in shard) for shard in shards]
+
+
+def validate_partition(scheme: str, label: str, alpha: float, length_buckets: int, corpus: str) -> None:
+    """The ``partition.*`` settings, checked before any data is read (one PartitionError line)."""
+    from fedq.data import CORPORA_WITH_TALKS
+
+    if scheme not in SCHEMES:
+        raise PartitionError(f"partition.scheme={scheme!r} is unknown; choose one of {', '.join(SCHEMES)}")
+    if label not in LABELS:
+        raise PartitionError(f"partition.label={label!r} is unknown; choose one of {', '.join(LABELS)}")
+    if scheme == "dirichlet" and alpha <= 0:
+        raise PartitionError(f"partition.alpha={alpha}: a Dirichlet partition needs alpha > 0")
+    if length_buckets < 1:
+        raise PartitionError(f"partition.length_buckets={length_buckets} must be >= 1")
+    if uses_talks(scheme, label) and corpus not in CORPORA_WITH_TALKS:
+        raise PartitionError(
+            f"partition.scheme={scheme} partition.label={label} needs talk ids; corpus {corpus} has none "
+            f"(use data={' or data='.join(CORPORA_WITH_TALKS)})"
+        )
+
+
+def uses_talks(scheme: str, label: str) -> bool:
+    return scheme == "natural" or (scheme == "dirichlet" and label == "talk")
+
+
+def partition_labels(
+    scheme: str, label: str, talks: Sequence[str] | None, lengths: Sequence[int], length_buckets: int
+) -> list | None:
+    """The label of each item that ``scheme`` splits by: None (iid), talk ids, or length buckets."""
+    if scheme == "iid":
+        return None
+    if uses_talks(scheme, label):
+        if talks is None:
+            raise PartitionError(f"partition.scheme={scheme} partition.label={label} needs talk ids; this corpus has none")
+        return list(talks)
+    return length_bucket_labels(lengths, length_buckets)
 
 
 def length_bucket_labels(lengths: Sequence[int], num_buckets: int) -> list[int]:

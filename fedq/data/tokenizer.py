@@ -7,13 +7,14 @@ import io
 import json
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import sentencepiece as spm
 
 from fedq.data.corpus import ParallelCorpus
+from fedq.errors import FedqError
+from fedq.files import atomic_write
 
 MAX_TRAINING_SENTENCES = 100_000  # a deterministic sample above this keeps training to seconds
 TRAINER_SETTINGS = {
@@ -27,7 +28,7 @@ TRAINER_SETTINGS = {
 }
 
 
-class TokenizerError(ValueError):
+class TokenizerError(FedqError):
     """A tokenizer cannot be trained or loaded; the message is one line for the user."""
 
 
@@ -65,7 +66,7 @@ class SubwordTokenizer:
             raise TokenizerError(f"cannot load tokenizer {path}: {e}") from e
 
     def save(self, path: str | Path) -> None:
-        _write_atomic(Path(path), self._proto)
+        atomic_write(path, self._proto)
 
 
 def load_or_train_tokenizer(corpus: ParallelCorpus, vocab_size: int, cache_dir: str | Path) -> SubwordTokenizer:
@@ -105,15 +106,3 @@ def _training_sentences(corpus: ParallelCorpus) -> list[str]:
     if len(sentences) > MAX_TRAINING_SENTENCES:
         sentences = random.Random(0).sample(sentences, MAX_TRAINING_SENTENCES)
     return sentences
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

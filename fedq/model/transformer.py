@@ -23,17 +23,20 @@ DecoderCache = list[LayerCache]
 
 @dataclass(frozen=True)
 class TransformerShape:
-    """Everything needed to rebuild the network (stored with checkpoints)."""
+    """Everything needed to rebuild the network (stored with checkpoints and deployed files).
+
+    Built from ``cfg.model`` and the tokenizer by ``fedq.task.model_shape``.
+    """
 
     vocab_size: int
-    d_model: int = 128
-    n_heads: int = 4
-    ffn_dim: int = 256
-    enc_layers: int = 2
-    dec_layers: int = 2
-    dropout: float = 0.1
-    max_positions: int = 256
-    pad_id: int = 0
+    d_model: int
+    n_heads: int
+    ffn_dim: int
+    enc_layers: int
+    dec_layers: int
+    dropout: float
+    max_positions: int
+    pad_id: int
 
     def to_dict(self) -> dict:
         return asdict(self)

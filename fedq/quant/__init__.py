@@ -2,7 +2,7 @@
 
 from fedq.quant.deployed import DeployedFormatError, DeployedSize, load_deployed, save_deployed
 from fedq.quant.layers import ActQuantLinear, QuantLinear, QuantTiedEmbedding
-from fedq.quant.packing import pack_bits, packed_nbytes, unpack_bits
+from fedq.quant.packing import codes_nbytes, pack_codes, unpack_codes
 from fedq.quant.quantizers import (
     ActQuantizer,
     QuantConfigError,
@@ -28,14 +28,14 @@ __all__ = [
     "describe_quantization",
     "load_deployed",
     "make_weight_quantizer",
-    "pack_bits",
-    "packed_nbytes",
+    "codes_nbytes",
+    "pack_codes",
     "quant_summary",
     "quantize_model",
     "quantized_modules",
     "resolve_method",
     "save_deployed",
-    "unpack_bits",
+    "unpack_codes",
     "validate_quant_config",
     "with_resolved_method",
 ]

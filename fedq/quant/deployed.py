@@ -17,7 +17,6 @@ floats the fake-quantized model used, so the logits match.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedq.errors import FedqError
+from fedq.files import atomic_write
 from fedq.model.transformer import Transformer, TransformerShape
 from fedq.quant.layers import ActQuantLinear
-from fedq.quant.packing import pack_bits, packed_nbytes, unpack_bits
+from fedq.quant.packing import codes_nbytes, pack_codes, unpack_codes
 from fedq.quant.quantizers import QUANTIZERS, ActQuantizer
 from fedq.quant.swap import quant_summary, quantized_modules
 
@@ -37,7 +38,7 @@ FORMAT_VERSION = 1
 _LENGTH = struct.Struct("<Q")
 
 
-class DeployedFormatError(ValueError):
+class DeployedFormatError(FedqError):
     """A deployed file that is not one, is damaged, or does not match its header."""
 
 
@@ -94,7 +95,7 @@ def save_deployed(model: Transformer, path: str | Path, metadata: dict) -> Deplo
             other += len(data)
         else:
             codes, scales = quantizer.codes_and_scales(tensor)
-            codes_bytes = pack_bits(codes.cpu().numpy(), quantizer.bits).tobytes()
+            codes_bytes = pack_codes(codes.cpu().numpy(), quantizer.bits).tobytes()
             scales_bytes = scales.cpu().numpy().astype("<f2").tobytes()
             codes_span, scales_span = add(codes_bytes), add(scales_bytes)
             entry.update(kind="packed", method=quantizer.method, bits=quantizer.bits, codes=codes_span, scales=scales_span)
@@ -110,12 +111,7 @@ def save_deployed(model: Transformer, path: str | Path, metadata: dict) -> Deplo
         "tensors": table,
     }
     header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(MAGIC + _LENGTH.pack(len(header_bytes)) + header_bytes)
-        for data in chunks:
-            f.write(data)
-    os.replace(tmp, path)
+    atomic_write(path, b"".join([MAGIC, _LENGTH.pack(len(header_bytes)), header_bytes, *chunks]))
     return DeployedSize(
         file_bytes=path.stat().st_size,
         fp32_bytes=quantized_fp32 + other,
@@ -167,9 +163,9 @@ def _decode(entry: dict, payload: memoryview, path: Path) -> torch.Tensor:
         raise DeployedFormatError(f"{path}: tensor {name} has unknown kind {entry['kind']!r}/{entry.get('method')!r}")
     codes_data = _slice(payload, entry["codes"], name, path)
     scales_data = _slice(payload, entry["scales"], name, path)
-    if len(codes_data) != packed_nbytes(count, entry["bits"]) or len(scales_data) != 2 * shape[0]:
+    if len(codes_data) != codes_nbytes(count, entry["bits"]) or len(scales_data) != 2 * shape[0]:
         raise DeployedFormatError(f"{path}: tensor {name} has the wrong number of bytes for its shape {shape}")
-    codes = unpack_bits(np.frombuffer(codes_data, dtype=np.uint8), entry["bits"], count).reshape(shape)
+    codes = unpack_codes(np.frombuffer(codes_data, dtype=np.uint8), entry["bits"], count).reshape(shape)
     scales = np.frombuffer(scales_data, dtype="<f2").astype(np.float16)
     return QUANTIZERS[entry["method"]].dequantize(torch.from_numpy(codes), torch.from_numpy(scales))
 

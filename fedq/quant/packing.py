@@ -1,7 +1,9 @@
 """Signed b-bit weight codes packed at exactly b bits each (the deployed file's layout).
 
 A code c in [-2^(b-1), 2^(b-1)-1] is stored as the unsigned c + 2^(b-1)
-("offset binary") with ``fedq.bitpack``, the same packer the update codecs use.
+("offset binary") with ``fedq.bitpack.pack_bits``, the unsigned packer the
+update codecs use; ``pack_codes`` / ``unpack_codes`` / ``codes_nbytes`` are
+its signed counterparts.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import numpy as np
 from fedq import bitpack
 
 
-def packed_nbytes(count: int, bits: int) -> int:
+def codes_nbytes(count: int, bits: int) -> int:
     """Bytes that ``count`` codes of ``bits`` bits occupy: ceil(count·bits / 8)."""
     _check_bits(bits)
     return bitpack.packed_nbytes(count, bits)
@@ -22,8 +24,8 @@ def _check_bits(bits: int) -> None:
         raise ValueError(f"bit width {bits} is not in 1..8")
 
 
-def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Signed codes (any shape, flattened) -> uint8 array of packed_nbytes(codes.size, bits)."""
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Signed codes (any shape, flattened) -> uint8 array of codes_nbytes(codes.size, bits)."""
     _check_bits(bits)
     flat = np.asarray(codes).reshape(-1).astype(np.int16)
     offset = 1 << (bits - 1)
@@ -32,11 +34,11 @@ def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
     return bitpack.pack_bits((flat + offset).astype(np.uint8), bits)
 
 
-def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
-    """Inverse of pack_bits: the first ``count`` codes as int8."""
+def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Inverse of pack_codes: the first ``count`` codes as int8."""
     _check_bits(bits)
     packed = np.asarray(packed, dtype=np.uint8).reshape(-1)
-    needed = packed_nbytes(count, bits)
+    needed = codes_nbytes(count, bits)
     if packed.size < needed:
         raise ValueError(f"{packed.size} bytes hold fewer than {count} codes of {bits} bits")
     unsigned = bitpack.unpack_bits(packed[:needed], bits, count)

@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedq.errors import FedqError
+
 UNIFORM_METHODS = ("lsq", "seq", "maxabs", "percentile")
 METHODS = UNIFORM_METHODS + ("binary", "ternary")
 AUTO = "auto"
@@ -54,7 +56,7 @@ BINARY_CLIP = 1.0  # binary STE: no gradient where |w| > 1 (BinaryConnect's hard
 TERNARY_THRESHOLD = 0.7  # TWN: weights with |w| <= 0.7·mean|w_row| become 0
 
 
-class QuantConfigError(ValueError):
+class QuantConfigError(FedqError):
     """A ``quant.*`` setting that fedq cannot run."""
 
 

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fedq.files import atomic_write
+
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "bleu_vs_uplink.png"
@@ -31,11 +33,7 @@ class RunLog:
             os.fsync(handle.fileno())
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
-        path = self.out_dir / SUMMARY_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, path)
-        return path
+        return atomic_write(self.out_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
 
 
 def read_rows(out_dir: str | Path) -> list[dict[str, Any]]:
@@ -62,8 +60,18 @@ def summarize_traffic(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def plot_run(rows: list[dict[str, Any]], path: str | Path, title: str = "", initial_bleu: float | None = None) -> Path:
-    """BLEU against cumulative uplink MB (left) and train loss against round (right)."""
+def plot_run(
+    rows: list[dict[str, Any]],
+    path: str | Path,
+    title: str = "",
+    initial_bleu: float | None = None,
+    final_bleu: float | None = None,
+) -> Path:
+    """BLEU against cumulative uplink MB (left) and train loss against round (right).
+
+    ``initial_bleu`` is the untrained model's (at 0 MB), ``final_bleu`` the final model's
+    (scored after the last round, so not in its row).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,6 +84,8 @@ def plot_run(rows: list[dict[str, Any]], path: str | Path, title: str = "", init
     evaluated = [(mb, row["valid_bleu"]) for mb, row in zip(cumulative, rows) if row.get("valid_bleu") is not None]
     if initial_bleu is not None:  # the untrained model, before any byte was sent
         evaluated.insert(0, (0.0, initial_bleu))
+    if final_bleu is not None and cumulative:
+        evaluated.append((cumulative[-1], final_bleu))
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     if evaluated:
         left.plot([mb for mb, _ in evaluated], [bleu for _, bleu in evaluated], marker="o")

@@ -1,7 +1,13 @@
-"""Building blocks every entry point shares: device, data, tokenizer, model."""
+"""The translation task every entry point builds: device, seeds, corpus, tokenizer, model.
+
+``load_task`` gives the corpus in the configured direction with its cached
+SentencePiece tokenizer; ``build_model`` gives the Transformer of
+``cfg.model`` over that vocabulary with ``cfg.quant``'s QAT layers.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from dataclasses import dataclass
@@ -14,6 +20,7 @@ from fedq.config import FedqConfig, ModelConfig
 from fedq.data import load_corpus
 from fedq.data.corpus import ParallelCorpus
 from fedq.data.tokenizer import SubwordTokenizer, load_or_train_tokenizer
+from fedq.errors import ConfigError
 from fedq.model.transformer import Transformer, TransformerShape
 from fedq.quant import quantize_model
 
@@ -23,9 +30,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device=cuda was asked for but torch sees no CUDA device (use device=auto or cpu)")
+        raise ConfigError("device=cuda was asked for but torch sees no CUDA device (use device=auto or cpu)")
     if name != "cpu" and not name.startswith("cuda"):
-        raise ValueError(f"unknown device '{name}' (use auto, cpu or cuda)")
+        raise ConfigError(f"unknown device '{name}' (use auto, cpu or cuda)")
     return torch.device(name)
 
 
@@ -40,23 +47,16 @@ def configure_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def model_shape(model_cfg: ModelConfig, tokenizer: SubwordTokenizer) -> TransformerShape:
-    return TransformerShape(
-        vocab_size=tokenizer.vocab_size,
-        d_model=model_cfg.d_model,
-        n_heads=model_cfg.n_heads,
-        ffn_dim=model_cfg.ffn_dim,
-        enc_layers=model_cfg.enc_layers,
-        dec_layers=model_cfg.dec_layers,
-        dropout=model_cfg.dropout,
-        max_positions=model_cfg.max_positions,
-        pad_id=tokenizer.pad_id,
-    )
+def model_shape(model_cfg: ModelConfig, vocab_size: int, pad_id: int) -> TransformerShape:
+    """The one way from ``cfg.model`` to the network's shape: every shape field is copied by name."""
+    values = dataclasses.asdict(model_cfg)
+    fields = {f.name for f in dataclasses.fields(TransformerShape)} - {"vocab_size", "pad_id"}
+    return TransformerShape(vocab_size=vocab_size, pad_id=pad_id, **{name: values[name] for name in fields})
 
 
 def build_model(cfg: FedqConfig, tokenizer: SubwordTokenizer) -> Transformer:
     """The Transformer of ``cfg.model`` with the QAT layers of ``cfg.quant`` swapped in."""
-    model = Transformer(model_shape(cfg.model, tokenizer))
+    model = Transformer(model_shape(cfg.model, tokenizer.vocab_size, tokenizer.pad_id))
     return quantize_model(model, cfg.quant)
 
 

@@ -1,23 +1,32 @@
-"""Server-side work of a federated run that does not touch Flower: scoring and reporting."""
+"""The server's side of a federated run that does not touch Flower: scoring and reporting.
+
+One round, as the reader follows it: the ServerApp (``server/server_app.py``)
+sends the global weights and collects the updates through the strategy
+(``server/strategy.py``), which counts the bytes into a :class:`RoundTraffic`;
+:meth:`RoundReporter.end_round` turns that into the round's row in
+``metrics.jsonl`` and its progress line, scoring the global model every
+``fl.eval_every`` rounds; after the last round :meth:`RoundReporter.finish`
+writes the checkpoint, scores its deployed form once on valid and test, and
+writes ``summary.json`` and the plot.
+"""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedq.checkpoint import DEPLOYED, save_checkpoint, update_meta
 from fedq.cli import format_seconds
-from fedq.compose import config_to_yaml
-from fedq.config import FedqConfig
-from fedq.deployment import pack_model, score_deployed, score_file
-from fedq.evaluation import BleuResult
-from fedq.federated import Federation, clients_per_round, float_state_names, vector_to_model
+from fedq.config import FedqConfig, clients_per_round, config_to_yaml
+from fedq.fl.federation import Federation
+from fedq.fl.weights import vector_to_model
 from fedq.quant import describe_quantization
 from fedq.report.run_log import PLOT_FILE, RunLog, plot_run, summarize_traffic
+from fedq.scoring import BleuResult, pack_model, score_deployed, score_file
 
 
 @dataclass
@@ -49,7 +58,7 @@ class GlobalModelScorer:
         vector_to_model(fed.model, vector)
         path = self.out_dir / "global.fedq"
         pack_model(fed.model, path, fed.cfg, fed.task.tokenizer)
-        return score_file(path, fed.task.tokenizer, {"valid": fed.task.corpus.valid}, fed.cfg, fed.device)["valid"]
+        return score_file(path, fed.task.tokenizer, {"valid": fed.task.corpus.valid}, fed.cfg.decode, fed.device)["valid"]
 
     def final(self, vector: np.ndarray, meta: dict) -> dict:
         """Checkpoint + packed file of the final global model, scored on valid and test."""
@@ -65,49 +74,41 @@ class GlobalModelScorer:
 
 
 class RoundReporter:
-    """Turns each finished round into a metrics.jsonl row and a progress line."""
+    """Turns each finished round into a metrics.jsonl row and a progress line, and the run into a summary."""
 
-    def __init__(self, cfg: FedqConfig, federation: Federation, scorer: GlobalModelScorer, out_dir: Path) -> None:
+    def __init__(self, cfg: FedqConfig, federation: Federation, out_dir: Path) -> None:
         self.cfg = cfg
-        self.scorer = scorer
+        self.federation = federation
+        self.scorer = GlobalModelScorer(federation, out_dir)
         self.log = RunLog(out_dir)
         self.out_dir = out_dir
-        self.state_names = float_state_names(federation.model)
         self.started = time.perf_counter()
         self.round_started = self.started
         self.initial_bleu: BleuResult | None = None
-        self.final_scores: dict | None = None
-        self.final_vector: np.ndarray | None = None
-        n_params = federation.numel
+        fl = cfg.fl
+        local = f"{fl.local_steps} local steps" if fl.local_epochs <= 0 else f"{fl.local_epochs} local epochs"
         print(
-            f"federation: {cfg.fl.clients} clients, {clients_per_round(cfg)} per round, {cfg.fl.rounds} rounds, "
-            f"{cfg.fl.local_steps if cfg.fl.local_epochs <= 0 else str(cfg.fl.local_epochs) + ' epochs of'} local steps; "
-            f"{cfg.fl.strategy}; uplink {federation.uplink.name} ({federation.uplink.bits_per_value:g} bits/value), "
+            f"federation: {fl.clients} clients, {clients_per_round(cfg)} per round, {fl.rounds} rounds, {local}; "
+            f"{fl.strategy}; uplink {federation.uplink.name} ({federation.uplink.bits_per_value:g} bits/value), "
             f"downlink {federation.downlink.name}",
             flush=True,
         )
-        print(f"model: {n_params / 1e6:.2f}M values on the wire; {describe_quantization(federation.model)}", flush=True)
+        print(f"model: {federation.numel / 1e6:.2f}M values on the wire; {describe_quantization(federation.model)}", flush=True)
         print(f"shards: {federation.describe_shards()}", flush=True)
 
-    def _should_score(self, server_round: int) -> bool:
-        every = self.cfg.fl.eval_every
-        return every > 0 and server_round % every == 0
+    def start(self, vector: np.ndarray) -> None:
+        """Score the untrained global model (round 0)."""
+        self.initial_bleu = self.scorer.valid_bleu(vector)
+        print(f"round 0 (untrained global model): valid {self.initial_bleu}", flush=True)
+        self.round_started = time.perf_counter()
 
     def end_round(self, server_round: int, vector: np.ndarray, traffic: RoundTraffic) -> dict[str, Any]:
+        """The round's row; the global model is scored every ``fl.eval_every`` rounds (the last by ``finish``)."""
         now = time.perf_counter()
         round_seconds = now - self.round_started
-        if server_round == 0:
-            self.initial_bleu = self.scorer.valid_bleu(vector)
-            print(f"round 0 (untrained global model): valid {self.initial_bleu}", flush=True)
-            self.round_started = time.perf_counter()
-            return {"round": 0, "valid_bleu": self.initial_bleu.score}
-        valid_bleu = None
-        if server_round == self.cfg.fl.rounds:
-            self.final_vector = vector
-            self.final_scores = self.scorer.final(vector, {"rounds": server_round})
-            valid_bleu = self.final_scores["valid_bleu"]
-        elif self._should_score(server_round):
-            valid_bleu = self.scorer.valid_bleu(vector).score
+        every = self.cfg.fl.eval_every
+        scored = every > 0 and server_round % every == 0 and server_round < self.cfg.fl.rounds
+        valid_bleu = self.scorer.valid_bleu(vector).score if scored else None
         row = {
             "round": server_round,
             "clients": traffic.clients,
@@ -136,7 +137,7 @@ class RoundReporter:
         loss = f"{row['train_loss']:.3f}" if row["train_loss"] is not None else "-"
         bleu = f" | valid BLEU {row['valid_bleu']:.2f}" if row["valid_bleu"] is not None else ""
         rejected = f" ({row['rejected']} rejected)" if row["rejected"] else ""
-        elapsed = time.perf_counter() - self.started
+        elapsed = time.perf_counter() - self.started  # evaluations included
         eta = elapsed / row["round"] * (self.cfg.fl.rounds - row["round"])
         print(
             f"round {row['round']}/{self.cfg.fl.rounds} | {row['clients']} clients{rejected} | loss {loss} | "
@@ -146,19 +147,18 @@ class RoundReporter:
         )
 
     def finish(self, vector: np.ndarray) -> dict[str, Any]:
-        if self.final_scores is None or self.final_vector is None or not np.array_equal(vector, self.final_vector):
-            self.final_scores = self.scorer.final(vector, {"rounds": len(self.log.rows)})
-        traffic = summarize_traffic(self.log.rows)
+        """Checkpoint and score the final global model once; write summary.json and the plot."""
+        final = self.scorer.final(vector, {"rounds": len(self.log.rows)})
         summary = {
-            **traffic,
+            **summarize_traffic(self.log.rows),
             "train_loss_final": self.log.rows[-1]["train_loss"] if self.log.rows else None,
             "initial_valid_bleu": self.initial_bleu.score if self.initial_bleu else None,
-            "final_valid_bleu": self.final_scores["valid_bleu"],
-            "final_test_bleu": self.final_scores["test_bleu"],
-            "bleu_signature": self.final_scores["bleu_signature"],
-            "deployed_size": self.final_scores["deployed_size"],
-            "checkpoint": self.final_scores["checkpoint"],
-            "deployed_file": self.final_scores["deployed_file"],
+            "final_valid_bleu": final["valid_bleu"],
+            "final_test_bleu": final["test_bleu"],
+            "bleu_signature": final["bleu_signature"],
+            "deployed_size": final["deployed_size"],
+            "checkpoint": final["checkpoint"],
+            "deployed_file": final["deployed_file"],
             "wall_seconds": time.perf_counter() - self.started,
             "config": config_to_yaml(self.cfg),
         }
@@ -166,8 +166,9 @@ class RoundReporter:
         plot_run(
             self.log.rows,
             self.out_dir / PLOT_FILE,
-            title=f"fedq: {describe_quantization(self.scorer.federation.model)}; uplink {self.cfg.comm.uplink.name}",
+            title=f"fedq: {describe_quantization(self.federation.model)}; uplink {self.cfg.comm.uplink.name}",
             initial_bleu=summary["initial_valid_bleu"],
+            final_bleu=summary["final_valid_bleu"],
         )
         self._print_summary(summary)
         return summary
@@ -185,4 +186,3 @@ class RoundReporter:
             flush=True,
         )
         print(f"results: {self.out_dir} (metrics.jsonl, summary.json, {PLOT_FILE}, checkpoint/)", flush=True)
-
