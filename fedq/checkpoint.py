@@ -3,26 +3,32 @@
     model.safetensors   latent (QAT) weights and quantizer parameters
     config.yaml         the resolved run config
     tokenizer.model     the SentencePiece model the weights were trained with
-    meta.json           shape, tokenizer fingerprint, scores
-    model.fedq          the packed deployed form (what evaluation runs)
+    meta.json           shape, tokenizer fingerprint, SHA-256 of the weights, deployed size, scores
+    model.fedq          the packed deployed form (what evaluation runs; carries its own checksum)
+
+Every file is written atomically, and every checkpoint (mid-run, interrupted
+or final) holds all five, so ``fedq.evaluate`` accepts any of them. The
+weights are checked against their SHA-256 when they are read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 
 from fedq.config import FedqConfig, config_to_yaml, read_config_file
 from fedq.data.tokenizer import SubwordTokenizer
 from fedq.errors import FedqError
 from fedq.files import atomic_write
 from fedq.model.transformer import Transformer
+from fedq.quant.deployed import save_deployed
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
@@ -35,6 +41,16 @@ class CheckpointError(FedqError):
     pass
 
 
+def pack_model(model: Transformer, path: Path, cfg: FedqConfig, tokenizer: SubwordTokenizer) -> dict:
+    """Write the deployed file; return its size report as a dict."""
+    size = save_deployed(
+        model,
+        path,
+        {"tokenizer_fingerprint": tokenizer.fingerprint, "quant": asdict(cfg.quant), "model_preset": cfg.model.preset},
+    )
+    return asdict(size)
+
+
 def save_checkpoint(
     folder: str | Path,
     model: Transformer,
@@ -42,12 +58,20 @@ def save_checkpoint(
     tokenizer: SubwordTokenizer,
     meta: dict | None = None,
 ) -> Path:
+    """Write the whole checkpoint folder; ``meta`` (steps, loss, ...) goes into meta.json."""
     folder = Path(folder)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    atomic_write(folder / WEIGHTS, save(state))
+    weights = save(state)
+    atomic_write(folder / WEIGHTS, weights)
     atomic_write(folder / CONFIG, config_to_yaml(cfg))
     tokenizer.save(folder / TOKENIZER)
-    full_meta = {"shape": model.shape.to_dict(), "tokenizer_fingerprint": tokenizer.fingerprint}
+    deployed_size = pack_model(model, folder / DEPLOYED, cfg, tokenizer)
+    full_meta = {
+        "shape": model.shape.to_dict(),
+        "tokenizer_fingerprint": tokenizer.fingerprint,
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        "deployed_size": deployed_size,
+    }
     full_meta.update(meta or {})
     atomic_write(folder / META, json.dumps(full_meta, indent=2))
     return folder
@@ -77,10 +101,18 @@ class Checkpoint:
     meta: dict
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        path = self.folder / WEIGHTS
         try:
-            return load_file(str(self.folder / WEIGHTS))
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"cannot read {self.folder / WEIGHTS}: {err}") from None
+            data = path.read_bytes()
+        except OSError as err:
+            raise CheckpointError(f"cannot read {path}: {err.strerror}") from None
+        expected = self.meta.get("weights_sha256")
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            raise CheckpointError(f"{path} is damaged: its SHA-256 does not match the one in {META}")
+        try:
+            return load(data)
+        except SafetensorError as err:
+            raise CheckpointError(f"cannot read {path}: {err}") from None
 
     @property
     def deployed_path(self) -> Path:

@@ -1,39 +1,89 @@
 """Re-score a checkpoint: ``python -m fedq.evaluate ckpt=PATH [decode.beam=5]``.
 
-Always scores the packed deployed file (``model.fedq``) of the checkpoint, on
-the valid and test splits of the corpus the checkpoint was trained on.
+Always scores the packed deployed file (``model.fedq``) of the checkpoint with
+its own tokenizer. What it is scored on:
+
+- by default, the valid and test splits of the corpus the checkpoint was trained on;
+- ``data.*`` overrides on the command line change that corpus (``data.test_split=...``,
+  ``data.max_eval_pairs=...``), and a ``data=...`` group choice scores another corpus
+  (e.g. ``data=textdir data.dir=... data.test_split=test_2017_flickr``);
+- ``eval.src=FILE eval.ref=FILE`` scores your own parallel files.
+
+Settings that cannot apply to a trained model (``model.*``, ``quant.*``, training and
+federation settings) are named in a warning and ignored.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import hydra
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fedq.checkpoint import CheckpointError, read_checkpoint
 from fedq.cli import run_with_user_errors
-from fedq.config import CONFIG_SOURCE, FedqConfig, register_configs
+from fedq.config import CONFIG_SOURCE, DataConfig, FedqConfig, register_configs
 from fedq.data import load_corpus
+from fedq.data.corpus import Pairs
+from fedq.data.textdir import read_parallel_files
 from fedq.errors import ConfigError
 from fedq.scoring import score_file
 from fedq.task import configure_threads, resolve_device
 
+USED_PREFIXES = ("ckpt", "decode", "eval", "device", "threads", "data", "seed", "hydra")
 
-def evaluate(cfg: FedqConfig) -> dict[str, float]:
+
+def ignored_overrides(overrides: Sequence[str]) -> list[str]:
+    """The command-line overrides that evaluate does not use (the checkpoint fixes them)."""
+    keys = [override.lstrip("+~").split("=", 1)[0] for override in overrides]
+    return [o for o, key in zip(overrides, keys) if key.split(".", 1)[0].split("/", 1)[0] not in USED_PREFIXES]
+
+
+def eval_data_config(saved: DataConfig, cfg: FedqConfig, overrides: Sequence[str]) -> DataConfig:
+    """The checkpoint's corpus, changed by the command line's ``data.*`` overrides, or replaced by a ``data=`` choice."""
+    keys = [override.lstrip("+~").split("=", 1)[0] for override in overrides]
+    if "data" in keys:
+        return cfg.data
+    changes = [o.lstrip("+") for o, key in zip(overrides, keys) if key.startswith("data.")]
+    if not changes:
+        return saved
+    merged = OmegaConf.merge(OmegaConf.structured(saved), OmegaConf.from_dotlist([c.removeprefix("data.") for c in changes]))
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def evaluation_sets(cfg: FedqConfig, saved: DataConfig, overrides: Sequence[str]) -> tuple[str, dict[str, Pairs]]:
+    """(a description, {split name: pairs}) of what to score."""
+    if cfg.eval.src is not None and cfg.eval.ref is not None:
+        pairs = read_parallel_files(Path(cfg.eval.src).expanduser(), Path(cfg.eval.ref).expanduser())
+        return f"eval.src={cfg.eval.src} eval.ref={cfg.eval.ref} ({len(pairs)} pairs)", {"eval": pairs}
+    data = eval_data_config(saved, cfg, overrides)
+    if (data.src, data.tgt) != (saved.src, saved.tgt):
+        raise ConfigError(f"the checkpoint translates {saved.src}->{saved.tgt}, not {data.src}->{data.tgt}")
+    corpus = load_corpus(data)
+    source = "the checkpoint's corpus" if data == saved else "the corpus of the command line"
+    text = f"{source}: {corpus.name} {corpus.src_lang}->{corpus.tgt_lang}, valid {len(corpus.valid)} / test {len(corpus.test)} pairs"
+    return text, {"valid": corpus.valid, "test": corpus.test}
+
+
+def evaluate(cfg: FedqConfig, overrides: Sequence[str] = ()) -> dict[str, float]:
     if not cfg.ckpt:
         raise ConfigError("give the checkpoint to score: python -m fedq.evaluate ckpt=PATH")
     configure_threads(cfg.threads)
     checkpoint = read_checkpoint(cfg.ckpt)
     if not checkpoint.deployed_path.is_file():
         raise CheckpointError(f"{checkpoint.folder} has no deployed file {checkpoint.deployed_path.name}")
-    corpus = load_corpus(checkpoint.config.data)
-    device = resolve_device(cfg.device)
-    results = score_file(
-        checkpoint.deployed_path, checkpoint.tokenizer, {"valid": corpus.valid, "test": corpus.test}, cfg.decode, device
-    )
+    ignored = ignored_overrides(overrides)
+    if ignored:
+        print(f"warning: ignoring {' '.join(ignored)}: the checkpoint fixes the model, its quantization and training", flush=True)
+    description, sets = evaluation_sets(cfg, checkpoint.config.data, overrides)
+    print(f"scoring {checkpoint.deployed_path} on {description}", flush=True)
+    results = score_file(checkpoint.deployed_path, checkpoint.tokenizer, sets, cfg.decode, resolve_device(cfg.device))
     scores = {}
     for split, bleu in results.items():
-        saved = checkpoint.meta.get(f"{split}_bleu")
-        note = f" (saved at training: {saved:.2f})" if saved is not None else ""
+        saved_score = checkpoint.meta.get(f"{split}_bleu") if description.startswith("the checkpoint's") else None
+        note = f" (saved at training: {saved_score:.2f})" if saved_score is not None else ""
         print(f"{split} (deployed form): {bleu}{note}", flush=True)
         scores[split] = bleu.score
     return scores
@@ -41,7 +91,8 @@ def evaluate(cfg: FedqConfig) -> dict[str, float]:
 
 @hydra.main(config_path=CONFIG_SOURCE, config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    run_with_user_errors(evaluate, cfg)
+    overrides = list(HydraConfig.get().overrides.task)
+    run_with_user_errors(lambda config: evaluate(config, overrides), cfg)
 
 
 register_configs()

@@ -1,27 +1,27 @@
 """Translate, score with sacreBLEU, and score a model the way it would ship.
 
-``score_deployed`` packs a model into its deployed file, loads that file back
-and translates with what was loaded: every BLEU fedq reports is of the packed
-form.
+``score_file`` loads a packed deployed file and translates with what was
+loaded; ``score_checkpoint`` does so for a checkpoint folder. Every BLEU fedq
+reports is of the packed form.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import sacrebleu
 import torch
 
-from fedq.checkpoint import DEPLOYED
-from fedq.config import DecodeConfig, FedqConfig
+from fedq.checkpoint import read_checkpoint
+from fedq.config import DecodeConfig
 from fedq.data.corpus import ParallelCorpus
 from fedq.data.tokenizer import SubwordTokenizer
 from fedq.files import atomic_write
 from fedq.model.decoding import beam_search, greedy_decode
 from fedq.model.transformer import Transformer
-from fedq.quant.deployed import DeployedFormatError, load_deployed, save_deployed
+from fedq.quant.deployed import DeployedFormatError, DeployedSize, load_deployed
 
 
 @dataclass(frozen=True)
@@ -83,16 +83,6 @@ def evaluate_bleu(
     return corpus_bleu(hypotheses, [tgt for _, tgt in pairs]), hypotheses
 
 
-def pack_model(model: Transformer, path: Path, cfg: FedqConfig, tokenizer: SubwordTokenizer) -> dict:
-    """Write the deployed file; return its size report as a dict."""
-    size = save_deployed(
-        model,
-        path,
-        {"tokenizer_fingerprint": tokenizer.fingerprint, "quant": asdict(cfg.quant), "model_preset": cfg.model.preset},
-    )
-    return asdict(size)
-
-
 def score_file(
     path: Path,
     tokenizer: SubwordTokenizer,
@@ -114,28 +104,18 @@ def score_file(
     return results
 
 
-def score_deployed(
-    model: Transformer,
-    folder: Path,
-    tokenizer: SubwordTokenizer,
-    corpus: ParallelCorpus,
-    cfg: FedqConfig,
-    device: torch.device,
-) -> dict:
-    """Pack ``model`` into ``folder``, then BLEU of the packed form on valid and test."""
-    path = folder / DEPLOYED
-    size = pack_model(model, path, cfg, tokenizer)
-    print(
-        f"deployed file {path}: {size['file_bytes'] / 1e6:.3f} MB "
-        f"(fp32 weights {size['fp32_bytes'] / 1e6:.3f} MB, {size['fp32_bytes'] / size['file_bytes']:.1f}x smaller)",
-        flush=True,
-    )
-    results = score_file(path, tokenizer, {"valid": corpus.valid, "test": corpus.test}, cfg.decode, device, folder)
+def score_checkpoint(folder: Path, corpus: ParallelCorpus, decode: DecodeConfig, device: torch.device) -> dict:
+    """BLEU on valid and test of the packed file a checkpoint folder holds, and that file's size."""
+    checkpoint = read_checkpoint(folder)
+    size = checkpoint.meta["deployed_size"]
+    print(f"deployed file {checkpoint.deployed_path}: {DeployedSize(**size).describe()}", flush=True)
+    splits = {"valid": corpus.valid, "test": corpus.test}
+    results = score_file(checkpoint.deployed_path, checkpoint.tokenizer, splits, decode, device, checkpoint.folder)
     for split, bleu in results.items():
         print(f"{split} (deployed form): {bleu}", flush=True)
     return {
-        "deployed_size": size,
         "valid_bleu": results["valid"].score,
         "test_bleu": results["test"].score,
         "bleu_signature": results["test"].signature,
+        "deployed_size": size,
     }

@@ -13,7 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fedq.checkpoint import CheckpointError, load_weights_into, read_checkpoint, save_checkpoint, update_meta
+from fedq.checkpoint import save_checkpoint, update_meta
 from fedq.cli import format_seconds, run_dir, run_with_user_errors
 from fedq.config import CONFIG_SOURCE, FedqConfig, register_configs
 from fedq.data.batching import encode_pairs
@@ -28,10 +28,9 @@ from fedq.engine import (
     train_steps,
     training_pairs,
 )
-from fedq.model.transformer import Transformer
-from fedq.quant import describe_quantization, quantize_model
-from fedq.scoring import evaluate_bleu, score_deployed
-from fedq.task import configure_threads, load_task, model_shape, resolve_device, seed_everything
+from fedq.quant import describe_quantization
+from fedq.scoring import evaluate_bleu, score_checkpoint
+from fedq.task import build_model, configure_threads, load_task, resolve_device, seed_everything
 
 
 def train(cfg: FedqConfig, out_dir: Path) -> dict:
@@ -42,17 +41,7 @@ def train(cfg: FedqConfig, out_dir: Path) -> dict:
     tokenizer = task.tokenizer
     print(task.describe(), flush=True)
 
-    model = Transformer(model_shape(cfg.model, tokenizer.vocab_size, tokenizer.pad_id))
-    if cfg.init_from:
-        source = read_checkpoint(cfg.init_from)
-        if source.tokenizer.fingerprint != tokenizer.fingerprint:
-            raise CheckpointError(
-                f"init_from={cfg.init_from} was trained with another vocabulary "
-                f"({source.tokenizer.vocab_size} pieces) than this run ({tokenizer.vocab_size}); use the same data settings"
-            )
-        skipped = load_weights_into(model, source.state_dict(), f"init_from={cfg.init_from}")
-        print(f"initialised from {source.folder}" + (f" ({len(skipped)} quantizer tensors not used)" if skipped else ""))
-    quantize_model(model, cfg.quant)
+    model = build_model(cfg, tokenizer, cfg.init_from)
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model {cfg.model.preset}: {n_params / 1e6:.2f}M parameters on {device}; {describe_quantization(model)}", flush=True)
@@ -72,7 +61,6 @@ def train(cfg: FedqConfig, out_dir: Path) -> dict:
     stream = batch_stream(encoded, cfg.data.max_tokens, tokenizer, seed=cfg.seed)
     settings = StepSettings(device, tokenizer.pad_id, cfg.train.label_smoothing, cfg.train.clip_norm)
     totals = TrainStats()
-    segment = cfg.train.eval_every if cfg.train.eval_every > 0 else total_steps
 
     def log(step: int, window: TrainStats, elapsed: float) -> None:
         global_step = totals.steps
@@ -93,26 +81,35 @@ def train(cfg: FedqConfig, out_dir: Path) -> dict:
                 "tgt_tokens_per_second": totals.tokens_per_second}
         save_checkpoint(folder, model, cfg, tokenizer, meta)
 
+    def next_stop(step: int) -> int:
+        """The next step at which to checkpoint or evaluate (or the end)."""
+        stops = [total_steps] + [(step // every + 1) * every for every in (cfg.train.checkpoint_every, cfg.train.eval_every) if every > 0]
+        return min(stops)
+
     try:
         while totals.steps < total_steps:
-            steps = min(segment, total_steps - totals.steps)
             train_steps(
-                model, stream, optimizer, steps, settings, scheduler=scheduler, deadline=deadline,
-                on_log=log, log_every=cfg.train.log_every, totals=totals,
+                model, stream, optimizer, next_stop(totals.steps) - totals.steps, settings, scheduler=scheduler,
+                deadline=deadline, on_log=log, log_every=cfg.train.log_every, totals=totals,
             )
             if deadline is not None and time.time() >= deadline:
                 print(f"time limit of {cfg.train.max_minutes:g} min reached at step {totals.steps}", flush=True)
                 break
             if totals.steps < total_steps:
-                save()  # a crash later loses at most one evaluation segment
-                valid, _ = evaluate_bleu(model, tokenizer, task.corpus.valid, cfg.decode, device)
-                print(f"step {totals.steps}: valid {valid} (training-form weights)", flush=True)
+                save()  # a crash later loses at most the steps since this one
+                if cfg.train.eval_every > 0 and totals.steps % cfg.train.eval_every == 0:
+                    valid, _ = evaluate_bleu(model, tokenizer, task.corpus.valid, cfg.decode, device)
+                    print(f"step {totals.steps}: valid {valid} (training-form weights)", flush=True)
     except KeyboardInterrupt:
         save()
-        print(f"interrupted at step {totals.steps}; checkpoint saved in {folder}", flush=True)
+        print(
+            f"interrupted at step {totals.steps}; checkpoint saved in {folder} "
+            f"(score it with: python -m fedq.evaluate ckpt={folder})",
+            flush=True,
+        )
         raise
     save()
-    scores = score_deployed(model, folder, tokenizer, task.corpus, cfg, device)
+    scores = score_checkpoint(folder, task.corpus, cfg.decode, device)
     update_meta(folder, **scores)
     print(f"checkpoint: {folder}", flush=True)
     return scores

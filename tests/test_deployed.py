@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,12 +100,13 @@ def test_fp32_model_round_trips_exactly(tmp_path: Path) -> None:
 
 
 def _rewrite_header(path: Path, change) -> None:
+    """Change the header and write a consistent file (length and checksum updated)."""
     raw = path.read_bytes()
     (length,) = struct.unpack_from("<Q", raw, 8)
-    header = json.loads(raw[16 : 16 + length])
+    header = json.loads(raw[48 : 48 + length])
     change(header)
-    encoded = json.dumps(header).encode()
-    path.write_bytes(raw[:8] + struct.pack("<Q", len(encoded)) + encoded + raw[16 + length :])
+    body = json.dumps(header).encode() + raw[48 + length :]
+    path.write_bytes(raw[:8] + struct.pack("<Q", len(body) - len(raw) + 48 + length) + hashlib.sha256(body).digest() + body)
 
 
 def test_damaged_files_raise_deployed_format_error(tmp_path: Path) -> None:
@@ -120,9 +123,18 @@ def test_damaged_files_raise_deployed_format_error(tmp_path: Path) -> None:
     path.write_bytes(b"NOTFEDQ!" + good[8:])
     expect("wrong magic")
     path.write_bytes(good[: len(good) - 100])
-    expect("truncated")
+    expect("damaged: its SHA-256 checksum")
     path.write_bytes(good[:20])
     expect("truncated")
+    flipped = bytearray(good)
+    for position in np.random.default_rng(0).choice(np.arange(48, len(good)), size=2000, replace=False):
+        flipped[position] ^= 1 << int(position % 8)
+    path.write_bytes(bytes(flipped))
+    expect("damaged: its SHA-256 checksum")
+    path.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # one bit of one weight
+    expect("damaged")
+    path.write_bytes(b"FEDQPK01" + good[8:])
+    expect("older fedq format")
     _rewrite_header(path, lambda h: h.update(format_version=99))
     expect("format version 99")
     _rewrite_header(path, lambda h: h["shape"].update(d_model=64, ffn_dim=128))

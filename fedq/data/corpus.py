@@ -28,15 +28,21 @@ class ParallelCorpus:
     test: Pairs
     train_talks: Optional[list[str]] = None  # talk id per training pair (IWSLT), for natural partitions
 
-    def fingerprint(self) -> str:
-        """Stable hash of the languages and every string, for cache keys (tokenizer, shards)."""
+    def fingerprint(self, splits: tuple[str, ...] = ("train", "valid", "test")) -> str:
+        """Stable hash of the languages and every string of ``splits`` (talk ids with train), for cache keys.
+
+        The tokenizer's cache key uses the training split alone, which is all it is
+        trained on, so that limiting the valid/test sets does not retrain it.
+        """
         h = hashlib.sha256()
         _update(h, [self.src_lang, self.tgt_lang])
-        for split in (self.train, self.valid, self.test):
-            _update(h, [f"split:{len(split)}"])
+        for name in splits:
+            split = getattr(self, name)
+            _update(h, [f"{name}:{len(split)}"])
             for src, tgt in split:
                 _update(h, (src, tgt))
-        _update(h, ["talks"] + list(self.train_talks or []))
+        if "train" in splits:
+            _update(h, ["talks"] + list(self.train_talks or []))
         return h.hexdigest()
 
 

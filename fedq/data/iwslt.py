@@ -100,8 +100,8 @@ def safe_extract(archive: Path, dest: Path) -> None:
                     raise CorpusError(f"refusing to extract {m.name!r} from {archive}: unsafe path or link")
             extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(dest, members=members, **extra)
-    except (tarfile.TarError, OSError) as e:
-        raise CorpusError(f"cannot extract {archive}: {e}") from e
+    except (tarfile.TarError, OSError, EOFError) as e:  # EOFError: a truncated .tgz
+        raise CorpusError(f"cannot extract {archive}: {e or 'the archive is truncated'}") from None
 
 
 def _ensure_release(root: Path, base_url: str) -> None:

@@ -36,7 +36,14 @@ def load_textdir(
 
 def read_parallel(root: Path, prefix: str, src: str, tgt: str) -> Pairs:
     """Line-aligned (src, tgt) pairs of ``prefix.src`` and ``prefix.tgt``, stripped."""
-    src_path, tgt_path = _find(root, prefix, src), _find(root, prefix, tgt)
+    return read_parallel_files(_find(root, prefix, src), _find(root, prefix, tgt))
+
+
+def read_parallel_files(src_path: Path, tgt_path: Path) -> Pairs:
+    """Line-aligned (src, tgt) pairs of two files (plain or .gz), stripped."""
+    for path in (src_path, tgt_path):
+        if not path.is_file():
+            raise CorpusError(f"{path} is not a file")
     src_lines, tgt_lines = _read_lines(src_path), _read_lines(tgt_path)
     if len(src_lines) != len(tgt_lines):
         raise CorpusError(
@@ -71,8 +78,8 @@ def _read_lines(path: Path) -> list[str]:
     try:
         with opener(path, "rt", encoding="utf-8") as f:
             return [line.strip() for line in f]
-    except (OSError, UnicodeDecodeError) as e:
-        raise CorpusError(f"cannot read {path}: {e}") from e
+    except (OSError, EOFError, UnicodeDecodeError) as e:  # EOFError: a truncated .gz
+        raise CorpusError(f"cannot read {path}: {e or type(e).__name__}") from None
 
 
 def _drop_incomplete(pairs: Pairs) -> Pairs:

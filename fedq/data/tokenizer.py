@@ -72,7 +72,7 @@ class SubwordTokenizer:
 def load_or_train_tokenizer(corpus: ParallelCorpus, vocab_size: int, cache_dir: str | Path) -> SubwordTokenizer:
     """The tokenizer for this corpus and size: from ``cache_dir/tokenizers`` if there, else trained now."""
     key = json.dumps(
-        {"corpus": corpus.fingerprint(), "vocab_size": vocab_size, "max_sentences": MAX_TRAINING_SENTENCES,
+        {"corpus": corpus.fingerprint(("train",)), "vocab_size": vocab_size, "max_sentences": MAX_TRAINING_SENTENCES,
          **TRAINER_SETTINGS},
         sort_keys=True,
     )

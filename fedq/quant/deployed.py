@@ -2,10 +2,14 @@
 
 Layout::
 
-    b"FEDQPK01"                 8 bytes of magic
+    b"FEDQPK02"                 8 bytes of magic
     header length               uint64, little-endian
+    checksum                    32 bytes: SHA-256 of header + payload
     header                      UTF-8 JSON (format_version, shape, quant, metadata, tensors)
     payload                     the tensors' bytes; table offsets count from here
+
+A file whose checksum does not match (a flipped bit, a truncated copy) is
+refused with one line; it is never scored.
 
 A quantized weight is stored as its integer codes packed at the quantizer's bit
 width (binary 1, ternary 2) plus one fp16 scale per output channel. Biases,
@@ -16,6 +20,7 @@ floats the fake-quantized model used, so the logits match.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from dataclasses import dataclass
@@ -33,9 +38,10 @@ from fedq.quant.packing import codes_nbytes, pack_codes, unpack_codes
 from fedq.quant.quantizers import QUANTIZERS, ActQuantizer
 from fedq.quant.swap import quant_summary, quantized_modules
 
-MAGIC = b"FEDQPK01"
-FORMAT_VERSION = 1
+MAGIC = b"FEDQPK02"
+FORMAT_VERSION = 2
 _LENGTH = struct.Struct("<Q")
+_CHECKSUM_BYTES = 32
 
 
 class DeployedFormatError(FedqError):
@@ -111,26 +117,32 @@ def save_deployed(model: Transformer, path: str | Path, metadata: dict) -> Deplo
         "tensors": table,
     }
     header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    atomic_write(path, b"".join([MAGIC, _LENGTH.pack(len(header_bytes)), header_bytes, *chunks]))
+    body = b"".join([header_bytes, *chunks])
+    atomic_write(path, b"".join([MAGIC, _LENGTH.pack(len(header_bytes)), hashlib.sha256(body).digest(), body]))
     return DeployedSize(
         file_bytes=path.stat().st_size,
         fp32_bytes=quantized_fp32 + other,
         quantized_fp32_bytes=quantized_fp32,
         quantized_packed_bytes=quantized_packed,
         other_bytes=other,
-        header_bytes=len(MAGIC) + _LENGTH.size + len(header_bytes),
+        header_bytes=len(MAGIC) + _LENGTH.size + _CHECKSUM_BYTES + len(header_bytes),
     )
 
 
 def _read_header(raw: bytes, path: Path) -> tuple[dict, memoryview]:
     if raw[: len(MAGIC)] != MAGIC:
+        if raw[: len(MAGIC) - 2] == MAGIC[:-2]:
+            raise DeployedFormatError(f"{path} is a deployed file of an older fedq format ({raw[:len(MAGIC)].decode(errors='replace')}); pack it again")
         raise DeployedFormatError(f"{path} is not a fedq deployed model file (wrong magic bytes)")
-    start = len(MAGIC) + _LENGTH.size
+    start = len(MAGIC) + _LENGTH.size + _CHECKSUM_BYTES
     if len(raw) < start:
         raise DeployedFormatError(f"{path} is truncated (no header)")
     (length,) = _LENGTH.unpack_from(raw, len(MAGIC))
+    checksum = raw[len(MAGIC) + _LENGTH.size : start]
     if len(raw) < start + length:
         raise DeployedFormatError(f"{path} is truncated (header of {length} bytes incomplete)")
+    if hashlib.sha256(memoryview(raw)[start:]).digest() != checksum:
+        raise DeployedFormatError(f"{path} is damaged: its SHA-256 checksum does not match its contents")
     try:
         header = json.loads(raw[start : start + length].decode("utf-8"))
     except ValueError:
