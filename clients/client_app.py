@@ -2,50 +2,61 @@
 
 Thin on purpose: the round itself is ``fedq.fl.client.client_round``. The
 error-feedback residual of biased codecs lives in the node's persistent
-``context.state`` between rounds.
+``context.state`` between rounds. A ``query`` message asks the node which
+partition it holds, so that the server can sample by partition id.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedq.config import FedqConfig, config_from_run_config
 from fedq.errors import ConfigError
-from fedq.fl.client import client_round, federation_for
+from fedq.fl.client import PARTITION_KEY, client_round, federation_for
 
 RESIDUAL_KEY = "fedq-error-feedback"
-ConfigSource = Callable[[Context], FedqConfig]
+
+app = ClientApp()
 
 
-def make_client_app(config_source: ConfigSource) -> ClientApp:
-    app = ClientApp()
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        cfg = config_source(context)
-        num_partitions = int(context.node_config.get("num-partitions", cfg.fl.clients))
-        if num_partitions != cfg.fl.clients:
-            raise ConfigError(f"this federation has {num_partitions} nodes but the config says clients={cfg.fl.clients}")
-        residual = None
-        if RESIDUAL_KEY in context.state:
-            residual = context.state[RESIDUAL_KEY].to_numpy_ndarrays()[0]
-        update = client_round(
-            federation_for(cfg),
-            partition_id=int(context.node_config["partition-id"]),
-            server_round=int(msg.content["config"]["server-round"]),
-            downlink_arrays=msg.content["arrays"].to_numpy_ndarrays(),
-            residual=residual,
-        )
-        if update.residual is not None:
-            context.state[RESIDUAL_KEY] = ArrayRecord([update.residual])
-        content = RecordDict({"arrays": ArrayRecord(update.arrays), "metrics": MetricRecord(update.metrics)})
-        return Message(content=content, reply_to=msg)
-
-    return app
+def node_config(context: Context) -> FedqConfig:
+    """The run's config; the federation's size is the node's ``num-partitions``."""
+    try:
+        partitions = int(context.node_config["num-partitions"])
+        int(context.node_config[PARTITION_KEY])
+    except (KeyError, ValueError):
+        raise ConfigError(
+            "this SuperNode has no integer partition-id / num-partitions; start it with "
+            '--node-config "partition-id=K num-partitions=N"'
+        ) from None
+    cfg = config_from_run_config(context.run_config, clients=partitions)
+    if cfg.fl.clients != partitions:
+        raise ConfigError(f"this federation has {partitions} nodes but the config says clients={cfg.fl.clients}")
+    return cfg
 
 
-# For `flwr run .`: the settings come from the run config (pyproject [tool.flwr.app.config]).
-app = make_client_app(lambda context: config_from_run_config(context.run_config))
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    node_config(context)
+    content = RecordDict({"metrics": MetricRecord({PARTITION_KEY: int(context.node_config[PARTITION_KEY])})})
+    return Message(content=content, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg = node_config(context)
+    residual = None
+    if RESIDUAL_KEY in context.state:
+        residual = context.state[RESIDUAL_KEY].to_numpy_ndarrays()[0]
+    update = client_round(
+        federation_for(cfg),
+        partition_id=int(context.node_config[PARTITION_KEY]),
+        server_round=int(msg.content["config"]["server-round"]),
+        downlink_arrays=msg.content["arrays"].to_numpy_ndarrays(),
+        residual=residual,
+    )
+    if update.residual is not None:
+        context.state[RESIDUAL_KEY] = ArrayRecord([update.residual])
+    content = RecordDict({"arrays": ArrayRecord(update.arrays), "metrics": MetricRecord(update.metrics)})
+    return Message(content=content, reply_to=msg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,12 +26,18 @@ def run_dir() -> Path:
         return Path.cwd()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_with_user_errors(main: Callable[[FedqConfig], object], cfg: DictConfig) -> None:
     """Validate the config, then run ``main``.
 
     A user error (any :class:`FedqError`) is one line on stderr and exit status 2;
-    any other exception is a bug and keeps its traceback.
+    any other exception is a bug and keeps its traceback. SIGTERM is handled like
+    Ctrl-C: the entry point saves what it has and exits with status 130.
     """
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         config = to_config(cfg)
         validate_config(config)

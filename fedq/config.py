@@ -19,6 +19,7 @@ from typing import Optional
 
 from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -82,6 +83,7 @@ class TrainConfig:
     clip_norm: float = 1.0
     log_every: int = 50
     eval_every: int = 0  # steps; 0 = only at the end
+    checkpoint_every: int = 500  # steps between checkpoints (a crash loses at most this many); 0 = only at the end
 
 
 @dataclass
@@ -91,6 +93,14 @@ class DecodeConfig:
     max_len_a: float = 1.2  # max output length = a * source length + b
     max_len_b: int = 10
     batch_size: int = 64
+
+
+@dataclass
+class EvalConfig:
+    """fedq.evaluate: score a checkpoint on parallel files of your own instead of a corpus's splits."""
+
+    src: Optional[str] = None  # a file of source sentences, one per line (plain or .gz)
+    ref: Optional[str] = None  # the reference translations, line-aligned with src
 
 
 @dataclass
@@ -132,8 +142,10 @@ class FLConfig:
     strategy: str = "fedavg"  # fedavg | fedadam
     server_lr: float = 1.0  # fedavg: global += server_lr * (average - global); fedadam: Adam's eta
     eval_every: int = 5
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
+    checkpoint_every: int = 1  # rounds between saved run states (resume=RUN_DIR continues from the last)
+    node_wait_seconds: float = 120.0  # how long the server waits for every node to connect
+    num_cpus: int = 1  # CPUs per simulated client (whole CPUs: Flower's simulation config takes integers)
+    num_gpus: float = 0.0  # GPUs per simulated client; fractions share a GPU
     verbose: bool = False  # show Flower's own INFO/DEBUG log
 
 
@@ -147,11 +159,13 @@ class FedqConfig:
     comm: CommConfig = field(default_factory=CommConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     fl: FLConfig = field(default_factory=FLConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     device: str = "auto"  # auto | cpu | cuda[:N]
     seed: int = 1
     threads: int = 0  # torch intra-op threads; 0 = torch default
     ckpt: Optional[str] = None  # evaluate: checkpoint to score
-    init_from: Optional[str] = None  # train: start from this checkpoint
+    init_from: Optional[str] = None  # train, simulate: start from this checkpoint's weights
+    resume: Optional[str] = None  # simulate: continue the run in this results folder after its last saved round
     clients: int = 20  # shorthand for fl.clients, so that `clients=20` works
 
 
@@ -162,36 +176,69 @@ def register_configs() -> None:
 
 # --- composing a config outside a Hydra command line (Flower apps, tests, benchmarks)
 
-# `flwr run . --run-config "..."` keys and the Hydra settings they stand for.
+# `flwr run . --run-config "..."` keys and the Hydra settings they stand for. An empty
+# value (the pyproject default) leaves the setting to fedq's config.
 RUN_CONFIG_KEYS = {
     "num-server-rounds": "fl.rounds",
+    "num-clients": "clients",
     "clients-per-round": "fl.clients_per_round",
     "local-steps": "fl.local_steps",
     "quant-bits": "quant.bits",
 }
+# Run-config keys that are not one setting each: any Hydra overrides as one string; a whole
+# saved config (YAML, what fedq.simulate sends); the results folder; continue a saved run.
+RUN_CONFIG_EXTRA_KEYS = ("overrides", "config", "out-dir", "resume")
 
 
 def compose_config(overrides: Sequence[str] = ()) -> FedqConfig:
-    """The config ``python -m fedq.simulate OVERRIDES`` would run with."""
+    """The config ``python -m fedq.simulate OVERRIDES`` would run with; a bad override is a ConfigError."""
     register_configs()
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
+            cfg = compose(config_name="config", overrides=list(overrides))
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"overrides {' '.join(overrides)!r}: {str(err).strip().splitlines()[0]}") from None
 
 
-def overrides_from_run_config(run_config: Mapping[str, object]) -> list[str]:
+def overrides_from_run_config(run_config: Mapping[str, object], clients: int | None = None) -> list[str]:
     """Map Flower's run config (pyproject [tool.flwr.app.config]) to Hydra overrides.
 
-    ``overrides`` holds any further Hydra overrides as one string, e.g.
-    ``flwr run . --run-config "overrides='model=small comm.uplink.name=sign'"``.
+    Keys left empty are not passed, so a group chosen in ``overrides`` (e.g.
+    ``overrides='quant=w4'``) is not overwritten by a key's default. ``clients``
+    is the size of the federation the app runs in; it applies unless
+    ``num-clients`` is set (or ``overrides`` says otherwise).
     """
-    overrides = [f"{RUN_CONFIG_KEYS[key]}={value}" for key, value in run_config.items() if key in RUN_CONFIG_KEYS]
+    overrides = [] if clients is None or run_config.get("num-clients", "") != "" else [f"clients={clients}"]
+    overrides += [f"{setting}={run_config[key]}" for key, setting in RUN_CONFIG_KEYS.items() if run_config.get(key, "") != ""]
     overrides += shlex.split(str(run_config.get("overrides", "")))
     return overrides
 
 
-def config_from_run_config(run_config: Mapping[str, object]) -> FedqConfig:
-    return compose_config(overrides_from_run_config(run_config))
+def config_from_run_config(run_config: Mapping[str, object], clients: int | None = None) -> FedqConfig:
+    """The config of a Flower run: the whole saved config if the run carries one, else composed."""
+    saved = str(run_config.get("config", ""))
+    if saved:
+        return config_from_yaml(saved, "the run config's config")
+    return compose_config(overrides_from_run_config(run_config, clients))
+
+
+def changed_settings(cfg: FedqConfig) -> str:
+    """The settings of ``cfg`` that differ from fedq's defaults, as ``key=value`` overrides (one line)."""
+    def leaves(node: object, prefix: str = "") -> dict[str, object]:
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in leaves(value, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node}
+
+    mine = leaves(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    default = leaves(OmegaConf.to_container(OmegaConf.structured(compose_config())))
+    return " ".join(f"{key}={value}" for key, value in mine.items() if default.get(key) != value) or "(the defaults)"
+
+
+def results_dir(run_config: Mapping[str, object], run_id: int) -> Path:
+    """Where a Flower run writes its results: ``out-dir``, else ./outputs/flwr/RUN_ID (absolute)."""
+    out_dir = str(run_config.get("out-dir", ""))
+    return Path(out_dir).expanduser().resolve() if out_dir else (Path.cwd() / "outputs" / "flwr" / str(run_id)).resolve()
 
 
 # --- YAML I/O: the one writer and the one reader of a saved config
@@ -256,6 +303,8 @@ def validate_config(cfg: FedqConfig) -> None:
                        cfg.partition.length_buckets, cfg.data.name)
     uplink_codec(cfg)
     downlink_codec(cfg)
+    if (cfg.eval.src is None) != (cfg.eval.ref is None):
+        raise ConfigError("eval.src and eval.ref go together: give both files (sources and references) or neither")
     device = cfg.device.split(":")[0]
     if device not in DEVICES:
         raise ConfigError(f"device={cfg.device!r} is unknown; use auto, cpu or cuda[:N]")
@@ -300,6 +349,7 @@ def _validate_train(cfg: FedqConfig) -> None:
     _at_least(t.clip_norm, 0, "train.clip_norm")
     _at_least(t.log_every, 1, "train.log_every")
     _at_least(t.eval_every, 0, "train.eval_every")
+    _at_least(t.checkpoint_every, 0, "train.checkpoint_every")
     if not 0.0 <= t.label_smoothing < 1.0:
         raise ConfigError(f"train.label_smoothing={t.label_smoothing} must be in [0, 1)")
     if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
@@ -334,5 +384,7 @@ def _validate_federation(cfg: FedqConfig) -> None:
     _choice(fl.local_optimizer, LOCAL_OPTIMIZERS, "fl.local_optimizer")
     _above(fl.server_lr, 0, "fl.server_lr")
     _at_least(fl.eval_every, 0, "fl.eval_every")
-    _above(fl.num_cpus, 0, "fl.num_cpus")
+    _at_least(fl.checkpoint_every, 1, "fl.checkpoint_every")
+    _above(fl.node_wait_seconds, 0, "fl.node_wait_seconds")
+    _at_least(fl.num_cpus, 1, "fl.num_cpus")
     _at_least(fl.num_gpus, 0, "fl.num_gpus")

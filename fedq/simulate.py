@@ -1,76 +1,141 @@
 """The federated simulation: ``python -m fedq.simulate clients=20 quant.bits=2``.
 
-Runs the Flower ServerApp and ClientApp of this repository in Flower's
-simulation runtime with the Ray backend: each client is a Ray actor with
-``fl.num_cpus`` CPUs and ``fl.num_gpus`` GPUs. Results go to the Hydra run
-directory: metrics.jsonl, summary.json, bleu_vs_uplink.png, checkpoint/.
+Runs the ServerApp (``server/``) and ClientApp (``clients/``) of this package
+the way Flower runs simulations: ``flwr run`` on a local SuperLink in
+simulation mode (``fedq.superlink``), each client a Ray actor with
+``fl.num_cpus`` CPUs and ``fl.num_gpus`` GPUs. Before anything starts, every
+setting is validated and the clients' resources are compared with the machine.
+
+Results go to the Hydra run directory (absolute, printed at start and end):
+metrics.jsonl, summary.json, bleu_vs_uplink.png, checkpoint/, and state/ after
+every ``fl.checkpoint_every`` rounds. Ctrl-C or SIGTERM stops the simulation
+and Ray within seconds; ``python -m fedq.simulate resume=RUN_DIR`` continues it.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import time
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import hydra
+import tomli_w
+import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fedq.cli import run_dir, run_with_user_errors
-from fedq.config import CONFIG_SOURCE, FedqConfig, register_configs
+from fedq.checkpoint import read_checkpoint
+from fedq.cli import format_seconds, run_dir, run_with_user_errors
+from fedq.config import CONFIG_SOURCE, FedqConfig, config_to_yaml, register_configs, validate_config
+from fedq.errors import ConfigError, FedqError
+from fedq.fl.state import saved_config
+from fedq.report.run_log import SUMMARY_FILE, read_failure, read_rows
+from fedq.superlink import LocalSuperLink, write_app_dir
 from fedq.task import load_task, resolve_device
 
-os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no phoning home from an offline machine
-os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's future default, without its warning
+RAY_ADDRESS_VARIABLE = "FEDQ_RAY_ADDRESS"
 
 
-def quiet_flower_logs(verbose: bool) -> None:
-    """fedq prints one line per round; Flower's own INFO log would bury it."""
-    logger = logging.getLogger("flwr")
-    logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    logger.propagate = False  # Hydra's root handler would print every line twice
+def machine_resources(ray_address: str | None) -> tuple[float, float, str]:
+    """(CPUs, GPUs, where) that client actors can be placed on: this machine, or the Ray cluster."""
+    if ray_address:
+        import ray
+
+        ray.init(address=ray_address, logging_level="ERROR", log_to_driver=False)
+        try:
+            resources = ray.cluster_resources()
+        finally:
+            ray.shutdown()
+        return float(resources.get("CPU", 0)), float(resources.get("GPU", 0)), f"the Ray cluster at {ray_address}"
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return float(cpus), float(torch.cuda.device_count()), "this machine"
 
 
-def backend_config(cfg: FedqConfig) -> dict:
-    resources = {"num_cpus": cfg.fl.num_cpus, "num_gpus": cfg.fl.num_gpus}
-    init_args = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": True}
-    address = os.environ.get("FEDQ_RAY_ADDRESS")
-    if address:  # join an existing Ray cluster instead of starting one
-        init_args["address"] = address
-    return {"client_resources": resources, "init_args": init_args}
+def check_client_resources(cfg: FedqConfig, cpus: float, gpus: float, where: str) -> None:
+    """A client that asks for more than exists would never be placed, and the run would wait forever."""
+    fl = cfg.fl
+    if fl.num_cpus > cpus:
+        raise ConfigError(f"fl.num_cpus={fl.num_cpus:g} but {where} has {cpus:g} CPUs: no client could ever start")
+    if fl.num_gpus > 0 and gpus == 0:
+        raise ConfigError(f"fl.num_gpus={fl.num_gpus:g} but {where} has no GPU (torch sees no CUDA device): use fl.num_gpus=0")
+    if fl.num_gpus > gpus:
+        raise ConfigError(f"fl.num_gpus={fl.num_gpus:g} but {where} has {gpus:g} GPUs: no client could ever start")
 
 
-def simulate(cfg: FedqConfig, out_dir: Path) -> None:
-    from flwr.simulation import run_simulation
+def resumed_config(cfg: FedqConfig, overrides: Sequence[str]) -> tuple[FedqConfig, Path]:
+    """The saved config of the run to resume, and its folder; other overrides cannot change a run."""
+    folder = Path(str(cfg.resume)).expanduser().resolve()
+    others = [o for o in overrides if not o.startswith(("resume=", "hydra."))]
+    if others:
+        print(f"warning: resume uses the run's saved config; ignoring {' '.join(others)}", flush=True)
+    saved = saved_config(folder)
+    validate_config(saved)
+    return saved, folder
 
-    from clients.client_app import make_client_app
-    from server.server_app import make_server_app
 
-    quiet_flower_logs(cfg.fl.verbose)
+def simulate(cfg: FedqConfig, out_dir: Path, overrides: Sequence[str] = ()) -> dict:
+    resume = cfg.resume is not None
+    if resume:
+        cfg, out_dir = resumed_config(cfg, overrides)
+    out_dir = out_dir.resolve()
+    ray_address = os.environ.get(RAY_ADDRESS_VARIABLE) or None
+    check_client_resources(cfg, *machine_resources(ray_address))
+    if cfg.init_from:
+        read_checkpoint(cfg.init_from)  # fail now, not after the SuperLink started
     device = resolve_device(cfg.device)
     if device.type == "cuda" and cfg.fl.num_gpus <= 0:
         print("note: CUDA is available but fl.num_gpus=0: clients train on CPU (set fl.num_gpus=0.5 to share the GPU)")
-    # Build the corpus and tokenizer once here, so the client actors find them cached.
-    task = load_task(cfg)
+    task = load_task(cfg)  # builds the corpus and tokenizer caches once, before the clients start
     print(task.describe(), flush=True)
-    print(f"results in {out_dir}", flush=True)
+
     started = time.perf_counter()
-    run_simulation(
-        server_app=make_server_app(lambda context: cfg, out_dir),
-        client_app=make_client_app(lambda context: cfg),
-        num_supernodes=cfg.fl.clients,
-        backend_name="ray",
-        backend_config=backend_config(cfg),
-        verbose_logging=cfg.fl.verbose,
-    )
-    print(f"simulation wall time {time.perf_counter() - started:.1f}s", flush=True)
-    if not (out_dir / "summary.json").exists():
-        raise RuntimeError(f"the simulation ended without writing {out_dir / 'summary.json'}; see the log above")
+    with LocalSuperLink(ray_address, verbose=cfg.fl.verbose) as link:
+        app_dir = write_app_dir(link.home / "app", _fedq_version())
+        run_config = link.home / "run_config.toml"
+        run_config.write_text(tomli_w.dumps({"config": config_to_yaml(cfg), "out-dir": str(out_dir), "resume": resume}))
+        federation = {
+            "num_supernodes": cfg.fl.clients,
+            "client_resources_num_cpus": cfg.fl.num_cpus,
+            "client_resources_num_gpus": float(cfg.fl.num_gpus),
+            "init_args_logging_level": "ERROR",
+            "init_args_log_to_driver": True,
+            "verbose": cfg.fl.verbose,
+        }
+        try:
+            code = link.run(app_dir, run_config, federation)
+        except KeyboardInterrupt:
+            _print_resume_hint(out_dir)
+            raise
+    failure = read_failure(out_dir)
+    if failure is not None:
+        raise FedqError(failure)
+    if code != 0 or not (out_dir / SUMMARY_FILE).exists():
+        raise FedqError(f"the simulation ended without results (flwr run exit code {code}); see the log above")
+    print(f"simulation wall time {format_seconds(time.perf_counter() - started)}; results in {out_dir}", flush=True)
+    return {"out_dir": str(out_dir)}
+
+
+def _print_resume_hint(out_dir: Path) -> None:
+    rows = read_rows(out_dir)
+    done = f"after round {rows[-1]['round']}" if rows else "before the first round ended"
+    saved = (out_dir / "state").is_dir()
+    hint = f"; continue with: python -m fedq.simulate resume={out_dir}" if saved else ""
+    print(f"\nstopped {done}; Flower and Ray were shut down{hint}", flush=True)
+
+
+def _fedq_version() -> str:
+    try:
+        return version("fedq")
+    except PackageNotFoundError:
+        return "0.0.0"
 
 
 @hydra.main(config_path=CONFIG_SOURCE, config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    run_with_user_errors(lambda config: simulate(config, run_dir()), cfg)
+    overrides = list(HydraConfig.get().overrides.task)
+    run_with_user_errors(lambda config: simulate(config, run_dir(), overrides), cfg)
 
 
 register_configs()

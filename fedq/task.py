@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedq.checkpoint import CheckpointError, load_weights_into, read_checkpoint
 from fedq.config import FedqConfig, ModelConfig
 from fedq.data import load_corpus
 from fedq.data.corpus import ParallelCorpus
 from fedq.data.tokenizer import SubwordTokenizer, load_or_train_tokenizer
 from fedq.errors import ConfigError
+from fedq.files import FileWriteError
 from fedq.model.transformer import Transformer, TransformerShape
 from fedq.quant import quantize_model
 
@@ -54,9 +56,22 @@ def model_shape(model_cfg: ModelConfig, vocab_size: int, pad_id: int) -> Transfo
     return TransformerShape(vocab_size=vocab_size, pad_id=pad_id, **{name: values[name] for name in fields})
 
 
-def build_model(cfg: FedqConfig, tokenizer: SubwordTokenizer) -> Transformer:
-    """The Transformer of ``cfg.model`` with the QAT layers of ``cfg.quant`` swapped in."""
+def build_model(cfg: FedqConfig, tokenizer: SubwordTokenizer, init_from: str | None = None) -> Transformer:
+    """The Transformer of ``cfg.model`` with the QAT layers of ``cfg.quant`` swapped in.
+
+    ``init_from`` (a checkpoint) gives the starting weights; they are loaded before
+    the QAT layers are swapped in, so learned quantizer steps start from them.
+    """
     model = Transformer(model_shape(cfg.model, tokenizer.vocab_size, tokenizer.pad_id))
+    if init_from:
+        source = read_checkpoint(init_from)
+        if source.tokenizer.fingerprint != tokenizer.fingerprint:
+            raise CheckpointError(
+                f"init_from={init_from} was trained with another vocabulary "
+                f"({source.tokenizer.vocab_size} pieces) than this run ({tokenizer.vocab_size}); use the same data settings"
+            )
+        skipped = load_weights_into(model, source.state_dict(), f"init_from={init_from}")
+        print(f"initialised from {source.folder}" + (f" ({len(skipped)} quantizer tensors not used)" if skipped else ""), flush=True)
     return quantize_model(model, cfg.quant)
 
 
@@ -80,6 +95,10 @@ class TranslationTask:
 
 
 def load_task(cfg: FedqConfig) -> TranslationTask:
-    corpus = load_corpus(cfg.data)
-    tokenizer = load_or_train_tokenizer(corpus, cfg.data.vocab_size, cache_dir(cfg))
+    """The corpus and its tokenizer; a cache that cannot be written names the setting to change."""
+    try:
+        corpus = load_corpus(cfg.data)
+        tokenizer = load_or_train_tokenizer(corpus, cfg.data.vocab_size, cache_dir(cfg))
+    except FileWriteError as err:
+        raise FileWriteError(f"data.cache_dir={cfg.data.cache_dir}: {err}") from None
     return TranslationTask(corpus, tokenizer)

@@ -10,12 +10,18 @@ arrays actually sent and received.
 The global model travels between the strategy and the ServerApp as one
 ArrayRecord holding a single flat float32 array (``fedq.fl.weights``' vector),
 so Flower aggregates exactly the vector the codecs work on.
+
+Sampling follows the run's seed: the ServerApp first learns which node holds
+which partition (``nodes``), and each round's clients are drawn from the
+partition ids with a generator seeded by (seed, round). Replies are put in
+partition order before Flower aggregates them, so a rerun, or a resumed run,
+adds the same numbers in the same order and ends with the same weights.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from logging import WARNING
 
 import numpy as np
@@ -67,6 +73,9 @@ class CompressedUpdates:
         downlink: UpdateCodec,
         tokenizer_fingerprint: int | None = None,
         server_lr: float = 1.0,
+        nodes: dict[int, int] | None = None,
+        clients_per_round: int = 1,
+        seed: int = 0,
         **kwargs: object,
     ) -> None:
         super().__init__(train_metrics_aggr_fn=aggregate_client_metrics, **kwargs)  # type: ignore[call-arg]
@@ -74,13 +83,36 @@ class CompressedUpdates:
         self.downlink = downlink
         self.tokenizer_fingerprint = tokenizer_fingerprint
         self.server_lr = server_lr
+        self.nodes = nodes or {}  # partition id -> node id
+        self.clients_per_round = clients_per_round
+        self.seed = seed
         self.global_vector: np.ndarray | None = None
         self.last_round = RoundTraffic()
+
+    def sample(self, server_round: int) -> list[int]:
+        """The node ids of this round's clients: partition ids drawn with a (seed, round) generator."""
+        rng = np.random.default_rng([self.seed, server_round])
+        partitions = sorted(rng.choice(sorted(self.nodes), size=self.clients_per_round, replace=False).tolist())
+        return [self.nodes[p] for p in partitions]
+
+    def _partition_order(self, reply: Message) -> int:
+        by_node = {node: partition for partition, node in self.nodes.items()}
+        return by_node.get(reply.metadata.src_node_id, len(by_node))
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The server optimizer's state, to save with the run (none for FedAvg)."""
+        return {}
+
+    def restore_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        if arrays:
+            raise ValueError(f"{type(self).__name__} keeps no optimizer state, got {sorted(arrays)}")
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.global_vector = record_vector(arrays)
+        if self.nodes:  # Flower's FedAvg samples from the nodes this proxy shows: exactly this round's
+            grid = SampledGrid(grid, self.sample(server_round))  # type: ignore[assignment]
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
         payload = self.downlink.encode(self.global_vector, np.random.default_rng(server_round))
         record = ArrayRecord(payload)
@@ -125,7 +157,7 @@ class CompressedUpdates:
         traffic = self.last_round
         kept: list[Message] = []
         start = time.perf_counter()
-        for reply in replies:
+        for reply in sorted(replies, key=self._partition_order):
             if not reply.has_error() and (reason := self._decode(reply)) is not None:
                 self._reject(reply, reason)
                 continue
@@ -143,9 +175,32 @@ class CompressedUpdates:
         return arrays, metrics
 
 
+class SampledGrid:
+    """A view of a Grid that shows only the nodes chosen for this round (everything else passes through)."""
+
+    def __init__(self, grid: Grid, node_ids: list[int]) -> None:
+        self._grid = grid
+        self._node_ids = node_ids
+
+    def get_node_ids(self) -> Iterator[int]:
+        return iter(self._node_ids)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._grid, name)
+
+
 class CompressedFedAvg(CompressedUpdates, FedAvg):
     """FedAvg over decoded updates, weighted by the clients' target token counts."""
 
 
 class CompressedFedAdam(CompressedUpdates, FedAdam):
     """FedAdam (Reddi et al.) server optimizer over decoded updates (its eta is the server lr)."""
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        moments = {"m_t": self.m_t, "v_t": self.v_t}
+        return {f"{name}.{key}": value for name, table in moments.items() if table for key, value in table.items()}
+
+    def restore_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        for name in ("m_t", "v_t"):
+            table = {key.split(".", 1)[1]: value for key, value in arrays.items() if key.startswith(f"{name}.")}
+            setattr(self, name, table or None)

@@ -17,6 +17,7 @@ from fedq.fl.weights import model_to_vector, vector_to_model
 from fedq.task import resolve_device
 
 FINGERPRINT_KEY = "tokenizer-fingerprint"
+PARTITION_KEY = "partition-id"  # a node's shard (its node config), and its answer to the server's query
 
 
 def fingerprint_number(fingerprint: str) -> int:

@@ -59,4 +59,7 @@ class Federation:
         return describe_partition(self.shards)
 
     def initial_vector(self) -> np.ndarray:
+        """The global model before round 1: this model, or ``init_from``'s weights (federated fine-tuning)."""
+        if self.cfg.init_from:
+            return model_to_vector(build_model(self.cfg, self.task.tokenizer, self.cfg.init_from))
         return model_to_vector(self.model)

@@ -19,14 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from fedq.checkpoint import DEPLOYED, save_checkpoint, update_meta
+from fedq.checkpoint import DEPLOYED, pack_model, save_checkpoint, update_meta
 from fedq.cli import format_seconds
 from fedq.config import FedqConfig, clients_per_round, config_to_yaml
 from fedq.fl.federation import Federation
+from fedq.fl.state import ServerState, save_state
 from fedq.fl.weights import vector_to_model
 from fedq.quant import describe_quantization
 from fedq.report.run_log import PLOT_FILE, RunLog, plot_run, summarize_traffic
-from fedq.scoring import BleuResult, pack_model, score_deployed, score_file
+from fedq.scoring import BleuResult, score_checkpoint, score_file
 
 
 @dataclass
@@ -64,9 +65,9 @@ class GlobalModelScorer:
         """Checkpoint + packed file of the final global model, scored on valid and test."""
         fed = self.federation
         vector_to_model(fed.model, vector)
-        folder = self.out_dir / "checkpoint"
+        folder = self.out_dir.resolve() / "checkpoint"
         save_checkpoint(folder, fed.model, fed.cfg, fed.task.tokenizer, meta)
-        scores = score_deployed(fed.model, folder, fed.task.tokenizer, fed.task.corpus, fed.cfg, fed.device)
+        scores = score_checkpoint(folder, fed.task.corpus, fed.cfg.decode, fed.device)
         update_meta(folder, **scores)
         scores["checkpoint"] = str(folder)
         scores["deployed_file"] = str(folder / DEPLOYED)
@@ -76,15 +77,15 @@ class GlobalModelScorer:
 class RoundReporter:
     """Turns each finished round into a metrics.jsonl row and a progress line, and the run into a summary."""
 
-    def __init__(self, cfg: FedqConfig, federation: Federation, out_dir: Path) -> None:
+    def __init__(self, cfg: FedqConfig, federation: Federation, out_dir: Path, resumed: ServerState | None = None) -> None:
         self.cfg = cfg
         self.federation = federation
         self.scorer = GlobalModelScorer(federation, out_dir)
-        self.log = RunLog(out_dir)
+        self.log = RunLog(out_dir, keep_rounds=resumed.rounds if resumed is not None else None)
         self.out_dir = out_dir
-        self.started = time.perf_counter()
-        self.round_started = self.started
-        self.initial_bleu: BleuResult | None = None
+        self.started = time.perf_counter() - (resumed.wall_seconds if resumed is not None else 0.0)
+        self.round_started = time.perf_counter()
+        self.initial_bleu: float | None = resumed.initial_valid_bleu if resumed is not None else None
         fl = cfg.fl
         local = f"{fl.local_steps} local steps" if fl.local_epochs <= 0 else f"{fl.local_epochs} local epochs"
         print(
@@ -98,9 +99,16 @@ class RoundReporter:
 
     def start(self, vector: np.ndarray) -> None:
         """Score the untrained global model (round 0)."""
-        self.initial_bleu = self.scorer.valid_bleu(vector)
-        print(f"round 0 (untrained global model): valid {self.initial_bleu}", flush=True)
+        bleu = self.scorer.valid_bleu(vector)
+        self.initial_bleu = bleu.score
+        print(f"round 0 (initial global model): valid {bleu}", flush=True)
         self.round_started = time.perf_counter()
+
+    def save_state(self, rounds: int, vector: np.ndarray, optimizer: dict[str, np.ndarray]) -> None:
+        """Everything a resumed run needs after ``rounds`` rounds (see fedq.fl.state)."""
+        state = ServerState(rounds, vector, optimizer, self.initial_bleu, time.perf_counter() - self.started,
+                            config_to_yaml(self.cfg))
+        save_state(self.out_dir, state)
 
     def end_round(self, server_round: int, vector: np.ndarray, traffic: RoundTraffic) -> dict[str, Any]:
         """The round's row; the global model is scored every ``fl.eval_every`` rounds (the last by ``finish``)."""
@@ -150,9 +158,10 @@ class RoundReporter:
         """Checkpoint and score the final global model once; write summary.json and the plot."""
         final = self.scorer.final(vector, {"rounds": len(self.log.rows)})
         summary = {
+            "run_dir": str(self.out_dir.resolve()),
             **summarize_traffic(self.log.rows),
             "train_loss_final": self.log.rows[-1]["train_loss"] if self.log.rows else None,
-            "initial_valid_bleu": self.initial_bleu.score if self.initial_bleu else None,
+            "initial_valid_bleu": self.initial_bleu,
             "final_valid_bleu": final["valid_bleu"],
             "final_test_bleu": final["test_bleu"],
             "bleu_signature": final["bleu_signature"],
@@ -182,7 +191,7 @@ class RoundReporter:
         )
         print(
             f"final global model, deployed form: valid BLEU {s['final_valid_bleu']:.2f}, test BLEU {s['final_test_bleu']:.2f} "
-            f"(untrained: {s['initial_valid_bleu']:.2f}); {s['bleu_signature']}",
+            f"(initial: {s['initial_valid_bleu']:.2f}); {s['bleu_signature']}",
             flush=True,
         )
         print(f"results: {self.out_dir} (metrics.jsonl, summary.json, {PLOT_FILE}, checkpoint/)", flush=True)

@@ -1,7 +1,8 @@
 """Results of a federated run: one JSON row per round, a summary, a plot.
 
 Rows are appended and flushed as each round ends, so a crash loses nothing
-that was already measured.
+that was already measured. A run that stops on an error writes failure.json
+(the reason, one line) instead of summary.json.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ from fedq.files import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+FAILURE_FILE = "failure.json"
 PLOT_FILE = "bleu_vs_uplink.png"
 
 
 class RunLog:
-    def __init__(self, out_dir: str | Path) -> None:
+    """The run's metrics.jsonl; ``keep_rounds`` continues a resumed run after its first rows."""
+
+    def __init__(self, out_dir: str | Path, keep_rounds: int | None = None) -> None:
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.rows: list[dict[str, Any]] = []
-        (self.out_dir / METRICS_FILE).write_text("")
+        self.rows: list[dict[str, Any]] = read_rows(self.out_dir)[:keep_rounds] if keep_rounds is not None else []
+        atomic_write(self.out_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in self.rows))
 
     def write_round(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -36,9 +39,27 @@ class RunLog:
         return atomic_write(self.out_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
 
 
+def write_failure(out_dir: str | Path, reason: str) -> Path:
+    return atomic_write(Path(out_dir) / FAILURE_FILE, json.dumps({"error": reason}, indent=2))
+
+
+def read_failure(out_dir: str | Path) -> str | None:
+    path = Path(out_dir) / FAILURE_FILE
+    return json.loads(path.read_text())["error"] if path.is_file() else None
+
+
 def read_rows(out_dir: str | Path) -> list[dict[str, Any]]:
-    lines = (Path(out_dir) / METRICS_FILE).read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    """The rows of metrics.jsonl; a last line torn by a kill mid-write is dropped."""
+    path = Path(out_dir) / METRICS_FILE
+    lines = [line for line in (path.read_text().splitlines() if path.is_file() else []) if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if number < len(lines):
+                raise
+    return rows
 
 
 def summarize_traffic(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,98 @@
+"""What a resumed federated run needs, written atomically after a round: no pickle, checksummed.
+
+    state/arrays.safetensors   the global weight vector and the server optimizer's arrays
+    state/state.json           rounds completed, SHA-256 of the arrays file, the untrained
+                               model's BLEU, wall seconds so far, the run's config
+
+The JSON is written last, so it only ever names an arrays file that is
+complete. Everything else a run needs to continue is either in metrics.jsonl
+(the rows, and from them the byte counters) or a function of the seed and the
+round number (client sampling, codec randomness, the clients' data order).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load, save
+
+from fedq.config import FedqConfig, config_from_yaml
+from fedq.errors import FedqError
+from fedq.files import atomic_write
+
+STATE_DIR = "state"
+ARRAYS_FILE = "arrays.safetensors"
+STATE_FILE = "state.json"
+WEIGHTS = "global_weights"
+
+
+class RunStateError(FedqError):
+    """A run folder that cannot be resumed."""
+
+
+@dataclass
+class ServerState:
+    rounds: int  # rounds completed
+    vector: np.ndarray  # the global weights after those rounds
+    optimizer: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. FedAdam's moments
+    initial_valid_bleu: float | None = None
+    wall_seconds: float = 0.0
+    config_yaml: str = ""
+
+
+def save_state(run_dir: Path, state: ServerState) -> None:
+    folder = Path(run_dir) / STATE_DIR
+    arrays = save({WEIGHTS: state.vector, **state.optimizer})
+    atomic_write(folder / ARRAYS_FILE, arrays)
+    record = {
+        "rounds": state.rounds,
+        "arrays_sha256": hashlib.sha256(arrays).hexdigest(),
+        "optimizer_arrays": sorted(state.optimizer),
+        "initial_valid_bleu": state.initial_valid_bleu,
+        "wall_seconds": state.wall_seconds,
+        "config": state.config_yaml,
+    }
+    atomic_write(folder / STATE_FILE, json.dumps(record, indent=2))
+
+
+def _read_record(run_dir: Path) -> dict:
+    path = Path(run_dir) / STATE_DIR / STATE_FILE
+    if not path.is_file():
+        raise RunStateError(f"{run_dir} holds no saved run state ({STATE_DIR}/{STATE_FILE}); nothing to resume")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise RunStateError(f"cannot read {path}: {err}") from None
+
+
+def load_state(run_dir: Path) -> ServerState:
+    folder = Path(run_dir) / STATE_DIR
+    record = _read_record(run_dir)
+    try:
+        data = (folder / ARRAYS_FILE).read_bytes()
+    except OSError as err:
+        raise RunStateError(f"cannot read {folder / ARRAYS_FILE}: {err.strerror}") from None
+    if hashlib.sha256(data).hexdigest() != record.get("arrays_sha256"):
+        raise RunStateError(f"{folder / ARRAYS_FILE} is damaged: its SHA-256 does not match {STATE_FILE}")
+    try:
+        arrays = load(data)
+    except SafetensorError as err:
+        raise RunStateError(f"cannot read {folder / ARRAYS_FILE}: {err}") from None
+    return ServerState(
+        rounds=int(record["rounds"]),
+        vector=arrays.pop(WEIGHTS),
+        optimizer=arrays,
+        initial_valid_bleu=record.get("initial_valid_bleu"),
+        wall_seconds=float(record.get("wall_seconds", 0.0)),
+        config_yaml=record.get("config", ""),
+    )
+
+
+def saved_config(run_dir: Path) -> FedqConfig:
+    """The config a run was started with (from its state), to resume it with."""
+    return config_from_yaml(_read_record(run_dir).get("config", ""), f"{run_dir}/{STATE_DIR}/{STATE_FILE}")

@@ -1,0 +1,228 @@
+"""A private local SuperLink in simulation mode: how ``python -m fedq.simulate`` runs Flower.
+
+Flower's supported way to simulate is ``flwr run`` against a SuperLink started
+with ``--simulation`` (``run_simulation`` is deprecated). fedq starts its own
+SuperLink for each simulation, so that nothing is shared with other runs on the
+machine:
+
+- its own ``FLWR_HOME`` (a temporary folder holding the connection config, the
+  installed app, the SuperLink's log);
+- free loopback ports;
+- runtime dependency installation off (the apps run in this environment);
+- Ray started fresh (``RAY_ADDRESS=local``) unless ``FEDQ_RAY_ADDRESS`` names a cluster;
+- its own process session, so that stopping it (at the end, on Ctrl-C, on
+  SIGTERM) ends the simulation process and Ray's processes with it.
+
+The app it runs is a generated folder with only a ``pyproject.toml``: the
+ServerApp and ClientApp are imported from the installed fedq, so an installed
+fedq (not only a checkout) can simulate.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import httpx
+import tomli_w
+
+from fedq.config import RUN_CONFIG_EXTRA_KEYS, RUN_CONFIG_KEYS
+from fedq.errors import FedqError
+
+CONNECTION = "fedq"
+APP_COMPONENTS = {"serverapp": "server.server_app:app", "clientapp": "clients.client_app:app"}
+START_TIMEOUT_SECONDS = 60.0
+STOP_GRACE_SECONDS = 10.0
+# Lines of Flower's own log that say nothing to a fedq user (shown with fl.verbose=true).
+_FLOWER_NOISE = re.compile(
+    r"^(\x1b\[\d+m)?INFO\b|default simulated SuperNodes changed|Manually terminating ClientAppActor"
+    r"|fraction_evaluate is set to 0\.0|^Successfully (installed|started)|^Using SuperLink|^Flower App configuration"
+    r"|^- Recommended property"
+)
+
+
+class SuperLinkError(FedqError):
+    """The local SuperLink could not be started."""
+
+
+def app_config_defaults() -> dict[str, object]:
+    """The [tool.flwr.app.config] table: every run-config key fedq reads, empty = fedq's own setting."""
+    table: dict[str, object] = {key: "" for key in (*RUN_CONFIG_KEYS, *RUN_CONFIG_EXTRA_KEYS)}
+    table["resume"] = False
+    return table
+
+
+def write_app_dir(folder: Path, version: str) -> Path:
+    """A Flower app folder for the installed fedq: a pyproject.toml naming its components."""
+    folder.mkdir(parents=True, exist_ok=True)
+    project = {
+        "project": {
+            "name": "fedq", "version": version, "license": "Apache-2.0", "dependencies": [],
+            "description": "fedq's ServerApp and ClientApp, imported from the installed fedq",
+        },
+        "tool": {"flwr": {"app": {"publisher": "fedq", "components": APP_COMPONENTS, "config": app_config_defaults()}}},
+    }
+    (folder / "pyproject.toml").write_text(tomli_w.dumps(project))
+    return folder
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def stop_process_group(process: subprocess.Popen | None) -> None:
+    """End a process started in its own session, and everything it started.
+
+    SIGTERM to the session's process group first (Flower and Ray shut down), then
+    SIGKILL to whatever is left of it, and of the processes it started that moved
+    to sessions of their own (Ray's daemons may).
+    """
+    if process is None:
+        return
+    descendants = _descendants(process.pid)
+    _signal_group(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(process.pid, signal.SIGKILL)
+    for pid in descendants | _descendants(process.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every living process below ``pid`` (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, stack = set(), [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+class LocalSuperLink:
+    """``with LocalSuperLink() as link: link.run(...)``; always stopped on leaving the block."""
+
+    def __init__(self, ray_address: str | None = None, verbose: bool = False) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="fedq-flwr-"))
+        self.verbose = verbose
+        self.env = {
+            **os.environ,
+            "FLWR_HOME": str(self.home),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "RAY_ADDRESS": ray_address or "local",  # never join a cluster someone left running
+            "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.superlink: subprocess.Popen | None = None
+        self.run_process: subprocess.Popen | None = None
+
+    def __enter__(self) -> LocalSuperLink:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        http, control, fleet = free_ports(3)
+        command = [
+            _tool("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+            "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(http),
+            "--control-api-address", f"127.0.0.1:{control}", "--fleet-api-address", f"127.0.0.1:{fleet}",
+        ]
+        log = open(self.home / "superlink.log", "wb")  # noqa: SIM115 (the process keeps it)
+        self.superlink = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not _healthy(http):
+            if self.superlink.poll() is not None or time.monotonic() > deadline:
+                tail = (self.home / "superlink.log").read_text(errors="replace").strip().splitlines()[-1:]
+                raise SuperLinkError(f"flower-superlink did not start ({' '.join(tail) or 'no output'})")
+            time.sleep(0.2)
+        connection = {"superlink": {"default": CONNECTION, CONNECTION: {"address": f"127.0.0.1:{http}", "insecure": True}}}
+        (self.home / "config.toml").write_text(tomli_w.dumps(connection))
+
+    def run(
+        self,
+        app_dir: Path,
+        run_config_file: Path,
+        federation_config: Mapping[str, object],
+        on_line: Callable[[str], None] = print,
+    ) -> int:
+        """``flwr run`` the app on this SuperLink and stream its log; returns flwr's exit code."""
+        settings = " ".join(f"{key}={_toml_value(value)}" for key, value in federation_config.items())
+        command = [
+            _tool("flwr"), "run", str(app_dir), CONNECTION, "--run-config", str(run_config_file),
+            "--federation-config", settings, "--stream",
+        ]
+        self.run_process = subprocess.Popen(
+            command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        assert self.run_process.stdout is not None
+        for line in self.run_process.stdout:
+            line = line.rstrip("\n")
+            if self.verbose or not _FLOWER_NOISE.search(line):
+                on_line(line)
+        return self.run_process.wait()
+
+    def stop(self) -> None:
+        stop_process_group(self.run_process)
+        stop_process_group(self.superlink)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def _tool(name: str) -> str:
+    """A console script of this Python environment (the one fedq runs in)."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
+
+
+def _toml_value(value: object) -> str:
+    return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).is_success
+    except httpx.HTTPError:
+        return False
