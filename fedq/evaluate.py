@@ -62,7 +62,8 @@ def evaluation_sets(cfg: FedqConfig, saved: DataConfig, overrides: Sequence[str]
     if (data.src, data.tgt) != (saved.src, saved.tgt):
         raise ConfigError(f"the checkpoint translates {saved.src}->{saved.tgt}, not {data.src}->{data.tgt}")
     corpus = load_corpus(data)
-    source = "the checkpoint's corpus" if data == saved else "the corpus of the command line"
+    replaced = "data" in [override.lstrip("+~").split("=", 1)[0] for override in overrides]
+    source = "the corpus of the command line" if replaced else "the checkpoint's corpus"
     text = f"{source}: {corpus.name} {corpus.src_lang}->{corpus.tgt_lang}, valid {len(corpus.valid)} / test {len(corpus.test)} pairs"
     return text, {"valid": corpus.valid, "test": corpus.test}
 

@@ -21,7 +21,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import hydra
-import tomli_w
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -93,8 +92,7 @@ def simulate(cfg: FedqConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
     started = time.perf_counter()
     with LocalSuperLink(ray_address, verbose=cfg.fl.verbose) as link:
         app_dir = write_app_dir(link.home / "app", _fedq_version())
-        run_config = link.home / "run_config.toml"
-        run_config.write_text(tomli_w.dumps({"config": config_to_yaml(cfg), "out-dir": str(out_dir), "resume": resume}))
+        run_config = {"config": config_to_yaml(cfg), "out-dir": str(out_dir), "resume": resume}
         federation = {
             "num_supernodes": cfg.fl.clients,
             "client_resources_num_cpus": cfg.fl.num_cpus,

@@ -136,11 +136,19 @@ def _descendants(pid: int) -> set[int]:
 
 
 class LocalSuperLink:
-    """``with LocalSuperLink() as link: link.run(...)``; always stopped on leaving the block."""
+    """``with LocalSuperLink() as link: link.run(...)``; always stopped on leaving the block.
 
-    def __init__(self, ray_address: str | None = None, verbose: bool = False) -> None:
+    ``supernodes=0`` (the default) starts it in simulation mode, as fedq.simulate
+    does. ``supernodes=N`` starts a deployment instead: the SuperLink and N
+    ``flower-supernode`` processes on loopback, node K with the node config
+    ``partition-id=K num-partitions=N``, each running its ClientApp in its own
+    process as on a real device (the tests and the deployment benchmark use it).
+    """
+
+    def __init__(self, ray_address: str | None = None, verbose: bool = False, supernodes: int = 0) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="fedq-flwr-"))
         self.verbose = verbose
+        self.supernodes = supernodes
         self.env = {
             **os.environ,
             "FLWR_HOME": str(self.home),
@@ -150,7 +158,7 @@ class LocalSuperLink:
             "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
             "PYTHONUNBUFFERED": "1",
         }
-        self.superlink: subprocess.Popen | None = None
+        self.processes: list[subprocess.Popen] = []  # SuperLink first, then SuperNodes
         self.run_process: subprocess.Popen | None = None
 
     def __enter__(self) -> LocalSuperLink:
@@ -164,37 +172,52 @@ class LocalSuperLink:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    def _launch(self, name: str, command: list[str]) -> subprocess.Popen:
+        log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 (the process keeps it)
+        process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
     def start(self) -> None:
-        http, control, fleet = free_ports(3)
-        command = [
-            _tool("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+        http, control, *node_ports = free_ports(2 + self.supernodes)
+        mode = ["--simulation"] if self.supernodes == 0 else []
+        superlink = self._launch("superlink", [
+            _tool("flower-superlink"), "--insecure", *mode, "--isolation", "subprocess",
             "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(http),
-            "--control-api-address", f"127.0.0.1:{control}", "--fleet-api-address", f"127.0.0.1:{fleet}",
-        ]
-        log = open(self.home / "superlink.log", "wb")  # noqa: SIM115 (the process keeps it)
-        self.superlink = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            "--control-api-address", f"127.0.0.1:{control}",
+        ])
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not _healthy(http):
-            if self.superlink.poll() is not None or time.monotonic() > deadline:
+            if superlink.poll() is not None or time.monotonic() > deadline:
                 tail = (self.home / "superlink.log").read_text(errors="replace").strip().splitlines()[-1:]
                 raise SuperLinkError(f"flower-superlink did not start ({' '.join(tail) or 'no output'})")
             time.sleep(0.2)
+        for node, port in enumerate(node_ports):
+            self._launch(f"supernode{node}", [
+                _tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{http}", "--port", str(port),
+                "--node-config", f"partition-id={node} num-partitions={self.supernodes}",
+            ])
         connection = {"superlink": {"default": CONNECTION, CONNECTION: {"address": f"127.0.0.1:{http}", "insecure": True}}}
         (self.home / "config.toml").write_text(tomli_w.dumps(connection))
 
     def run(
         self,
         app_dir: Path,
-        run_config_file: Path,
-        federation_config: Mapping[str, object],
+        run_config: Path | Mapping[str, object],
+        federation_config: Mapping[str, object] | None = None,
         on_line: Callable[[str], None] = print,
     ) -> int:
-        """``flwr run`` the app on this SuperLink and stream its log; returns flwr's exit code."""
-        settings = " ".join(f"{key}={_toml_value(value)}" for key, value in federation_config.items())
-        command = [
-            _tool("flwr"), "run", str(app_dir), CONNECTION, "--run-config", str(run_config_file),
-            "--federation-config", settings, "--stream",
-        ]
+        """``flwr run`` the app on this SuperLink and stream its log; returns flwr's exit code.
+
+        ``run_config`` is a TOML file or a mapping of run-config keys.
+        """
+        if not isinstance(run_config, Path):
+            path = self.home / "run_config.toml"
+            path.write_text(tomli_w.dumps(dict(run_config)))
+            run_config = path
+        command = [_tool("flwr"), "run", str(app_dir), CONNECTION, "--run-config", str(run_config), "--stream"]
+        if federation_config:
+            command += ["--federation-config", " ".join(f"{k}={_toml_value(v)}" for k, v in federation_config.items())]
         self.run_process = subprocess.Popen(
             command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
@@ -206,8 +229,8 @@ class LocalSuperLink:
         return self.run_process.wait()
 
     def stop(self) -> None:
-        stop_process_group(self.run_process)
-        stop_process_group(self.superlink)
+        for process in [self.run_process, *reversed(self.processes)]:
+            stop_process_group(process)
         shutil.rmtree(self.home, ignore_errors=True)
 
 

@@ -12,7 +12,7 @@ from fedq.cli import run_with_user_errors
 from fedq.config import FedqConfig, compose_config
 from fedq.data.batching import encode_pairs
 from fedq.engine import StepSettings, batch_stream, make_optimizer, train_steps
-from fedq.errors import ConfigError
+from fedq.errors import ConfigError, FedqError
 from fedq.evaluate import evaluate
 from fedq.scoring import evaluate_bleu
 from fedq.task import build_model, load_task
@@ -107,3 +107,36 @@ def test_user_errors_are_one_line_but_bugs_keep_their_traceback(capsys):
 
     with pytest.raises(ValueError, match="broadcast"):  # not swallowed into a one-line message
         run_with_user_errors(bug, cfg)
+
+
+def test_evaluate_scores_other_sets_and_says_what_it_ignores(tmp_path, cache_overrides, capsys):
+    overrides = SMALL_DEMO + cache_overrides + ["train.max_steps=2"]
+    train(compose_config(overrides), tmp_path)
+    ckpt = tmp_path / "checkpoint"
+    capsys.readouterr()
+
+    scores = evaluate(compose_config(cache_overrides + [f"ckpt={ckpt}", "data.max_eval_pairs=7", "model.d_model=512"]),
+                      ["data.max_eval_pairs=7", "model.d_model=512"])
+    out = capsys.readouterr().out
+    assert "warning: ignoring model.d_model=512" in out
+    assert "the checkpoint's corpus: demo de->en, valid 7 / test 7 pairs" in out and "(7 sentences" in out
+    assert set(scores) == {"valid", "test"}
+
+    (tmp_path / "mine.de").write_text("der Hund schläft .\ndie Katze isst .\n")
+    (tmp_path / "mine.en").write_text("the dog sleeps .\nthe cat eats .\n")
+    files = [f"eval.src={tmp_path / 'mine.de'}", f"eval.ref={tmp_path / 'mine.en'}"]
+    scores = evaluate(compose_config(cache_overrides + [f"ckpt={ckpt}", *files]), files)
+    assert list(scores) == ["eval"] and "(2 pairs)" in capsys.readouterr().out
+
+    with pytest.raises(FedqError, match="translates de->en, not en->de"):
+        evaluate(compose_config(cache_overrides + [f"ckpt={ckpt}", "data.src=en", "data.tgt=de"]), ["data.src=en", "data.tgt=de"])
+
+
+def test_limiting_the_evaluation_sets_reuses_the_cached_tokenizer(tmp_path, monkeypatch):
+    import fedq.data.tokenizer as tokenizers
+
+    settings = ["data.demo_train_size=300", "data.demo_eval_size=20", "data.vocab_size=120", f"data.cache_dir={tmp_path}"]
+    first = load_task(compose_config(settings)).tokenizer
+    monkeypatch.setattr(tokenizers, "train_sentencepiece", lambda *a, **k: pytest.fail("trained again"))
+    again = load_task(compose_config(settings + ["data.max_eval_pairs=5"])).tokenizer
+    assert again.fingerprint == first.fingerprint

@@ -1,0 +1,87 @@
+"""fedq's apps under Flower's own runtime: `flwr run` on a real SuperLink, with SuperNodes or simulated."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedq.config import RUN_CONFIG_EXTRA_KEYS, RUN_CONFIG_KEYS, compose_config, config_from_yaml, overrides_from_run_config
+from fedq.superlink import APP_COMPONENTS, LocalSuperLink, app_config_defaults
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ("fl.local_steps=3 fl.eval_every=1 data.demo_train_size=600 data.demo_eval_size=20 "
+        "data.vocab_size=300 model.d_model=32 model.ffn_dim=64")
+
+
+def test_the_projects_flower_app_is_the_one_fedq_simulate_runs():
+    app = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert app["components"] == APP_COMPONENTS
+    assert app["config"] == app_config_defaults()
+    assert set(app["config"]) == set(RUN_CONFIG_KEYS) | set(RUN_CONFIG_EXTRA_KEYS)
+
+
+def test_a_group_chosen_in_overrides_is_not_overwritten_by_key_defaults():
+    defaults = app_config_defaults()
+    cfg = compose_config(overrides_from_run_config({**defaults, "overrides": "quant=w4"}, clients=3))
+    assert (cfg.quant.bits, cfg.quant.method, cfg.fl.clients) == (4, "lsq", 3)
+    cfg = compose_config(overrides_from_run_config({**defaults, "quant-bits": 8, "num-clients": 5}, clients=3))
+    assert (cfg.quant.bits, cfg.fl.clients) == (8, 5)  # a key the user set wins; num-clients over the federation
+
+
+def test_deployment_runtime_with_three_supernodes(tmp_path):
+    """A real SuperLink and three SuperNodes on loopback; every ClientApp runs in its own process."""
+    out = tmp_path / "run"
+    lines: list[str] = []
+    run_config = {
+        "num-server-rounds": 2,
+        "overrides": f"quant=w4 comm.uplink.name=uniform {TINY} data.cache_dir={tmp_path / 'cache'}",
+        "out-dir": str(out),
+    }
+    with LocalSuperLink(supernodes=3) as link:
+        code = link.run(REPO, run_config, on_line=lines.append)
+    log = "\n".join(lines)
+    assert code == 0, log[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["round"] for row in rows] == [1, 2] and all(row["clients"] >= 1 for row in rows)
+    assert summary["uplink_bytes"] == sum(row["uplink_bytes"] for row in rows)
+    assert summary["downlink_bytes"] == sum(row["downlink_bytes"] for row in rows)
+    assert summary["run_dir"] == str(out) and Path(summary["checkpoint"]).is_absolute()
+    cfg = config_from_yaml(summary["config"])
+    assert (cfg.quant.bits, cfg.fl.clients) == (4, 3)  # quant=w4 really trained; 3 clients from the federation
+    assert "4-bit lsq" in log and f"results in {out}" in log
+
+
+def test_flwr_run_without_num_clients_takes_the_federations_size_and_finishes(tmp_path):
+    out = tmp_path / "run"
+    lines: list[str] = []
+    run_config = {"num-server-rounds": 1, "overrides": f"{TINY} data.cache_dir={tmp_path / 'cache'}", "out-dir": str(out)}
+    with LocalSuperLink() as link:
+        code = link.run(REPO, run_config, {"num_supernodes": 2}, on_line=lines.append)
+    assert code == 0, "\n".join(lines)[-3000:]
+    assert config_from_yaml(json.loads((out / "summary.json").read_text())["config"]).fl.clients == 2
+
+
+def test_a_serverapp_config_error_is_one_line_and_a_failure_file(tmp_path):
+    out = tmp_path / "run"
+    lines: list[str] = []
+    with LocalSuperLink() as link:
+        link.run(REPO, {"overrides": "quant.bits=5", "out-dir": str(out)}, {"num_supernodes": 2}, on_line=lines.append)
+    assert any(line.startswith("error: quant.bits=5 is not supported") for line in lines), "\n".join(lines)[-2000:]
+    assert "quant.bits=5" in json.loads((out / "failure.json").read_text())["error"]
+    assert not (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("missing", ["partition-id", "num-partitions"])
+def test_a_supernode_without_its_partition_is_told_what_to_set(missing):
+    from types import SimpleNamespace
+
+    from clients.client_app import node_config
+    from fedq.errors import ConfigError
+
+    context = SimpleNamespace(node_config={k: 1 for k in ("partition-id", "num-partitions") if k != missing}, run_config={})
+    with pytest.raises(ConfigError, match='--node-config "partition-id=K num-partitions=N"'):
+        node_config(context)
