@@ -157,6 +157,7 @@ class LocalSuperLink:
             "RAY_ADDRESS": ray_address or "local",  # never join a cluster someone left running
             "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
             "PYTHONUNBUFFERED": "1",
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",  # a SuperNode starts a ClientApp 0.1 s after its message, not 1 s
         }
         self.processes: list[subprocess.Popen] = []  # SuperLink first, then SuperNodes
         self.run_process: subprocess.Popen | None = None

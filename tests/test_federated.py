@@ -9,7 +9,9 @@ from fedq.comm.settings import default_uplink_bits
 from fedq.config import compose_config, overrides_from_run_config
 from fedq.engine import inverse_sqrt_schedule, steps_per_epoch, within_length
 from fedq.fl.client import client_lr_schedule, client_round, federation_for
+from fedq.data.batching import encode_pairs
 from fedq.fl.federation import Federation
+from fedq.fl.shards import client_shards, shards_key
 from fedq.fl.server import RoundReporter, RoundTraffic
 from fedq.scoring import BleuResult
 from fedq.fl.weights import model_to_vector, vector_to_model
@@ -68,9 +70,9 @@ def test_unbiased_uplink_keeps_no_residual(cache):
 
 def test_shards_cover_the_training_set_once(cache):
     federation = Federation(compose_config(TINY + [cache, "partition=dirichlet"]))
-    indices = sorted(i for shard in federation.shards for i in shard)
-    assert indices == list(range(len(federation.task.corpus.train)))
-    assert len(federation.shards) == 4
+    pairs = sorted(pair for shard in federation.data.shards for pair in shard)
+    assert pairs == sorted(encode_pairs(federation.task.corpus.train, federation.tokenizer))
+    assert len(federation.data.shards) == 4
 
 
 def test_flower_run_config_maps_onto_hydra_settings():
@@ -106,8 +108,8 @@ def test_client_lr_follows_the_centralized_schedule_over_global_steps():
 
 def test_local_epochs_train_whole_passes_over_the_shard(cache):
     federation = Federation(compose_config(TINY + [cache, "fl.local_epochs=2"]))
-    shard = [federation.train_pairs[i] for i in federation.shards[0]]
-    tok = federation.task.tokenizer
+    shard = federation.data.shards[0]
+    tok = federation.tokenizer
     per_epoch = steps_per_epoch(shard, federation.cfg.data.max_tokens, tok)
     downlink = federation.downlink.encode(federation.initial_vector(), np.random.default_rng(0))
     result = client_round(federation, 0, 1, downlink, residual=None)
@@ -134,10 +136,33 @@ def test_a_simulated_client_gets_fl_num_cpus_threads(cache, cpus):
 
 def test_shards_hold_only_pairs_within_max_len_and_every_such_pair_once(cache):
     federation = Federation(compose_config(TINY + [cache, "data.max_len=9"]))
-    kept = within_length(federation.train_pairs, 9)
-    assert 0 < len(kept) < len(federation.train_pairs)  # the setting really filters this corpus
-    assert sorted(i for shard in federation.shards for i in shard) == kept
-    assert all(shard for shard in federation.shards)
+    encoded = encode_pairs(federation.task.corpus.train, federation.tokenizer)
+    kept = [encoded[i] for i in within_length(encoded, 9)]
+    assert 0 < len(kept) < len(encoded)  # the setting really filters this corpus
+    assert sorted(pair for shard in federation.data.shards for pair in shard) == sorted(kept)
+    assert all(shard for shard in federation.data.shards)
+
+
+def test_clients_read_their_shards_from_the_disk_cache_and_a_changed_input_gets_new_ones(cache, monkeypatch, tmp_path):
+    import fedq.fl.shards as shards_module
+
+    cfg = compose_config(TINY + [cache])
+    built = client_shards(cfg)
+    monkeypatch.setattr(shards_module, "load_task", lambda cfg: pytest.fail("read the corpus again"))
+    again = client_shards(cfg)  # a fresh process in the deployment runtime does exactly this
+    assert again.shards == built.shards and again.tokenizer.fingerprint == built.tokenizer.fingerprint
+    assert shards_key(compose_config(TINY + [cache, "seed=2"])) != shards_key(cfg)
+    assert shards_key(compose_config(TINY + [cache, "partition=dirichlet"])) != shards_key(cfg)
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for split in ("train", "valid", "test"):
+        for lang in ("de", "en"):
+            (folder / f"{split}.{lang}").write_text("a b\n")
+    textdir = compose_config([cache, "data=textdir", f"data.dir={folder}", "clients=1"])
+    before = shards_key(textdir)
+    (folder / "train.de").write_text("a b c\n")
+    assert shards_key(textdir) != before
 
 
 def test_the_final_model_is_scored_once_after_the_last_round(cache, tmp_path, monkeypatch):

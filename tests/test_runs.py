@@ -146,8 +146,12 @@ def test_a_round_in_which_no_client_delivers_stops_the_run_with_the_clients_erro
         def get_node_ids(self):
             return [11, 12]
 
-        def send_and_receive(self, messages, timeout):
-            return [Message(Error(code=0, reason="CUDA out of memory"), reply_to=m) for m in messages]
+        def push_messages(self, messages):
+            self.sent = list(messages)
+            return [message.metadata.message_id for message in self.sent]
+
+        def pull_messages(self, ids):
+            return [Message(Error(code=0, reason="CUDA out of memory"), reply_to=m) for m in self.sent]
 
     from flwr.supercore.task_identity import TaskIdentity
 

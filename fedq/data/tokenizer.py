@@ -44,6 +44,11 @@ class SubwordTokenizer:
         self.vocab_size: int = self._sp.vocab_size()
         self.fingerprint: str = hashlib.sha256(model_proto).hexdigest()  # tells vocabularies apart
 
+    @property
+    def proto(self) -> bytes:
+        """The serialized SentencePiece model."""
+        return self._proto
+
     def encode(self, text: str) -> list[int]:
         """Subword ids of ``text``, without bos/eos."""
         return self._sp.encode(text)

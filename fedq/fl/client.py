@@ -53,13 +53,14 @@ def client_round(
 ) -> ClientUpdate:
     """Decode the global weights, train locally, encode ``local - global``."""
     cfg = federation.cfg
-    tokenizer = federation.task.tokenizer
-    if not 0 <= partition_id < len(federation.shards):
-        raise FedqError(f"partition id {partition_id} is outside the {len(federation.shards)} shards")
+    tokenizer = federation.tokenizer
+    shards = federation.data.shards
+    if not 0 <= partition_id < len(shards):
+        raise FedqError(f"partition id {partition_id} is outside the {len(shards)} shards")
     global_vector = federation.downlink.decode(downlink_arrays, federation.numel)
     vector_to_model(federation.model, global_vector)
 
-    shard = [federation.train_pairs[i] for i in federation.shards[partition_id]]
+    shard = shards[partition_id]
     seed = cfg.seed + 1000 * server_round + partition_id
     torch.manual_seed(seed)
     stream = batch_stream(shard, cfg.data.max_tokens, tokenizer, seed)

@@ -58,15 +58,15 @@ class GlobalModelScorer:
         fed = self.federation
         vector_to_model(fed.model, vector)
         path = self.out_dir / "global.fedq"
-        pack_model(fed.model, path, fed.cfg, fed.task.tokenizer)
-        return score_file(path, fed.task.tokenizer, {"valid": fed.task.corpus.valid}, fed.cfg.decode, fed.device)["valid"]
+        pack_model(fed.model, path, fed.cfg, fed.tokenizer)
+        return score_file(path, fed.tokenizer, {"valid": fed.task.corpus.valid}, fed.cfg.decode, fed.device)["valid"]
 
     def final(self, vector: np.ndarray, meta: dict) -> dict:
         """Checkpoint + packed file of the final global model, scored on valid and test."""
         fed = self.federation
         vector_to_model(fed.model, vector)
         folder = self.out_dir.resolve() / "checkpoint"
-        save_checkpoint(folder, fed.model, fed.cfg, fed.task.tokenizer, meta)
+        save_checkpoint(folder, fed.model, fed.cfg, fed.tokenizer, meta)
         scores = score_checkpoint(folder, fed.task.corpus, fed.cfg.decode, fed.device)
         update_meta(folder, **scores)
         scores["checkpoint"] = str(folder)
@@ -95,7 +95,7 @@ class RoundReporter:
             flush=True,
         )
         print(f"model: {federation.numel / 1e6:.2f}M values on the wire; {describe_quantization(federation.model)}", flush=True)
-        print(f"shards: {federation.describe_shards()}", flush=True)
+        print(f"shards: {federation.data.describe()}", flush=True)
 
     def start(self, vector: np.ndarray) -> None:
         """Score the untrained global model (round 0)."""
