@@ -3,17 +3,21 @@
 Thin on purpose: the round itself is ``fedq.fl.client.client_round``. The
 error-feedback residual of biased codecs lives in the node's persistent
 ``context.state`` between rounds. A ``query`` message asks the node which
-partition it holds, so that the server can sample by partition id.
+partition it holds, so that the server can sample by partition id. Simulated
+faults (``fl.dropout_rate``, ``fl.crash_rate``) answer with an error reply, as
+a device that went offline or failed would.
 """
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
 from fedq.config import FedqConfig, config_from_run_config
 from fedq.errors import ConfigError
 from fedq.fl.client import PARTITION_KEY, client_round, federation_for
+from fedq.fl.faults import CRASH_ERROR, DROPOUT_ERROR, crashes, drops_out
 
 RESIDUAL_KEY = "fedq-error-feedback"
 
@@ -46,13 +50,18 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg = node_config(context)
+    partition, server_round = int(context.node_config[PARTITION_KEY]), int(msg.content["config"]["server-round"])
+    if drops_out(cfg.fl.dropout_rate, cfg.seed, server_round, partition):
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=DROPOUT_ERROR), reply_to=msg)
+    if crashes(cfg.fl.crash_rate, cfg.seed, server_round, partition):
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=CRASH_ERROR), reply_to=msg)
     residual = None
     if RESIDUAL_KEY in context.state:
         residual = context.state[RESIDUAL_KEY].to_numpy_ndarrays()[0]
     update = client_round(
         federation_for(cfg),
-        partition_id=int(context.node_config[PARTITION_KEY]),
-        server_round=int(msg.content["config"]["server-round"]),
+        partition_id=partition,
+        server_round=server_round,
         downlink_arrays=msg.content["arrays"].to_numpy_ndarrays(),
         residual=residual,
     )

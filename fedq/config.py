@@ -11,6 +11,7 @@ tokenizer or Ray work.
 from __future__ import annotations
 
 import dataclasses
+import math
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -139,8 +140,20 @@ class FLConfig:
     # global step count: round r's local step i is step (r-1)*local_steps + i.
     warmup_steps: int = 200
     local_optimizer: str = "adam"  # adam | sgd
-    strategy: str = "fedavg"  # fedavg | fedadam
-    server_lr: float = 1.0  # fedavg: global += server_lr * (average - global); fedadam: Adam's eta
+    strategy: str = "fedavg"  # fedavg | fedadam | fedmedian | fedtrimmedavg | krum | multikrum | bulyan (Flower's)
+    server_lr: float = 1.0  # global += server_lr * (aggregate - global); fedadam: Adam's eta
+    trim_beta: float = 0.2  # fedtrimmedavg: the fraction of updates cut at each end, per coordinate
+    byzantine: int = 0  # krum, multikrum, bulyan: attackers per round the aggregator must tolerate
+    min_replies: int = 1  # a round needs this many accepted updates, else the run stops with the reasons
+    # Faults (fedq/fl/faults.py): a fleet of device profiles gives every client a virtual clock.
+    devices: Optional[str] = None  # flagship-wifi | midrange-4g | board-slow-link | mixed | a YAML file; None = no clock
+    round_deadline: float = 0.0  # simulated seconds a round waits; a later client is dropped; 0 = no deadline
+    dropout_rate: float = 0.0  # chance that a sampled client goes offline before replying
+    crash_rate: float = 0.0  # chance that a sampled client fails with an error
+    max_update_norm: float = 0.0  # reject an update whose L2 norm is larger; 0 = off
+    max_update_norm_ratio: float = 0.0  # reject an update above this many times the round's median norm; 0 = off
+    attack: str = "none"  # none | sign_flip | scaled_noise | little_is_enough
+    attackers: float = 0.0  # the fraction of the clients that attack
     eval_every: int = 5
     checkpoint_every: int = 1  # rounds between saved run states (resume=RUN_DIR continues from the last)
     node_wait_seconds: float = 120.0  # how long the server waits for every node to connect
@@ -276,9 +289,45 @@ def read_config_file(path: str | Path) -> FedqConfig:
 # --- validation: every setting, once, before any work starts
 
 DEVICES = ("auto", "cpu", "cuda")
-STRATEGIES = ("fedavg", "fedadam")
+STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
 LOCAL_OPTIMIZERS = ("adam", "sgd")
 PARTITION_LABELS = ("length", "talk")
+
+
+def _validate_faults(cfg: FedqConfig, k: int) -> None:
+    from fedq.fl.faults import ATTACKS, validate_fleet
+
+    fl = cfg.fl
+    if not 1 <= fl.min_replies <= k:
+        raise ConfigError(f"fl.min_replies={fl.min_replies} must be between 1 and the {k} clients per round")
+    for name in ("dropout_rate", "crash_rate", "attackers"):
+        if not 0.0 <= getattr(fl, name) < 1.0:
+            raise ConfigError(f"fl.{name}={getattr(fl, name)} must be in [0, 1)")
+    _at_least(fl.round_deadline, 0, "fl.round_deadline")
+    _at_least(fl.max_update_norm, 0, "fl.max_update_norm")
+    if fl.max_update_norm_ratio and fl.max_update_norm_ratio < 1:
+        raise ConfigError(f"fl.max_update_norm_ratio={fl.max_update_norm_ratio} must be >= 1 (or 0 = off): below 1 it rejects the median update itself")
+    if fl.devices is not None:
+        validate_fleet(fl.devices)
+    elif fl.round_deadline > 0:
+        raise ConfigError("fl.round_deadline needs a virtual clock: set fl.devices (e.g. fl.devices=midrange-4g)")
+    _choice(fl.attack, ATTACKS, "fl.attack")
+    if (fl.attack == "none") != (fl.attackers == 0):
+        raise ConfigError(f"fl.attack={fl.attack} with fl.attackers={fl.attackers}: set both (an attack and the fraction of attackers) or neither")
+    expected = math.ceil(fl.attackers * k) if fl.attackers else 0
+    _at_least(fl.byzantine, 0, "fl.byzantine")
+    if fl.strategy in ("krum", "multikrum") and k <= 2 * fl.byzantine + 2:
+        raise ConfigError(f"fl.strategy={fl.strategy} with fl.byzantine={fl.byzantine} needs more than {2 * fl.byzantine + 2} clients per round (has {k})")
+    if fl.strategy == "bulyan" and k < 4 * fl.byzantine + 3:
+        raise ConfigError(f"fl.strategy=bulyan with fl.byzantine={fl.byzantine} needs at least 4f+3 = {4 * fl.byzantine + 3} clients per round (has {k})")
+    if fl.strategy in ("krum", "multikrum", "bulyan") and fl.byzantine < expected:
+        raise ConfigError(f"fl.attackers={fl.attackers} puts up to {expected} attackers in a round of {k}; fl.strategy={fl.strategy} tolerates fl.byzantine={fl.byzantine}: raise fl.byzantine")
+    if fl.strategy == "fedtrimmedavg" and not 0 <= fl.trim_beta < 0.5:
+        raise ConfigError(f"fl.trim_beta={fl.trim_beta} must be in [0, 0.5)")
+    if fl.strategy == "fedtrimmedavg" and expected > math.floor(fl.trim_beta * k):
+        raise ConfigError(f"fl.attackers={fl.attackers} puts up to {expected} attackers in a round of {k}; fl.trim_beta={fl.trim_beta} trims only {math.floor(fl.trim_beta * k)} at each end: raise fl.trim_beta")
+    if fl.strategy == "fedmedian" and expected * 2 >= k:
+        raise ConfigError(f"fl.attackers={fl.attackers} puts up to {expected} attackers in a round of {k}; a median tolerates fewer than half")
 
 
 def clients_per_round(cfg: FedqConfig) -> int:
@@ -385,6 +434,7 @@ def _validate_federation(cfg: FedqConfig) -> None:
     _above(fl.server_lr, 0, "fl.server_lr")
     _at_least(fl.eval_every, 0, "fl.eval_every")
     _at_least(fl.checkpoint_every, 1, "fl.checkpoint_every")
+    _validate_faults(cfg, k)
     _above(fl.node_wait_seconds, 0, "fl.node_wait_seconds")
     _at_least(fl.num_cpus, 1, "fl.num_cpus")
     _at_least(fl.num_gpus, 0, "fl.num_gpus")

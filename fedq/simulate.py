@@ -29,7 +29,7 @@ from fedq.checkpoint import read_checkpoint
 from fedq.cli import format_seconds, run_dir, run_with_user_errors
 from fedq.config import CONFIG_SOURCE, FedqConfig, config_to_yaml, register_configs, validate_config
 from fedq.errors import ConfigError, FedqError
-from fedq.fl.shards import client_shards
+from fedq.fl.federation import Federation
 from fedq.fl.state import saved_config
 from fedq.report.run_log import SUMMARY_FILE, read_failure, read_rows
 from fedq.superlink import LocalSuperLink, write_app_dir
@@ -88,7 +88,7 @@ def simulate(cfg: FedqConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
     if device.type == "cuda" and cfg.fl.num_gpus <= 0:
         print("note: CUDA is available but fl.num_gpus=0: clients train on CPU (set fl.num_gpus=0.5 to share the GPU)")
     task = load_task(cfg)  # the corpus, tokenizer and shard caches are built once, before the clients start
-    client_shards(cfg, task)
+    Federation(cfg, task).check_deadline()
     print(task.describe(), flush=True)
 
     started = time.perf_counter()

@@ -46,8 +46,10 @@ STOP_GRACE_SECONDS = 10.0
 _FLOWER_NOISE = re.compile(
     r"^(\x1b\[\d+m)?INFO\b|default simulated SuperNodes changed|Manually terminating ClientAppActor"
     r"|fraction_evaluate is set to 0\.0|^Successfully (installed|started)|^Using SuperLink|^Flower App configuration"
-    r"|^- Recommended property"
+    r"|^- Recommended property|Exit Code: \d+|^An unhandled exception occurred|^For more information, visit"
 )
+# The last line of a traceback of a fedq error: the ServerApp printed it as one "error: ..." line already.
+_FEDQ_ERROR = re.compile(r"^(fedq|server|clients)\.[\w.]+Error: ")
 
 
 class SuperLinkError(FedqError):
@@ -223,10 +225,22 @@ class LocalSuperLink:
             command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
         assert self.run_process.stdout is not None
+        traceback: list[str] = []
         for line in self.run_process.stdout:
             line = line.rstrip("\n")
-            if self.verbose or not _FLOWER_NOISE.search(line):
+            if self.verbose:
                 on_line(line)
+            elif traceback or line.startswith("Traceback (most recent call last)"):
+                traceback.append(line)
+                if not line.startswith((" ", "Traceback")):  # the exception line ends the block
+                    if not _FEDQ_ERROR.match(line):
+                        for kept in traceback:
+                            on_line(kept)
+                    traceback = []
+            elif not _FLOWER_NOISE.search(line):
+                on_line(line)
+        for kept in traceback:
+            on_line(kept)
         return self.run_process.wait()
 
     def stop(self) -> None:

@@ -24,7 +24,18 @@ from fedq.fl.federation import Federation
 from fedq.fl.server import RoundReporter
 from fedq.fl.state import load_state
 from fedq.report.run_log import write_failure
-from server.strategy import CompressedFedAdam, CompressedFedAvg, CompressedUpdates, record_vector, weights_record
+from server.strategy import (
+    CompressedBulyan,
+    CompressedFedAdam,
+    CompressedFedAvg,
+    CompressedFedMedian,
+    CompressedFedTrimmedAvg,
+    CompressedKrum,
+    CompressedMultiKrum,
+    CompressedUpdates,
+    record_vector,
+    weights_record,
+)
 
 REPLY_TIMEOUT_SECONDS = 24 * 3600.0  # Flower's default of one hour is too short for a long local round
 REPLY_POLL_SECONDS = 0.2
@@ -66,24 +77,49 @@ def discover_nodes(grid: Grid, clients: int, wait_seconds: float) -> dict[int, i
     return nodes
 
 
+STRATEGIES = {
+    "fedavg": CompressedFedAvg,
+    "fedadam": CompressedFedAdam,
+    "fedmedian": CompressedFedMedian,
+    "fedtrimmedavg": CompressedFedTrimmedAvg,
+    "krum": CompressedKrum,
+    "multikrum": CompressedMultiKrum,
+    "bulyan": CompressedBulyan,
+}
+
+
 def make_strategy(cfg: FedqConfig, federation: Federation, nodes: dict[int, int] | None = None) -> CompressedUpdates:
+    """Flower's strategy named by ``fl.strategy``, wrapped for compressed and checked updates."""
+    fl = cfg.fl
     k = clients_per_round(cfg)
-    common = dict(
+    common: dict[str, object] = dict(
         uplink=federation.uplink,
         downlink=federation.downlink,
         tokenizer_fingerprint=fingerprint_number(federation.tokenizer.fingerprint),
         nodes=nodes,
         clients_per_round=k,
         seed=cfg.seed,
-        fraction_train=k / cfg.fl.clients,
-        min_train_nodes=k,
-        min_available_nodes=k,  # the ServerApp waited for every node already
+        fleet=federation.fleet,
+        deadline=fl.round_deadline,
+        max_norm=fl.max_update_norm,
+        max_norm_ratio=fl.max_update_norm_ratio,
+        min_replies=fl.min_replies,
+        server_lr=fl.server_lr,
+        fraction_train=1.0,  # the strategy samples (seeded, among the clients online) and shows
+        min_train_nodes=1,  # Flower's FedAvg exactly those nodes; the ServerApp waited for all of them
+        min_available_nodes=1,
         fraction_evaluate=0.0,  # the server scores the global model itself
         weighted_by_key="num-tokens",
     )
-    if cfg.fl.strategy == "fedadam":
-        return CompressedFedAdam(eta=cfg.fl.server_lr, eta_l=cfg.fl.local_lr, beta_1=0.9, beta_2=0.99, **common)
-    return CompressedFedAvg(server_lr=cfg.fl.server_lr, **common)
+    if fl.strategy == "fedadam":  # Adam's eta is its server lr
+        common.update(server_lr=1.0, eta=fl.server_lr, eta_l=fl.local_lr, beta_1=0.9, beta_2=0.99)
+    elif fl.strategy == "fedtrimmedavg":
+        common.update(beta=fl.trim_beta)
+    elif fl.strategy in ("krum", "bulyan"):
+        common.update(num_malicious_nodes=fl.byzantine)
+    elif fl.strategy == "multikrum":
+        common.update(num_malicious_nodes=fl.byzantine, num_nodes_to_select=max(1, k - fl.byzantine))
+    return STRATEGIES[fl.strategy](**common)
 
 
 def exchange(grid: Grid, messages: Iterable[Message], timeout: float) -> list[Message]:
@@ -107,16 +143,22 @@ def run_round(grid: Grid, strategy: CompressedUpdates, server_round: int, vector
     replies = exchange(grid, messages, REPLY_TIMEOUT_SECONDS)
     arrays, _ = strategy.aggregate_train(server_round, replies)
     if arrays is None:
+        traffic = strategy.last_round
         errors = [reply.error.reason for reply in replies if reply.has_error()]
-        reasons = errors + strategy.last_round.rejections
-        detail = reasons[0].strip().splitlines()[-1] if reasons else "no client replied"
-        raise RoundFailedError(f"round {server_round}: no client delivered an update ({len(replies)} replies); first reason: {detail}")
+        reasons = traffic.rejections + errors
+        detail = reasons[0].strip().splitlines()[-1] if reasons else "no client was online or replied"
+        counts = ", ".join(f"{n} {why}" for why, n in {**traffic.dropped, "rejected": traffic.rejected}.items() if n)
+        raise RoundFailedError(
+            f"round {server_round}: {traffic.clients} usable updates of {traffic.sampled} sampled, fewer than "
+            f"fl.min_replies={strategy.min_replies} ({counts or 'none replied'}); first reason: {detail}"
+        )
     return record_vector(arrays)
 
 
 def run_server(grid: Grid, cfg: FedqConfig, out_dir: Path, resume: bool = False) -> dict:
     print(f"results in {out_dir}", flush=True)
     federation = Federation(cfg)
+    federation.check_deadline()
     nodes = discover_nodes(grid, cfg.fl.clients, cfg.fl.node_wait_seconds)
     strategy = make_strategy(cfg, federation, nodes)
     state = load_state(out_dir) if resume else None

@@ -28,10 +28,11 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdam, FedAvg
+from flwr.serverapp.strategy import Bulyan, FedAdam, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
 from fedq.comm import CodecError, UpdateCodec, payload_bytes
-from fedq.fl.client import FINGERPRINT_KEY
+from fedq.fl.client import FINGERPRINT_KEY, SIM_SECONDS_KEY
+from fedq.fl.faults import DeviceProfile, drop_reason, is_available
 from fedq.fl.server import RoundTraffic
 
 WEIGHTS_KEY = "weights"
@@ -59,11 +60,19 @@ def aggregate_client_metrics(records: list[RecordDict], weighted_by_key: str) ->
 
 
 class CompressedUpdates:
-    """Mixin over a Flower strategy: downlink encoding, uplink decoding, byte accounting.
+    """Mixin over a Flower strategy: downlink encoding, uplink decoding and checking, byte accounting.
 
     ``server_lr`` steps the aggregate: global += server_lr * (aggregate - global).
     ``tokenizer_fingerprint`` is the server's (``fedq.fl.client.fingerprint_number``);
     a client that reports another one trained on another vocabulary and is refused.
+
+    Every reply is checked before Flower aggregates: a client that failed or went
+    offline is dropped with its reason; an update that comes past ``deadline``
+    (simulated seconds), does not decode (wrong shape, truncated payload, NaN or
+    Inf) or is too large (``max_norm``, or ``max_norm_ratio`` times the round's
+    median norm) is rejected with its reason and never reaches the global model.
+    ``fleet`` (the clients' device profiles) restricts sampling to the clients
+    online in the round.
     """
 
     def __init__(
@@ -76,6 +85,11 @@ class CompressedUpdates:
         nodes: dict[int, int] | None = None,
         clients_per_round: int = 1,
         seed: int = 0,
+        fleet: list[DeviceProfile] | None = None,
+        deadline: float = 0.0,
+        max_norm: float = 0.0,
+        max_norm_ratio: float = 0.0,
+        min_replies: int = 1,
         **kwargs: object,
     ) -> None:
         super().__init__(train_metrics_aggr_fn=aggregate_client_metrics, **kwargs)  # type: ignore[call-arg]
@@ -86,13 +100,22 @@ class CompressedUpdates:
         self.nodes = nodes or {}  # partition id -> node id
         self.clients_per_round = clients_per_round
         self.seed = seed
+        self.fleet = fleet
+        self.deadline = deadline
+        self.max_norm = max_norm
+        self.max_norm_ratio = max_norm_ratio
+        self.min_replies = min_replies
         self.global_vector: np.ndarray | None = None
         self.last_round = RoundTraffic()
 
     def sample(self, server_round: int) -> list[int]:
-        """The node ids of this round's clients: partition ids drawn with a (seed, round) generator."""
+        """The node ids of this round's clients: partition ids (of the clients online, when there is
+        a fleet) drawn with a (seed, round) generator."""
+        online = [p for p in sorted(self.nodes)
+                  if self.fleet is None or is_available(self.fleet[p], self.seed, server_round, p)]
         rng = np.random.default_rng([self.seed, server_round])
-        partitions = sorted(rng.choice(sorted(self.nodes), size=self.clients_per_round, replace=False).tolist())
+        size = min(self.clients_per_round, len(online))
+        partitions = sorted(rng.choice(online, size=size, replace=False).tolist()) if size else []
         return [self.nodes[p] for p in partitions]
 
     def _partition_order(self, reply: Message) -> int:
@@ -112,13 +135,18 @@ class CompressedUpdates:
     ) -> Iterable[Message]:
         self.global_vector = record_vector(arrays)
         if self.nodes:  # Flower's FedAvg samples from the nodes this proxy shows: exactly this round's
-            grid = SampledGrid(grid, self.sample(server_round))  # type: ignore[assignment]
+            chosen = self.sample(server_round)
+            if not chosen:
+                self.last_round = RoundTraffic()
+                return []
+            grid = SampledGrid(grid, chosen)  # type: ignore[assignment]
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
         payload = self.downlink.encode(self.global_vector, np.random.default_rng(server_round))
         record = ArrayRecord(payload)
         for message in messages:
             message.content[self.arrayrecord_key] = record  # type: ignore[attr-defined]
         self.last_round = RoundTraffic(
+            sampled=len(messages),
             downlink_bytes=payload_bytes(payload) * len(messages),
             fp32_downlink_bytes=self.global_vector.nbytes * len(messages),
         )
@@ -131,8 +159,8 @@ class CompressedUpdates:
         traffic.rejections.append(text)
         log(WARNING, "rejected the update of %s", text)
 
-    def _decode(self, reply: Message) -> str | None:
-        """Replace the reply's payload by ``global + update``; return why it was refused, or None."""
+    def _decode(self, reply: Message) -> tuple[str | None, float]:
+        """Replace the reply's payload by ``global + update``; return (why it was refused or None, update norm)."""
         metrics = reply.content["metrics"]
         fingerprint = metrics.get(FINGERPRINT_KEY)
         if self.tokenizer_fingerprint is not None and fingerprint != self.tokenizer_fingerprint:
@@ -140,30 +168,58 @@ class CompressedUpdates:
             return (
                 f"its tokenizer (fingerprint {theirs}) is not the server's ({self.tokenizer_fingerprint:015x}); "
                 "every node must build the same vocabulary (same data.* settings and corpus files)"
-            )
+            ), 0.0
         arrays = reply.content[self.arrayrecord_key].to_numpy_ndarrays()  # type: ignore[attr-defined]
         self.last_round.uplink_bytes += payload_bytes(arrays)
         self.last_round.fp32_uplink_bytes += self.global_vector.nbytes  # type: ignore[union-attr]
+        if self.deadline and float(metrics.get(SIM_SECONDS_KEY, 0.0)) > self.deadline:
+            return f"late: its round took {float(metrics[SIM_SECONDS_KEY]):.1f} simulated s, past fl.round_deadline={self.deadline:g}", 0.0
         try:
             update = self.uplink.decode(arrays, self.global_vector.size)  # type: ignore[union-attr]
         except CodecError as err:
-            return str(err)
+            return str(err), 0.0
+        norm = float(np.linalg.norm(update))
+        if self.max_norm and norm > self.max_norm:
+            return f"update norm {norm:.3g} is above fl.max_update_norm={self.max_norm:g}", norm
         reply.content[self.arrayrecord_key] = weights_record(self.global_vector + update)  # type: ignore[attr-defined,operator]
-        return None
+        return None, norm
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         traffic = self.last_round
-        kept: list[Message] = []
+        decoded: list[tuple[Message, float]] = []
+        waited = [0.0]  # virtual clock: until when the server waited for each client
         start = time.perf_counter()
         for reply in sorted(replies, key=self._partition_order):
-            if not reply.has_error() and (reason := self._decode(reply)) is not None:
+            if reply.has_error():
+                reason = drop_reason(reply.error.reason)
+                traffic.dropped[reason] = traffic.dropped.get(reason, 0) + 1
+                if reason == "dropout":  # no reply comes: the server waits until the deadline, if there is one
+                    waited.append(self.deadline)
+                continue
+            clock = float(reply.content["metrics"].get(SIM_SECONDS_KEY, 0.0))
+            reason, norm = self._decode(reply)
+            waited.append(min(clock, self.deadline) if self.deadline else clock)
+            if reason is not None:
                 self._reject(reply, reason)
                 continue
-            kept.append(reply)  # failed replies too: the parent strategy logs them
+            decoded.append((reply, norm))
+        kept = [reply for reply, _ in decoded]
+        if self.max_norm_ratio and decoded:
+            median = float(np.median([norm for _, norm in decoded]))
+            kept = []
+            for reply, norm in decoded:
+                if norm > self.max_norm_ratio * median:
+                    self._reject(reply, f"update norm {norm:.3g} is above fl.max_update_norm_ratio={self.max_norm_ratio:g} x the round's median {median:.3g}")
+                else:
+                    kept.append(reply)
         traffic.server_decode_seconds = time.perf_counter() - start
-        traffic.clients = sum(not reply.has_error() for reply in kept)
+        traffic.clients = len(kept)
+        if self.fleet is not None:
+            traffic.sim_seconds = max(waited)
+        if len(kept) < self.min_replies:
+            return None, None
         arrays, metrics = super().aggregate_train(server_round, kept)  # type: ignore[misc]
         if metrics is not None:
             traffic.train_loss = float(metrics["train-loss"])
@@ -191,6 +247,26 @@ class SampledGrid:
 
 class CompressedFedAvg(CompressedUpdates, FedAvg):
     """FedAvg over decoded updates, weighted by the clients' target token counts."""
+
+
+class CompressedFedMedian(CompressedUpdates, FedMedian):
+    """Coordinate-wise median of the decoded updates (Yin et al., 2018): robust to a minority of attackers."""
+
+
+class CompressedFedTrimmedAvg(CompressedUpdates, FedTrimmedAvg):
+    """Coordinate-wise mean after cutting the fraction beta at each end."""
+
+
+class CompressedKrum(CompressedUpdates, Krum):
+    """The update closest to its n - f - 2 nearest neighbours (Blanchard et al., 2017)."""
+
+
+class CompressedMultiKrum(CompressedUpdates, MultiKrum):
+    """The average of the updates Krum ranks best."""
+
+
+class CompressedBulyan(CompressedUpdates, Bulyan):
+    """Krum-selected updates, then a trimmed mean per coordinate (El Mhamdi et al., 2018); needs n >= 4f + 3."""
 
 
 class CompressedFedAdam(CompressedUpdates, FedAdam):

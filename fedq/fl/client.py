@@ -12,11 +12,13 @@ from fedq.comm import encode_with_feedback, payload_bytes
 from fedq.config import FedqConfig, config_to_yaml
 from fedq.engine import StepSettings, batch_stream, inverse_sqrt_schedule, make_optimizer, planned_steps, train_steps
 from fedq.errors import FedqError
+from fedq.fl.faults import attack
 from fedq.fl.federation import Federation
 from fedq.fl.weights import model_to_vector, vector_to_model
 from fedq.task import resolve_device
 
 FINGERPRINT_KEY = "tokenizer-fingerprint"
+SIM_SECONDS_KEY = "sim-seconds"  # the client's round on its simulated device (fl.devices)
 PARTITION_KEY = "partition-id"  # a node's shard (its node config), and its answer to the server's query
 
 
@@ -77,15 +79,21 @@ def client_round(
     start = time.perf_counter()
     update = model_to_vector(federation.model) - global_vector
     rng = np.random.default_rng(seed)
+    if partition_id in federation.attackers:
+        update = attack(cfg.fl.attack, update, rng)
     if federation.uplink.biased and cfg.comm.uplink.error_feedback:
         arrays, residual = encode_with_feedback(federation.uplink, update, residual, rng)
     else:
         arrays, residual = federation.uplink.encode(update, rng), None
     encode_seconds = time.perf_counter() - start
+    metrics: dict[str, float] = {}
+    if federation.fleet is not None:
+        device = federation.fleet[partition_id]
+        metrics[SIM_SECONDS_KEY] = device.round_seconds(payload_bytes(downlink_arrays), train_seconds, payload_bytes(arrays))
     return ClientUpdate(
         arrays=arrays,
         residual=residual,
-        metrics={
+        metrics=metrics | {
             "num-examples": float(stats.sentences),
             "num-tokens": float(stats.tokens),
             "train-loss": stats.loss,

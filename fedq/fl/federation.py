@@ -13,8 +13,11 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from fedq.comm import payload_bytes
 from fedq.comm.settings import downlink_codec, uplink_codec
 from fedq.config import FedqConfig, validate_config
+from fedq.errors import ConfigError
+from fedq.fl.faults import DeviceProfile, attackers, fleet
 from fedq.fl.shards import ClientShards, client_shards
 from fedq.fl.weights import float_state_names, model_to_vector
 from fedq.model.transformer import Transformer
@@ -37,9 +40,35 @@ class Federation:
         self.numel = sum(self.model.state_dict()[name].numel() for name in float_state_names(self.model))
 
     @cached_property
+    def fleet(self) -> list[DeviceProfile] | None:
+        """Each client's simulated device (``fl.devices``), or None without a virtual clock."""
+        fl = self.cfg.fl
+        return fleet(fl.devices, fl.clients, self.cfg.seed) if fl.devices is not None else None
+
+    @cached_property
+    def attackers(self) -> set[int]:
+        """The partitions whose clients attack (``fl.attack``, ``fl.attackers``)."""
+        return attackers(self.cfg.fl.attackers, self.cfg.fl.clients, self.cfg.seed)
+
+    @cached_property
     def task(self) -> TranslationTask:
         """The corpus (valid and test for scoring) with its tokenizer: the server's, loaded on first use."""
         return load_task(self.cfg)
+
+    def check_deadline(self) -> None:
+        """A deadline that no device of the fleet can meet even without training is a setting error."""
+        deadline, fleet_ = self.cfg.fl.round_deadline, self.fleet
+        if not deadline or fleet_ is None:
+            return
+        zeros = np.zeros(self.numel, np.float32)
+        rng = np.random.default_rng(0)
+        down, up = payload_bytes(self.downlink.encode(zeros, rng)), payload_bytes(self.uplink.encode(zeros, rng))
+        fastest = min(device.round_seconds(down, 0.0, up) for device in fleet_)
+        if deadline < fastest:
+            raise ConfigError(
+                f"fl.round_deadline={deadline:g} s: no device of fl.devices={self.cfg.fl.devices} can even download the "
+                f"model and upload its update in time (the fastest needs {fastest:.1f} s before any training)"
+            )
 
     def initial_vector(self) -> np.ndarray:
         """The global model before round 1: this model, or ``init_from``'s weights (federated fine-tuning)."""

@@ -32,9 +32,11 @@ from fedq.scoring import BleuResult, score_checkpoint, score_file
 
 @dataclass
 class RoundTraffic:
-    """What one round cost on the wire, and what the clients reported."""
+    """What one round cost on the wire, what the clients reported, and who was dropped or rejected why."""
 
-    clients: int = 0
+    sampled: int = 0
+    clients: int = 0  # accepted updates
+    dropped: dict[str, int] = field(default_factory=dict)  # clients without an update, by reason (dropout, crashed)
     rejected: int = 0
     uplink_bytes: int = 0
     downlink_bytes: int = 0
@@ -44,6 +46,7 @@ class RoundTraffic:
     client_train_seconds: float = 0.0
     client_encode_seconds: float = 0.0
     server_decode_seconds: float = 0.0
+    sim_seconds: float | None = None  # the virtual clock of the round (with fl.devices)
     rejections: list[str] = field(default_factory=list)
 
 
@@ -119,7 +122,9 @@ class RoundReporter:
         valid_bleu = self.scorer.valid_bleu(vector).score if scored else None
         row = {
             "round": server_round,
+            "sampled": traffic.sampled,
             "clients": traffic.clients,
+            "dropped": traffic.dropped,
             "rejected": traffic.rejected,
             "rejections": traffic.rejections,
             "train_loss": traffic.train_loss,
@@ -129,6 +134,7 @@ class RoundReporter:
             "fp32_downlink_bytes": traffic.fp32_downlink_bytes,
             "uplink_ratio": traffic.fp32_uplink_bytes / traffic.uplink_bytes if traffic.uplink_bytes else None,
             "valid_bleu": valid_bleu,
+            "sim_seconds": traffic.sim_seconds,
             "wall_seconds": round_seconds,
             "eval_seconds": time.perf_counter() - now,
             "client_train_seconds": traffic.client_train_seconds,
@@ -144,13 +150,15 @@ class RoundReporter:
         ratio = f"{row['uplink_ratio']:.1f}x" if row["uplink_ratio"] else "-"
         loss = f"{row['train_loss']:.3f}" if row["train_loss"] is not None else "-"
         bleu = f" | valid BLEU {row['valid_bleu']:.2f}" if row["valid_bleu"] is not None else ""
-        rejected = f" ({row['rejected']} rejected)" if row["rejected"] else ""
+        missing = [f"{n} {why}" for why, n in row["dropped"].items()] + ([f"{row['rejected']} rejected"] if row["rejected"] else [])
+        rejected = f" ({', '.join(missing)})" if missing else ""
+        sim = f" | sim {format_seconds(row['sim_seconds'])}" if row["sim_seconds"] is not None else ""
         elapsed = time.perf_counter() - self.started  # evaluations included
         eta = elapsed / row["round"] * (self.cfg.fl.rounds - row["round"])
         print(
             f"round {row['round']}/{self.cfg.fl.rounds} | {row['clients']} clients{rejected} | loss {loss} | "
             f"up {row['uplink_bytes'] / 1e6:.3f} MB ({ratio} vs fp32) | down {row['downlink_bytes'] / 1e6:.3f} MB"
-            f"{bleu} | {row['wall_seconds']:.1f}s | ETA {format_seconds(eta)}",
+            f"{bleu}{sim} | {row['wall_seconds']:.1f}s | ETA {format_seconds(eta)}",
             flush=True,
         )
 
@@ -189,6 +197,13 @@ class RoundReporter:
             f"uplink {s['uplink_ratio']:.1f}x, total {s['total_ratio']:.1f}x smaller)",
             flush=True,
         )
+        faults = [f"{n} {why}" for why, n in s["dropped_clients"].items()] + (
+            [f"{s['rejected_updates']} rejected updates"] if s["rejected_updates"] else [])
+        if faults:
+            print(f"clients without an update: {', '.join(faults)}", flush=True)
+        if s["sim_seconds"] is not None:
+            print(f"simulated fleet time ({self.cfg.fl.devices}): {format_seconds(s['sim_seconds'])} "
+                  f"(this machine: {format_seconds(s['wall_seconds'])})", flush=True)
         print(
             f"final global model, deployed form: valid BLEU {s['final_valid_bleu']:.2f}, test BLEU {s['final_test_bleu']:.2f} "
             f"(initial: {s['initial_valid_bleu']:.2f}); {s['bleu_signature']}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from fedq.files import atomic_write
@@ -78,7 +79,17 @@ def summarize_traffic(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "downlink_ratio": down32 / down if down else None,
         "total_ratio": (up32 + down32) / (up + down) if up + down else None,
         "rejected_updates": sum(row["rejected"] for row in rows),
+        "dropped_clients": _sum_counts(row.get("dropped", {}) for row in rows),
+        "sim_seconds": sum(row["sim_seconds"] for row in rows) if rows and all(row.get("sim_seconds") is not None for row in rows) else None,
     }
+
+
+def _sum_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for count in counts:
+        for key, value in count.items():
+            total[key] = total.get(key, 0) + value
+    return total
 
 
 def plot_run(

@@ -1,0 +1,159 @@
+"""Edge devices going wrong, simulated: device profiles with a virtual clock, dropouts, crashes, attacks.
+
+Everything here is a function of the run's seed, the round and the client's
+partition id, so the server and each client reach the same decisions without
+talking, and a rerun (or a resumed run) sees the same faults.
+
+- **Device profiles** (``fl.devices``): each client gets a compute speed factor
+  (its local training takes ``speed`` times what it took on this machine), an
+  uplink and a downlink bandwidth and an availability (the chance it is online
+  when a round samples). The virtual clock of a client's round is
+  ``download bytes / downlink + training seconds x speed + upload bytes / uplink``.
+- **Availability**: a round samples only among the clients online in that round.
+- **Dropouts** (``fl.dropout_rate``): a sampled client goes offline after it
+  received the model and never replies.
+- **Crashes** (``fl.crash_rate``): a sampled client fails with an error (as an
+  out-of-memory would) and its reply is an error.
+- **Attacks** (``fl.attack`` on a fraction ``fl.attackers`` of the clients):
+  ``sign_flip`` sends the negated update, ``scaled_noise`` Gaussian noise ten
+  times the update's norm, ``little_is_enough`` a small shift of every
+  coordinate against the update's direction by one standard deviation (Baruch
+  et al., 2019: small enough to pass norm checks and evade Krum and trimmed mean).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from fedq.errors import ConfigError
+
+ATTACKS = ("none", "sign_flip", "scaled_noise", "little_is_enough")
+DROPOUT_ERROR = "dropout: the client went offline before replying (fl.dropout_rate)"
+CRASH_ERROR = "crashed: simulated out-of-memory in local training (fl.crash_rate)"
+
+
+def drop_reason(error: str) -> str:
+    """The row's name for a failed reply: ``dropout`` for a simulated dropout, else ``crashed``."""
+    return "dropout" if error.startswith("dropout") else "crashed"
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    speed: float  # local training takes this many times as long as on the machine that simulates it
+    up_mbps: float
+    down_mbps: float
+    availability: float  # chance of being online when a round samples
+
+    def round_seconds(self, download_bytes: float, train_seconds: float, upload_bytes: float) -> float:
+        """The virtual clock of one client's round on this device."""
+        return (
+            8 * download_bytes / (self.down_mbps * 1e6)
+            + train_seconds * self.speed
+            + 8 * upload_bytes / (self.up_mbps * 1e6)
+        )
+
+
+# Orders of magnitude, not measurements: bandwidths from the medians that speed-test
+# indices report for fixed broadband and mobile networks (Ookla Speedtest Global Index,
+# 2024: around 90/40 Mbit/s fixed, 50/10 mobile), a narrowband uplink of 1 Mbit/s for a
+# board on a constrained link; speed factors from the gap between a laptop-class CPU and
+# a flagship phone (about 1x), a mid-range phone (about 3x) and a Raspberry-Pi-class
+# board (about 10x) in on-device training benchmarks; availabilities from FedScale's
+# device traces (Lai et al., ICML 2022), where phones are online a fraction of the day.
+PROFILES = {
+    "flagship-wifi": DeviceProfile("flagship-wifi", speed=1.0, up_mbps=40.0, down_mbps=90.0, availability=0.9),
+    "midrange-4g": DeviceProfile("midrange-4g", speed=3.0, up_mbps=10.0, down_mbps=50.0, availability=0.7),
+    "board-slow-link": DeviceProfile("board-slow-link", speed=10.0, up_mbps=1.0, down_mbps=2.0, availability=0.8),
+}
+# Built-in fleets: a name -> {profile: share of the clients}.
+FLEETS = {
+    "flagship-wifi": {"flagship-wifi": 1.0},
+    "midrange-4g": {"midrange-4g": 1.0},
+    "board-slow-link": {"board-slow-link": 1.0},
+    "mixed": {"flagship-wifi": 0.3, "midrange-4g": 0.5, "board-slow-link": 0.2},
+}
+
+
+def load_fleet(spec: str) -> tuple[dict[str, DeviceProfile], dict[str, float]]:
+    """A built-in fleet name, or a YAML file ``{profiles: {name: {speed, up_mbps, down_mbps, availability}}, mix: {name: share}}``."""
+    if spec in FLEETS:
+        return PROFILES, FLEETS[spec]
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"fl.devices={spec!r} is neither a built-in fleet ({', '.join(FLEETS)}) nor a YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        profiles = dict(PROFILES)
+        for name, fields in (raw.get("profiles") or {}).items():
+            profiles[name] = DeviceProfile(name=name, **fields)
+        mix = {str(name): float(share) for name, share in raw["mix"].items()}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError, ValueError) as err:
+        raise ConfigError(f"fl.devices={spec}: not a fleet file ({type(err).__name__}: {err})") from None
+    return profiles, mix
+
+
+def validate_fleet(spec: str) -> dict[str, DeviceProfile]:
+    """Check a fleet spec; return the profiles it uses."""
+    profiles, mix = load_fleet(spec)
+    unknown = [name for name in mix if name not in profiles]
+    if unknown:
+        raise ConfigError(f"fl.devices={spec}: unknown device profile {unknown[0]!r}; known: {', '.join(profiles)}")
+    if not mix or any(share < 0 for share in mix.values()) or sum(mix.values()) <= 0:
+        raise ConfigError(f"fl.devices={spec}: the shares of the mix must be >= 0 and add up to more than 0")
+    for name in mix:
+        p = profiles[name]
+        if p.speed <= 0 or p.up_mbps <= 0 or p.down_mbps <= 0 or not 0 < p.availability <= 1:
+            raise ConfigError(f"fl.devices={spec}: profile {name} needs speed, up_mbps, down_mbps > 0 and availability in (0, 1]")
+    return {name: profiles[name] for name in mix}
+
+
+def fleet(spec: str, clients: int, seed: int) -> list[DeviceProfile]:
+    """Each client's device: the mix's shares, assigned to the partitions by a seeded permutation."""
+    profiles, mix = load_fleet(spec)
+    names = list(mix)
+    shares = np.array([mix[name] for name in names], np.float64)
+    counts = np.floor(shares / shares.sum() * clients).astype(int)
+    for i in np.argsort(-(shares / shares.sum() * clients - counts))[: clients - counts.sum()]:
+        counts[i] += 1  # largest remainders first
+    assigned = [profiles[name] for name, count in zip(names, counts) for _ in range(count)]
+    order = np.random.default_rng([seed, 0xDE1CE]).permutation(clients)
+    return [assigned[i] for i in order]
+
+
+def _draw(seed: int, server_round: int, partition: int, stream: int) -> float:
+    return float(np.random.default_rng([seed, server_round, partition, stream]).random())
+
+
+def is_available(profile: DeviceProfile | None, seed: int, server_round: int, partition: int) -> bool:
+    return profile is None or _draw(seed, server_round, partition, 1) < profile.availability
+
+
+def drops_out(rate: float, seed: int, server_round: int, partition: int) -> bool:
+    return rate > 0 and _draw(seed, server_round, partition, 2) < rate
+
+
+def crashes(rate: float, seed: int, server_round: int, partition: int) -> bool:
+    return rate > 0 and _draw(seed, server_round, partition, 3) < rate
+
+
+def attackers(fraction: float, clients: int, seed: int) -> set[int]:
+    """The partitions whose clients attack: round(fraction x clients) of them, chosen by the seed."""
+    count = int(round(fraction * clients))
+    return set(np.random.default_rng([seed, 0xBAD]).permutation(clients)[:count].tolist())
+
+
+def attack(kind: str, update: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What an attacking client sends instead of its honest ``update``."""
+    if kind == "sign_flip":
+        return -update
+    if kind == "scaled_noise":
+        noise = rng.standard_normal(update.size).astype(np.float32)
+        return noise * (10.0 * np.linalg.norm(update) / max(np.linalg.norm(noise), 1e-12))
+    if kind == "little_is_enough":
+        return update - np.float32(update.std()) * np.sign(update)
+    raise ConfigError(f"fl.attack={kind!r} is unknown; choose one of {', '.join(ATTACKS)}")

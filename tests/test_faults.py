@@ -1,0 +1,185 @@
+"""Edge devices that fail: the virtual clock, dropouts, stragglers, crashes, poisoned updates, robust aggregation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+
+from fedq.comm import make_codec
+from fedq.config import compose_config, validate_config
+from fedq.errors import FedqError
+from fedq.fl.client import FINGERPRINT_KEY, SIM_SECONDS_KEY
+from fedq.fl.faults import CRASH_ERROR, DROPOUT_ERROR, DeviceProfile, attack, attackers, fleet
+from fedq.fl.federation import Federation
+from server.strategy import CompressedFedAvg, CompressedFedMedian, CompressedKrum, record_vector
+
+PHONE = DeviceProfile("phone", speed=3.0, up_mbps=8.0, down_mbps=40.0, availability=0.5)
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Messages built outside a running Flower app need the process's task identity."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    yield
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+
+
+def request() -> Message:
+    return Message(content=RecordDict({"config": ConfigRecord({})}), dst_node_id=1, message_type="train")
+
+
+def reply(arrays, sim: float = 1.0, tokens: float = 10.0) -> Message:
+    metrics = MetricRecord({"num-examples": 1.0, "num-tokens": tokens, "train-loss": 1.0, "train-seconds": 0.1,
+                            "encode-seconds": 0.0, FINGERPRINT_KEY: 7, SIM_SECONDS_KEY: sim})
+    return Message(content=RecordDict({"arrays": ArrayRecord(arrays), "metrics": metrics}), reply_to=request())
+
+
+def failed(reason: str) -> Message:
+    return Message(Error(code=2, reason=reason), reply_to=request())
+
+
+def strategy(cls=CompressedFedAvg, n: int = 64, **kwargs):
+    s = cls(uplink=make_codec("fp32"), downlink=make_codec("fp32"), weighted_by_key="num-tokens",
+            tokenizer_fingerprint=7, **kwargs)
+    s.global_vector = np.zeros(n, np.float32)
+    return s
+
+
+def test_virtual_clock_of_a_round_is_download_plus_scaled_training_plus_upload():
+    # 5 MB down at 40 Mbit/s = 1 s; 2 s of training x 3 = 6 s; 1 MB up at 8 Mbit/s = 1 s
+    assert PHONE.round_seconds(5e6, 2.0, 1e6) == pytest.approx(1.0 + 6.0 + 1.0)
+
+
+def test_the_round_waits_for_the_slowest_client_it_accepts_or_until_the_deadline():
+    honest = [np.ones(64, np.float32)]
+
+    def round_with(*replies):
+        s = strategy(fleet=[PHONE] * 4, deadline=30.0)
+        s.aggregate_train(1, list(replies))
+        return s.last_round
+
+    assert round_with(reply(honest, sim=12.0), reply(honest, sim=21.5)).sim_seconds == pytest.approx(21.5)
+    late = round_with(reply(honest, sim=12.0), reply(honest, sim=45.0))  # one straggler past the deadline
+    assert late.sim_seconds == pytest.approx(30.0) and late.rejected == 1 and late.clients == 1
+    assert "late" in late.rejections[0]
+    dropout = round_with(reply(honest, sim=12.0), failed(DROPOUT_ERROR))  # no reply comes: the server waits
+    assert dropout.sim_seconds == pytest.approx(30.0) and dropout.dropped == {"dropout": 1}
+    crash = round_with(reply(honest, sim=12.0), failed(CRASH_ERROR))  # a crash: its error comes back at once
+    assert crash.sim_seconds == pytest.approx(12.0) and crash.dropped == {"crashed": 1}
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (lambda n: [np.full(n, np.nan, np.float32)], "NaN"),
+        (lambda n: [np.ones(n + 5, np.float32)], "entries, expected"),
+        (lambda n: [np.ones(n, np.float32)[:-1]], "entries, expected"),
+        (lambda n: [np.ones(n, np.float16)], "expected 1-D float32"),
+        (lambda n: [np.full(n, 100.0, np.float32)], "above fl.max_update_norm=10"),
+    ],
+)
+def test_a_bad_update_is_rejected_and_leaves_the_global_model_unchanged(bad, reason):
+    s = strategy(max_norm=10.0)
+    arrays, _ = s.aggregate_train(1, [reply(bad(64), tokens=1000.0)])
+    assert arrays is None and s.last_round.rejected == 1 and reason in s.last_round.rejections[0]
+    good = [np.full(64, 0.5, np.float32)]
+    arrays, _ = s.aggregate_train(2, [reply(bad(64), tokens=1000.0), reply(good)])
+    np.testing.assert_array_equal(record_vector(arrays), np.full(64, 0.5, np.float32))
+
+
+def test_an_update_far_above_the_rounds_median_norm_is_rejected():
+    s = strategy(max_norm_ratio=3.0)
+    updates = [np.full(64, v, np.float32) for v in (0.9, 1.0, 1.1, 50.0)]
+    arrays, _ = s.aggregate_train(1, [reply([u]) for u in updates])
+    assert s.last_round.rejected == 1 and "median" in s.last_round.rejections[0]
+    np.testing.assert_allclose(record_vector(arrays), np.full(64, 1.0), atol=1e-6)
+
+
+def test_robust_aggregation_bounds_a_sign_flip_attacker_where_averaging_is_pulled_away():
+    rng = np.random.default_rng(0)
+    honest = [np.ones(64, np.float32) + 0.05 * rng.standard_normal(64).astype(np.float32) for _ in range(5)]
+    attacker = attack("sign_flip", 20.0 * np.ones(64, np.float32), rng)  # a large flipped update
+    replies = lambda: [reply([u]) for u in honest] + [reply([attacker])]  # noqa: E731
+    mean, _ = strategy().aggregate_train(1, replies())
+    median, _ = strategy(CompressedFedMedian).aggregate_train(1, replies())
+    krum, _ = strategy(CompressedKrum, num_malicious_nodes=1).aggregate_train(1, replies())
+    assert record_vector(mean).mean() < -2.0  # plain averaging follows the attacker
+    for robust in (median, krum):
+        assert np.abs(record_vector(robust) - 1.0).max() < 0.2
+
+
+def test_attacks_and_fleets_are_what_they_say():
+    update = np.linspace(-1, 1, 101).astype(np.float32)
+    rng = np.random.default_rng(1)
+    np.testing.assert_array_equal(attack("sign_flip", update, rng), -update)
+    noise = attack("scaled_noise", update, rng)
+    assert np.linalg.norm(noise) == pytest.approx(10 * np.linalg.norm(update), rel=1e-4)
+    shifted = attack("little_is_enough", update, rng)
+    assert np.abs(shifted - update).max() == pytest.approx(update.std(), rel=1e-5)
+    assert len(attackers(0.2, 20, seed=1)) == 4 and attackers(0.2, 20, seed=1) == attackers(0.2, 20, seed=1)
+    devices = fleet("mixed", 20, seed=1)
+    assert [sum(d.name == n for d in devices) for n in ("flagship-wifi", "midrange-4g", "board-slow-link")] == [6, 10, 4]
+
+
+def test_a_fleet_file_with_its_own_profiles(tmp_path):
+    path = tmp_path / "fleet.yaml"
+    path.write_text("profiles:\n  tablet: {speed: 2.0, up_mbps: 20, down_mbps: 80, availability: 0.95}\n"
+                    "mix: {tablet: 0.5, midrange-4g: 0.5}\n")
+    devices = fleet(str(path), 4, seed=0)
+    assert sorted(d.name for d in devices) == ["midrange-4g", "midrange-4g", "tablet", "tablet"]
+    validate_config(compose_config([f"fl.devices={path}"]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["fl.min_replies=6"], "fl.min_replies=6 must be between 1 and the 5 clients per round"),
+        (["fl.dropout_rate=1.0"], r"fl.dropout_rate=1.0 must be in \[0, 1\)"),
+        (["fl.devices=satellite"], "neither a built-in fleet"),
+        (["fl.round_deadline=10"], "needs a virtual clock"),
+        (["fl.attack=backdoor", "fl.attackers=0.1"], "fl.attack='backdoor' is unknown"),
+        (["fl.attack=sign_flip"], "set both"),
+        (["fl.strategy=bulyan", "fl.byzantine=1"], "needs at least 4f\\+3 = 7 clients per round"),
+        (["fl.strategy=krum", "fl.attack=sign_flip", "fl.attackers=0.2"], "raise fl.byzantine"),
+        (["fl.strategy=fedmedian", "fl.attack=sign_flip", "fl.attackers=0.5"], "fewer than half|must be in"),
+        (["fl.strategy=fedtrimmedavg", "fl.trim_beta=0.1", "fl.attack=sign_flip", "fl.attackers=0.2"], "raise fl.trim_beta"),
+    ],
+)
+def test_impossible_fault_settings_are_one_line(overrides, message):
+    with pytest.raises(FedqError, match=message):
+        validate_config(compose_config(overrides))
+
+
+def test_a_deadline_no_device_can_meet_is_refused_before_the_run(tmp_path):
+    cfg = compose_config(["fl.devices=board-slow-link", "fl.round_deadline=0.5", "data.demo_train_size=300",
+                          "data.demo_eval_size=10", "data.vocab_size=200", f"data.cache_dir={tmp_path}"])
+    with pytest.raises(FedqError, match="no device of fl.devices=board-slow-link can even download"):
+        Federation(cfg).check_deadline()
+
+
+def test_a_run_with_dropouts_crashes_stragglers_and_an_attacker_completes_and_counts_them(tmp_path):
+    run = tmp_path / "run"
+    overrides = [
+        "clients=8", "fl.clients_per_round=6", "fl.rounds=3", "fl.local_steps=3", "fl.eval_every=0",
+        "data.demo_train_size=800", "data.demo_eval_size=10", "data.vocab_size=200", "model.d_model=32",
+        "model.ffn_dim=64", f"data.cache_dir={tmp_path / 'cache'}", "fl.devices=mixed", "fl.round_deadline=4",
+        "fl.dropout_rate=0.3", "fl.crash_rate=0.1", "fl.attack=sign_flip", "fl.attackers=0.125",
+        "fl.strategy=fedmedian", "fl.max_update_norm_ratio=10", "seed=3", f"hydra.run.dir={run}",
+    ]
+    result = subprocess.run([sys.executable, "-m", "fedq.simulate", *overrides], capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run / "summary.json").read_text())
+    for row in rows:
+        assert row["clients"] + sum(row["dropped"].values()) + row["rejected"] == row["sampled"]
+        assert row["sim_seconds"] is not None and row["sim_seconds"] <= 4.0 + 1e-9
+    assert summary["dropped_clients"].get("dropout", 0) > 0
+    assert summary["sim_seconds"] == pytest.approx(sum(row["sim_seconds"] for row in rows))
+    assert "dropout" in result.stdout and "simulated fleet time (mixed)" in result.stdout
