@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 import benchlib
+from fedq.comm.downlink import FULL, Downlink
 from fedq.config import FedqConfig, clients_per_round
 from fedq.fl.client import client_round
 from fedq.fl.federation import Federation
@@ -78,7 +79,7 @@ def run_baseline(fed: Federation, cfg: FedqConfig, parallel: int, seed: int) -> 
     rows = []
     for server_round in range(1, cfg.fl.rounds + 1):
         start = time.perf_counter()
-        downlink = fed.downlink.encode(vector, np.random.default_rng(server_round))
+        downlink = Downlink(fed.downlink.encode(vector, np.random.default_rng(server_round)), FULL, 0)
         server_s = time.perf_counter() - start
         client_s, replies = [], []
         for pid in rng.choice(cfg.fl.clients, size=k, replace=False).tolist():

@@ -10,16 +10,19 @@ a device that went offline or failed would.
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
+from fedq.comm.downlink import BASE_ROUND_KEY, DOWNLINK_KIND_KEY, FULL_MODEL_CODECS, Downlink
 from fedq.config import FedqConfig, config_from_run_config
 from fedq.errors import ConfigError
 from fedq.fl.client import PARTITION_KEY, client_round, federation_for
 from fedq.fl.faults import CRASH_ERROR, DROPOUT_ERROR, crashes, drops_out
 
 RESIDUAL_KEY = "fedq-error-feedback"
+HELD_KEY = "fedq-held-model"  # the model this client holds (deltas build on it) and the round it was synced in
+HELD_ROUND_KEY = "fedq-held-round"
 
 app = ClientApp()
 
@@ -58,14 +61,16 @@ def train(msg: Message, context: Context) -> Message:
     residual = None
     if RESIDUAL_KEY in context.state:
         residual = context.state[RESIDUAL_KEY].to_numpy_ndarrays()[0]
-    update = client_round(
-        federation_for(cfg),
-        partition_id=partition,
-        server_round=server_round,
-        downlink_arrays=msg.content["arrays"].to_numpy_ndarrays(),
-        residual=residual,
-    )
+    held = None
+    if HELD_KEY in context.state:
+        held = (context.state[HELD_KEY].to_numpy_ndarrays()[0], int(context.state[HELD_ROUND_KEY]["round"]))
+    config = msg.content["config"]
+    downlink = Downlink(msg.content["arrays"].to_numpy_ndarrays(), str(config[DOWNLINK_KIND_KEY]), int(config[BASE_ROUND_KEY]))
+    update = client_round(federation_for(cfg), partition, server_round, downlink, residual, held)
     if update.residual is not None:
         context.state[RESIDUAL_KEY] = ArrayRecord([update.residual])
+    if federation_for(cfg).downlink.name not in FULL_MODEL_CODECS:
+        context.state[HELD_KEY] = ArrayRecord([update.held])
+        context.state[HELD_ROUND_KEY] = ConfigRecord({"round": server_round})
     content = RecordDict({"arrays": ArrayRecord(update.arrays), "metrics": MetricRecord(update.metrics)})
     return Message(content=content, reply_to=msg)

@@ -109,7 +109,8 @@ class StepSettings:
 class TrainStats:
     steps: int = 0
     loss_sum: float = 0.0
-    tokens: int = 0
+    tokens: int = 0  # target tokens (the loss is per target token)
+    src_tokens: int = 0
     sentences: int = 0
     seconds: float = 0.0
 
@@ -126,6 +127,7 @@ class TrainStats:
         self.steps += 1
         self.loss_sum += loss
         self.tokens += batch.n_tgt_tokens
+        self.src_tokens += batch.n_src_tokens
         self.sentences += batch.src.size(0)
 
 

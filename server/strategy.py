@@ -31,6 +31,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Bulyan, FedAdam, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
 from fedq.comm import CodecError, UpdateCodec, payload_bytes
+from fedq.comm.downlink import BASE_ROUND_KEY, DOWNLINK_KIND_KEY, Broadcaster
 from fedq.fl.client import FINGERPRINT_KEY, SIM_SECONDS_KEY
 from fedq.fl.faults import DeviceProfile, drop_reason, is_available
 from fedq.fl.server import RoundTraffic
@@ -95,6 +96,7 @@ class CompressedUpdates:
         super().__init__(train_metrics_aggr_fn=aggregate_client_metrics, **kwargs)  # type: ignore[call-arg]
         self.uplink = uplink
         self.downlink = downlink
+        self.broadcaster = Broadcaster(downlink)
         self.tokenizer_fingerprint = tokenizer_fingerprint
         self.server_lr = server_lr
         self.nodes = nodes or {}  # partition id -> node id
@@ -118,9 +120,10 @@ class CompressedUpdates:
         partitions = sorted(rng.choice(online, size=size, replace=False).tolist()) if size else []
         return [self.nodes[p] for p in partitions]
 
-    def _partition_order(self, reply: Message) -> int:
+    def _partition(self, node_id: int) -> int:
+        """The partition a node holds (its node id where the strategy runs without a node map)."""
         by_node = {node: partition for partition, node in self.nodes.items()}
-        return by_node.get(reply.metadata.src_node_id, len(by_node))
+        return by_node.get(node_id, node_id)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The server optimizer's state, to save with the run (none for FedAvg)."""
@@ -140,16 +143,18 @@ class CompressedUpdates:
                 self.last_round = RoundTraffic()
                 return []
             grid = SampledGrid(grid, chosen)  # type: ignore[assignment]
-        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
-        payload = self.downlink.encode(self.global_vector, np.random.default_rng(server_round))
-        record = ArrayRecord(payload)
-        for message in messages:
-            message.content[self.arrayrecord_key] = record  # type: ignore[attr-defined]
-        self.last_round = RoundTraffic(
-            sampled=len(messages),
-            downlink_bytes=payload_bytes(payload) * len(messages),
-            fp32_downlink_bytes=self.global_vector.nbytes * len(messages),
-        )
+        sampled = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        traffic = self.last_round = RoundTraffic(sampled=len(sampled))
+        messages = []
+        for message in sampled:  # each client gets what it needs to rebuild the model (fedq.comm.downlink)
+            node = message.metadata.dst_node_id
+            downlink = self.broadcaster.message_for(self._partition(node), self.global_vector, server_round)
+            own_config = ConfigRecord({**message.content[self.configrecord_key], DOWNLINK_KIND_KEY: downlink.kind,  # type: ignore[attr-defined]
+                                       BASE_ROUND_KEY: downlink.base_round})
+            content = RecordDict({self.arrayrecord_key: ArrayRecord(downlink.arrays), self.configrecord_key: own_config})  # type: ignore[attr-defined]
+            messages.append(Message(content=content, dst_node_id=node, message_type=message.metadata.message_type))
+            traffic.downlink_bytes += downlink.nbytes
+            traffic.fp32_downlink_bytes += self.global_vector.nbytes
         return messages
 
     def _reject(self, reply: Message, reason: str) -> None:
@@ -191,8 +196,9 @@ class CompressedUpdates:
         decoded: list[tuple[Message, float]] = []
         waited = [0.0]  # virtual clock: until when the server waited for each client
         start = time.perf_counter()
-        for reply in sorted(replies, key=self._partition_order):
+        for reply in sorted(replies, key=lambda reply: self._partition(reply.metadata.src_node_id)):
             if reply.has_error():
+                self.broadcaster.forget(self._partition(reply.metadata.src_node_id))  # it may not hold the model sent
                 reason = drop_reason(reply.error.reason)
                 traffic.dropped[reason] = traffic.dropped.get(reason, 0) + 1
                 if reason == "dropout":  # no reply comes: the server waits until the deadline, if there is one

@@ -11,6 +11,7 @@ from fedq.comm import (
     payload_bytes,
 )
 from fedq.bitpack import pack_bits, packed_nbytes, unpack_bits
+from fedq.comm.downlink import DELTA, FULL, Broadcaster, receive
 from fedq.comm.indexcode import decode_sorted_indices, encode_sorted_indices
 
 
@@ -284,3 +285,52 @@ def test_error_feedback_makes_sign_messages_converge_to_the_true_mean():
     error_without = np.abs(without - target).mean()
     assert error_with < 0.05 * np.abs(target).mean()
     assert error_without > 10 * error_with
+
+
+# --- the downlink: deltas against what each client holds --------------------
+
+
+def test_a_client_that_skipped_rounds_rebuilds_the_servers_held_model_bit_for_bit():
+    codec = make_codec("uniform", bits=4)
+    server = Broadcaster(codec)
+    rng = np.random.default_rng(0)
+    model = normal(5000)
+    clients: dict[int, tuple[np.ndarray, int]] = {}
+    sent = {0: 0, 1: 0}
+    for server_round in range(1, 9):
+        model = model + 0.01 * normal(5000, seed=server_round)
+        for client in ([0, 1] if server_round in (1, 8) else [0]):  # client 1 skips rounds 2-7
+            message = server.message_for(client, model, server_round)
+            held, held_round = clients.get(client, (None, None))
+            now = receive(codec, message, model.size, held, held_round)
+            clients[client] = (now, server_round)
+            sent[client] += message.nbytes
+            np.testing.assert_array_equal(now, server.held[client])  # the same bits on both sides
+            assert message.kind == (FULL if server_round == 1 else DELTA)
+    # One 4-bit delta per round after the first whole model; the catch-up is one delta too.
+    delta_bytes = payload_bytes(codec.encode(model, rng))
+    assert sent[0] == model.nbytes + 7 * delta_bytes and sent[1] == model.nbytes + delta_bytes
+    # Error feedback: the held model tracks the global one within a step of the last delta's quantizer.
+    assert np.abs(clients[0][0] - model).max() < 0.01
+
+
+def test_a_delta_against_a_model_the_client_does_not_hold_is_refused():
+    codec = make_codec("uniform", bits=8)
+    server = Broadcaster(codec)
+    model = normal(100)
+    server.message_for(3, model, 1)
+    message = server.message_for(3, model + 1, 2)
+    with pytest.raises(CodecError, match="delta against round 1 but this client holds the model of round 5"):
+        receive(codec, message, 100, model, 5)
+    with pytest.raises(CodecError, match="holds no model"):
+        receive(codec, message, 100, None, None)
+    server.forget(3)
+    assert server.message_for(3, model, 3).kind == FULL
+
+
+def test_a_whole_model_is_sent_when_a_delta_would_cost_more():
+    codec = make_codec("topk", bits=8, density=1.0)  # for one value, its header alone is more than fp32
+    server = Broadcaster(codec)
+    model = normal(1)
+    server.message_for(0, model, 1)
+    assert server.message_for(0, model + 1, 2).kind == FULL

@@ -14,11 +14,11 @@ from fedq.comm import make_codec
 from fedq.config import compose_config, validate_config
 from fedq.errors import FedqError
 from fedq.fl.client import FINGERPRINT_KEY, SIM_SECONDS_KEY
-from fedq.fl.faults import CRASH_ERROR, DROPOUT_ERROR, DeviceProfile, attack, attackers, fleet
+from fedq.fl.faults import CRASH_ERROR, DROPOUT_ERROR, DeviceProfile, attack, attackers, fleet, training_flops
 from fedq.fl.federation import Federation
 from server.strategy import CompressedFedAvg, CompressedFedMedian, CompressedKrum, record_vector
 
-PHONE = DeviceProfile("phone", speed=3.0, up_mbps=8.0, down_mbps=40.0, availability=0.5)
+PHONE = DeviceProfile("phone", train_gflops=5.0, up_mbps=8.0, down_mbps=40.0, availability=0.5)
 
 
 @pytest.fixture(autouse=True)
@@ -52,9 +52,9 @@ def strategy(cls=CompressedFedAvg, n: int = 64, **kwargs):
     return s
 
 
-def test_virtual_clock_of_a_round_is_download_plus_scaled_training_plus_upload():
-    # 5 MB down at 40 Mbit/s = 1 s; 2 s of training x 3 = 6 s; 1 MB up at 8 Mbit/s = 1 s
-    assert PHONE.round_seconds(5e6, 2.0, 1e6) == pytest.approx(1.0 + 6.0 + 1.0)
+def test_virtual_clock_of_a_round_is_download_plus_training_plus_upload():
+    # 5 MB down at 40 Mbit/s = 1 s; 6 x 1M parameters x 5,000 tokens = 30 GFLOP at 5 GFLOP/s = 6 s; 1 MB up at 8 Mbit/s = 1 s
+    assert PHONE.round_seconds(5e6, training_flops(1_000_000, 5_000), 1e6) == pytest.approx(1.0 + 6.0 + 1.0)
 
 
 def test_the_round_waits_for_the_slowest_client_it_accepts_or_until_the_deadline():
@@ -130,7 +130,7 @@ def test_attacks_and_fleets_are_what_they_say():
 
 def test_a_fleet_file_with_its_own_profiles(tmp_path):
     path = tmp_path / "fleet.yaml"
-    path.write_text("profiles:\n  tablet: {speed: 2.0, up_mbps: 20, down_mbps: 80, availability: 0.95}\n"
+    path.write_text("profiles:\n  tablet: {train_gflops: 10, up_mbps: 20, down_mbps: 80, availability: 0.95}\n"
                     "mix: {tablet: 0.5, midrange-4g: 0.5}\n")
     devices = fleet(str(path), 4, seed=0)
     assert sorted(d.name for d in devices) == ["midrange-4g", "midrange-4g", "tablet", "tablet"]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fedq.comm import payload_bytes
+from fedq.comm.downlink import FULL, Downlink
 from fedq.comm.settings import default_uplink_bits
 from fedq.config import compose_config, overrides_from_run_config
 from fedq.engine import inverse_sqrt_schedule, steps_per_epoch, within_length
@@ -47,7 +48,7 @@ def test_weight_vector_round_trip(cache):
 def test_client_round_sends_a_compressed_update_and_keeps_the_sign_residual(cache):
     federation = Federation(compose_config(TINY + [cache, "quant.bits=2", "comm.uplink.name=sign"]))
     global_vector = federation.initial_vector()
-    downlink = federation.downlink.encode(global_vector, np.random.default_rng(0))
+    downlink = Downlink(federation.downlink.encode(global_vector, np.random.default_rng(0)), FULL, 0)
     result = client_round(federation, 1, 1, downlink, residual=None)
 
     assert result.metrics["payload-bytes"] == payload_bytes(result.arrays)
@@ -62,7 +63,7 @@ def test_client_round_sends_a_compressed_update_and_keeps_the_sign_residual(cach
 
 def test_unbiased_uplink_keeps_no_residual(cache):
     federation = Federation(compose_config(TINY + [cache, "quant.bits=4"]))
-    downlink = federation.downlink.encode(federation.initial_vector(), np.random.default_rng(0))
+    downlink = Downlink(federation.downlink.encode(federation.initial_vector(), np.random.default_rng(0)), FULL, 0)
     result = client_round(federation, 0, 1, downlink, residual=None)
     assert result.residual is None
     assert federation.uplink.name == "uniform" and default_uplink_bits(federation.cfg) == 4
@@ -111,7 +112,7 @@ def test_local_epochs_train_whole_passes_over_the_shard(cache):
     shard = federation.data.shards[0]
     tok = federation.tokenizer
     per_epoch = steps_per_epoch(shard, federation.cfg.data.max_tokens, tok)
-    downlink = federation.downlink.encode(federation.initial_vector(), np.random.default_rng(0))
+    downlink = Downlink(federation.downlink.encode(federation.initial_vector(), np.random.default_rng(0)), FULL, 0)
     result = client_round(federation, 0, 1, downlink, residual=None)
     assert result.metrics["steps"] == 2 * per_epoch != federation.cfg.fl.local_steps
 
@@ -121,7 +122,7 @@ def test_local_optimizer_setting_is_the_optimizer_the_client_steps_with(cache):
     for kind in ("adam", "sgd"):
         federation = Federation(compose_config(TINY + [cache, f"fl.local_optimizer={kind}", "comm.uplink.name=fp32"]))
         start = federation.initial_vector()
-        downlink = federation.downlink.encode(start, np.random.default_rng(0))
+        downlink = Downlink(federation.downlink.encode(start, np.random.default_rng(0)), FULL, 0)
         result = client_round(federation, 0, 1, downlink, residual=None)
         updates[kind] = federation.uplink.decode(result.arrays, federation.numel)
     # Adam's first steps move every weight by about lr; momentum SGD's by lr * gradient, far less here.

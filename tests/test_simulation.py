@@ -65,6 +65,31 @@ def test_end_to_end_simulation_with_flower_and_ray(tmp_path):
     assert summary["train_loss_final"] == rows[-1]["train_loss"]
 
 
+def test_compressed_downlink_counts_whole_models_for_first_contacts_and_deltas_after(tmp_path):
+    """Each client gets the whole model the first time it is sampled, then one 4-bit delta against what it holds."""
+    out = tmp_path / "run"
+    overrides = [o for o in TINY_RUN if not o.startswith(("comm.", "fl.rounds"))] + [
+        "fl.rounds=4", "comm.downlink.name=uniform", "comm.downlink.bits=4", f"data.cache_dir={tmp_path / 'cache'}",
+    ]
+    result = subprocess.run([sys.executable, "-m", "fedq.simulate", *overrides, f"hydra.run.dir={out}"],
+                            capture_output=True, text=True, timeout=420)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    numel = rows[0]["fp32_downlink_bytes"] // (2 * 4)
+    delta = payload_bytes(make_codec("uniform", bits=4).encode(np.zeros(numel, np.float32), np.random.default_rng(0)))
+    sampler = CompressedFedAvg(uplink=make_codec("fp32"), downlink=make_codec("fp32"), nodes={0: 0, 1: 1, 2: 2},
+                               clients_per_round=2, seed=1)
+    seen: set[int] = set()
+    for row in rows:
+        chosen = sampler.sample(row["round"])
+        first = [p for p in chosen if p not in seen]
+        seen |= set(chosen)
+        assert row["downlink_bytes"] == len(first) * 4 * numel + (len(chosen) - len(first)) * delta
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["downlink_ratio"] > 1.5 and summary["total_ratio"] > 1.5
+    assert "total" in [line for line in result.stdout.splitlines() if line.startswith("round 4/4")][0]
+
+
 @pytest.fixture()
 def server_identity():
     """Messages built outside a running Flower app need the process's task identity."""
@@ -160,7 +185,7 @@ def test_a_fedq_config_reaches_the_strategy(server_identity, tmp_path):
         (["clients=4", "fl.clients_per_round=5"], "more than clients=4"),
         (["comm.uplink.name=gzip"], "gzip"),
         (["comm.uplink.name=uniform", "comm.uplink.bits=16"], "16"),
-        (["comm.downlink.name=sign"], "downlink"),
+        (["comm.downlink.name=gzip"], "comm.downlink.name='gzip' is unknown"),
         (["fl.warmup_steps=-1"], "warmup_steps"),
     ],
 )

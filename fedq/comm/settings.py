@@ -10,7 +10,7 @@ from fedq.comm.errors import CodecError
 if TYPE_CHECKING:
     from fedq.config import CodecConfig, FedqConfig
 
-DOWNLINK_CODECS = ("fp32", "fp16")  # the downlink carries the global weights, not an update
+DOWNLINK_CODECS = ("fp32", "fp16", "uniform", "sign", "topk")  # fp32/fp16: whole model; others: deltas (fedq.comm.downlink)
 
 
 def default_uplink_bits(cfg: FedqConfig) -> int:
@@ -34,9 +34,9 @@ def uplink_codec(cfg: FedqConfig) -> UpdateCodec:
 
 
 def downlink_codec(cfg: FedqConfig) -> UpdateCodec:
+    """The whole model at fp32/fp16, or the codec of the deltas against what each client holds
+    (``comm.downlink.bits`` defaults to 8 for uniform, 4 for top-k values)."""
     if cfg.comm.downlink.name not in DOWNLINK_CODECS:
-        raise CodecError(
-            f"comm.downlink.name={cfg.comm.downlink.name}: the downlink carries the global weights; "
-            f"use {' or '.join(DOWNLINK_CODECS)}"
-        )
-    return _codec(cfg.comm.downlink, 16, "downlink")
+        raise CodecError(f"comm.downlink.name={cfg.comm.downlink.name!r} is unknown; choose one of {', '.join(DOWNLINK_CODECS)}")
+    default = {"uniform": 8, "topk": 4}.get(cfg.comm.downlink.name, 16)
+    return _codec(cfg.comm.downlink, default, "downlink")

@@ -9,10 +9,11 @@ import numpy as np
 import torch
 
 from fedq.comm import encode_with_feedback, payload_bytes
+from fedq.comm.downlink import Downlink, receive
 from fedq.config import FedqConfig, config_to_yaml
 from fedq.engine import StepSettings, batch_stream, inverse_sqrt_schedule, make_optimizer, planned_steps, train_steps
 from fedq.errors import FedqError
-from fedq.fl.faults import attack
+from fedq.fl.faults import attack, training_flops
 from fedq.fl.federation import Federation
 from fedq.fl.weights import model_to_vector, vector_to_model
 from fedq.task import resolve_device
@@ -31,6 +32,7 @@ def fingerprint_number(fingerprint: str) -> int:
 class ClientUpdate:
     arrays: list[np.ndarray]
     residual: np.ndarray | None
+    held: np.ndarray  # the model the client trained from: what it keeps for the next delta (fedq.comm.downlink)
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -50,17 +52,19 @@ def client_round(
     federation: Federation,
     partition_id: int,
     server_round: int,
-    downlink_arrays: list[np.ndarray],
+    downlink: Downlink,
     residual: np.ndarray | None,
+    held: tuple[np.ndarray, int] | None = None,
 ) -> ClientUpdate:
-    """Decode the global weights, train locally, encode ``local - global``."""
+    """Rebuild the model from the downlink (and the model ``held`` since round N), train locally,
+    encode ``local - start``."""
     cfg = federation.cfg
     tokenizer = federation.tokenizer
     shards = federation.data.shards
     if not 0 <= partition_id < len(shards):
         raise FedqError(f"partition id {partition_id} is outside the {len(shards)} shards")
-    global_vector = federation.downlink.decode(downlink_arrays, federation.numel)
-    vector_to_model(federation.model, global_vector)
+    start_vector = receive(federation.downlink, downlink, federation.numel, *(held or (None, None)))
+    vector_to_model(federation.model, start_vector)
 
     shard = shards[partition_id]
     seed = cfg.seed + 1000 * server_round + partition_id
@@ -77,7 +81,7 @@ def client_round(
     train_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    update = model_to_vector(federation.model) - global_vector
+    update = model_to_vector(federation.model) - start_vector
     rng = np.random.default_rng(seed)
     if partition_id in federation.attackers:
         update = attack(cfg.fl.attack, update, rng)
@@ -89,10 +93,12 @@ def client_round(
     metrics: dict[str, float] = {}
     if federation.fleet is not None:
         device = federation.fleet[partition_id]
-        metrics[SIM_SECONDS_KEY] = device.round_seconds(payload_bytes(downlink_arrays), train_seconds, payload_bytes(arrays))
+        flops = training_flops(federation.parameters, stats.tokens + stats.src_tokens)
+        metrics[SIM_SECONDS_KEY] = device.round_seconds(downlink.nbytes, flops, payload_bytes(arrays))
     return ClientUpdate(
         arrays=arrays,
         residual=residual,
+        held=start_vector,
         metrics=metrics | {
             "num-examples": float(stats.sentences),
             "num-tokens": float(stats.tokens),

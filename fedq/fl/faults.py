@@ -4,11 +4,13 @@ Everything here is a function of the run's seed, the round and the client's
 partition id, so the server and each client reach the same decisions without
 talking, and a rerun (or a resumed run) sees the same faults.
 
-- **Device profiles** (``fl.devices``): each client gets a compute speed factor
-  (its local training takes ``speed`` times what it took on this machine), an
-  uplink and a downlink bandwidth and an availability (the chance it is online
-  when a round samples). The virtual clock of a client's round is
-  ``download bytes / downlink + training seconds x speed + upload bytes / uplink``.
+- **Device profiles** (``fl.devices``): each client gets a sustained training
+  speed in GFLOP/s, an uplink and a downlink bandwidth and an availability (the
+  chance it is online when a round samples). The virtual clock of a client's round
+  is ``download bytes / downlink + training FLOPs / speed + upload bytes / uplink``,
+  with the training FLOPs of its local steps counted as 6 x parameters x tokens
+  (forward and backward). The clock does not depend on the machine that runs
+  the simulation, or on what else it runs: the same command gives the same times.
 - **Availability**: a round samples only among the clients online in that round.
 - **Dropouts** (``fl.dropout_rate``): a sampled client goes offline after it
   received the model and never replies.
@@ -44,31 +46,36 @@ def drop_reason(error: str) -> str:
 @dataclass(frozen=True)
 class DeviceProfile:
     name: str
-    speed: float  # local training takes this many times as long as on the machine that simulates it
+    train_gflops: float  # sustained training speed, GFLOP/s
     up_mbps: float
     down_mbps: float
     availability: float  # chance of being online when a round samples
 
-    def round_seconds(self, download_bytes: float, train_seconds: float, upload_bytes: float) -> float:
+    def round_seconds(self, download_bytes: float, train_flops: float, upload_bytes: float) -> float:
         """The virtual clock of one client's round on this device."""
         return (
             8 * download_bytes / (self.down_mbps * 1e6)
-            + train_seconds * self.speed
+            + train_flops / (self.train_gflops * 1e9)
             + 8 * upload_bytes / (self.up_mbps * 1e6)
         )
 
 
-# Orders of magnitude, not measurements: bandwidths from the medians that speed-test
-# indices report for fixed broadband and mobile networks (Ookla Speedtest Global Index,
-# 2024: around 90/40 Mbit/s fixed, 50/10 mobile), a narrowband uplink of 1 Mbit/s for a
-# board on a constrained link; speed factors from the gap between a laptop-class CPU and
-# a flagship phone (about 1x), a mid-range phone (about 3x) and a Raspberry-Pi-class
-# board (about 10x) in on-device training benchmarks; availabilities from FedScale's
-# device traces (Lai et al., ICML 2022), where phones are online a fraction of the day.
+def training_flops(parameters: int, tokens: int) -> float:
+    """Forward + backward of ``tokens`` (source and target) through a model of ``parameters``: 6 N T."""
+    return 6.0 * parameters * tokens
+
+
+# Orders of magnitude, not measurements. Bandwidths: the medians speed-test indices report
+# for fixed broadband and mobile networks (Ookla Speedtest Global Index, 2024: about
+# 90/40 Mbit/s fixed, 50/10 mobile) and 2/1 Mbit/s for a board on a constrained link.
+# Training speeds: sustained fp32 training on a phone's or board's CPU reaches a few to a
+# few tens of GFLOP/s (this project's 2-core VM sustains about 60 GFLOP/s on the tiny
+# model). Availabilities: FedScale's device traces (Lai et al., ICML 2022), where phones
+# are online for training a fraction of the day.
 PROFILES = {
-    "flagship-wifi": DeviceProfile("flagship-wifi", speed=1.0, up_mbps=40.0, down_mbps=90.0, availability=0.9),
-    "midrange-4g": DeviceProfile("midrange-4g", speed=3.0, up_mbps=10.0, down_mbps=50.0, availability=0.7),
-    "board-slow-link": DeviceProfile("board-slow-link", speed=10.0, up_mbps=1.0, down_mbps=2.0, availability=0.8),
+    "flagship-wifi": DeviceProfile("flagship-wifi", train_gflops=20.0, up_mbps=40.0, down_mbps=90.0, availability=0.9),
+    "midrange-4g": DeviceProfile("midrange-4g", train_gflops=5.0, up_mbps=10.0, down_mbps=50.0, availability=0.7),
+    "board-slow-link": DeviceProfile("board-slow-link", train_gflops=1.5, up_mbps=1.0, down_mbps=2.0, availability=0.8),
 }
 # Built-in fleets: a name -> {profile: share of the clients}.
 FLEETS = {
@@ -80,7 +87,7 @@ FLEETS = {
 
 
 def load_fleet(spec: str) -> tuple[dict[str, DeviceProfile], dict[str, float]]:
-    """A built-in fleet name, or a YAML file ``{profiles: {name: {speed, up_mbps, down_mbps, availability}}, mix: {name: share}}``."""
+    """A built-in fleet name, or a YAML file ``{profiles: {name: {train_gflops, up_mbps, down_mbps, availability}}, mix: {name: share}}``."""
     if spec in FLEETS:
         return PROFILES, FLEETS[spec]
     path = Path(spec).expanduser()
@@ -107,8 +114,8 @@ def validate_fleet(spec: str) -> dict[str, DeviceProfile]:
         raise ConfigError(f"fl.devices={spec}: the shares of the mix must be >= 0 and add up to more than 0")
     for name in mix:
         p = profiles[name]
-        if p.speed <= 0 or p.up_mbps <= 0 or p.down_mbps <= 0 or not 0 < p.availability <= 1:
-            raise ConfigError(f"fl.devices={spec}: profile {name} needs speed, up_mbps, down_mbps > 0 and availability in (0, 1]")
+        if p.train_gflops <= 0 or p.up_mbps <= 0 or p.down_mbps <= 0 or not 0 < p.availability <= 1:
+            raise ConfigError(f"fl.devices={spec}: profile {name} needs train_gflops, up_mbps, down_mbps > 0 and availability in (0, 1]")
     return {name: profiles[name] for name in mix}
 
 

@@ -38,6 +38,7 @@ class Federation:
         torch.manual_seed(cfg.seed)
         self.model: Transformer = build_model(cfg, self.tokenizer).to(self.device)
         self.numel = sum(self.model.state_dict()[name].numel() for name in float_state_names(self.model))
+        self.parameters = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     @cached_property
     def fleet(self) -> list[DeviceProfile] | None:
@@ -63,7 +64,7 @@ class Federation:
         zeros = np.zeros(self.numel, np.float32)
         rng = np.random.default_rng(0)
         down, up = payload_bytes(self.downlink.encode(zeros, rng)), payload_bytes(self.uplink.encode(zeros, rng))
-        fastest = min(device.round_seconds(down, 0.0, up) for device in fleet_)
+        fastest = min(device.round_seconds(down, 0.0, up) for device in fleet_)  # no training at all
         if deadline < fastest:
             raise ConfigError(
                 f"fl.round_deadline={deadline:g} s: no device of fl.devices={self.cfg.fl.devices} can even download the "

@@ -50,6 +50,11 @@ class RoundTraffic:
     rejections: list[str] = field(default_factory=list)
 
 
+def times(ratio: float | None) -> str:
+    """A compression ratio for a progress line: '15.9x', or '-' where nothing was sent."""
+    return f"{ratio:.1f}x" if ratio else "-"
+
+
 class GlobalModelScorer:
     """BLEU of the global model in its packed deployed form."""
 
@@ -147,7 +152,9 @@ class RoundReporter:
         return row
 
     def _print_row(self, row: dict[str, Any]) -> None:
-        ratio = f"{row['uplink_ratio']:.1f}x" if row["uplink_ratio"] else "-"
+        ratio = times(row["uplink_ratio"])
+        down_ratio = f" ({times(row['fp32_downlink_bytes'] / row['downlink_bytes'])})" if row["downlink_bytes"] else ""
+        total = times(summarize_traffic(self.log.rows)["total_ratio"])
         loss = f"{row['train_loss']:.3f}" if row["train_loss"] is not None else "-"
         bleu = f" | valid BLEU {row['valid_bleu']:.2f}" if row["valid_bleu"] is not None else ""
         missing = [f"{n} {why}" for why, n in row["dropped"].items()] + ([f"{row['rejected']} rejected"] if row["rejected"] else [])
@@ -157,8 +164,8 @@ class RoundReporter:
         eta = elapsed / row["round"] * (self.cfg.fl.rounds - row["round"])
         print(
             f"round {row['round']}/{self.cfg.fl.rounds} | {row['clients']} clients{rejected} | loss {loss} | "
-            f"up {row['uplink_bytes'] / 1e6:.3f} MB ({ratio} vs fp32) | down {row['downlink_bytes'] / 1e6:.3f} MB"
-            f"{bleu}{sim} | {row['wall_seconds']:.1f}s | ETA {format_seconds(eta)}",
+            f"up {row['uplink_bytes'] / 1e6:.3f} MB ({ratio}) | down {row['downlink_bytes'] / 1e6:.3f} MB{down_ratio} | "
+            f"total {total} vs fp32 so far{bleu}{sim} | {row['wall_seconds']:.1f}s | ETA {format_seconds(eta)}",
             flush=True,
         )
 
@@ -192,9 +199,10 @@ class RoundReporter:
 
     def _print_summary(self, s: dict[str, Any]) -> None:
         print(
-            f"\ntraffic over {s['rounds']} rounds: up {s['uplink_bytes'] / 1e6:.2f} MB, down {s['downlink_bytes'] / 1e6:.2f} MB "
-            f"(fp32 would be {s['fp32_uplink_bytes'] / 1e6:.2f} / {s['fp32_downlink_bytes'] / 1e6:.2f} MB: "
-            f"uplink {s['uplink_ratio']:.1f}x, total {s['total_ratio']:.1f}x smaller)",
+            f"\ntraffic over {s['rounds']} rounds: {(s['uplink_bytes'] + s['downlink_bytes']) / 1e6:.2f} MB in all, "
+            f"{times(s['total_ratio'])} less than fp32 both ways (up {s['uplink_bytes'] / 1e6:.2f} MB, {times(s['uplink_ratio'])}; "
+            f"down {s['downlink_bytes'] / 1e6:.2f} MB, {times(s['downlink_ratio'])}; fp32 would be "
+            f"{(s['fp32_uplink_bytes'] + s['fp32_downlink_bytes']) / 1e6:.2f} MB)",
             flush=True,
         )
         faults = [f"{n} {why}" for why, n in s["dropped_clients"].items()] + (

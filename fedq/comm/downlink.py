@@ -1,0 +1,99 @@
+"""The downlink: what the server sends each client so that it holds the model it trains from.
+
+Two kinds of scheme (``comm.downlink.name``):
+
+- ``fp32`` / ``fp16``: the whole global model every round. Stateless.
+- ``uniform`` / ``sign`` / ``topk``: compressed *deltas*. The server remembers,
+  per client, the model that client holds (what it reconstructed from what it
+  was sent, bit for bit). A client's first round brings the whole model at fp32;
+  afterwards it is sent ``encode(global - held)``, one delta however many rounds
+  it missed, and both sides add the decoded delta to the held model. What a delta
+  could not carry stays in ``global - held`` and is sent the next time: the held
+  model tracks the global one (error feedback), and a client that was away long
+  catches up in one message. When a delta would cost more than the whole model,
+  the whole model is sent instead.
+
+Bytes are counted per client from the arrays sent. A client keeps the held model
+and the round it was synced in (Flower's ``context.state``; on a real device:
+one copy of the model's weights, fp32, plus an integer). The server sends the
+round it believes the client was last synced in, and a client that holds
+another one refuses, so a mismatch is an error, never a silently wrong model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedq.comm.codecs import UpdateCodec, make_codec, payload_bytes
+from fedq.comm.errors import CodecError
+
+FULL_MODEL_CODECS = ("fp32", "fp16")
+FULL, DELTA = "full", "delta"
+DOWNLINK_KIND_KEY = "fedq-downlink"  # message config keys: what the arrays are, and what a delta builds on
+BASE_ROUND_KEY = "fedq-base-round"
+
+
+@dataclass
+class Downlink:
+    """One client's downlink message: the arrays, their kind, and the round the delta builds on."""
+
+    arrays: list[np.ndarray]
+    kind: str  # FULL or DELTA
+    base_round: int  # DELTA: the round the client was last synced in; FULL: 0
+
+    @property
+    def nbytes(self) -> int:
+        return payload_bytes(self.arrays)
+
+
+class Broadcaster:
+    """The server's side: per client, the model it holds, and what to send it next."""
+
+    def __init__(self, codec: UpdateCodec) -> None:
+        self.codec = codec
+        self.stateful = codec.name not in FULL_MODEL_CODECS
+        self.full_codec = make_codec("fp32")
+        self.held: dict[int, np.ndarray] = {}
+        self.synced: dict[int, int] = {}
+
+    def message_for(self, partition: int, global_vector: np.ndarray, server_round: int) -> Downlink:
+        if not self.stateful:
+            return Downlink(self.codec.encode(global_vector, np.random.default_rng(server_round)), FULL, 0)
+        held = self.held.get(partition)
+        if held is not None:
+            rng = np.random.default_rng([server_round, partition])
+            arrays = self.codec.encode(global_vector - held, rng)
+            if payload_bytes(arrays) < global_vector.nbytes:
+                message = Downlink(arrays, DELTA, self.synced[partition])
+                self.held[partition] = held + self.codec.decode(arrays, global_vector.size)
+                self.synced[partition] = server_round
+                return message
+        self.held[partition] = global_vector.copy()
+        self.synced[partition] = server_round
+        return Downlink(self.full_codec.encode(global_vector, None), FULL, 0)
+
+    def forget(self, partition: int) -> None:
+        """The client lost what it held (it failed mid-round): its next message is the whole model."""
+        self.held.pop(partition, None)
+        self.synced.pop(partition, None)
+
+
+def receive(
+    codec: UpdateCodec,
+    message: Downlink,
+    numel: int,
+    held: np.ndarray | None,
+    held_round: int | None,
+) -> np.ndarray:
+    """The client's side: the model it now holds (raises CodecError on a mismatch with what it holds)."""
+    if message.kind == FULL:
+        full = codec if codec.name in FULL_MODEL_CODECS else make_codec("fp32")
+        return full.decode(message.arrays, numel)
+    if held is None or held_round != message.base_round:
+        holds = "no model" if held is None else f"the model of round {held_round}"
+        raise CodecError(
+            f"downlink: the server sent a delta against round {message.base_round} but this client holds {holds}"
+        )
+    return held + codec.decode(message.arrays, numel)
