@@ -7,7 +7,7 @@
 #            update checks (norm <= 3x the round's median) and FedTrimmedAvg (beta 0.2)
 #   attacked the same faults and attacker, plain FedAvg, no checks
 # then simulated hours to a valid BLEU on a fleet of mid-range 4G phones for fp32, 2-bit and 2-bit + sign.
-# Results: outputs/faults/*/ ; table: python benchmarks/results_table.py --federated outputs/faults/*/
+# Results: $OUT/*/ (default outputs/faults).
 set -euo pipefail
 out=${OUT:-outputs/faults}
 common="clients=20 quant.bits=2 fl.clients_per_round=10 seed=1"
