@@ -22,5 +22,5 @@ if [[ ${RERUN:-0} == 1 ]]; then
   sim fed_fp32_rerun quant.bits=32 comm=fp32
   sim fed_w2seq_uniform2_rerun quant.bits=2
 fi
-python benchmarks/results_table.py "$out/central_fp32"
-python benchmarks/results_table.py --federated "$out"/fed_*/
+
+python -m fedq.report "$out"

@@ -22,5 +22,5 @@ sim fed_w2_uniform2 quant.bits=2 quant.method=lsq
 sim fed_w2seq_uniform2 quant.bits=2  # the main job: python -m fedq.simulate clients=20 quant.bits=2
 sim fed_w2_sign quant.bits=2 quant.method=lsq comm=sign
 sim fed_w2_topk quant.bits=2 quant.method=lsq comm=topk
-python benchmarks/results_table.py "$out"/central_*/
-python benchmarks/results_table.py --federated "$out"/fed_*/
+
+python -m fedq.report "$out"

@@ -31,4 +31,4 @@ for ((i = 0; i < ${#configs[@]}; i += 2)); do
   if ((i + 1 < ${#configs[@]})); then run ${configs[i + 1]} & fi
   wait
 done
-python benchmarks/results_table.py "$out"/*/
+python -m fedq.report "$out"

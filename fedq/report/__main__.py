@@ -1,0 +1,34 @@
+"""``python -m fedq.report DIR [DIR ...] [--out FOLDER]``: one table and one plot for many runs.
+
+DIR is a run folder or any folder with runs below it (e.g. the folder of a
+``python -m fedq.simulate -m ...`` sweep). Prints the Markdown table and writes
+report.md, report.json and report.png to --out (default: the first DIR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fedq.errors import FedqError
+from fedq.report.compare import write_report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m fedq.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders, or folders with runs below them")
+    parser.add_argument("--out", type=Path, default=None, help="where report.md/.json/.png go (default: the first DIR)")
+    args = parser.parse_args(argv)
+    try:
+        result = write_report(args.runs, args.out or args.runs[0])
+    except FedqError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(result["markdown"], end="")
+    print(f"\nreport: {result['out_dir']}/report.md, report.json, report.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""One table and one plot for many runs: ``python -m fedq.report RUN_OR_SWEEP_DIR [...]``.
+
+A folder with ``summary.json`` is a federated run (``fedq.simulate``); one with
+``checkpoint/meta.json`` and no summary is a centralized run (``fedq.train``);
+any other folder is searched for runs below it (a Hydra multirun folder, or a
+folder of runs). Each row names the settings in which the runs differ, the bytes
+both ways and their total ratio against fp32, the final test BLEU and its
+difference to the federated fp32 row (quant fp32, fp32 both ways) when one is
+among them. The plot draws each federated run's valid BLEU against the megabytes
+sent so far, up and down together.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from fedq.comm.settings import default_uplink_bits
+from fedq.config import FedqConfig, config_from_yaml, read_config_file
+from fedq.errors import FedqError
+from fedq.files import atomic_write
+from fedq.quant import resolve_method
+from fedq.report.run_log import SUMMARY_FILE, read_rows
+
+REPORT_FILES = ("report.md", "report.json", "report.png")
+
+
+class ReportError(FedqError):
+    """Nothing to report, or a run folder that cannot be read."""
+
+
+@dataclass
+class Run:
+    path: Path
+    config: FedqConfig
+    summary: dict[str, Any] | None  # federated runs
+    meta: dict[str, Any] | None  # centralized runs
+
+    @property
+    def federated(self) -> bool:
+        return self.summary is not None
+
+
+def find_runs(paths: list[Path]) -> list[Run]:
+    runs: list[Run] = []
+    for path in paths:
+        if not path.is_dir():
+            raise ReportError(f"{path} is not a folder")
+        found = [folder for folder in [path, *sorted(p for p in path.rglob("*") if p.is_dir())] if _is_run(folder)]
+        found = [folder for folder in found if not any(parent in found for parent in folder.parents)]
+        if not found:
+            raise ReportError(f"{path} holds no run (no {SUMMARY_FILE}, no checkpoint/meta.json)")
+        runs += [_read_run(folder) for folder in found]
+    return runs
+
+
+def _is_run(folder: Path) -> bool:
+    return (folder / SUMMARY_FILE).is_file() or (folder / "checkpoint" / "meta.json").is_file()
+
+
+def _read_run(folder: Path) -> Run:
+    try:
+        if (folder / SUMMARY_FILE).is_file():
+            summary = json.loads((folder / SUMMARY_FILE).read_text())
+            return Run(folder, config_from_yaml(summary["config"], str(folder / SUMMARY_FILE)), summary, None)
+        meta = json.loads((folder / "checkpoint" / "meta.json").read_text())
+        return Run(folder, read_config_file(folder / "checkpoint" / "config.yaml"), None, meta)
+    except (OSError, ValueError, KeyError) as err:
+        raise ReportError(f"cannot read the run in {folder}: {err}") from None
+
+
+def quant_label(cfg: FedqConfig) -> str:
+    quant = cfg.quant
+    if quant.bits >= 32:
+        return "fp32"
+    method = resolve_method(SimpleNamespace(bits=quant.bits, method=quant.method))
+    kind = {"ternary": "ternary (1.58-bit)", "binary": "binary"}.get(method, f"{quant.bits}-bit {method}")
+    return f"{kind}, {quant.scope}" + (f", act {quant.act_bits}-bit" if quant.act_bits else "")
+
+
+def codec_label(cfg: FedqConfig, direction: str) -> str:
+    codec = getattr(cfg.comm, direction)
+    name = codec.name
+    if direction == "uplink" and name in ("uniform", "topk"):
+        name += f" {codec.bits or default_uplink_bits(cfg)}-bit"
+    elif direction == "downlink" and name in ("uniform", "topk"):
+        name += f" {codec.bits or {'uniform': 8, 'topk': 4}[name]}-bit deltas"
+    elif direction == "downlink" and name == "sign":
+        name += " deltas"
+    if name.startswith("topk"):
+        name += f" {codec.density:g}"
+    return name
+
+
+def differing_settings(runs: list[Run]) -> list[str]:
+    """Per run, its settings whose values are not the same in every run (``key=value``, one line)."""
+    flat = [_leaves(OmegaConf.to_container(OmegaConf.structured(run.config))) for run in runs]
+    keys = sorted({k for leaves in flat for k in leaves if k not in ("hydra", "ckpt", "resume", "data.cache_dir")})
+    varying = [k for k in keys if len({json.dumps(leaves.get(k), default=str) for leaves in flat}) > 1 and k != "fl.clients"]
+    return [" ".join(f"{k}={leaves.get(k)}" for k in varying) or "-" for leaves in flat]
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _leaves(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def is_fp32_reference(run: Run) -> bool:
+    comm = run.config.comm
+    return run.federated and run.config.quant.bits >= 32 and comm.uplink.name == "fp32" and comm.downlink.name == "fp32"
+
+
+def report_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    reference = next((run for run in runs if is_fp32_reference(run)), None)
+    rows = []
+    for run, setting in zip(runs, differing_settings(runs)):
+        row: dict[str, Any] = {"run": str(run.path), "setting": setting, "qat": quant_label(run.config)}
+        if run.summary is not None:
+            s = run.summary
+            row.update(
+                training="federated", uplink=codec_label(run.config, "uplink"), downlink=codec_label(run.config, "downlink"),
+                rounds=s["rounds"], up_mb=s["uplink_bytes"] / 1e6, down_mb=s["downlink_bytes"] / 1e6,
+                total_ratio=s["total_ratio"], uplink_ratio=s["uplink_ratio"], test_bleu=s["final_test_bleu"],
+                valid_bleu=s["final_valid_bleu"], minutes=s["wall_seconds"] / 60,
+                sim_hours=s["sim_seconds"] / 3600 if s.get("sim_seconds") is not None else None,
+            )
+        else:
+            m = run.meta or {}
+            row.update(training="centralized", rounds=None, test_bleu=m.get("test_bleu"), valid_bleu=m.get("valid_bleu"),
+                       minutes=m.get("train_seconds", 0.0) / 60, steps=m.get("steps"))
+        row["delta_vs_fp32"] = (row["test_bleu"] - reference.summary["final_test_bleu"]) if reference and row["test_bleu"] is not None else None
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    def cell(value: Any, fmt: str = "{}") -> str:
+        return "-" if value is None else fmt.format(value)
+
+    lines = [
+        "| setting | training | QAT | uplink | downlink | up MB | down MB | total ratio | test BLEU | Δ vs fp32 | valid BLEU | minutes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['setting']} | {r['training']} | {r['qat']} | {cell(r.get('uplink'))} | {cell(r.get('downlink'))} | "
+            f"{cell(r.get('up_mb'), '{:.1f}')} | {cell(r.get('down_mb'), '{:.1f}')} | {cell(r.get('total_ratio'), '{:.1f}x')} | "
+            f"{cell(r['test_bleu'], '{:.2f}')} | {cell(r['delta_vs_fp32'], '{:+.2f}')} | {cell(r['valid_bleu'], '{:.2f}')} | "
+            f"{cell(r['minutes'], '{:.1f}')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[Run], labels: list[str], path: Path) -> Path:
+    """Valid BLEU against cumulative MB sent both ways, one curve per federated run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for run, label in zip(runs, labels):
+        if run.summary is None:
+            continue
+        points, total = [(0.0, run.summary.get("initial_valid_bleu"))], 0.0
+        for row in read_rows(run.path):
+            total += (row["uplink_bytes"] + row["downlink_bytes"]) / 1e6
+            if row.get("valid_bleu") is not None:
+                points.append((total, row["valid_bleu"]))
+        points.append((total, run.summary["final_valid_bleu"]))
+        points = [(mb, bleu) for mb, bleu in points if bleu is not None]
+        ax.plot([mb for mb, _ in points], [bleu for _, bleu in points], marker="o", label=label)
+    ax.set_xlabel("MB sent so far, up + down")
+    ax.set_ylabel("valid BLEU (deployed form)")
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = __import__("io").BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(path, buffer.getvalue())
+    return path
+
+
+def write_report(paths: list[Path], out_dir: Path) -> dict[str, Any]:
+    runs = find_runs(paths)
+    rows = report_rows(runs)
+    table = markdown(rows)
+    atomic_write(out_dir / "report.md", table)
+    atomic_write(out_dir / "report.json", json.dumps(rows, indent=2))
+    plot(runs, [f"{r['setting']} ({r['qat']})" for r in rows], out_dir / "report.png")
+    return {"rows": rows, "markdown": table, "out_dir": str(out_dir)}

@@ -1,0 +1,46 @@
+"""One report for many runs: a Hydra sweep of real simulations, then `python -m fedq.report`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fedq.report.compare import ReportError, find_runs
+
+TINY = [
+    "clients=3", "fl.clients_per_round=2", "fl.rounds=2", "fl.local_steps=2", "fl.eval_every=1",
+    "data.demo_train_size=600", "data.demo_eval_size=20", "data.vocab_size=300", "model.d_model=32", "model.ffn_dim=64",
+]
+
+
+def test_a_sweep_and_its_report(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, "-m", "fedq.simulate", "-m", *TINY, "comm.uplink.name=fp32,sign", "quant.bits=32",
+         "comm.downlink.name=fp32", f"data.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    runs = sorted(p.name for p in sweep.iterdir() if (p / "summary.json").is_file())
+    assert runs == ["run-0", "run-1"]  # one folder per run; the report names what differs
+
+    report = subprocess.run([sys.executable, "-m", "fedq.report", str(sweep)], capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    lines = [line for line in report.stdout.splitlines() if line.startswith("| comm.uplink.name=")]
+    assert len(lines) == 2
+    rows = json.loads((sweep / "report.json").read_text())
+    by_codec = {row["setting"]: row for row in rows}
+    fp32, sign = by_codec["comm.uplink.name=fp32"], by_codec["comm.uplink.name=sign"]
+    assert fp32["delta_vs_fp32"] == 0.0 and sign["delta_vs_fp32"] == pytest.approx(sign["test_bleu"] - fp32["test_bleu"])
+    assert sign["up_mb"] * 28 < fp32["up_mb"] and fp32["total_ratio"] == pytest.approx(1.0)
+    assert (sweep / "report.png").stat().st_size > 5000 and (sweep / "report.md").read_text().startswith("| setting")
+
+
+def test_a_folder_without_runs_is_one_line(tmp_path):
+    with pytest.raises(ReportError, match="holds no run"):
+        find_runs([tmp_path])
+    result = subprocess.run([sys.executable, "-m", "fedq.report", str(tmp_path / "missing")], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
