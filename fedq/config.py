@@ -32,11 +32,15 @@ CONFIG_SOURCE = f"pkg://{CONFIG_MODULE}"  # for @hydra.main(config_path=...)
 
 @dataclass
 class DataConfig:
-    name: str = "demo"  # demo | textdir | multi30k | iwslt2017
+    name: str = "demo"  # demo | textdir | multi30k | iwslt2017 | ted
     src: str = "de"
     tgt: str = "en"
-    dir: Optional[str] = None  # textdir: folder with {split}.{lang}[.gz]
+    dir: Optional[str] = None  # textdir: folder with {split}.{lang}[.gz]; ted: folders of IWSLT XML (DIR:DIR)
     test_split: Optional[str] = None  # textdir: which test file (default: first test*)
+    # ted: which official sets make each split
+    train_splits: list[str] = field(default_factory=lambda: ["dev2010", "tst2010", "tst2011", "tst2012", "tst2013"])
+    valid_splits: list[str] = field(default_factory=lambda: ["tst2014"])
+    test_splits: list[str] = field(default_factory=lambda: ["tst2015", "tst2016", "tst2017"])
     cache_dir: str = "~/.cache/fedq"
     vocab_size: int = 2000
     max_tokens: int = 4096  # token budget per batch (source + target tokens)
@@ -123,7 +127,7 @@ class CommConfig:
 class PartitionConfig:
     scheme: str = "iid"  # iid | dirichlet | natural
     alpha: float = 0.5
-    label: str = "length"  # dirichlet label: length | talk
+    label: str = "length"  # dirichlet label: length | talk | topic
     length_buckets: int = 8
 
 

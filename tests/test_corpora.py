@@ -310,3 +310,52 @@ def test_real_iwslt2017_evaluation_archives(tmp_path):
         if split == "tst2016":  # German and English sides meet by (talk, seg id)
             assert corpus.test[0][0].startswith("Wir stehen vor einem historischen Wendepunkt")
             assert corpus.test[0][1].startswith("We're at a tipping point in human history")
+
+
+# --- data=ted: folders of official XML files ----------------------------------
+
+
+def ted_xml(split: str, lang: str, talks: dict[str, tuple[str, int]]) -> str:
+    """An official-style XML file: talk id -> (keywords, number of segments)."""
+    out = ['<?xml version="1.0" encoding="UTF-8"?>', "<mteval>", f'<srcset setid="iwslt2017-{split}" srclang="{lang}">']
+    for talk, (keywords, n) in talks.items():
+        out += [f'<doc docid="{talk}" genre="lectures">', f"<keywords>{keywords}</keywords>", f"<talkid>{talk}</talkid>"]
+        out += [f'<seg id="{i}"> {split} {lang} talk {talk} seg {i} </seg>' for i in range(1, n + 1)]
+        out.append("</doc>")
+    return "\n".join(out + ["</srcset>", "</mteval>"]) + "\n"
+
+
+def test_ted_folders_keep_talks_topics_and_the_configured_splits(tmp_path):
+    dev, test = tmp_path / "devsets", tmp_path / "test"
+    dev.mkdir()
+    test.mkdir()
+    talks = {"dev2010": {"11": ("talks, science, technology", 3), "12": ("talks, art, culture", 2)},
+             "tst2010": {"13": ("talks, business", 4)}, "tst2014": {"14": ("talks, design", 2)}}
+    for split, content in talks.items():
+        for lang in ("de", "en"):
+            with gzip.open(dev / f"IWSLT17.TED.{split}.de-en.{lang}.xml.gz", "wt", encoding="utf-8") as handle:
+                handle.write(ted_xml(split, lang, content))
+    for pair, lang in (("de-en", "de"), ("en-de", "en")):  # the official archives: one source language each
+        with tarfile.open(test / f"{pair}.tgz", "w:gz") as tar:
+            data = ted_xml("tst2017", lang, {"15": ("talks, music", 3)}).encode()
+            info = tarfile.TarInfo(f"{pair}/IWSLT17.TED.tst2017.{pair}.{lang}.xml")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    cfg = DataConfig(name="ted", dir=f"{dev}{os.pathsep}{test}", train_splits=["dev2010", "tst2010"],
+                     valid_splits=["tst2014"], test_splits=["tst2017"])
+    corpus = load_corpus(cfg)
+    assert len(corpus.train) == 9 and len(corpus.valid) == 2 and len(corpus.test) == 3
+    assert corpus.train[0] == ("dev2010 de talk 11 seg 1", "dev2010 en talk 11 seg 1")
+    assert corpus.train_talks == ["11"] * 3 + ["12"] * 2 + ["13"] * 4
+    assert corpus.train_topics == ["technology"] * 3 + ["art"] * 2 + ["business"] * 4
+    assert corpus.test[2] == ("tst2017 de talk 15 seg 3", "tst2017 en talk 15 seg 3")  # from the two archives
+    with pytest.raises(CorpusError, match="data.valid_splits names tst2099, but no tst2099 file"):
+        load_corpus(DataConfig(name="ted", dir=str(dev), valid_splits=["tst2099"], train_splits=["dev2010"], test_splits=["tst2014"]))
+
+
+@pytest.mark.skipif(not (SHARED / "iwslt2017-devsets").is_dir(), reason="the shared IWSLT 2017 TED sets are not here")
+def test_real_ted_sets_give_the_documented_sizes():
+    cfg = DataConfig(name="ted", dir=f"{SHARED / 'iwslt2017-devsets'}{os.pathsep}{SHARED / 'iwslt2017-test'}")
+    corpus = load_corpus(cfg)
+    assert len(set(corpus.train_talks)) + 0 > 50 and len(corpus.train) == 6582
+    assert len(corpus.valid) == 1305 and len(corpus.test) > 3000

@@ -13,14 +13,16 @@ from fedq.config import DataConfig
 from fedq.data.corpus import CorpusError, ParallelCorpus
 from fedq.data.iwslt import load_iwslt2017
 from fedq.data.multi30k import load_multi30k
+from fedq.data.tedxml import load_ted_xml
 from fedq.data.textdir import load_textdir
 
-CORPORA = ("demo", "textdir", "multi30k", "iwslt2017")
-CORPORA_WITH_TALKS = ("iwslt2017",)  # corpora whose training pairs carry a talk id
+CORPORA = ("demo", "textdir", "multi30k", "iwslt2017", "ted")
+CORPORA_WITH_TALKS = ("iwslt2017", "ted")  # corpora whose training pairs carry a talk id
+CORPORA_WITH_TOPICS = ("ted",)  # ... and a topic
 _DE_EN = {"de", "en"}
 MIN_VOCAB = 8  # the four special pieces and a few more
 
-__all__ = ["CORPORA", "CORPORA_WITH_TALKS", "CorpusError", "ParallelCorpus", "load_corpus", "validate_data_config"]
+__all__ = ["CORPORA", "CORPORA_WITH_TALKS", "CORPORA_WITH_TOPICS", "CorpusError", "ParallelCorpus", "load_corpus", "validate_data_config"]
 
 
 def validate_data_config(cfg: DataConfig) -> None:
@@ -33,6 +35,8 @@ def validate_data_config(cfg: DataConfig) -> None:
         raise CorpusError(f"data={cfg.name} is German–English: use data.src=de data.tgt=en or the reverse")
     if cfg.name == "textdir" and not cfg.dir:
         raise CorpusError("data=textdir needs data.dir=PATH (a folder of {split}.{lang}[.gz] files)")
+    if cfg.name == "ted" and not (cfg.dir and cfg.train_splits and cfg.valid_splits and cfg.test_splits):
+        raise CorpusError("data=ted needs data.dir=DIR[:DIR...] and data.train_splits, valid_splits, test_splits")
     if cfg.max_train_pairs < 0 or cfg.max_eval_pairs < 0:
         raise CorpusError("data.max_train_pairs and data.max_eval_pairs must be >= 0 (0 = all)")
     if cfg.vocab_size < MIN_VOCAB:
@@ -65,6 +69,8 @@ def _load(cfg: DataConfig) -> ParallelCorpus:
         return load_textdir(cfg.dir, cfg.src, cfg.tgt, test_split=cfg.test_split)
     if cfg.name == "multi30k":
         return load_multi30k(cache_dir, cfg.src, cfg.tgt, test_split=cfg.test_split)
+    if cfg.name == "ted":
+        return load_ted_xml(str(cfg.dir), cfg.src, cfg.tgt, cfg.train_splits, cfg.valid_splits, cfg.test_splits)
     return load_iwslt2017(cache_dir, cfg.src, cfg.tgt, test_split=cfg.test_split)
 
 
@@ -73,10 +79,12 @@ def _limit(corpus: ParallelCorpus, max_train: int, max_eval: int) -> ParallelCor
     train_end = max_train or None
     eval_end = max_eval or None
     talks = corpus.train_talks[:train_end] if corpus.train_talks is not None else None
+    topics = corpus.train_topics[:train_end] if corpus.train_topics is not None else None
     return replace(
         corpus,
         train=corpus.train[:train_end],
         valid=corpus.valid[:eval_end],
         test=corpus.test[:eval_end],
         train_talks=talks,
+        train_topics=topics,
     )

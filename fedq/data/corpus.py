@@ -27,6 +27,7 @@ class ParallelCorpus:
     valid: Pairs
     test: Pairs
     train_talks: Optional[list[str]] = None  # talk id per training pair (IWSLT), for natural partitions
+    train_topics: Optional[list[str]] = None  # topic per training pair (TED keywords), for topic partitions
 
     def fingerprint(self, splits: tuple[str, ...] = ("train", "valid", "test")) -> str:
         """Stable hash of the languages and every string of ``splits`` (talk ids with train), for cache keys.
@@ -43,6 +44,7 @@ class ParallelCorpus:
                 _update(h, (src, tgt))
         if "train" in splits:
             _update(h, ["talks"] + list(self.train_talks or []))
+            _update(h, ["topics"] + list(self.train_topics or []))
         return h.hexdigest()
 
 

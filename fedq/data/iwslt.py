@@ -73,20 +73,25 @@ def read_iwslt_xml(path: str | Path) -> list[tuple[str, str, str]]:
 
     The talk id is the document's ``<talkid>``, or its ``docid`` when that is missing.
     """
-    text = Path(path).read_text(encoding="utf-8")
+    return parse_iwslt_xml(Path(path).read_text(encoding="utf-8"), str(path))[0]
+
+
+def parse_iwslt_xml(text: str, name: str) -> tuple[list[tuple[str, str, str]], dict[str, list[str]]]:
+    """The segments of an IWSLT XML document (as ``read_iwslt_xml``) and each talk's ``<keywords>``."""
     try:
         root = ET.fromstring(text)
     except ET.ParseError:
         try:  # stray '&' in older releases; escape it and retry
             root = ET.fromstring(_BARE_AMPERSAND.sub("&amp;", text))
         except ET.ParseError as e:
-            raise CorpusError(f"cannot parse {path}: {e}") from e
-    out = []
+            raise CorpusError(f"cannot parse {name}: {e}") from None
+    segments, keywords = [], {}
     for doc in root.iter("doc"):
         talk = (doc.findtext("talkid") or doc.get("docid") or "").strip()
+        keywords[talk] = [k.strip() for k in (doc.findtext("keywords") or "").split(",") if k.strip()]
         for seg in doc.iter("seg"):
-            out.append((talk, seg.get("id", ""), "".join(seg.itertext()).strip()))
-    return out
+            segments.append((talk, seg.get("id", ""), "".join(seg.itertext()).strip()))
+    return segments, keywords
 
 
 def safe_extract(archive: Path, dest: Path) -> None:
@@ -168,8 +173,14 @@ def _xml_file(root: Path, split: str, lang: str) -> Path:
 def _read_xml_pairs(root: Path, split: str, src: str, tgt: str) -> Pairs:
     """Pairs of the two languages' XML files, aligned by (talk, seg id), in source order."""
     src_path, tgt_path = _xml_file(root, split, src), _xml_file(root, split, tgt)
-    src_rows, tgt_rows = read_iwslt_xml(src_path), read_iwslt_xml(tgt_path)
+    return [(s, t) for _, s, t in align_segments(read_iwslt_xml(src_path), read_iwslt_xml(tgt_path), src_path.name, tgt_path.name)]
+
+
+def align_segments(
+    src_rows: list[tuple[str, str, str]], tgt_rows: list[tuple[str, str, str]], src_name: str, tgt_name: str
+) -> list[tuple[str, str, str]]:
+    """(talk, source, target) of the segments two XML files share by (talk, seg id), in source order."""
     targets = {(talk, seg): text for talk, seg, text in tgt_rows}
     if len(targets) != len(tgt_rows) or sorted(targets) != sorted((t, s) for t, s, _ in src_rows):
-        raise CorpusError(f"{src_path.name} and {tgt_path.name} do not hold the same (talk, seg id) segments")
-    return [(text, targets[(talk, seg)]) for talk, seg, text in src_rows if text or targets[(talk, seg)]]
+        raise CorpusError(f"{src_name} and {tgt_name} do not hold the same (talk, seg id) segments")
+    return [(talk, text, targets[(talk, seg)]) for talk, seg, text in src_rows if text or targets[(talk, seg)]]

@@ -10,7 +10,7 @@ import numpy as np
 from fedq.errors import FedqError
 
 SCHEMES = ("iid", "dirichlet", "natural")
-LABELS = ("length", "talk")
+LABELS = ("length", "talk", "topic")
 
 
 class PartitionError(FedqError):
@@ -56,7 +56,7 @@ def partition_indices(
 
 def validate_partition(scheme: str, label: str, alpha: float, length_buckets: int, corpus: str) -> None:
     """The ``partition.*`` settings, checked before any data is read (one PartitionError line)."""
-    from fedq.data import CORPORA_WITH_TALKS
+    from fedq.data import CORPORA_WITH_TALKS, CORPORA_WITH_TOPICS
 
     if scheme not in SCHEMES:
         raise PartitionError(f"partition.scheme={scheme!r} is unknown; choose one of {', '.join(SCHEMES)}")
@@ -71,6 +71,8 @@ def validate_partition(scheme: str, label: str, alpha: float, length_buckets: in
             f"partition.scheme={scheme} partition.label={label} needs talk ids; corpus {corpus} has none "
             f"(use data={' or data='.join(CORPORA_WITH_TALKS)})"
         )
+    if scheme == "dirichlet" and label == "topic" and corpus not in CORPORA_WITH_TOPICS:
+        raise PartitionError(f"partition.label=topic needs talk topics; corpus {corpus} has none (use data=ted)")
 
 
 def uses_talks(scheme: str, label: str) -> bool:
@@ -78,15 +80,20 @@ def uses_talks(scheme: str, label: str) -> bool:
 
 
 def partition_labels(
-    scheme: str, label: str, talks: Sequence[str] | None, lengths: Sequence[int], length_buckets: int
+    scheme: str, label: str, talks: Sequence[str] | None, lengths: Sequence[int], length_buckets: int,
+    topics: Sequence[str] | None = None,
 ) -> list | None:
-    """The label of each item that ``scheme`` splits by: None (iid), talk ids, or length buckets."""
+    """The label of each item that ``scheme`` splits by: None (iid), talk ids, topics, or length buckets."""
     if scheme == "iid":
         return None
     if uses_talks(scheme, label):
         if talks is None:
             raise PartitionError(f"partition.scheme={scheme} partition.label={label} needs talk ids; this corpus has none")
         return list(talks)
+    if label == "topic":
+        if topics is None:
+            raise PartitionError("partition.label=topic needs talk topics; this corpus has none")
+        return list(topics)
     return length_bucket_labels(lengths, length_buckets)
 
 

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,11 +76,12 @@ def build_shards(cfg: FedqConfig, task: TranslationTask) -> ClientShards:
     """Encode the training split, keep the pairs within ``data.max_len`` and split them among the clients."""
     encoded = encode_pairs(task.corpus.train, task.tokenizer)
     kept = within_length(encoded, cfg.data.max_len)
-    talks = task.corpus.train_talks
+    talks, topics = task.corpus.train_talks, task.corpus.train_topics
     p = cfg.partition
     labels = partition_labels(
         p.scheme, p.label, [talks[i] for i in kept] if talks is not None else None,
         [len(encoded[i][0]) for i in kept], p.length_buckets,
+        [topics[i] for i in kept] if topics is not None else None,
     )
     split = partition_indices(len(kept), cfg.fl.clients, p.scheme, alpha=p.alpha, labels=labels, seed=cfg.seed)
     return ClientShards(task.tokenizer, [[encoded[kept[i]] for i in shard] for shard in split])
@@ -93,8 +95,8 @@ def _source_files(cfg: FedqConfig) -> list[tuple[str, int, int]]:
         import fedq.data.demo_lexicon as lexicon
 
         roots = [Path(demo.__file__), Path(lexicon.__file__)]
-    elif data.name == "textdir":
-        roots = [Path(str(data.dir)).expanduser()]
+    elif data.name in ("textdir", "ted"):
+        roots = [Path(d).expanduser() for d in str(data.dir).split(os.pathsep) if d]
     else:
         roots = [cache_dir(cfg) / data.name]
     files = sorted(f for root in roots for f in ([root] if root.is_file() else root.rglob("*") if root.is_dir() else []) if f.is_file())
