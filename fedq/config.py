@@ -101,6 +101,20 @@ class DecodeConfig:
 
 
 @dataclass
+class DeployConfig:
+    """fedq.deploy: which CPU variants to build from a checkpoint, and how to measure them."""
+
+    variants: list[str] = field(default_factory=lambda: [
+        "fp32", "fp32-compiled", "int8", "int8-torchao", "packed", "lowrank", "lowrank-int8", "ct2", "ct2-int8"])
+    rank_ratio: float = 0.5  # lowrank: each factorized layer keeps this fraction of its parameters
+    energy: float = 0.0  # lowrank: instead, the smallest rank keeping this fraction of the squared singular values
+    finetune_steps: int = 0  # lowrank: training steps on the checkpoint's training corpus after factorizing
+    test_sentences: int = 0  # test pairs scored (0 = the whole test split)
+    latency_sentences: int = 30  # sentences timed one at a time on one thread
+    batch_size: int = 32  # the batch of the throughput measurement (all cores)
+
+
+@dataclass
 class EvalConfig:
     """fedq.evaluate: score a checkpoint on parallel files of your own instead of a corpus's splits."""
 
@@ -177,6 +191,7 @@ class FedqConfig:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     fl: FLConfig = field(default_factory=FLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
     device: str = "auto"  # auto | cpu | cuda[:N]
     seed: int = 1
     threads: int = 0  # torch intra-op threads; 0 = torch default
@@ -358,6 +373,7 @@ def validate_config(cfg: FedqConfig) -> None:
     downlink_codec(cfg)
     if (cfg.eval.src is None) != (cfg.eval.ref is None):
         raise ConfigError("eval.src and eval.ref go together: give both files (sources and references) or neither")
+    _validate_deploy(cfg)
     device = cfg.device.split(":")[0]
     if device not in DEVICES:
         raise ConfigError(f"device={cfg.device!r} is unknown; use auto, cpu or cuda[:N]")
@@ -377,6 +393,22 @@ def _above(value: float, low: float, name: str) -> None:
 def _choice(value: str, choices: Sequence[str], name: str) -> None:
     if value not in choices:
         raise ConfigError(f"{name}={value!r} is unknown; choose one of {', '.join(choices)}")
+
+
+def _validate_deploy(cfg: FedqConfig) -> None:
+    from fedq.deploy.registry import VARIANTS
+
+    d = cfg.deploy
+    for name in d.variants:
+        _choice(name, tuple(VARIANTS), "deploy.variants entry")
+    if not 0 < d.rank_ratio < 1:
+        raise ConfigError(f"deploy.rank_ratio={d.rank_ratio} must be in (0, 1): the fraction of a layer's parameters kept")
+    if not 0 <= d.energy < 1:
+        raise ConfigError(f"deploy.energy={d.energy} must be in [0, 1) (0 = use deploy.rank_ratio)")
+    for name in ("finetune_steps", "test_sentences"):
+        _at_least(getattr(d, name), 0, f"deploy.{name}")
+    for name in ("latency_sentences", "batch_size"):
+        _at_least(getattr(d, name), 1, f"deploy.{name}")
 
 
 def _validate_model(cfg: FedqConfig) -> None:

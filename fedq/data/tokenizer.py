@@ -49,6 +49,10 @@ class SubwordTokenizer:
         """The serialized SentencePiece model."""
         return self._proto
 
+    def pieces(self) -> list[str]:
+        """The vocabulary: piece strings in id order (what engines such as CTranslate2 take)."""
+        return [self._sp.id_to_piece(i) for i in range(self.vocab_size)]
+
     def encode(self, text: str) -> list[int]:
         """Subword ids of ``text``, without bos/eos."""
         return self._sp.encode(text)

@@ -1,0 +1,145 @@
+"""``python -m fedq.deploy ckpt=PATH [deploy.variants=[fp32,int8,...]]``: CPU-ready variants, measured side by side.
+
+Builds each variant from the checkpoint into ``deploy/VARIANT/`` beside it,
+loads it back from those files, and measures, on the same test sentences:
+
+- file MB (the bytes written) and how many times smaller than fp32;
+- batch-1 latency: ms per sentence, greedy, one at a time, one thread;
+- throughput: sentences/s at batch ``deploy.batch_size`` on all cores;
+- test BLEU (sacreBLEU), its difference to fp32, and the share of outputs
+  identical to fp32's.
+
+Prints the table and writes ``deploy/table.md`` and ``deploy/table.json``.
+A variant that cannot be built here (its engine is not installed) or cannot
+apply to this model is one line in the table's notes; the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from fedq.checkpoint import CheckpointError, read_checkpoint
+from fedq.cli import run_with_user_errors
+from fedq.config import CONFIG_SOURCE, FedqConfig, register_configs
+from fedq.data import load_corpus
+from fedq.deploy.registry import make_variant
+from fedq.deploy.variant import Source, Translator, VariantError
+from fedq.errors import ConfigError
+from fedq.files import atomic_write
+from fedq.quant.deployed import load_deployed
+from fedq.scoring import corpus_bleu
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def time_per_sentence(translator: Translator, sources: list[str]) -> float:
+    """Mean seconds per sentence, one sentence at a time, one thread (after one warm-up sentence)."""
+    translator.translate(sources[:1], 1, 1)
+    start = time.perf_counter()
+    for sentence in sources:
+        translator.translate([sentence], 1, 1)
+    return (time.perf_counter() - start) / len(sources)
+
+
+def measure(name: str, translator: Translator, folder: Path, sources: list[str], references: list[str], cfg: FedqConfig,
+            reference: dict[str, Any] | None) -> dict[str, Any]:
+    threads = os.cpu_count() or 1
+    latency = time_per_sentence(translator, sources[: cfg.deploy.latency_sentences])
+    start = time.perf_counter()
+    outputs = translator.translate(sources, cfg.deploy.batch_size, threads)
+    seconds = time.perf_counter() - start
+    bleu = corpus_bleu(outputs, references)
+    size = folder_bytes(folder)
+    row = {
+        "variant": name, "file_mb": size / 1e6, "latency_ms": 1000 * latency, "sentences_per_s": len(sources) / seconds,
+        "test_bleu": bleu.score, "bleu_signature": bleu.signature, "outputs": outputs, "file_bytes": size,
+    }
+    if reference is not None:
+        row["smaller_than_fp32"] = reference["file_bytes"] / size
+        row["latency_speedup"] = reference["latency_ms"] / row["latency_ms"]
+        row["delta_bleu"] = bleu.score - reference["test_bleu"]
+        row["identical_pct"] = 100.0 * sum(a == b for a, b in zip(outputs, reference["outputs"])) / len(outputs)
+    return row
+
+
+def table(rows: list[dict[str, Any]], notes: list[str]) -> str:
+    lines = [
+        "| variant | file MB | × smaller than fp32 | batch-1 latency, ms/sentence (1 thread) | × faster | "
+        "sentences/s at batch 32 (all cores) | test BLEU | Δ BLEU vs fp32 | outputs identical to fp32 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['file_mb']:.2f} | {r.get('smaller_than_fp32', 1.0):.2f} | {r['latency_ms']:.1f} | "
+            f"{r.get('latency_speedup', 1.0):.2f} | {r['sentences_per_s']:.1f} | {r['test_bleu']:.2f} | "
+            f"{r.get('delta_bleu', 0.0):+.2f} | {r.get('identical_pct', 100.0):.0f}% |"
+        )
+    return "\n".join(lines + [f"\n- {note}" for note in notes]) + "\n"
+
+
+def deploy(cfg: FedqConfig) -> list[dict[str, Any]]:
+    if not cfg.ckpt:
+        raise ConfigError("give the checkpoint to deploy: python -m fedq.deploy ckpt=PATH")
+    checkpoint = read_checkpoint(cfg.ckpt)
+    if not checkpoint.deployed_path.is_file():
+        raise CheckpointError(f"{checkpoint.folder} has no deployed file {checkpoint.deployed_path.name}")
+    model, _ = load_deployed(checkpoint.deployed_path)
+    source = Source(checkpoint, model, checkpoint.tokenizer, cfg.decode)
+    test = load_corpus(checkpoint.config.data).test
+    test = test[: cfg.deploy.test_sentences or None]
+    sources, references = [s for s, _ in test], [t for _, t in test]
+    out = checkpoint.folder.parent / "deploy"
+    print(f"deploying {checkpoint.folder} ({model.shape.d_model}-dim, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+          f"parameters) on {len(sources)} test sentences; variants: {', '.join(cfg.deploy.variants)}", flush=True)
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    reference: dict[str, Any] | None = None
+    for name in ["fp32"] + [v for v in cfg.deploy.variants if v != "fp32"]:
+        variant, folder = make_variant(name, cfg.deploy), out / name
+        try:
+            variant.check(source)
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            started = time.perf_counter()
+            variant.build(source, folder)
+            translator = variant.load(folder, source)
+            built = time.perf_counter() - started
+        except VariantError as err:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing half-written stays behind
+            notes.append(f"{name}: {err}")
+            print(f"{name}: skipped: {err}", flush=True)
+            continue
+        row = measure(name, translator, folder, sources, references, cfg, reference)
+        row["build_seconds"] = built
+        reference = reference or row
+        rows.append(row)
+        print(f"{name}: {row['file_mb']:.2f} MB, {row['latency_ms']:.1f} ms/sentence at batch 1, "
+              f"{row['sentences_per_s']:.1f} sentences/s at batch {cfg.deploy.batch_size}, test BLEU {row['test_bleu']:.2f}", flush=True)
+    torch.set_num_threads(os.cpu_count() or 1)
+    text = table(rows, notes)
+    atomic_write(out / "table.md", text)
+    atomic_write(out / "table.json", json.dumps([{k: v for k, v in r.items() if k != "outputs"} for r in rows] + [{"notes": notes}], indent=2))
+    print("\n" + text + f"\n{rows[0]['bleu_signature'] if rows else ''}\ntable: {out / 'table.md'}", flush=True)
+    return rows
+
+
+@hydra.main(config_path=CONFIG_SOURCE, config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    run_with_user_errors(deploy, cfg)
+
+
+register_configs()
+
+if __name__ == "__main__":
+    main()

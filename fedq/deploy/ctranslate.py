@@ -1,0 +1,146 @@
+"""``ct2`` and ``ct2-int8``: the model converted to CTranslate2, the CPU inference engine for translation Transformers.
+
+The conversion goes through CTranslate2's spec API, layer by layer:
+``TransformerSpec.from_config((encoder layers, decoder layers), heads, pre_norm=True)``;
+self-attention gets its Q, K and V projections fused into one layer, cross-attention
+its K and V; the tied embedding is given as both embeddings and the output projection
+(CTranslate2 stores identical arrays once); fedq's own sinusoidal table (interleaved
+sin/cos, positions from 0) replaces CTranslate2's default one; embeddings are scaled
+by sqrt(d) as in fedq; the SentencePiece pieces are the vocabulary, ``<s>`` starts the
+decoder and sources get no bos/eos, as in fedq. ``ct2-int8`` is the same spec saved
+with ``optimize(quantization="int8")``. Greedy decoding (beam 1), so the outputs can be
+compared with fedq's own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedq.deploy.variant import Source, Translator, Variant, VariantError
+from fedq.model.transformer import Transformer
+
+
+def _np(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().float().cpu().numpy()
+
+
+def _linear(spec, linear: torch.nn.Linear) -> None:
+    spec.weight = _np(linear.weight)
+    if linear.bias is not None:
+        spec.bias = _np(linear.bias)
+
+
+def _fused(spec, layers: Sequence[torch.nn.Linear]) -> None:
+    spec.weight = np.concatenate([_np(layer.weight) for layer in layers])
+    spec.bias = np.concatenate([_np(layer.bias) for layer in layers])
+
+
+def _norm(spec, norm: torch.nn.LayerNorm) -> None:
+    spec.gamma, spec.beta = _np(norm.weight), _np(norm.bias)
+
+
+def model_spec(model: Transformer, pieces: list[str]):
+    """A CTranslate2 TransformerSpec holding ``model``'s weights."""
+    from ctranslate2.specs import TransformerSpec
+
+    shape = model.shape
+    spec = TransformerSpec.from_config((shape.enc_layers, shape.dec_layers), shape.n_heads, pre_norm=True)
+    embedding = _np(model.embed.weight)
+    positions = _np(model.positions)
+    for stack, layers, norm in ((spec.encoder, model.encoder_layers, model.encoder_norm),
+                                (spec.decoder, model.decoder_layers, model.decoder_norm)):
+        (stack.embeddings[0] if isinstance(stack.embeddings, list) else stack.embeddings).weight = embedding
+        stack.position_encodings.encodings = positions
+        stack.scale_embeddings = math.sqrt(shape.d_model)
+        _norm(stack.layer_norm, norm)
+        for layer_spec, layer in zip(stack.layer, layers):
+            attn = layer.self_attn
+            _fused(layer_spec.self_attention.linear[0], [attn.q_proj, attn.k_proj, attn.v_proj])
+            _linear(layer_spec.self_attention.linear[1], attn.out_proj)
+            _norm(layer_spec.self_attention.layer_norm, layer.self_attn_norm)
+            if hasattr(layer, "cross_attn"):
+                cross = layer.cross_attn
+                _linear(layer_spec.attention.linear[0], cross.q_proj)
+                _fused(layer_spec.attention.linear[1], [cross.k_proj, cross.v_proj])
+                _linear(layer_spec.attention.linear[2], cross.out_proj)
+                _norm(layer_spec.attention.layer_norm, layer.cross_attn_norm)
+            _linear(layer_spec.ffn.linear_0, layer.ffn.fc1)
+            _linear(layer_spec.ffn.linear_1, layer.ffn.fc2)
+            _norm(layer_spec.ffn.layer_norm, layer.ffn_norm)
+    spec.decoder.projection.weight = embedding
+    spec.register_source_vocabulary(pieces)
+    spec.register_target_vocabulary(pieces)
+    spec.config.decoder_start_token = "<s>"
+    spec.config.add_source_bos = spec.config.add_source_eos = False
+    return spec
+
+
+class CT2Translator:
+    """CTranslate2's Translator, one per thread count (its threads are fixed when it loads)."""
+
+    def __init__(self, folder: Path, source: Source, compute_type: str) -> None:
+        self.folder, self.compute_type = folder, compute_type
+        self.tokenizer, self.decode = source.tokenizer, source.decode
+        self.pieces = source.tokenizer.pieces()
+        self.ids = {piece: i for i, piece in enumerate(self.pieces)}
+        self.max_src = source.model.shape.max_positions
+        self.translators: dict[int, object] = {}
+
+    def _translator(self, threads: int):
+        import ctranslate2
+
+        if threads not in self.translators:
+            self.translators[threads] = ctranslate2.Translator(
+                str(self.folder), device="cpu", compute_type=self.compute_type, intra_threads=threads, inter_threads=1
+            )
+        return self.translators[threads]
+
+    def translate(self, sources: Sequence[str], batch_size: int, threads: int) -> list[str]:
+        tok = self.tokenizer
+        encoded = [tok.encode(text)[: self.max_src] or [tok.unk_id] for text in sources]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # as fedq batches, by length
+        outputs = [""] * len(encoded)
+        translator = self._translator(threads)
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            width = max(len(encoded[i]) for i in index)
+            max_len = min(int(self.decode.max_len_a * width + self.decode.max_len_b), self.max_src - 1)
+            results = translator.translate_batch(  # type: ignore[attr-defined]
+                [[self.pieces[t] for t in encoded[i]] for i in index], beam_size=1, max_decoding_length=max_len,
+            )
+            for i, result in zip(index, results):
+                outputs[i] = tok.decode([self.ids.get(piece, tok.unk_id) for piece in result.hypotheses[0]])
+        return outputs
+
+
+class CT2(Variant):
+    name = "ct2"
+    engine = "ctranslate2"
+    quantization: str | None = None
+
+    def check(self, source: Source) -> None:
+        super().check(source)
+        quant = source.checkpoint.meta.get("quant") or {}
+        if getattr(source.model.shape, "mixer", "attention") != "attention":
+            raise VariantError(f"variant {self.name}: CTranslate2 has no Fourier token mixing; this model's encoder uses it")
+        if (source.cfg.quant.act_bits or quant.get("act_bits")) is not None:
+            raise VariantError(f"variant {self.name}: CTranslate2 cannot fake-quantize activations as this QAT model does")
+
+    def build(self, source: Source, folder: Path) -> None:
+        spec = model_spec(source.model, source.tokenizer.pieces())
+        spec.validate()
+        spec.optimize(quantization=self.quantization)
+        spec.save(str(folder))
+
+    def load(self, folder: Path, source: Source) -> Translator:
+        return CT2Translator(folder, source, self.quantization or "float32")
+
+
+class CT2Int8(CT2):
+    name = "ct2-int8"
+    quantization = "int8"

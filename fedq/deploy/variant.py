@@ -1,0 +1,82 @@
+"""The interface of a deployment variant: build it from a checkpoint, save it, load it, translate with it.
+
+Every variant is built from the same :class:`Source` (the checkpoint's deployed
+weights at fp32, its tokenizer and config), writes its files into a folder of
+its own, and is measured from what it loads back from those files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+import torch
+
+from fedq.checkpoint import Checkpoint
+from fedq.config import DecodeConfig, FedqConfig
+from fedq.data.tokenizer import SubwordTokenizer
+from fedq.errors import FedqError
+from fedq.model.transformer import Transformer
+from fedq.scoring import translate
+
+INSTALL_HINT = 'pip install -e ".[deploy]"'
+
+
+class VariantError(FedqError):
+    """A variant that cannot be built here (engine missing) or cannot apply to this model."""
+
+
+@dataclass
+class Source:
+    """What every variant is built from."""
+
+    checkpoint: Checkpoint
+    model: Transformer  # the deployed weights (dequantized where QAT packed them), fp32, eval mode
+    tokenizer: SubwordTokenizer
+    decode: DecodeConfig
+
+    @property
+    def cfg(self) -> FedqConfig:
+        return self.checkpoint.config
+
+
+class Translator(Protocol):
+    def translate(self, sources: Sequence[str], batch_size: int, threads: int) -> list[str]:
+        """Greedy translations of ``sources``, batched, on ``threads`` CPU threads."""
+
+
+class Variant(ABC):
+    name: ClassVar[str]
+    engine: ClassVar[str | None] = None  # the Python module the variant runs on, when it is not torch
+
+    def check(self, source: Source) -> None:
+        """Raise VariantError (one line) when the variant cannot be built here or for this model."""
+        if self.engine is not None and importlib.util.find_spec(self.engine) is None:
+            raise VariantError(f"variant {self.name} needs {self.engine}, which is not installed: {INSTALL_HINT}")
+
+    @abstractmethod
+    def build(self, source: Source, folder: Path) -> None:
+        """Write the variant's files into ``folder``."""
+
+    @abstractmethod
+    def load(self, folder: Path, source: Source) -> Translator:
+        """Load the variant from its files (the tokenizer comes from ``source``)."""
+
+
+class TorchTranslator:
+    """A PyTorch model behind fedq's batched greedy decoding with its KV cache."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: SubwordTokenizer, decode: DecodeConfig) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.decode = decode
+
+    def translate(self, sources: Sequence[str], batch_size: int, threads: int) -> list[str]:
+        torch.set_num_threads(threads)
+        decode = DecodeConfig(**{**self.decode.__dict__, "beam": 1, "batch_size": batch_size})
+        with torch.inference_mode():
+            return translate(self.model, self.tokenizer, sources, decode, torch.device("cpu"))  # type: ignore[arg-type]
