@@ -72,3 +72,30 @@ def test_beam_search_finds_at_least_as_likely_output_as_greedy():
         # greedy's output (+EOS) is within the beam's search space of 20 tokens
         beam = beam_search(model, src, BOS, EOS, max_len=20, beam=5, length_penalty=0.0)[0]
         assert sequence_logprob(model, src, beam) >= sequence_logprob(model, src, greedy) - 1e-4
+
+
+def fourier_model(vocab: int = 60) -> Transformer:
+    shape = TransformerShape(vocab_size=vocab, d_model=32, n_heads=4, ffn_dim=64, enc_layers=2, dec_layers=2,
+                             dropout=0.0, max_positions=256, pad_id=0, mixer="fourier")
+    return Transformer(shape).eval()
+
+
+def test_fourier_mixing_is_blind_to_the_padding_of_other_sentences():
+    torch.manual_seed(0)
+    model = fourier_model()
+    short, long = torch.randint(4, 60, (1, 5)), torch.randint(4, 60, (1, 11))
+    batch = torch.zeros(2, 11, dtype=torch.long)
+    batch[0, :5], batch[1] = short[0], long[0]
+    alone, _ = model.encode(short)
+    together, _ = model.encode(batch)
+    torch.testing.assert_close(together[0, :5], alone[0], atol=1e-5, rtol=1e-5)
+    assert not any("self_attn." in name for name, _ in model.encoder_layers.named_parameters())  # no encoder attention
+    assert any("self_attn." in name for name, _ in model.decoder_layers.named_parameters())  # the decoder keeps it
+
+
+def test_fourier_mixing_is_the_real_part_of_an_orthonormal_2d_dft():
+    from fedq.model.transformer import FourierMixing
+
+    x = torch.randn(1, 6, 8)
+    mixed = FourierMixing()(x, torch.ones(1, 1, 1, 6, dtype=torch.bool))
+    torch.testing.assert_close(mixed, torch.fft.fft2(x, norm="ortho").real)

@@ -1,5 +1,8 @@
 """A pre-norm Transformer encoder-decoder for translation, read top to bottom.
 
+The encoder mixes tokens with self-attention, or (``model.mixer=fourier``) with
+FNet's parameter-free Fourier transform; the decoder always attends.
+
 Quantization never appears here as a flag: ``fedq.quant`` swaps the
 ``nn.Linear`` layers and the ``TiedEmbedding`` for quantized subclasses by
 module name (attention projections live under ``*_attn``).
@@ -37,6 +40,7 @@ class TransformerShape:
     dropout: float
     max_positions: int
     pad_id: int
+    mixer: str = "attention"  # the encoder's token mixing: attention | fourier (files before it existed: attention)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,17 +143,40 @@ class FeedForward(nn.Module):
         return self.fc2(self.dropout(F.relu(self.fc1(x))))
 
 
+class FourierMixing(nn.Module):
+    """FNet's token mixing (Lee-Thorp et al., 2022): the real part of a 2-D DFT over sequence and hidden size.
+
+    Parameter-free. Each sentence is transformed over its own length (orthonormal
+    DFT, so magnitudes are kept), never over its padding: a sentence mixes the same
+    whatever the other sentences of its batch are, and padded positions stay zero.
+    """
+
+    def forward(self, x: torch.Tensor, attend_mask: torch.Tensor) -> torch.Tensor:
+        lengths = attend_mask.reshape(x.size(0), -1).sum(dim=1)
+        out = torch.zeros_like(x)
+        for length in lengths.unique().tolist():
+            rows = (lengths == length).nonzero(as_tuple=True)[0]
+            mixed = torch.fft.fft2(x[rows, :length].float(), dim=(-2, -1), norm="ortho").real
+            out[rows, :length] = mixed.to(x.dtype)
+        return out
+
+
 class EncoderLayer(nn.Module):
     def __init__(self, shape: TransformerShape) -> None:
         super().__init__()
         self.self_attn_norm = nn.LayerNorm(shape.d_model)
-        self.self_attn = MultiHeadAttention(shape.d_model, shape.n_heads, shape.dropout)
+        if shape.mixer == "fourier":
+            self.mixer: nn.Module = FourierMixing()
+        else:
+            self.self_attn = MultiHeadAttention(shape.d_model, shape.n_heads, shape.dropout)
         self.ffn_norm = nn.LayerNorm(shape.d_model)
         self.ffn = FeedForward(shape.d_model, shape.ffn_dim, shape.dropout)
         self.dropout = nn.Dropout(shape.dropout)
 
     def forward(self, x: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.self_attn(self.self_attn_norm(x), attend_mask=src_mask))
+        h = self.self_attn_norm(x)
+        mixed = self.mixer(h, src_mask) if hasattr(self, "mixer") else self.self_attn(h, attend_mask=src_mask)
+        x = x + self.dropout(mixed)
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
 

@@ -1,0 +1,112 @@
+"""Deployment variants: each loads from its own files and translates the same sentences as fp32."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedq.config import compose_config, validate_config
+from fedq.deploy.__main__ import deploy
+from fedq.deploy.lowrank import FactorizedLinear, choose_rank, factorize
+from fedq.errors import FedqError
+from fedq.train import train
+
+EXACT = ("packed", "ct2")  # the fp32 weights, another engine: the same greedy outputs
+LOSSY = ("int8", "int8-torchao", "lowrank", "lowrank-int8", "ct2-int8")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> tuple[Path, list[str]]:
+    folder = tmp_path_factory.mktemp("deploy")
+    cache = f"data.cache_dir={folder / 'cache'}"
+    overrides = ["data.demo_train_size=3000", "data.demo_eval_size=30", "train.max_steps=300", "train.log_every=100",
+                 "device=cpu", cache]
+    train(compose_config(overrides), folder / "run")
+    return folder / "run" / "checkpoint", [cache]
+
+
+def test_every_variant_loads_from_its_files_and_translates_like_fp32(checkpoint):
+    ckpt, extra = checkpoint
+    variants = ["fp32", *EXACT, *LOSSY]
+    cfg = compose_config(extra + [f"ckpt={ckpt}", f"deploy.variants=[{','.join(variants)}]", "deploy.latency_sentences=2",
+                                  "deploy.rank_ratio=0.8", "deploy.finetune_steps=30", "device=cpu"])
+    rows = {row["variant"]: row for row in deploy(cfg)}
+    assert set(rows) == set(variants)
+    assert rows["fp32"]["test_bleu"] > 20  # the model learned something, so agreement means something
+    for name in EXACT:
+        assert rows[name]["identical_pct"] >= 95, name
+    for name in LOSSY:  # reported, not required to agree: here only that they still translate
+        assert rows[name]["test_bleu"] > 0.5 * rows["fp32"]["test_bleu"], name
+    deploy_dir = ckpt.parent / "deploy"
+    for name, row in rows.items():  # a file size is the bytes on disk
+        assert row["file_bytes"] == sum(p.stat().st_size for p in (deploy_dir / name).rglob("*") if p.is_file())
+    assert rows["int8"]["file_bytes"] < 0.5 * rows["fp32"]["file_bytes"]
+    assert rows["ct2-int8"]["file_bytes"] < 0.5 * rows["ct2"]["file_bytes"]
+    assert rows["lowrank"]["file_bytes"] < rows["fp32"]["file_bytes"]
+    table = (deploy_dir / "table.md").read_text()
+    assert table.startswith("| variant | file MB") and "| ct2-int8 |" in table
+    assert len(json.loads((deploy_dir / "table.json").read_text())) == len(variants) + 1
+
+
+def test_svd_at_full_rank_reproduces_the_layer():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 32)
+    u, s, vh = torch.linalg.svd(linear.weight.detach().double(), full_matrices=False)
+    factored = FactorizedLinear(48, 32, rank=32, bias=True)
+    with torch.no_grad():
+        factored.up.weight.copy_((u * s).float())
+        factored.down.weight.copy_(vh.float())
+        factored.up.bias.copy_(linear.bias)
+    x = torch.randn(5, 48)
+    torch.testing.assert_close(factored(x), linear(x), atol=1e-5, rtol=1e-5)
+    assert choose_rank(linear.weight, s, rank_ratio=0.5, energy=0.0) == int(0.5 * 32 * 48 / 80)
+    assert choose_rank(linear.weight, s, rank_ratio=0.999, energy=0.0) is None  # would not be smaller
+    assert choose_rank(linear.weight, s, rank_ratio=0.5, energy=0.5) < choose_rank(linear.weight, s, 0.5, 0.99)
+
+
+def test_factorizing_half_the_parameters_halves_them(checkpoint):
+    from fedq.quant.deployed import load_deployed
+
+    model, _ = load_deployed(checkpoint[0] / "model.fedq")
+    linear_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    ranks = factorize(model, rank_ratio=0.5, energy=0.0)
+    factored = sum(m.up.weight.numel() + m.down.weight.numel() for m in model.modules() if isinstance(m, FactorizedLinear))
+    assert ranks and factored <= 0.5 * linear_params * 1.02
+
+
+def test_a_missing_engine_is_one_note_and_the_other_variants_go_on(checkpoint, monkeypatch):
+    ckpt, extra = checkpoint
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ctranslate2" else real(name, *a))
+    rows = deploy(compose_config(extra + [f"ckpt={ckpt}", "deploy.variants=[fp32,ct2]", "deploy.latency_sentences=2",
+                                          "deploy.test_sentences=5", "device=cpu"]))
+    assert [row["variant"] for row in rows] == ["fp32"]
+    notes = (ckpt.parent / "deploy" / "table.md").read_text()
+    assert 'ct2: variant ct2 needs ctranslate2, which is not installed: pip install -e ".[deploy]"' in notes
+    assert not (ckpt.parent / "deploy" / "ct2").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["deploy.variants=[fp32,tensorrt]"], "deploy.variants entry='tensorrt' is unknown"),
+        (["deploy.rank_ratio=1.5"], "deploy.rank_ratio=1.5"),
+        (["deploy.energy=1.0"], "deploy.energy"),
+    ],
+)
+def test_bad_deploy_settings_are_one_line(overrides, message):
+    with pytest.raises(FedqError, match=message):
+        validate_config(compose_config(overrides))
+
+
+def test_deploy_without_a_checkpoint_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "fedq.deploy", f"ckpt={tmp_path}/nothing", f"hydra.run.dir={tmp_path}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith("error: no checkpoint at")
+    assert result.stderr.count("\n") == 1
