@@ -12,7 +12,7 @@ mkdir -p "$out"
 exp=+experiment=multi30k_fl
 sim() {  # name overrides...
   local name=$1; shift
-  python -m fedq.simulate $exp "$@" hydra.run.dir="$out/$name" > "$out/$name.log" 2>&1
+  python -m fedq.simulate $exp comm.downlink.name=fp32 "$@" hydra.run.dir="$out/$name" > "$out/$name.log" 2>&1  # the tables were measured with fp32 downlinks
 }
 python -m fedq.train $exp hydra.run.dir="$out/central_fp32" > "$out/central_fp32.log" 2>&1
 sim fed_fp32 quant.bits=32 comm=fp32

@@ -11,7 +11,7 @@ out=${1:-outputs/fl_table}
 mkdir -p "$out"
 sim() {  # name overrides...
   local name=$1; shift
-  python -m fedq.simulate clients=20 "$@" hydra.run.dir="$out/$name" > "$out/$name.log" 2>&1
+  python -m fedq.simulate clients=20 comm.downlink.name=fp32 "$@" hydra.run.dir="$out/$name" > "$out/$name.log" 2>&1  # the tables were measured with fp32 downlinks
 }
 python -m fedq.train train.max_steps=800 hydra.run.dir="$out/central_fp32" > "$out/central_fp32.log" 2>&1
 python -m fedq.train train.max_steps=800 quant.bits=2 quant.method=lsq hydra.run.dir="$out/central_w2" > "$out/central_w2.log" 2>&1

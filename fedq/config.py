@@ -135,7 +135,7 @@ class CodecConfig:
 @dataclass
 class CommConfig:
     uplink: CodecConfig = field(default_factory=lambda: CodecConfig(name="uniform"))
-    downlink: CodecConfig = field(default_factory=lambda: CodecConfig(name="fp32"))
+    downlink: CodecConfig = field(default_factory=lambda: CodecConfig(name="uniform", bits=4))
 
 
 @dataclass

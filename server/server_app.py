@@ -169,6 +169,8 @@ def run_server(grid: Grid, cfg: FedqConfig, out_dir: Path, resume: bool = False)
         print(f"resuming after round {state.rounds} of {cfg.fl.rounds} from {out_dir}", flush=True)
         if federation.uplink.biased and cfg.comm.uplink.error_feedback:
             print("note: the clients' error-feedback residuals were not saved; they start again from zero", flush=True)
+        if strategy.broadcaster.stateful:
+            print("note: what each client held of the model was not saved; each gets the whole model when next sampled", flush=True)
     else:
         vector = federation.initial_vector()
         reporter.start(vector)

@@ -307,9 +307,9 @@ def test_a_client_that_skipped_rounds_rebuilds_the_servers_held_model_bit_for_bi
             sent[client] += message.nbytes
             np.testing.assert_array_equal(now, server.held[client])  # the same bits on both sides
             assert message.kind == (FULL if server_round == 1 else DELTA)
-    # One 4-bit delta per round after the first whole model; the catch-up is one delta too.
+    # The whole model at fp16 first, then one 4-bit delta per round; the catch-up is one delta too.
     delta_bytes = payload_bytes(codec.encode(model, rng))
-    assert sent[0] == model.nbytes + 7 * delta_bytes and sent[1] == model.nbytes + delta_bytes
+    assert sent[0] == model.nbytes // 2 + 7 * delta_bytes and sent[1] == model.nbytes // 2 + delta_bytes
     # Error feedback: the held model tracks the global one within a step of the last delta's quantizer.
     assert np.abs(clients[0][0] - model).max() < 0.01
 
@@ -326,6 +326,15 @@ def test_a_delta_against_a_model_the_client_does_not_hold_is_refused():
         receive(codec, message, 100, None, None)
     server.forget(3)
     assert server.message_for(3, model, 3).kind == FULL
+
+
+def test_a_model_beyond_fp16_range_goes_whole_at_fp32():
+    server = Broadcaster(make_codec("uniform", bits=4))
+    model = normal(64)
+    model[3] = 1e6
+    message = server.message_for(0, model, 1)
+    assert message.kind == FULL and message.nbytes == model.nbytes
+    np.testing.assert_array_equal(receive(server.codec, message, 64, None, None), model)
 
 
 def test_a_whole_model_is_sent_when_a_delta_would_cost_more():

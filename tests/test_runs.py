@@ -25,7 +25,7 @@ from fedq.simulate import check_client_resources
 from fedq.superlink import _descendants
 
 TINY = [
-    "clients=3", "fl.clients_per_round=2", "fl.local_steps=6", "fl.eval_every=0",
+    "clients=3", "fl.clients_per_round=2", "fl.local_steps=6", "fl.eval_every=0", "comm.downlink.name=fp32",
     "data.demo_train_size=600", "data.demo_eval_size=20", "data.vocab_size=300",
     "model.d_model=32", "model.ffn_dim=64",
 ]

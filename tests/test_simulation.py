@@ -66,7 +66,7 @@ def test_end_to_end_simulation_with_flower_and_ray(tmp_path):
 
 
 def test_compressed_downlink_counts_whole_models_for_first_contacts_and_deltas_after(tmp_path):
-    """Each client gets the whole model the first time it is sampled, then one 4-bit delta against what it holds."""
+    """Each client gets the whole model (fp16) the first time it is sampled, then one 4-bit delta against what it holds."""
     out = tmp_path / "run"
     overrides = [o for o in TINY_RUN if not o.startswith(("comm.", "fl.rounds"))] + [
         "fl.rounds=4", "comm.downlink.name=uniform", "comm.downlink.bits=4", f"data.cache_dir={tmp_path / 'cache'}",
@@ -84,7 +84,7 @@ def test_compressed_downlink_counts_whole_models_for_first_contacts_and_deltas_a
         chosen = sampler.sample(row["round"])
         first = [p for p in chosen if p not in seen]
         seen |= set(chosen)
-        assert row["downlink_bytes"] == len(first) * 4 * numel + (len(chosen) - len(first)) * delta
+        assert row["downlink_bytes"] == len(first) * 2 * numel + (len(chosen) - len(first)) * delta  # fp16, then deltas
     summary = json.loads((out / "summary.json").read_text())
     assert summary["downlink_ratio"] > 1.5 and summary["total_ratio"] > 1.5
     assert "total" in [line for line in result.stdout.splitlines() if line.startswith("round 4/4")][0]

@@ -5,8 +5,8 @@ Two kinds of scheme (``comm.downlink.name``):
 - ``fp32`` / ``fp16``: the whole global model every round. Stateless.
 - ``uniform`` / ``sign`` / ``topk``: compressed *deltas*. The server remembers,
   per client, the model that client holds (what it reconstructed from what it
-  was sent, bit for bit). A client's first round brings the whole model at fp32;
-  afterwards it is sent ``encode(global - held)``, one delta however many rounds
+  was sent, bit for bit). A client's first round brings the whole model at fp16
+  (fp32 if a weight is out of fp16's range); afterwards it is sent ``encode(global - held)``, one delta however many rounds
   it missed, and both sides add the decoded delta to the held model. What a delta
   could not carry stays in ``global - held`` and is sent the next time: the held
   model tracks the global one (error feedback), and a client that was away long
@@ -54,7 +54,7 @@ class Broadcaster:
     def __init__(self, codec: UpdateCodec) -> None:
         self.codec = codec
         self.stateful = codec.name not in FULL_MODEL_CODECS
-        self.full_codec = make_codec("fp32")
+        self.full_codecs = (make_codec("fp16"), make_codec("fp32"))
         self.held: dict[int, np.ndarray] = {}
         self.synced: dict[int, int] = {}
 
@@ -70,14 +70,29 @@ class Broadcaster:
                 self.held[partition] = held + self.codec.decode(arrays, global_vector.size)
                 self.synced[partition] = server_round
                 return message
-        self.held[partition] = global_vector.copy()
+        arrays = self._whole_model(global_vector)
+        self.held[partition] = decode_whole_model(arrays, global_vector.size)
         self.synced[partition] = server_round
-        return Downlink(self.full_codec.encode(global_vector, None), FULL, 0)
+        return Downlink(arrays, FULL, 0)
+
+    def _whole_model(self, global_vector: np.ndarray) -> list[np.ndarray]:
+        """The whole model at fp16 where it fits (what the client holds is what fp16 keeps), else fp32."""
+        half, full = self.full_codecs
+        try:
+            return half.encode(global_vector, None)
+        except CodecError:
+            return full.encode(global_vector, None)
 
     def forget(self, partition: int) -> None:
         """The client lost what it held (it failed mid-round): its next message is the whole model."""
         self.held.pop(partition, None)
         self.synced.pop(partition, None)
+
+
+def decode_whole_model(arrays: list[np.ndarray], numel: int) -> np.ndarray:
+    """A delta scheme's whole-model message: fp16, or fp32 when the model did not fit fp16."""
+    codec = make_codec("fp16" if arrays and arrays[0].dtype == np.float16 else "fp32")
+    return codec.decode(arrays, numel)
 
 
 def receive(
@@ -89,8 +104,9 @@ def receive(
 ) -> np.ndarray:
     """The client's side: the model it now holds (raises CodecError on a mismatch with what it holds)."""
     if message.kind == FULL:
-        full = codec if codec.name in FULL_MODEL_CODECS else make_codec("fp32")
-        return full.decode(message.arrays, numel)
+        if codec.name in FULL_MODEL_CODECS:
+            return codec.decode(message.arrays, numel)
+        return decode_whole_model(message.arrays, numel)
     if held is None or held_round != message.base_round:
         holds = "no model" if held is None else f"the model of round {held_round}"
         raise CodecError(
