@@ -106,7 +106,8 @@ class DeployConfig:
     """fedq.deploy: which CPU variants to build from a checkpoint, and how to measure them."""
 
     # fp32-compiled and int8-torchao can be named too; measured slower than fp32 eager here (README), so not run by default
-    variants: list[str] = field(default_factory=lambda: ["fp32", "int8", "packed", "lowrank", "lowrank-int8", "ct2", "ct2-int8"])
+    variants: list[str] = field(default_factory=lambda: [
+        "fp32", "int8", "packed", "lowrank", "lowrank-int8", "onnx", "onnx-int8", "ct2", "ct2-int8"])
     rank_ratio: float = 0.5  # lowrank: each factorized layer keeps this fraction of its parameters
     energy: float = 0.0  # lowrank: instead, the smallest rank keeping this fraction of the squared singular values
     finetune_steps: int = 0  # lowrank: training steps on the checkpoint's training corpus after factorizing

@@ -17,8 +17,8 @@ from fedq.deploy.lowrank import FactorizedLinear, choose_rank, factorize
 from fedq.errors import FedqError
 from fedq.train import train
 
-EXACT = ("packed", "ct2")  # the fp32 weights, another engine: the same greedy outputs
-LOSSY = ("int8", "int8-torchao", "lowrank", "lowrank-int8", "ct2-int8")
+EXACT = ("packed", "onnx", "ct2")  # the fp32 weights, another engine: the same greedy outputs
+LOSSY = ("int8", "int8-torchao", "lowrank", "lowrank-int8", "onnx-int8", "ct2-int8")
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,21 @@ def test_every_variant_loads_from_its_files_and_translates_like_fp32(checkpoint)
     assert len(json.loads((deploy_dir / "table.json").read_text())) == len(variants) + 1
 
 
+def test_the_onnx_decoder_step_matches_pytorch_logits_and_a_wrong_graph_is_refused(checkpoint, tmp_path):
+    from fedq.deploy.onnx_runtime import STEP, check_step_graph, export
+    from fedq.deploy.variant import VariantError
+    from fedq.quant.deployed import load_deployed
+
+    model, _ = load_deployed(checkpoint[0] / "model.fedq")
+    export(model, tmp_path)
+    assert check_step_graph(model, tmp_path / STEP, 1e-3) < 1e-4  # caches of length 0, 1 and 4
+    other, _ = load_deployed(checkpoint[0] / "model.fedq")
+    with torch.no_grad():
+        other.decoder_layers[0].self_attn.v_proj.weight.mul_(1.5)  # a graph that is not this model's
+    with pytest.raises(VariantError, match="differs from PyTorch"):
+        check_step_graph(other, tmp_path / STEP, 1e-3)
+
+
 def test_svd_at_full_rank_reproduces_the_layer():
     torch.manual_seed(0)
     linear = torch.nn.Linear(48, 32)
@@ -66,8 +81,8 @@ def test_svd_at_full_rank_reproduces_the_layer():
     x = torch.randn(5, 48)
     torch.testing.assert_close(factored(x), linear(x), atol=1e-5, rtol=1e-5)
     assert choose_rank(linear.weight, s, rank_ratio=0.5, energy=0.0) == int(0.5 * 32 * 48 / 80)
-    assert choose_rank(linear.weight, s, rank_ratio=0.999, energy=0.0) is None  # would not be smaller
-    assert choose_rank(linear.weight, s, rank_ratio=0.5, energy=0.5) < choose_rank(linear.weight, s, 0.5, 0.99)
+    assert choose_rank(linear.weight, s, rank_ratio=0.5, energy=0.9999) is None  # near full rank: would not be smaller
+    assert choose_rank(linear.weight, s, rank_ratio=0.5, energy=0.3) < choose_rank(linear.weight, s, 0.5, 0.6)
 
 
 def test_factorizing_half_the_parameters_halves_them(checkpoint):

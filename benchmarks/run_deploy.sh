@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Edge deployment tables (python -m fedq.deploy), each measured side by side in one run on one machine:
+#   demo      the tiny model on the built-in corpus, fp32, 800 steps (the FL table's centralized recipe)
+#   demo_w8   the same with 8-bit QAT (through int8 and ct2-int8)
+#   fourier   the same model with FNet mixing in the encoder (model.mixer=fourier), 800 steps
+#   multi30k  model=small on Multi30k, the README's centralized baseline recipe (40 minutes)
+# lowrank rows without and with a fine-tune (deploy.finetune_steps) come from a second deploy of the same checkpoint.
+#   bash benchmarks/run_deploy.sh [OUT_DIR]     (Multi30k files in ../shared/data/multi30k, or MULTI30K=DIR)
+set -euo pipefail
+out=${1:-outputs/deploy}
+mkdir -p "$out"
+train() { name=$1; shift; python -m fedq.train "$@" hydra.run.dir="$out/$name" > "$out/$name.train.log" 2>&1; }
+deploy() { name=$1; shift; python -m fedq.deploy ckpt="$out/$name/checkpoint" "$@" hydra.run.dir="$out/$name/deploy-run" > "$out/$name.deploy.log" 2>&1; }
+all="deploy.variants=[fp32,int8,packed,lowrank,lowrank-int8,onnx,onnx-int8,ct2,ct2-int8]"
+# the engines measured slower than fp32 eager, on 200 sentences (int8-torchao decodes about 2 sentences/s at batch 32)
+slow="deploy.variants=[fp32,fp32-compiled,int8,int8-torchao] deploy.test_sentences=200"
+
+train demo train.max_steps=800
+deploy demo "$all"
+cp "$out/demo/deploy/table.md" "$out/demo.table.md"
+deploy demo $slow
+cp "$out/demo/deploy/table.md" "$out/demo.engines.table.md"
+deploy demo "deploy.variants=[fp32,lowrank,lowrank-int8]" deploy.finetune_steps=300
+cp "$out/demo/deploy/table.md" "$out/demo.lowrank-finetuned.table.md"
+
+train demo_w8 train.max_steps=800 quant=w8
+deploy demo_w8 "deploy.variants=[fp32,packed,int8,ct2-int8]"
+cp "$out/demo_w8/deploy/table.md" "$out/demo_w8.table.md"
+
+train fourier train.max_steps=800 model.mixer=fourier
+deploy fourier "deploy.variants=[fp32,int8,packed,lowrank,ct2]"
+cp "$out/fourier/deploy/table.md" "$out/fourier.table.md"
+
+train multi30k +experiment=multi30k_small data.dir="${MULTI30K:-../shared/data/multi30k}"
+deploy multi30k "$all"
+cp "$out/multi30k/deploy/table.md" "$out/multi30k.table.md"
+deploy multi30k $slow
+cp "$out/multi30k/deploy/table.md" "$out/multi30k.engines.table.md"
+deploy multi30k "deploy.variants=[fp32,lowrank,lowrank-int8]" deploy.finetune_steps=300
+cp "$out/multi30k/deploy/table.md" "$out/multi30k.lowrank-finetuned.table.md"
