@@ -138,7 +138,7 @@ def test_settings_that_were_accepted_silently_are_rejected(override):
 
 
 def test_a_round_in_which_no_client_delivers_stops_the_run_with_the_clients_error():
-    from flwr.app import Error, Message, RecordDict
+    from flwr.app import Error, Message
 
     from server.server_app import RoundFailedError, run_round
 

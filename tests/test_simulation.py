@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedq.comm import make_codec, payload_bytes
 from fedq.config import compose_config, validate_config
