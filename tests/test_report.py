@@ -27,7 +27,8 @@ def test_a_sweep_and_its_report(tmp_path):
     runs = sorted(p.name for p in sweep.iterdir() if (p / "summary.json").is_file())
     assert runs == ["run-0", "run-1"]  # one folder per run; the report names what differs
 
-    report = subprocess.run([sys.executable, "-m", "fedq.report", str(sweep)], capture_output=True, text=True, timeout=120)
+    report = subprocess.run([sys.executable, "-m", "fedq.report", str(sweep), "--target-bleu", "0"],
+                            capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stderr
     lines = [line for line in report.stdout.splitlines() if line.startswith("| comm.uplink.name=")]
     assert len(lines) == 2
@@ -36,6 +37,8 @@ def test_a_sweep_and_its_report(tmp_path):
     fp32, sign = by_codec["comm.uplink.name=fp32"], by_codec["comm.uplink.name=sign"]
     assert fp32["delta_vs_fp32"] == 0.0 and sign["delta_vs_fp32"] == pytest.approx(sign["test_bleu"] - fp32["test_bleu"])
     assert sign["up_mb"] * 28 < fp32["up_mb"] and fp32["total_ratio"] == pytest.approx(1.0)
+    assert fp32["to_target"]["round"] == 1 and fp32["to_target"]["mb"] == pytest.approx(fp32["up_mb"] / 2 + fp32["down_mb"] / 2)
+    assert "round reaching valid BLEU 0" in report.stdout
     assert (sweep / "report.png").stat().st_size > 5000 and (sweep / "report.md").read_text().startswith("| setting")
 
 

@@ -20,9 +20,11 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders, or folders with runs below them")
     parser.add_argument("--out", type=Path, default=None, help="where report.md/.json/.png go (default: the first DIR)")
+    parser.add_argument("--target-bleu", type=float, default=None,
+                        help="add the first round reaching this valid BLEU, with the simulated hours and MB up to it")
     args = parser.parse_args(argv)
     try:
-        result = write_report(args.runs, args.out or args.runs[0])
+        result = write_report(args.runs, args.out or args.runs[0], args.target_bleu)
     except FedqError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -116,7 +116,21 @@ def is_fp32_reference(run: Run) -> bool:
     return run.federated and run.config.quant.bits >= 32 and comm.uplink.name == "fp32" and comm.downlink.name == "fp32"
 
 
-def report_rows(runs: list[Run]) -> list[dict[str, Any]]:
+def time_to_bleu(run: Run, target: float) -> dict[str, Any] | None:
+    """The first round whose valid BLEU reached ``target``: its number, simulated hours and MB sent so far."""
+    hours = megabytes = 0.0
+    for row in read_rows(run.path):
+        hours += (row.get("sim_seconds") or 0.0) / 3600
+        megabytes += (row["uplink_bytes"] + row["downlink_bytes"]) / 1e6
+        bleu = row.get("valid_bleu")
+        if bleu is None and run.summary and row["round"] == run.summary["rounds"]:
+            bleu = run.summary["final_valid_bleu"]  # the last round is scored by the final evaluation
+        if bleu is not None and bleu >= target:
+            return {"round": row["round"], "sim_hours": hours if row.get("sim_seconds") is not None else None, "mb": megabytes}
+    return None
+
+
+def report_rows(runs: list[Run], target_bleu: float | None = None) -> list[dict[str, Any]]:
     reference = next((run for run in runs if is_fp32_reference(run)), None)
     rows = []
     for run, setting in zip(runs, differing_settings(runs)):
@@ -135,25 +149,29 @@ def report_rows(runs: list[Run]) -> list[dict[str, Any]]:
             row.update(training="centralized", rounds=None, test_bleu=m.get("test_bleu"), valid_bleu=m.get("valid_bleu"),
                        minutes=m.get("train_seconds", 0.0) / 60, steps=m.get("steps"))
         row["delta_vs_fp32"] = (row["test_bleu"] - reference.summary["final_test_bleu"]) if reference and row["test_bleu"] is not None else None
+        if target_bleu is not None and run.federated:
+            row["to_target"] = time_to_bleu(run, target_bleu)
         rows.append(row)
     return rows
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def markdown(rows: list[dict[str, Any]], target_bleu: float | None = None) -> str:
     def cell(value: Any, fmt: str = "{}") -> str:
         return "-" if value is None else fmt.format(value)
 
-    lines = [
-        "| setting | training | QAT | uplink | downlink | up MB | down MB | total ratio | test BLEU | Δ vs fp32 | valid BLEU | minutes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    extra = [f"round reaching valid BLEU {target_bleu:g}", "simulated hours to it", "MB to it"] if target_bleu is not None else []
+    header = ["setting", "training", "QAT", "uplink", "downlink", "up MB", "down MB", "total ratio", "test BLEU",
+              "Δ vs fp32", "valid BLEU", "simulated hours", "minutes", *extra]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        lines.append(
-            f"| {r['setting']} | {r['training']} | {r['qat']} | {cell(r.get('uplink'))} | {cell(r.get('downlink'))} | "
-            f"{cell(r.get('up_mb'), '{:.1f}')} | {cell(r.get('down_mb'), '{:.1f}')} | {cell(r.get('total_ratio'), '{:.1f}x')} | "
-            f"{cell(r['test_bleu'], '{:.2f}')} | {cell(r['delta_vs_fp32'], '{:+.2f}')} | {cell(r['valid_bleu'], '{:.2f}')} | "
-            f"{cell(r['minutes'], '{:.1f}')} |"
-        )
+        cells = [r["setting"], r["training"], r["qat"], cell(r.get("uplink")), cell(r.get("downlink")),
+                 cell(r.get("up_mb"), "{:.1f}"), cell(r.get("down_mb"), "{:.1f}"), cell(r.get("total_ratio"), "{:.1f}x"),
+                 cell(r["test_bleu"], "{:.2f}"), cell(r["delta_vs_fp32"], "{:+.2f}"), cell(r["valid_bleu"], "{:.2f}"),
+                 cell(r.get("sim_hours"), "{:.2f}"), cell(r["minutes"], "{:.1f}")]
+        if target_bleu is not None:
+            reached = r.get("to_target") or {}
+            cells += [cell(reached.get("round")), cell(reached.get("sim_hours"), "{:.2f}"), cell(reached.get("mb"), "{:.1f}")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -189,10 +207,10 @@ def plot(runs: list[Run], labels: list[str], path: Path) -> Path:
     return path
 
 
-def write_report(paths: list[Path], out_dir: Path) -> dict[str, Any]:
+def write_report(paths: list[Path], out_dir: Path, target_bleu: float | None = None) -> dict[str, Any]:
     runs = find_runs(paths)
-    rows = report_rows(runs)
-    table = markdown(rows)
+    rows = report_rows(runs, target_bleu)
+    table = markdown(rows, target_bleu)
     atomic_write(out_dir / "report.md", table)
     atomic_write(out_dir / "report.json", json.dumps(rows, indent=2))
     plot(runs, [f"{r['setting']} ({r['qat']})" for r in rows], out_dir / "report.png")
