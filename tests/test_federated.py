@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fedq.comm import payload_bytes
-from fedq.comm.downlink import FULL, Downlink
+from fedq.comm.downlink import Broadcaster, Downlink
 from fedq.comm.settings import default_uplink_bits
 from fedq.config import compose_config, overrides_from_run_config
 from fedq.engine import inverse_sqrt_schedule, steps_per_epoch, within_length
@@ -30,6 +30,11 @@ TINY = [
 ]
 
 
+def first_message(federation: Federation, vector: np.ndarray) -> Downlink:
+    """What the server sends a client in its first round (the whole model, as the downlink scheme sends it)."""
+    return Broadcaster(federation.downlink).message_for(0, vector, 1)
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return f"data.cache_dir={tmp_path_factory.mktemp('cache')}"
@@ -46,9 +51,11 @@ def test_weight_vector_round_trip(cache):
 
 
 def test_client_round_sends_a_compressed_update_and_keeps_the_sign_residual(cache):
-    federation = Federation(compose_config(TINY + [cache, "quant.bits=2", "comm.uplink.name=sign"]))
+    federation = Federation(
+        compose_config(TINY + [cache, "quant.bits=2", "comm.uplink.name=sign", "comm.downlink.name=fp32"])
+    )
     global_vector = federation.initial_vector()
-    downlink = Downlink(federation.downlink.encode(global_vector, np.random.default_rng(0)), FULL, 0)
+    downlink = first_message(federation, global_vector)
     result = client_round(federation, 1, 1, downlink, residual=None)
 
     assert result.metrics["payload-bytes"] == payload_bytes(result.arrays)
@@ -63,7 +70,7 @@ def test_client_round_sends_a_compressed_update_and_keeps_the_sign_residual(cach
 
 def test_unbiased_uplink_keeps_no_residual(cache):
     federation = Federation(compose_config(TINY + [cache, "quant.bits=4"]))
-    downlink = Downlink(federation.downlink.encode(federation.initial_vector(), np.random.default_rng(0)), FULL, 0)
+    downlink = first_message(federation, federation.initial_vector())
     result = client_round(federation, 0, 1, downlink, residual=None)
     assert result.residual is None
     assert federation.uplink.name == "uniform" and default_uplink_bits(federation.cfg) == 4
@@ -112,7 +119,7 @@ def test_local_epochs_train_whole_passes_over_the_shard(cache):
     shard = federation.data.shards[0]
     tok = federation.tokenizer
     per_epoch = steps_per_epoch(shard, federation.cfg.data.max_tokens, tok)
-    downlink = Downlink(federation.downlink.encode(federation.initial_vector(), np.random.default_rng(0)), FULL, 0)
+    downlink = first_message(federation, federation.initial_vector())
     result = client_round(federation, 0, 1, downlink, residual=None)
     assert result.metrics["steps"] == 2 * per_epoch != federation.cfg.fl.local_steps
 
@@ -122,7 +129,7 @@ def test_local_optimizer_setting_is_the_optimizer_the_client_steps_with(cache):
     for kind in ("adam", "sgd"):
         federation = Federation(compose_config(TINY + [cache, f"fl.local_optimizer={kind}", "comm.uplink.name=fp32"]))
         start = federation.initial_vector()
-        downlink = Downlink(federation.downlink.encode(start, np.random.default_rng(0)), FULL, 0)
+        downlink = first_message(federation, start)
         result = client_round(federation, 0, 1, downlink, residual=None)
         updates[kind] = federation.uplink.decode(result.arrays, federation.numel)
     # Adam's first steps move every weight by about lr; momentum SGD's by lr * gradient, far less here.
