@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 import benchlib
-from fedq.comm.downlink import FULL, Downlink
+from fedq.comm.downlink import Broadcaster
 from fedq.config import FedqConfig, clients_per_round
 from fedq.fl.client import client_round
 from fedq.fl.federation import Federation
@@ -76,15 +76,18 @@ def run_baseline(fed: Federation, cfg: FedqConfig, parallel: int, seed: int) -> 
     rng = np.random.default_rng(seed)
     vector = fed.initial_vector()
     residuals: dict[int, np.ndarray | None] = {}
+    broadcaster = Broadcaster(fed.downlink)
     rows = []
     for server_round in range(1, cfg.fl.rounds + 1):
-        start = time.perf_counter()
-        downlink = Downlink(fed.downlink.encode(vector, np.random.default_rng(server_round)), FULL, 0)
-        server_s = time.perf_counter() - start
+        server_s = 0.0
         client_s, replies = [], []
         for pid in rng.choice(cfg.fl.clients, size=k, replace=False).tolist():
             t = time.perf_counter()
-            reply = client_round(fed, pid, server_round, downlink, residuals.get(pid))
+            held = broadcaster.held.get(pid), broadcaster.synced.get(pid)
+            downlink = broadcaster.message_for(pid, vector, server_round)
+            server_s += time.perf_counter() - t
+            t = time.perf_counter()
+            reply = client_round(fed, pid, server_round, downlink, residuals.get(pid), held if held[0] is not None else None)
             client_s.append(time.perf_counter() - t)
             residuals[pid] = reply.residual
             replies.append(reply)

@@ -21,6 +21,7 @@ timeout 240 python3 - "$OUT" <<'PY'
 import sys, time
 import numpy as np
 from fedq.config import compose_config
+from fedq.comm.downlink import Broadcaster
 from fedq.fl.client import client_round
 from fedq.fl.federation import Federation
 out = sys.argv[1]
@@ -28,10 +29,10 @@ for device in ("cuda", "cpu"):
     cfg = compose_config(["model=small", "quant.bits=2", f"device={device}", "clients=4", "fl.local_steps=20",
                           "data.demo_train_size=6000", "data.demo_eval_size=50", f"data.cache_dir={out}/cache"])
     fed = Federation(cfg)
-    downlink = fed.downlink.encode(fed.initial_vector(), np.random.default_rng(0))
-    client_round(fed, 0, 1, downlink, None)  # warm-up
+    broadcaster = Broadcaster(fed.downlink)
+    client_round(fed, 0, 1, broadcaster.message_for(0, fed.initial_vector(), 1), None)  # warm-up
     start = time.perf_counter()
-    update = client_round(fed, 1, 2, downlink, None)
+    update = client_round(fed, 1, 2, broadcaster.message_for(1, fed.initial_vector(), 2), None)
     print(f"{device}: {update.metrics['steps']:.0f} steps in {update.metrics['train-seconds']:.2f}s, "
           f"loss {update.metrics['train-loss']:.3f}, payload {update.metrics['payload-bytes'] / 1e6:.2f} MB, "
           f"round {time.perf_counter() - start:.2f}s", flush=True)
