@@ -3,7 +3,7 @@
 #   demo      the tiny model on the built-in corpus, fp32, 800 steps (the FL table's centralized recipe)
 #   demo_w8   the same with 8-bit QAT (through int8 and ct2-int8)
 #   fourier   the same model with FNet mixing in the encoder (model.mixer=fourier), 800 steps
-#   multi30k  model=small on Multi30k, the README's centralized baseline recipe (40 minutes)
+#   multi30k  model=small on Multi30k, the README's centralized baseline recipe (40 minutes; MULTI30K_MINUTES=N for less)
 # lowrank rows without and with a fine-tune (deploy.finetune_steps) come from a second deploy of the same checkpoint.
 #   bash benchmarks/run_deploy.sh [OUT_DIR]     (Multi30k files in ../shared/data/multi30k, or MULTI30K=DIR)
 set -euo pipefail
@@ -31,7 +31,7 @@ train fourier train.max_steps=800 model.mixer=fourier
 deploy fourier "deploy.variants=[fp32,int8,packed,lowrank,ct2]"
 cp "$out/fourier/deploy/table.md" "$out/fourier.table.md"
 
-train multi30k +experiment=multi30k_small data.dir="${MULTI30K:-../shared/data/multi30k}"
+train multi30k +experiment=multi30k_small train.max_minutes=${MULTI30K_MINUTES:-40} data.dir="${MULTI30K:-../shared/data/multi30k}"
 deploy multi30k "$all"
 cp "$out/multi30k/deploy/table.md" "$out/multi30k.table.md"
 deploy multi30k $slow
