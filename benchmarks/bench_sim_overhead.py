@@ -76,10 +76,10 @@ def run_baseline(fed: Federation, cfg: FedqConfig, parallel: int, seed: int) -> 
     rng = np.random.default_rng(seed)
     vector = fed.initial_vector()
     residuals: dict[int, np.ndarray | None] = {}
-    broadcaster = Broadcaster(fed.downlink)
+    broadcaster = Broadcaster(fed.downlink, fed.seeded)
     rows = []
     for server_round in range(1, cfg.fl.rounds + 1):
-        server_s = 0.0
+        start, server_s = time.perf_counter(), 0.0
         client_s, replies = [], []
         for pid in rng.choice(cfg.fl.clients, size=k, replace=False).tolist():
             t = time.perf_counter()

@@ -29,7 +29,7 @@ for device in ("cuda", "cpu"):
     cfg = compose_config(["model=small", "quant.bits=2", f"device={device}", "clients=4", "fl.local_steps=20",
                           "data.demo_train_size=6000", "data.demo_eval_size=50", f"data.cache_dir={out}/cache"])
     fed = Federation(cfg)
-    broadcaster = Broadcaster(fed.downlink)
+    broadcaster = Broadcaster(fed.downlink, fed.seeded)
     client_round(fed, 0, 1, broadcaster.message_for(0, fed.initial_vector(), 1), None)  # warm-up
     start = time.perf_counter()
     update = client_round(fed, 1, 2, broadcaster.message_for(1, fed.initial_vector(), 2), None)

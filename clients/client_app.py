@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
-from fedq.comm.downlink import BASE_ROUND_KEY, DOWNLINK_KIND_KEY, FULL_MODEL_CODECS, Downlink
+from fedq.comm.downlink import BASE_DIGEST_KEY, BASE_ROUND_KEY, DOWNLINK_KIND_KEY, FULL_MODEL_CODECS, Downlink
 from fedq.config import FedqConfig, config_from_run_config
 from fedq.errors import ConfigError
 from fedq.fl.client import PARTITION_KEY, client_round, federation_for
@@ -65,7 +65,10 @@ def train(msg: Message, context: Context) -> Message:
     if HELD_KEY in context.state:
         held = (context.state[HELD_KEY].to_numpy_ndarrays()[0], int(context.state[HELD_ROUND_KEY]["round"]))
     config = msg.content["config"]
-    downlink = Downlink(msg.content["arrays"].to_numpy_ndarrays(), str(config[DOWNLINK_KIND_KEY]), int(config[BASE_ROUND_KEY]))
+    downlink = Downlink(
+        msg.content["arrays"].to_numpy_ndarrays(),
+        str(config[DOWNLINK_KIND_KEY]), int(config[BASE_ROUND_KEY]), str(config[BASE_DIGEST_KEY]),
+    )
     update = client_round(federation_for(cfg), partition, server_round, downlink, residual, held)
     if update.residual is not None:
         context.state[RESIDUAL_KEY] = ArrayRecord([update.residual])

@@ -153,6 +153,9 @@ class LocalSuperLink:
         self.supernodes = supernodes
         self.env = {
             **os.environ,
+            # Flower's processes start each other by name (flower-superexec, flwr-serverapp, ...): find this
+            # environment's, also when fedq runs as .venv/bin/python without the environment activated
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
             "FLWR_HOME": str(self.home),
             "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_DISABLE_UPDATE_CHECK": "1",

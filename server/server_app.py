@@ -95,6 +95,7 @@ def make_strategy(cfg: FedqConfig, federation: Federation, nodes: dict[int, int]
     common: dict[str, object] = dict(
         uplink=federation.uplink,
         downlink=federation.downlink,
+        seeded=federation.seeded,
         tokenizer_fingerprint=fingerprint_number(federation.tokenizer.fingerprint),
         nodes=nodes,
         clients_per_round=k,
@@ -170,7 +171,7 @@ def run_server(grid: Grid, cfg: FedqConfig, out_dir: Path, resume: bool = False)
         if federation.uplink.biased and cfg.comm.uplink.error_feedback:
             print("note: the clients' error-feedback residuals were not saved; they start again from zero", flush=True)
         if strategy.broadcaster.stateful:
-            print("note: what each client held of the model was not saved; each gets the whole model when next sampled", flush=True)
+            print("note: what each client held of the model was not saved; each is sent a delta against the seeded model when next sampled", flush=True)
     else:
         vector = federation.initial_vector()
         reporter.start(vector)

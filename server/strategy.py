@@ -31,7 +31,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Bulyan, FedAdam, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
 from fedq.comm import CodecError, UpdateCodec, payload_bytes
-from fedq.comm.downlink import BASE_ROUND_KEY, DOWNLINK_KIND_KEY, Broadcaster
+from fedq.comm.downlink import BASE_DIGEST_KEY, BASE_ROUND_KEY, DOWNLINK_KIND_KEY, Broadcaster, InitialModel
 from fedq.fl.client import FINGERPRINT_KEY, SIM_SECONDS_KEY
 from fedq.fl.faults import DeviceProfile, drop_reason, is_available
 from fedq.fl.server import RoundTraffic
@@ -81,6 +81,7 @@ class CompressedUpdates:
         *,
         uplink: UpdateCodec,
         downlink: UpdateCodec,
+        seeded: InitialModel | None = None,  # a delta downlink needs it (fedq.comm.downlink)
         tokenizer_fingerprint: int | None = None,
         server_lr: float = 1.0,
         nodes: dict[int, int] | None = None,
@@ -96,7 +97,7 @@ class CompressedUpdates:
         super().__init__(train_metrics_aggr_fn=aggregate_client_metrics, **kwargs)  # type: ignore[call-arg]
         self.uplink = uplink
         self.downlink = downlink
-        self.broadcaster = Broadcaster(downlink)
+        self.broadcaster = Broadcaster(downlink, seeded)
         self.tokenizer_fingerprint = tokenizer_fingerprint
         self.server_lr = server_lr
         self.nodes = nodes or {}  # partition id -> node id
@@ -150,7 +151,7 @@ class CompressedUpdates:
             node = message.metadata.dst_node_id
             downlink = self.broadcaster.message_for(self._partition(node), self.global_vector, server_round)
             own_config = ConfigRecord({**message.content[self.configrecord_key], DOWNLINK_KIND_KEY: downlink.kind,  # type: ignore[attr-defined]
-                                       BASE_ROUND_KEY: downlink.base_round})
+                                       BASE_ROUND_KEY: downlink.base_round, BASE_DIGEST_KEY: downlink.base_digest})
             content = RecordDict({self.arrayrecord_key: ArrayRecord(downlink.arrays), self.configrecord_key: own_config})  # type: ignore[attr-defined]
             messages.append(Message(content=content, dst_node_id=node, message_type=message.metadata.message_type))
             traffic.downlink_bytes += downlink.nbytes

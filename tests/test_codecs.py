@@ -11,7 +11,7 @@ from fedq.comm import (
     payload_bytes,
 )
 from fedq.bitpack import pack_bits, packed_nbytes, unpack_bits
-from fedq.comm.downlink import DELTA, FULL, Broadcaster, receive
+from fedq.comm.downlink import DELTA, FULL, Broadcaster, InitialModel, receive
 from fedq.comm.indexcode import decode_sorted_indices, encode_sorted_indices
 
 
@@ -292,9 +292,10 @@ def test_error_feedback_makes_sign_messages_converge_to_the_true_mean():
 
 def test_a_client_that_skipped_rounds_rebuilds_the_servers_held_model_bit_for_bit():
     codec = make_codec("uniform", bits=4)
-    server = Broadcaster(codec)
+    seeded = InitialModel.of(normal(5000))
+    server = Broadcaster(codec, seeded)
     rng = np.random.default_rng(0)
-    model = normal(5000)
+    model = seeded.vector.copy()
     clients: dict[int, tuple[np.ndarray, int]] = {}
     sent = {0: 0, 1: 0}
     for server_round in range(1, 9):
@@ -302,44 +303,51 @@ def test_a_client_that_skipped_rounds_rebuilds_the_servers_held_model_bit_for_bi
         for client in ([0, 1] if server_round in (1, 8) else [0]):  # client 1 skips rounds 2-7
             message = server.message_for(client, model, server_round)
             held, held_round = clients.get(client, (None, None))
-            now = receive(codec, message, model.size, held, held_round)
+            now = receive(codec, message, model.size, held, held_round, seeded)
             clients[client] = (now, server_round)
             sent[client] += message.nbytes
             np.testing.assert_array_equal(now, server.held[client])  # the same bits on both sides
-            assert message.kind == (FULL if server_round == 1 else DELTA)
-    # The whole model at fp16 first, then one 4-bit delta per round; the catch-up is one delta too.
+            assert message.kind == DELTA and message.base_round == (0 if server_round == 1 else held_round)
+    # One 4-bit delta per round, the first against the seeded model; the catch-up is one delta too.
     delta_bytes = payload_bytes(codec.encode(model, rng))
-    assert sent[0] == model.nbytes // 2 + 7 * delta_bytes and sent[1] == model.nbytes // 2 + delta_bytes
+    assert sent[0] == 8 * delta_bytes and sent[1] == 2 * delta_bytes
     # Error feedback: the held model tracks the global one within a step of the last delta's quantizer.
     assert np.abs(clients[0][0] - model).max() < 0.01
 
 
 def test_a_delta_against_a_model_the_client_does_not_hold_is_refused():
     codec = make_codec("uniform", bits=8)
-    server = Broadcaster(codec)
-    model = normal(100)
+    seeded = InitialModel.of(normal(100))
+    server = Broadcaster(codec, seeded)
+    model = normal(100, seed=1)
     server.message_for(3, model, 1)
     message = server.message_for(3, model + 1, 2)
     with pytest.raises(CodecError, match="delta against round 1 but this client holds the model of round 5"):
-        receive(codec, message, 100, model, 5)
+        receive(codec, message, 100, model, 5, seeded)
     with pytest.raises(CodecError, match="holds no model"):
-        receive(codec, message, 100, None, None)
+        receive(codec, message, 100, None, None, seeded)
     server.forget(3)
-    assert server.message_for(3, model, 3).kind == FULL
+    first = server.message_for(3, model, 3)
+    assert first.kind == DELTA and first.base_round == 0  # back to the seeded model, which the client can rebuild
+    np.testing.assert_array_equal(receive(codec, first, 100, model, 2, seeded), server.held[3])
+    other_seed = InitialModel.of(normal(100, seed=7))
+    with pytest.raises(CodecError, match="initial model differs"):
+        receive(codec, first, 100, None, None, other_seed)
 
 
 def test_a_model_beyond_fp16_range_goes_whole_at_fp32():
-    server = Broadcaster(make_codec("uniform", bits=4))
+    seeded = InitialModel.of(np.zeros(64, np.float32))
+    server = Broadcaster(make_codec("uniform", bits=4), seeded)  # the delta, too, is beyond its fp16 scales
     model = normal(64)
     model[3] = 1e6
     message = server.message_for(0, model, 1)
     assert message.kind == FULL and message.nbytes == model.nbytes
-    np.testing.assert_array_equal(receive(server.codec, message, 64, None, None), model)
+    np.testing.assert_array_equal(receive(server.codec, message, 64, None, None, seeded), model)
 
 
 def test_a_whole_model_is_sent_when_a_delta_would_cost_more():
     codec = make_codec("topk", bits=8, density=1.0)  # for one value, its header alone is more than fp32
-    server = Broadcaster(codec)
+    server = Broadcaster(codec, InitialModel.of(np.zeros(1, np.float32)))
     model = normal(1)
-    server.message_for(0, model, 1)
+    assert server.message_for(0, model, 1).kind == FULL
     assert server.message_for(0, model + 1, 2).kind == FULL

@@ -32,7 +32,7 @@ TINY = [
 
 def first_message(federation: Federation, vector: np.ndarray) -> Downlink:
     """What the server sends a client in its first round (the whole model, as the downlink scheme sends it)."""
-    return Broadcaster(federation.downlink).message_for(0, vector, 1)
+    return Broadcaster(federation.downlink, federation.seeded).message_for(0, vector, 1)
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,7 @@ def client_round(
     shards = federation.data.shards
     if not 0 <= partition_id < len(shards):
         raise FedqError(f"partition id {partition_id} is outside the {len(shards)} shards")
-    start_vector = receive(federation.downlink, downlink, federation.numel, *(held or (None, None)))
+    start_vector = receive(federation.downlink, downlink, federation.numel, *(held or (None, None)), federation.seeded)
     vector_to_model(federation.model, start_vector)
 
     shard = shards[partition_id]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from fedq.comm import payload_bytes
+from fedq.comm.downlink import InitialModel
 from fedq.comm.settings import downlink_codec, uplink_codec
 from fedq.config import FedqConfig, validate_config
 from fedq.errors import ConfigError
@@ -39,6 +40,9 @@ class Federation:
         self.model: Transformer = build_model(cfg, self.tokenizer).to(self.device)
         self.numel = sum(self.model.state_dict()[name].numel() for name in float_state_names(self.model))
         self.parameters = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        # What every process builds from the seed, taken before any round trains self.model: the model each
+        # client holds before its first downlink delta (fedq.comm.downlink), so it is never sent.
+        self.seeded = InitialModel.of(model_to_vector(self.model))
 
     @cached_property
     def fleet(self) -> list[DeviceProfile] | None:
@@ -56,6 +60,12 @@ class Federation:
         """The corpus (valid and test for scoring) with its tokenizer: the server's, loaded on first use."""
         return load_task(self.cfg)
 
+    def initial_vector(self) -> np.ndarray:
+        """The global model before round 1: the seeded model, or ``init_from``'s weights (federated fine-tuning)."""
+        if self.cfg.init_from:
+            return model_to_vector(build_model(self.cfg, self.tokenizer, self.cfg.init_from))
+        return self.seeded.vector.copy()
+
     def check_deadline(self) -> None:
         """A deadline that no device of the fleet can meet even without training is a setting error."""
         deadline, fleet_ = self.cfg.fl.round_deadline, self.fleet
@@ -71,8 +81,3 @@ class Federation:
                 f"model and upload its update in time (the fastest needs {fastest:.1f} s before any training)"
             )
 
-    def initial_vector(self) -> np.ndarray:
-        """The global model before round 1: this model, or ``init_from``'s weights (federated fine-tuning)."""
-        if self.cfg.init_from:
-            return model_to_vector(build_model(self.cfg, self.tokenizer, self.cfg.init_from))
-        return model_to_vector(self.model)
