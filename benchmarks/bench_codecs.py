@@ -1,4 +1,4 @@
-"""Uplink codecs: compression ratio and encode/decode time vs a round's local training.
+"""Uplink and downlink codecs: compression ratio and encode/decode time vs a round's local training.
 
 Issue targets:
 - compression ratio (fp32 bytes / sent bytes, same update) >= 0.95 * 32/b for
@@ -19,6 +19,11 @@ Encode time is what the client pays: ``encode_with_feedback`` (encode, plus a
 decode for the residual) for the biased codecs sign and topk, ``encode`` for the
 others. Decode time is the server's ``decode``. Codecs are timed interleaved.
 
+The downlink (``fedq.comm.downlink``) is timed for one client that holds the
+model before the round and is sent the model after it: the server's
+``Broadcaster.message_for`` (encode the delta, update what it believes the client
+holds) and the client's ``receive`` (decode, add).
+
     python benchmarks/bench_codecs.py [--quick] [--threads 2] [--models small tiny] [--out FILE]
 """
 
@@ -31,6 +36,7 @@ import torch
 
 import benchlib
 from fedq.comm import encode_with_feedback, make_codec, payload_bytes
+from fedq.comm.downlink import Broadcaster, InitialModel, receive
 from fedq.engine import StepSettings, inverse_sqrt_schedule, make_optimizer, train_steps
 from fedq.fl.weights import model_to_vector
 
@@ -46,10 +52,11 @@ CODECS = [
     ("sign", dict(name="sign"), 28.0),
     ("topk 1% 4-bit", dict(name="topk", bits=4, density=0.01), 100.0),
 ]
+DOWNLINKS = [("uniform 8-bit deltas", 8), ("uniform 4-bit deltas (default)", 4), ("uniform 2-bit deltas", 2)]
 
 
-def local_update(args, preset: str) -> tuple[np.ndarray, float, str]:
-    """(update vector, seconds of the local steps, description) for one model preset."""
+def local_update(args, preset: str) -> tuple[np.ndarray, np.ndarray, float, str]:
+    """(model before, update vector, seconds of the local steps, description) for one model preset."""
     cfg = benchlib.config([f"model={preset}", *args.overrides])
     vocab = args.vocab or VOCAB.get(preset, cfg.data.vocab_size)
     model = benchlib.synthetic_model(cfg, vocab)
@@ -66,7 +73,7 @@ def local_update(args, preset: str) -> tuple[np.ndarray, float, str]:
     text = (f"{preset}: {update.size / 1e6:.2f}M values, quant.bits={cfg.quant.bits} {cfg.quant.method} {cfg.quant.scope}, "
             f"vocab {vocab}; {steps} local steps of {batches[0].n_src_tokens + batches[0].n_tgt_tokens} tokens "
             f"took {seconds:.2f}s; |update| mean {np.abs(update).mean():.2e}, max {np.abs(update).max():.2e}")
-    return update, seconds, text
+    return global_vector, update, seconds, text
 
 
 def bench_codecs(args, update: np.ndarray, round_seconds: float) -> list[dict]:
@@ -104,6 +111,33 @@ def bench_codecs(args, update: np.ndarray, round_seconds: float) -> list[dict]:
     return rows
 
 
+def bench_downlinks(args, before: np.ndarray, update: np.ndarray, round_seconds: float) -> list[dict]:
+    """One client synced on ``before`` is sent ``before + update``: server and client time, bytes."""
+    after = before + update
+    seeded = InitialModel.of(before)
+    rows = []
+    for label, bits in DOWNLINKS:
+        codec = make_codec("uniform", bits=bits, block_size=args.block_size)
+        server_s, client_s, sent = [], [], 0
+        for _ in range(args.repeats):
+            broadcaster = Broadcaster(codec, seeded)  # the client holds the seeded model, `before`
+            start = time.perf_counter()
+            message = broadcaster.message_for(0, after, 1)
+            server_s.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            held = receive(codec, message, after.size, None, None, seeded)
+            client_s.append(time.perf_counter() - start)
+            sent = message.nbytes
+        fraction = (benchlib.median(server_s) + benchlib.median(client_s)) / round_seconds
+        rows.append({
+            "downlink": label, "sent_bytes": sent, "ratio": after.nbytes / sent,
+            "server_ms": 1000 * benchlib.median(server_s), "client_ms": 1000 * benchlib.median(client_s),
+            "fraction_of_round": fraction, "time_pass": fraction <= TIME_TARGET,
+            "relative_error": float(np.linalg.norm(held - after) / np.linalg.norm(update)),
+        })
+    return rows
+
+
 def main() -> None:
     p = benchlib.parser(__doc__)
     p.add_argument("--models", nargs="+", default=["small", "tiny"], help="model presets")
@@ -119,16 +153,25 @@ def main() -> None:
     machine = benchlib.setup(args)
     results = {}
     for preset in args.models:
-        update, round_seconds, text = local_update(args, preset)
+        before, update, round_seconds, text = local_update(args, preset)
         rows = bench_codecs(args, update, round_seconds)
+        downlinks = bench_downlinks(args, before, update, round_seconds)
         print(f"\n{text}")
         print(benchlib.table(
             ["codec", "sent KB", "ratio", "target", "pass", "encode ms", "decode ms", "(enc+dec) / round", "<= 5%", "rel. error"],
             [[r["codec"], r["sent_bytes"] / 1e3, r["ratio"], r["target"], r["ratio_pass"], r["encode_ms"], r["decode_ms"],
               f"{100 * r['fraction_of_round']:.2f}%", r["time_pass"], r["relative_error"]] for r in rows],
         ))
-        results[preset] = {"description": text, "local_round_seconds": round_seconds, "numel": int(update.size), "codecs": rows}
+        print(benchlib.table(
+            ["downlink", "sent KB", "ratio", "server ms", "client ms", "(server+client) / round", "<= 5%", "error / |update|"],
+            [[r["downlink"], r["sent_bytes"] / 1e3, r["ratio"], r["server_ms"], r["client_ms"],
+              f"{100 * r['fraction_of_round']:.2f}%", r["time_pass"], r["relative_error"]] for r in downlinks],
+        ))
+        results[preset] = {"description": text, "local_round_seconds": round_seconds, "numel": int(update.size),
+                           "codecs": rows, "downlinks": downlinks}
     print("\nencode = client side (encode_with_feedback for sign/topk), decode = server side; rel. error = |decoded - update| / |update| of one encode")
+    print("downlink: server = Broadcaster.message_for (encode the delta, update the held model), client = receive; "
+          "error / |update| = |held - sent model| / |the round's update| (what error feedback carries to the next delta)")
     benchlib.write_json(args.out, {"machine": machine, "config": {"overrides": args.overrides, "block_size": args.block_size,
                                                                   "repeats": args.repeats}, "models": results})
 
