@@ -1,5 +1,8 @@
 """One federated round without Flower: what a client sends and what it keeps."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +13,7 @@ from fedq.comm.settings import default_uplink_bits
 from fedq.config import compose_config, overrides_from_run_config
 from fedq.engine import inverse_sqrt_schedule, steps_per_epoch, within_length
 from fedq.fl.client import client_lr_schedule, client_round, federation_for
+from fedq.data import load_corpus
 from fedq.data.batching import encode_pairs
 from fedq.fl.federation import Federation
 from fedq.fl.shards import client_shards, shards_key
@@ -149,6 +153,22 @@ def test_shards_hold_only_pairs_within_max_len_and_every_such_pair_once(cache):
     assert 0 < len(kept) < len(encoded)  # the setting really filters this corpus
     assert sorted(pair for shard in federation.data.shards for pair in shard) == sorted(kept)
     assert all(shard for shard in federation.data.shards)
+
+
+TED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (TED / "iwslt2017-devsets").is_dir(), reason="the shared IWSLT 2017 TED sets are not here")
+def test_shards_of_ted_talks_count_the_talks_each_client_holds_and_keep_them_in_the_cache(tmp_path):
+    ted = ["data=ted", f"data.dir={TED / 'iwslt2017-devsets'}{os.pathsep}{TED / 'iwslt2017-test'}", "data.vocab_size=1000",
+           f"data.cache_dir={tmp_path}", "clients=20"]
+    natural = client_shards(compose_config(ted + ["partition=natural"]))
+    iid = client_shards(compose_config(ted))
+    talks = len(set(load_corpus(compose_config(ted).data).train_talks))
+    assert sum(natural.talks_per_client) == talks  # each talk on exactly one client
+    assert min(iid.talks_per_client) > max(natural.talks_per_client)
+    assert "talks per client min/median/max" in natural.describe()
+    assert client_shards(compose_config(ted + ["partition=natural"])).talks_per_client == natural.talks_per_client
 
 
 def test_clients_read_their_shards_from_the_disk_cache_and_a_changed_input_gets_new_ones(cache, monkeypatch, tmp_path):

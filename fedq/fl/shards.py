@@ -32,7 +32,7 @@ from fedq.engine import within_length
 from fedq.files import atomic_write
 from fedq.task import TranslationTask, cache_dir, load_task
 
-FORMAT = 1
+FORMAT = 2  # 2: with the number of talks per client
 
 
 @dataclass
@@ -41,9 +41,14 @@ class ClientShards:
 
     tokenizer: SubwordTokenizer
     shards: list[list[EncodedPair]]
+    talks_per_client: list[int] | None = None  # for a corpus with talks (TED): how many distinct talks each holds
 
     def describe(self) -> str:
-        return describe_partition(self.shards)
+        line = describe_partition(self.shards)
+        if self.talks_per_client is not None:
+            talks = np.array(self.talks_per_client)
+            line += f", talks per client min/median/max = {talks.min()}/{np.median(talks):g}/{talks.max()}"
+        return line
 
 
 def shards_key(cfg: FedqConfig) -> str:
@@ -84,7 +89,8 @@ def build_shards(cfg: FedqConfig, task: TranslationTask) -> ClientShards:
         [topics[i] for i in kept] if topics is not None else None,
     )
     split = partition_indices(len(kept), cfg.fl.clients, p.scheme, alpha=p.alpha, labels=labels, seed=cfg.seed)
-    return ClientShards(task.tokenizer, [[encoded[kept[i]] for i in shard] for shard in split])
+    talks_per_client = [len({talks[kept[i]] for i in shard}) for shard in split] if talks is not None else None
+    return ClientShards(task.tokenizer, [[encoded[kept[i]] for i in shard] for shard in split], talks_per_client)
 
 
 def _source_files(cfg: FedqConfig) -> list[tuple[str, int, int]]:
@@ -114,6 +120,7 @@ def _encode(data: ClientShards) -> bytes:
         lengths=lengths,
         tokens=tokens,
         shard_sizes=np.array([len(shard) for shard in data.shards], np.int64),
+        talks_per_client=np.array(data.talks_per_client if data.talks_per_client is not None else [], np.int64),
     )
     return buffer.getvalue()
 
@@ -122,9 +129,10 @@ def _read(path: Path) -> ClientShards:
     with np.load(path, allow_pickle=False) as archive:
         tokenizer = SubwordTokenizer(archive["tokenizer"].tobytes())
         lengths, tokens, sizes = archive["lengths"], archive["tokens"].tolist(), archive["shard_sizes"]
+        talks = archive["talks_per_client"].tolist() or None
     pairs, offset = [], 0
     for src_len, tgt_len in lengths.tolist():
         pairs.append((tokens[offset : offset + src_len], tokens[offset + src_len : offset + src_len + tgt_len]))
         offset += src_len + tgt_len
     bounds = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-    return ClientShards(tokenizer, [pairs[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+    return ClientShards(tokenizer, [pairs[a:b] for a, b in zip(bounds[:-1], bounds[1:])], talks)
