@@ -11,15 +11,15 @@ from fedq.comm import payload_bytes
 from fedq.comm.downlink import Broadcaster, Downlink
 from fedq.comm.settings import default_uplink_bits
 from fedq.config import compose_config, overrides_from_run_config
-from fedq.engine import inverse_sqrt_schedule, steps_per_epoch, within_length
-from fedq.fl.client import client_lr_schedule, client_round, federation_for
 from fedq.data import load_corpus
 from fedq.data.batching import encode_pairs
+from fedq.engine import inverse_sqrt_schedule, steps_per_epoch, within_length
+from fedq.fl.client import client_lr_schedule, client_round, federation_for
 from fedq.fl.federation import Federation
-from fedq.fl.shards import client_shards, shards_key
 from fedq.fl.server import RoundReporter, RoundTraffic
-from fedq.scoring import BleuResult
+from fedq.fl.shards import client_shards, shards_key
 from fedq.fl.weights import model_to_vector, vector_to_model
+from fedq.scoring import BleuResult
 
 TINY = [
     "clients=4",
