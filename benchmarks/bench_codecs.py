@@ -36,7 +36,7 @@ import torch
 
 import benchlib
 from fedq.comm import encode_with_feedback, make_codec, payload_bytes
-from fedq.comm.downlink import Broadcaster, InitialModel, receive
+from fedq.comm.downlink import Broadcaster, SeededModel, receive
 from fedq.engine import StepSettings, inverse_sqrt_schedule, make_optimizer, train_steps
 from fedq.fl.weights import model_to_vector
 
@@ -114,7 +114,7 @@ def bench_codecs(args, update: np.ndarray, round_seconds: float) -> list[dict]:
 def bench_downlinks(args, before: np.ndarray, update: np.ndarray, round_seconds: float) -> list[dict]:
     """One client synced on ``before`` is sent ``before + update``: server and client time, bytes."""
     after = before + update
-    seeded = InitialModel.of(before)
+    seeded = SeededModel.of(before)
     rows = []
     for label, bits in DOWNLINKS:
         codec = make_codec("uniform", bits=bits, block_size=args.block_size)

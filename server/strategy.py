@@ -31,7 +31,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Bulyan, FedAdam, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
 from fedq.comm import CodecError, UpdateCodec, payload_bytes
-from fedq.comm.downlink import BASE_DIGEST_KEY, BASE_ROUND_KEY, DOWNLINK_KIND_KEY, Broadcaster, InitialModel
+from fedq.comm.downlink import BASE_DIGEST_KEY, BASE_ROUND_KEY, DOWNLINK_KIND_KEY, Broadcaster, SeededModel
 from fedq.fl.client import FINGERPRINT_KEY, SIM_SECONDS_KEY
 from fedq.fl.faults import DeviceProfile, drop_reason, is_available
 from fedq.fl.server import RoundTraffic
@@ -81,7 +81,7 @@ class CompressedUpdates:
         *,
         uplink: UpdateCodec,
         downlink: UpdateCodec,
-        seeded: InitialModel | None = None,  # a delta downlink needs it (fedq.comm.downlink)
+        seeded: SeededModel | None = None,  # a delta downlink needs it (fedq.comm.downlink)
         tokenizer_fingerprint: int | None = None,
         server_lr: float = 1.0,
         nodes: dict[int, int] | None = None,

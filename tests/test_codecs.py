@@ -12,7 +12,7 @@ from fedq.comm import (
     make_codec,
     payload_bytes,
 )
-from fedq.comm.downlink import DELTA, FULL, Broadcaster, InitialModel, receive
+from fedq.comm.downlink import DELTA, FULL, Broadcaster, SeededModel, receive
 from fedq.comm.indexcode import decode_sorted_indices, encode_sorted_indices
 from fedq.comm.settings import uplink_codec
 from fedq.config import compose_config
@@ -319,7 +319,7 @@ def test_error_feedback_makes_sign_messages_converge_to_the_true_mean():
 
 def test_a_client_that_skipped_rounds_rebuilds_the_servers_held_model_bit_for_bit():
     codec = make_codec("uniform", bits=4)
-    seeded = InitialModel.of(normal(5000))
+    seeded = SeededModel.of(normal(5000))
     server = Broadcaster(codec, seeded)
     rng = np.random.default_rng(0)
     model = seeded.vector.copy()
@@ -344,7 +344,7 @@ def test_a_client_that_skipped_rounds_rebuilds_the_servers_held_model_bit_for_bi
 
 def test_a_delta_against_a_model_the_client_does_not_hold_is_refused():
     codec = make_codec("uniform", bits=8)
-    seeded = InitialModel.of(normal(100))
+    seeded = SeededModel.of(normal(100))
     server = Broadcaster(codec, seeded)
     model = normal(100, seed=1)
     server.message_for(3, model, 1)
@@ -357,13 +357,13 @@ def test_a_delta_against_a_model_the_client_does_not_hold_is_refused():
     first = server.message_for(3, model, 3)
     assert first.kind == DELTA and first.base_round == 0  # back to the seeded model, which the client can rebuild
     np.testing.assert_array_equal(receive(codec, first, 100, model, 2, seeded), server.held[3])
-    other_seed = InitialModel.of(normal(100, seed=7))
-    with pytest.raises(CodecError, match="initial model differs"):
+    other_seed = SeededModel.of(normal(100, seed=7))
+    with pytest.raises(CodecError, match="seeded model differs"):
         receive(codec, first, 100, None, None, other_seed)
 
 
 def test_a_model_beyond_fp16_range_goes_whole_at_fp32():
-    seeded = InitialModel.of(np.zeros(64, np.float32))
+    seeded = SeededModel.of(np.zeros(64, np.float32))
     server = Broadcaster(make_codec("uniform", bits=4), seeded)  # the delta, too, is beyond its fp16 scales
     model = normal(64)
     model[3] = 1e6
@@ -374,7 +374,7 @@ def test_a_model_beyond_fp16_range_goes_whole_at_fp32():
 
 def test_a_whole_model_is_sent_when_a_delta_would_cost_more():
     codec = make_codec("topk", bits=8, density=1.0)  # for one value, its header alone is more than fp32
-    server = Broadcaster(codec, InitialModel.of(np.zeros(1, np.float32)))
+    server = Broadcaster(codec, SeededModel.of(np.zeros(1, np.float32)))
     model = normal(1)
     assert server.message_for(0, model, 1).kind == FULL
     assert server.message_for(0, model + 1, 2).kind == FULL

@@ -5,11 +5,12 @@ Two kinds of scheme (``comm.downlink.name``):
 - ``fp32`` / ``fp16``: the whole global model every round. Stateless.
 - ``uniform`` / ``sign`` / ``topk``: compressed *deltas*. The server remembers,
   per client, the model that client holds (what it reconstructed from what it
-  was sent, bit for bit). Every client starts out holding the initial model
-  (round 0): it builds it from the seed (or ``init_from``) as the server does,
+  was sent, bit for bit). Every client starts out holding the seeded model
+  (round 0): the model the run's seed builds, which it builds as the server does,
   so it is never sent, and a digest in the first message checks that both sides
   built the same one. A client is sent ``encode(global - held)``, one delta
-  however many rounds it missed (its first delta is against the initial model),
+  however many rounds it missed (its first delta is against the seeded model;
+  with ``init_from`` that first delta carries the pre-trained weights),
   and both sides add the decoded delta to the held model. What a delta could not
   carry stays in ``global - held`` and is sent the next time: the held model
   tracks the global one (error feedback), and a client that was away long
@@ -41,14 +42,14 @@ BASE_DIGEST_KEY = "fedq-base-digest"
 
 
 @dataclass(frozen=True)
-class InitialModel:
-    """The model every client holds before its first round (round 0), built on both sides, never sent."""
+class SeededModel:
+    """The model every client holds before its first round (round 0): built from the seed on both sides, never sent."""
 
     vector: np.ndarray
     digest: str
 
     @classmethod
-    def of(cls, vector: np.ndarray) -> InitialModel:
+    def of(cls, vector: np.ndarray) -> SeededModel:
         return cls(vector, hashlib.sha256(vector.tobytes()).hexdigest()[:16])
 
 
@@ -58,8 +59,8 @@ class Downlink:
 
     arrays: list[np.ndarray]
     kind: str  # FULL or DELTA
-    base_round: int  # DELTA: the round the client was last synced in (0: the initial model); FULL: 0
-    base_digest: str = ""  # a DELTA against the initial model: its digest
+    base_round: int  # DELTA: the round the client was last synced in (0: the seeded model); FULL: 0
+    base_digest: str = ""  # a DELTA against the seeded model: its digest
 
     @property
     def nbytes(self) -> int:
@@ -69,12 +70,12 @@ class Downlink:
 class Broadcaster:
     """The server's side: per client, the model it holds, and what to send it next."""
 
-    def __init__(self, codec: UpdateCodec, initial: InitialModel | None = None) -> None:
+    def __init__(self, codec: UpdateCodec, seeded: SeededModel | None = None) -> None:
         self.codec = codec
         self.stateful = codec.name not in FULL_MODEL_CODECS
-        if self.stateful and initial is None:
+        if self.stateful and seeded is None:
             raise ValueError(f"a {codec.name} downlink sends deltas: it needs the seeded model every client holds")
-        self.initial = initial
+        self.seeded = seeded
         self.full_codecs = (make_codec("fp16"), make_codec("fp32"))
         self.held: dict[int, np.ndarray] = {}
         self.synced: dict[int, int] = {}
@@ -82,7 +83,7 @@ class Broadcaster:
     def message_for(self, partition: int, global_vector: np.ndarray, server_round: int) -> Downlink:
         if not self.stateful:
             return Downlink(self.codec.encode(global_vector, np.random.default_rng(server_round)), FULL, 0)
-        held = self.held.get(partition, self.initial.vector)
+        held = self.held.get(partition, self.seeded.vector)
         base_round = self.synced.get(partition, 0)
         rng = np.random.default_rng([server_round, partition])
         try:
@@ -90,7 +91,7 @@ class Broadcaster:
         except CodecError:  # a delta beyond the codec's range (fp16 scales): the whole model goes instead
             arrays = None
         if arrays is not None and payload_bytes(arrays) < global_vector.nbytes // 2:  # cheaper than fp16 whole
-            message = Downlink(arrays, DELTA, base_round, self.initial.digest if base_round == 0 else "")
+            message = Downlink(arrays, DELTA, base_round, self.seeded.digest if base_round == 0 else "")
             self.held[partition] = held + self.codec.decode(arrays, global_vector.size)
             self.synced[partition] = server_round
             return message
@@ -108,7 +109,7 @@ class Broadcaster:
             return full.encode(global_vector, None)
 
     def forget(self, partition: int) -> None:
-        """The client lost what it held (it failed mid-round): its next delta is against the initial model."""
+        """The client lost what it held (it failed mid-round): its next delta is against the seeded model."""
         self.held.pop(partition, None)
         self.synced.pop(partition, None)
 
@@ -125,7 +126,7 @@ def receive(
     numel: int,
     held: np.ndarray | None,
     held_round: int | None,
-    initial: InitialModel,
+    seeded: SeededModel,
 ) -> np.ndarray:
     """The client's side: the model it now holds (raises CodecError on a mismatch with what it holds)."""
     if message.kind == FULL:
@@ -133,11 +134,9 @@ def receive(
             return codec.decode(message.arrays, numel)
         return decode_whole_model(message.arrays, numel)
     if message.base_round == 0:
-        if message.base_digest != initial.digest:
-            raise CodecError(
-                "downlink: the server's initial model differs from this client's (another seed, model or init_from?)"
-            )
-        held = initial.vector
+        if message.base_digest != seeded.digest:
+            raise CodecError("downlink: the server's seeded model differs from this client's (another seed or model?)")
+        held = seeded.vector
     elif held is None or held_round != message.base_round:
         holds = "no model" if held is None else f"the model of round {held_round}"
         raise CodecError(

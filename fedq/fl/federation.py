@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fedq.comm import payload_bytes
-from fedq.comm.downlink import InitialModel
+from fedq.comm.downlink import SeededModel
 from fedq.comm.settings import downlink_codec, uplink_codec
 from fedq.config import FedqConfig, validate_config
 from fedq.errors import ConfigError
@@ -42,7 +42,7 @@ class Federation:
         self.parameters = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         # What every process builds from the seed, taken before any round trains self.model: the model each
         # client holds before its first downlink delta (fedq.comm.downlink), so it is never sent.
-        self.seeded = InitialModel.of(model_to_vector(self.model))
+        self.seeded = SeededModel.of(model_to_vector(self.model))
 
     @cached_property
     def fleet(self) -> list[DeviceProfile] | None:
