@@ -44,7 +44,7 @@ def folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
-LATENCY_ROUNDS = 3  # interleaved passes over the variants; a variant's latency is the median of its passes
+LATENCY_ROUNDS = 5  # interleaved passes over the variants; a variant's latency is the median of its passes
 
 
 def time_per_sentence(translator: Translator, sources: list[str]) -> float:
@@ -55,47 +55,45 @@ def time_per_sentence(translator: Translator, sources: list[str]) -> float:
     return (time.perf_counter() - start) / len(sources)
 
 
-def measure(translators: dict[str, Translator], folders: dict[str, Path], sources: list[str], references: list[str],
-            cfg: FedqConfig) -> list[dict[str, Any]]:
-    """Every variant on the same sentences; fp32 (the first) is the reference row.
+def translate_all(name: str, translator: Translator, folder: Path, sources: list[str], references: list[str],
+                  cfg: FedqConfig) -> dict[str, Any]:
+    """One variant's outputs, BLEU, size and throughput (all cores), right after it was loaded.
 
-    Each engine first runs once at both thread counts (engines build their sessions
-    and thread pools on first use, which is not what a deployed model pays per
-    sentence); the batch-1 latency passes are then interleaved over the variants, so
-    that the machine's drift hits them alike.
+    Each engine first runs once at both thread counts: engines build their sessions and
+    thread pools on first use, which is not what a deployed model pays per sentence. The
+    throughput pass comes before the next engine is loaded, because an idle engine in the
+    same process slowed PyTorch's two-thread batches here by up to 2.7x (one engine per
+    process is what a device runs).
     """
     threads = os.cpu_count() or 1
-    latency_sources = sources[: cfg.deploy.latency_sentences]
-    for translator in translators.values():
-        translator.translate(latency_sources[:1], 1, 1)
-        translator.translate(sources[: cfg.deploy.batch_size], cfg.deploy.batch_size, threads)
-    passes: dict[str, list[float]] = {name: [] for name in translators}
+    translator.translate(sources[:1], 1, 1)
+    translator.translate(sources[: cfg.deploy.batch_size], cfg.deploy.batch_size, threads)
+    start = time.perf_counter()
+    outputs = translator.translate(sources, cfg.deploy.batch_size, threads)
+    seconds = time.perf_counter() - start
+    bleu = corpus_bleu(outputs, references)
+    size = folder_bytes(folder)
+    return {
+        "variant": name, "file_mb": size / 1e6, "sentences_per_s": len(sources) / seconds, "test_bleu": bleu.score,
+        "bleu_signature": bleu.signature, "outputs": outputs, "file_bytes": size,
+    }
+
+
+def add_latency(rows: list[dict[str, Any]], translators: list[Translator], sources: list[str]) -> None:
+    """Batch-1 latency, the passes interleaved over the variants so that the machine's drift hits them alike;
+    then every row against the first (fp32)."""
+    passes: list[list[float]] = [[] for _ in translators]
     for _ in range(LATENCY_ROUNDS):
-        for name, translator in translators.items():
-            passes[name].append(time_per_sentence(translator, latency_sources))
-    rows: list[dict[str, Any]] = []
-    for name, translator in translators.items():
-        start = time.perf_counter()
-        outputs = translator.translate(sources, cfg.deploy.batch_size, threads)
-        seconds = time.perf_counter() - start
-        bleu = corpus_bleu(outputs, references)
-        size = folder_bytes(folders[name])
-        row = {
-            "variant": name, "file_mb": size / 1e6, "latency_ms": 1000 * statistics.median(passes[name]),
-            "sentences_per_s": len(sources) / seconds, "test_bleu": bleu.score, "bleu_signature": bleu.signature,
-            "outputs": outputs, "file_bytes": size,
-        }
-        if rows:
-            reference = rows[0]
-            row["smaller_than_fp32"] = reference["file_bytes"] / size
-            row["latency_speedup"] = reference["latency_ms"] / row["latency_ms"]
-            row["delta_bleu"] = bleu.score - reference["test_bleu"]
-            row["identical_pct"] = 100.0 * sum(a == b for a, b in zip(outputs, reference["outputs"])) / len(outputs)
-        rows.append(row)
-        print(f"{name}: {row['file_mb']:.2f} MB, {row['latency_ms']:.1f} ms/sentence at batch 1, "
-              f"{row['sentences_per_s']:.1f} sentences/s at batch {cfg.deploy.batch_size}, test BLEU {row['test_bleu']:.2f}",
-              flush=True)
-    return rows
+        for times, translator in zip(passes, translators):
+            times.append(time_per_sentence(translator, sources))
+    for row, times in zip(rows, passes):
+        row["latency_ms"] = 1000 * statistics.median(times)
+    reference = rows[0]
+    for row in rows[1:]:
+        row["smaller_than_fp32"] = reference["file_bytes"] / row["file_bytes"]
+        row["latency_speedup"] = reference["latency_ms"] / row["latency_ms"]
+        row["delta_bleu"] = row["test_bleu"] - reference["test_bleu"]
+        row["identical_pct"] = 100.0 * sum(a == b for a, b in zip(row["outputs"], reference["outputs"])) / len(row["outputs"])
 
 
 def table(rows: list[dict[str, Any]], notes: list[str]) -> str:
@@ -128,8 +126,8 @@ def deploy(cfg: FedqConfig) -> list[dict[str, Any]]:
     print(f"deploying {checkpoint.folder} ({model.shape.d_model}-dim, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
           f"parameters) on {len(sources)} test sentences; variants: {', '.join(cfg.deploy.variants)}", flush=True)
     notes: list[str] = []
-    translators: dict[str, Translator] = {}
-    folders: dict[str, Path] = {}
+    rows: list[dict[str, Any]] = []
+    translators: list[Translator] = []
     for name in ["fp32"] + [v for v in cfg.deploy.variants if v != "fp32"]:
         variant, folder = make_variant(name, cfg.deploy), out / name
         try:
@@ -137,14 +135,19 @@ def deploy(cfg: FedqConfig) -> list[dict[str, Any]]:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
             variant.build(source, folder)
-            translators[name], folders[name] = variant.load(folder, source), folder
+            translator = variant.load(folder, source)
         except VariantError as err:
             shutil.rmtree(folder, ignore_errors=True)  # nothing half-written stays behind
             notes.append(f"{name}: {err}")
             print(f"{name}: skipped: {err}", flush=True)
             continue
-        print(f"{name}: built in {folder}", flush=True)
-    rows = measure(translators, folders, sources, references, cfg)
+        row = translate_all(name, translator, folder, sources, references, cfg)
+        rows.append(row)
+        translators.append(translator)
+        print(f"{name}: {row['file_mb']:.2f} MB, {row['sentences_per_s']:.1f} sentences/s at batch "
+              f"{cfg.deploy.batch_size}, test BLEU {row['test_bleu']:.2f}", flush=True)
+    print(f"batch-1 latency: {LATENCY_ROUNDS} passes of {cfg.deploy.latency_sentences} sentences, interleaved", flush=True)
+    add_latency(rows, translators, sources[: cfg.deploy.latency_sentences])
     torch.set_num_threads(os.cpu_count() or 1)
     text = table(rows, notes)
     atomic_write(out / "table.md", text)
