@@ -105,7 +105,7 @@ class DecodeConfig:
 class DeployConfig:
     """fedq.deploy: which CPU variants to build from a checkpoint, and how to measure them."""
 
-    # fp32-compiled and int8-torchao can be named too; measured slower than fp32 eager here (README), so not run by default
+    # fp32-compiled (no faster at batch 1, compiles at load) and int8-torchao (slower here) can be named too (README)
     variants: list[str] = field(default_factory=lambda: [
         "fp32", "int8", "packed", "lowrank", "lowrank-int8", "onnx", "onnx-int8", "ct2", "ct2-int8"])
     rank_ratio: float = 0.5  # lowrank: each factorized layer keeps this fraction of its parameters
