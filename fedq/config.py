@@ -130,7 +130,6 @@ class CodecConfig:
     bits: Optional[int] = None  # uniform/topk value bits; None = quant.bits (8 if quant is off)
     block_size: int = 1024  # elements per scale block
     density: float = 0.01  # topk: fraction of entries sent
-    selection: str = "global"  # topk: the largest of the whole update (global), or of every block (block)
     error_feedback: bool = True  # for sign and topk (biased codecs)
 
 

@@ -1,4 +1,3 @@
-import dataclasses
 import math
 import time
 
@@ -14,8 +13,6 @@ from fedq.comm import (
 )
 from fedq.comm.downlink import DELTA, FULL, Broadcaster, SeededModel, receive
 from fedq.comm.indexcode import decode_sorted_indices, encode_sorted_indices
-from fedq.comm.settings import uplink_codec
-from fedq.config import compose_config
 
 
 def normal(n: int, seed: int = 0) -> np.ndarray:
@@ -170,29 +167,6 @@ def test_topk_handles_clustered_and_full_density():
     assert np.abs(y - x).max() <= 2 * np.abs(x).max() / 255
 
 
-def test_topk_block_selection_keeps_the_largest_of_every_block_and_of_the_tail():
-    x = normal(10 * 256 + 100)
-    x[:256] *= 100  # one loud block: global selection would spend almost all of k there
-    codec = make_codec("topk", 8, density=0.05, block_size=256)
-    blocked = dataclasses.replace(codec, selection="block")
-    kept = np.flatnonzero(round_trip(blocked, x)[1])
-    per_block = np.bincount(kept // 256, minlength=11)
-    assert per_block.tolist() == [13] * 10 + [5]  # ceil(0.05 * 256) per block, ceil(0.05 * 100) in the tail
-    for b in range(11):
-        block = np.abs(x[256 * b : 256 * (b + 1)])
-        assert set(kept[kept // 256 == b] - 256 * b) == set(np.argsort(-block)[: per_block[b]].tolist())
-    assert np.bincount(np.flatnonzero(round_trip(codec, x)[1]) // 256, minlength=11)[0] > 100
-    assert blocked.num_kept(x.size) == 135 and codec.num_kept(x.size) == 133 and blocked.decode(
-        blocked.encode(x, np.random.default_rng(0)), x.size).shape == x.shape
-    with pytest.raises(CodecError, match="k=133, expected 135"):
-        blocked.decode(codec.encode(x, np.random.default_rng(0)), x.size)
-
-
-def test_topk_selection_setting_reaches_the_uplink_codec():
-    cfg = compose_config(["comm=topk", "comm.uplink.selection=block"])
-    assert uplink_codec(cfg).selection == "block" and uplink_codec(compose_config(["comm=topk"])).selection == "global"
-
-
 @pytest.mark.parametrize("bits", [8, 4, 2])
 def test_uniform_compression_ratio(bits):
     x = normal(1_000_000)
@@ -234,7 +208,6 @@ def test_ten_million_values_encode_and_decode_fast(name, bits):
         (dict(name="topk", density=0.0), r"density must be in \(0, 1\]"),
         (dict(name="topk", density=1.5), r"density must be in \(0, 1\]"),
         (dict(name="sign", block_size=0), "block_size must be >= 1"),
-        (dict(name="topk", selection="tensor"), "selection='tensor' is unknown; choose one of global, block"),
     ],
 )
 def test_make_codec_rejects_bad_settings(kwargs, message):

@@ -23,7 +23,6 @@ from fedq.comm.errors import CodecError
 from fedq.comm.indexcode import decode_sorted_indices, encode_sorted_indices
 
 CODEC_NAMES = ("fp32", "fp16", "uniform", "sign", "topk")
-TOPK_SELECTIONS = ("global", "block")
 QUANT_BITS = range(2, 9)
 FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -159,9 +158,7 @@ class SignCodec(UpdateCodec):
 
 @dataclass(frozen=True)
 class TopKCodec(UpdateCodec):
-    """Keep the ``ceil(density * n)`` largest-magnitude entries (``selection="global"``), or
-    the ``ceil(density * block_size)`` largest of every block of ``block_size`` entries
-    (``selection="block"``: every tensor, and every part of it, gets its share).
+    """Keep the ``ceil(density * n)`` largest-magnitude entries.
 
     Indices are Rice-coded gaps (``fedq.comm.indexcode``); values are quantized with
     the unbiased uniform quantizer, blocks taken over the kept values in index order.
@@ -172,7 +169,6 @@ class TopKCodec(UpdateCodec):
     density: float = 0.01
     bits: int = 4
     block_size: int = 1024
-    selection: str = "global"
     name: ClassVar[str] = "topk"
     biased: ClassVar[bool] = True
 
@@ -181,35 +177,12 @@ class TopKCodec(UpdateCodec):
         return self.density * self.bits
 
     def num_kept(self, numel: int) -> int:
-        if self.selection == "global":
-            return math.ceil(self.density * numel)
-        full, rest = divmod(numel, self.block_size)
-        return full * math.ceil(self.density * self.block_size) + math.ceil(self.density * rest)
-
-    def _kept(self, magnitude: np.ndarray) -> np.ndarray:
-        """The sorted indices of the entries sent."""
-        if self.selection == "global":
-            k = self.num_kept(magnitude.size)
-            return np.sort(np.argpartition(magnitude, magnitude.size - k)[magnitude.size - k :])
-        parts = []
-        for start in range(0, magnitude.size, self.block_size * 4096):  # a bounded 2-D view at a time
-            chunk = magnitude[start : start + self.block_size * 4096]
-            full = chunk.size // self.block_size
-            per = math.ceil(self.density * self.block_size)
-            if full:
-                blocks = chunk[: full * self.block_size].reshape(full, self.block_size)
-                top = np.argpartition(blocks, self.block_size - per, axis=1)[:, self.block_size - per :]
-                parts.append((top + self.block_size * np.arange(full)[:, None]).ravel() + start)
-            rest = chunk[full * self.block_size :]
-            if rest.size:
-                k = math.ceil(self.density * rest.size)
-                parts.append(np.argpartition(rest, rest.size - k)[rest.size - k :] + start + full * self.block_size)
-        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.intp)
+        return math.ceil(self.density * numel)
 
     def encode(self, vector: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
         x = _as_update(vector)
         k = self.num_kept(x.size)
-        kept = self._kept(np.abs(x)) if k else np.zeros(0, np.intp)
+        kept = np.sort(np.argpartition(np.abs(x), x.size - k)[x.size - k :]) if k else np.zeros(0, np.intp)
         rice_bits, unary, remainders = encode_sorted_indices(kept)
         codes, scales = _quantize(x[kept], self.bits, self.block_size, rng)
         header = np.array([k, rice_bits], np.uint32)
@@ -242,17 +215,14 @@ class TopKCodec(UpdateCodec):
 
 
 def make_codec(
-    name: str, bits: int | None = None, block_size: int = 1024, density: float = 0.01, selection: str = "global"
+    name: str, bits: int | None = None, block_size: int = 1024, density: float = 0.01
 ) -> UpdateCodec:
     """Build a codec by name. ``bits`` sets the value bits of ``uniform`` (default 8) and
-    ``topk`` (default 4) and is ignored by ``fp32``, ``fp16`` and ``sign``; ``selection``
-    is top-k's (global or block)."""
+    ``topk`` (default 4) and is ignored by ``fp32``, ``fp16`` and ``sign``."""
     if block_size < 1:
         raise CodecError(f"codec block_size must be >= 1, got {block_size}")
     if not 0.0 < density <= 1.0:  # checked for every codec: a bad value is never silently ignored
         raise CodecError(f"codec {name}: density must be in (0, 1], got {density}")
-    if selection not in TOPK_SELECTIONS:  # checked for every codec too
-        raise CodecError(f"codec {name}: selection={selection!r} is unknown; choose one of {', '.join(TOPK_SELECTIONS)}")
     if name == "fp32":
         return Fp32Codec()
     if name == "fp16":
@@ -262,7 +232,7 @@ def make_codec(
     if name == "uniform":
         return UniformCodec(_value_bits(name, bits, 8), block_size)
     if name == "topk":
-        return TopKCodec(density, _value_bits(name, bits, 4), block_size, selection)
+        return TopKCodec(density, _value_bits(name, bits, 4), block_size)
     raise CodecError(f"unknown codec {name!r}; choose one of {', '.join(CODEC_NAMES)}")
 
 

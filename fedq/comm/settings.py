@@ -24,10 +24,7 @@ def default_uplink_bits(cfg: FedqConfig) -> int:
 def _codec(codec_cfg: CodecConfig, default_bits: int, direction: str) -> UpdateCodec:
     bits = codec_cfg.bits if codec_cfg.bits is not None else default_bits
     try:
-        return make_codec(
-            codec_cfg.name, bits=bits, block_size=codec_cfg.block_size, density=codec_cfg.density,
-            selection=codec_cfg.selection,
-        )
+        return make_codec(codec_cfg.name, bits=bits, block_size=codec_cfg.block_size, density=codec_cfg.density)
     except CodecError as err:
         raise CodecError(f"comm.{direction}: {err}") from None
 
