@@ -108,19 +108,19 @@ def length_bucket_labels(lengths: Sequence[int], num_buckets: int) -> list[int]:
     return np.searchsorted(edges, values, side="right").tolist()
 
 
+def min_median_max(values: Sequence[int]) -> str:
+    """``min/median/max`` of per-client counts, as the log lines print them."""
+    array = np.array(values)
+    return f"{array.min()}/{np.median(array):g}/{array.max()}"
+
+
 def describe_partition(shards: list[list[int]], labels: Sequence[Hashable] | None = None) -> str:
     """One line for logs: shard sizes, and labels per client when labels are given."""
-    sizes = np.array([len(s) for s in shards])
-    line = (
-        f"{len(shards)} clients, {int(sizes.sum())} items, "
-        f"shard size min/median/max = {sizes.min()}/{np.median(sizes):g}/{sizes.max()}"
-    )
+    sizes = [len(s) for s in shards]
+    line = f"{len(shards)} clients, {sum(sizes)} items, shard size min/median/max = {min_median_max(sizes)}"
     if labels is not None:
-        distinct = np.array([len({labels[i] for i in s}) for s in shards])
-        line += (
-            ", distinct labels per client min/median/max = "
-            f"{distinct.min()}/{np.median(distinct):g}/{distinct.max()}"
-        )
+        distinct = [len({labels[i] for i in s}) for s in shards]
+        line += f", distinct labels per client min/median/max = {min_median_max(distinct)}"
     return line
 
 

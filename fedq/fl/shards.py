@@ -26,7 +26,7 @@ import numpy as np
 
 from fedq.config import FedqConfig
 from fedq.data.batching import EncodedPair, encode_pairs
-from fedq.data.partition import describe_partition, partition_indices, partition_labels
+from fedq.data.partition import describe_partition, min_median_max, partition_indices, partition_labels
 from fedq.data.tokenizer import SubwordTokenizer
 from fedq.engine import within_length
 from fedq.files import atomic_write
@@ -46,8 +46,7 @@ class ClientShards:
     def describe(self) -> str:
         line = describe_partition(self.shards)
         if self.talks_per_client is not None:
-            talks = np.array(self.talks_per_client)
-            line += f", talks per client min/median/max = {talks.min()}/{np.median(talks):g}/{talks.max()}"
+            line += f", talks per client min/median/max = {min_median_max(self.talks_per_client)}"
         return line
 
 
