@@ -66,7 +66,7 @@ def local_update(args, preset: str) -> tuple[np.ndarray, np.ndarray, float, str]
     optimizer = make_optimizer(model, cfg.fl.local_lr, cfg.train.betas, kind=cfg.fl.local_optimizer)
     scheduler = inverse_sqrt_schedule(optimizer, cfg.train.warmup_steps)
     start = time.perf_counter()
-    settings = StepSettings(torch.device("cpu"), model.shape.pad_id, cfg.train.label_smoothing, cfg.train.clip_norm)
+    settings = StepSettings(torch.device("cpu"), model.pad_id, cfg.train.label_smoothing, cfg.train.clip_norm)
     train_steps(model, iter(batches), optimizer, steps, settings, scheduler=scheduler)
     seconds = time.perf_counter() - start
     update = model_to_vector(model) - global_vector

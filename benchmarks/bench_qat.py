@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 
 import benchlib
-from fedq.config import QuantConfig
+from fedq.engine import StepSettings, make_optimizer, train_steps
 from fedq.errors import FedqError
 from fedq.quant import quantize_model, quantized_modules, save_deployed
-from fedq.engine import StepSettings, make_optimizer, train_steps
+from fedq.quant.settings import QuantConfig
 
 STEP_TARGET = 1.3
 DEPLOY_SCHEMES = [(8, "lsq"), (4, "lsq"), (3, "lsq"), (2, "lsq"), (1, "binary"), (2, "ternary")]
@@ -115,7 +115,7 @@ def main() -> None:
     quants = [parse_spec(spec, cfg.quant) for spec in args.configs]
     fp32_model = benchlib.synthetic_model(cfg, args.vocab, quantized=False)
     n_params = sum(p.numel() for p in fp32_model.parameters())
-    print(f"model: {cfg.model.preset} ({n_params / 1e6:.2f}M parameters), synthetic vocabulary {args.vocab}")
+    print(f"model: {cfg.model.describe()} ({n_params / 1e6:.2f}M parameters), synthetic vocabulary {args.vocab}")
 
     times, batch_tokens = step_times(args, cfg, fp32_model, quants)
     fp32_ms = 1000 * benchlib.median(times["fp32"])

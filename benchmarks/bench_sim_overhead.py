@@ -14,19 +14,18 @@ decode + aggregate; the server's BLEU evaluation is not in it, and
 ``data.max_eval_pairs`` pairs). Start-up = launch until the "round 0" line
 (imports, corpus, Ray, server model, a BLEU of the untrained model).
 
-Baseline: one process, one ``fedq.fl.federation.Federation`` with the same config,
-and per round what the client and server functions do without Flower: encode
-the global weights with the downlink codec, ``client_round`` for K sampled
-clients one after another (error-feedback residuals kept per client), decode
-each uplink payload and take the token-weighted FedAvg. Round 1 is an untimed
-warm-up here too; rounds 2..R+1 run the same local steps with the same lr.
+Baseline: one process running the same round code (``fedq.fl.run.run_federation``:
+the same sampling, downlink deltas, checks and Flower strategy), with the K sampled
+clients' ``client_round`` called one after another in this process instead of
+through Flower and Ray. Round 1 is an untimed warm-up here too; rounds 2..R+1 run
+the same local steps with the same lr, and are timed from its metrics.jsonl.
 
 Fairness: every client trains with ``--client-cpus`` torch threads on both
 sides (``fl.num_cpus``; Federation sets the threads from it). Ray runs
 P = min(K, cpu_count // client_cpus) clients at once, the baseline one at a
 time. The baseline round time is therefore the makespan of its measured
 client times spread over P workers (longest first, each to the least loaded)
-plus its server time: for P = 1 (the default on 2 cores: --client-cpus 2) that
+plus the rest of its round: for P = 1 (the default on 2 cores: --client-cpus 2) that
 is exactly the sequential time and the ratio is pure Flower + Ray overhead; for
 P > 1 it assumes perfect parallel scaling, so it is the strict side (memory
 bandwidth and other load slow parallel actors, not the ideal).
@@ -37,6 +36,7 @@ Baseline and simulation runs are interleaved when --repeats > 1.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import json
 import os
@@ -46,13 +46,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 import benchlib
-from fedq.comm.downlink import Broadcaster
-from fedq.config import FedqConfig, clients_per_round
-from fedq.fl.client import client_round
-from fedq.fl.federation import Federation
+from fedq.comm.downlink import cache_capacity
+from fedq.config import FedqConfig
+from fedq.fl.client import client_federation, local_exchange
+from fedq.fl.client_state import ClientStore
+from fedq.fl.run import run_federation
+from fedq.fl.settings import clients_per_round
+from server.aggregation import FlowerAggregator
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 1.25
@@ -70,41 +71,35 @@ def makespan(durations: list[float], workers: int) -> float:
     return max(loads)
 
 
-def run_baseline(fed: Federation, cfg: FedqConfig, parallel: int, seed: int) -> list[dict]:
-    """One plain-process run of R+1 rounds; one dict per round."""
-    k = clients_per_round(cfg)
-    rng = np.random.default_rng(seed)
-    vector = fed.initial_vector()
-    residuals: dict[int, np.ndarray | None] = {}
-    broadcaster = Broadcaster(fed.downlink, fed.seeded)
-    rows = []
-    for server_round in range(1, cfg.fl.rounds + 1):
-        start, server_s = time.perf_counter(), 0.0
-        client_s, replies = [], []
-        for pid in rng.choice(cfg.fl.clients, size=k, replace=False).tolist():
-            t = time.perf_counter()
-            held = broadcaster.held.get(pid), broadcaster.synced.get(pid)
-            downlink = broadcaster.message_for(pid, vector, server_round)
-            server_s += time.perf_counter() - t
-            t = time.perf_counter()
-            reply = client_round(fed, pid, server_round, downlink, residuals.get(pid), held if held[0] is not None else None)
-            client_s.append(time.perf_counter() - t)
-            residuals[pid] = reply.residual
-            replies.append(reply)
-        t = time.perf_counter()
-        weights = np.array([r.metrics["num-tokens"] for r in replies], np.float64)
-        updates = [fed.uplink.decode(r.arrays, fed.numel) for r in replies]
-        vector = vector + sum(w * u for w, u in zip(weights / weights.sum(), updates)).astype(np.float32)
-        server_s += time.perf_counter() - t
-        rows.append({
-            "round": server_round,
-            "sequential_seconds": time.perf_counter() - start,
-            "parallel_seconds": makespan(client_s, parallel) + server_s,
-            "client_seconds": client_s,
-            "client_train_seconds": max(r.metrics["train-seconds"] for r in replies),
-            "server_seconds": server_s,
-        })
-    return rows
+def run_baseline(cfg: FedqConfig, parallel: int, seed: int) -> list[dict]:
+    """One plain-process run of R+1 rounds through fedq's own round code (``fedq.fl.run.run_federation``), the
+    clients answered by ``client_round`` in this process; one dict per round, from its metrics.jsonl and the
+    clients' times."""
+    cfg = dataclasses.replace(cfg, seed=seed)
+    federation = client_federation(cfg)  # torch threads = fl.num_cpus, as in a Ray actor
+    with tempfile.TemporaryDirectory(prefix="fedq-baseline-") as out:
+        capacity = cache_capacity(cfg.comm.downlink.cache_mb, federation.numel)
+        exchange = local_exchange(federation, ClientStore(Path(out) / "client_state", capacity))
+        timed: list[list[float]] = []
+
+        def timed_exchange(requests):
+            times, replies = [], []
+            for request in requests:
+                start = time.perf_counter()
+                replies += exchange([request])
+                times.append(time.perf_counter() - start)
+            timed.append(times)
+            return replies
+
+        run_federation(cfg, Path(out), timed_exchange, FlowerAggregator(cfg), federation=federation)
+        rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return [{
+        "round": row["round"],
+        "sequential_seconds": row["wall_seconds"],
+        "parallel_seconds": row["wall_seconds"] - sum(client_s) + makespan(client_s, parallel),
+        "client_seconds": client_s,
+        "client_train_seconds": row["client_train_seconds"],
+    } for row, client_s in zip(rows, timed)]
 
 
 def run_simulation(overrides: list[str], seed: int) -> dict:
@@ -157,17 +152,15 @@ def main() -> None:
         f"data.max_eval_pairs={args.eval_pairs}", "device=cpu",
     ]
     cfg = benchlib.config(overrides)
-    k = clients_per_round(cfg)
+    k = clients_per_round(cfg.fl)
     parallel = max(1, min(k, int((os.cpu_count() or 1) // client_cpus)))
-    fed = Federation(cfg)  # sets torch threads to fl.num_cpus, as in a Ray actor
-    print(f"{fed.task.describe()}; model {cfg.model.preset} {fed.numel / 1e6:.2f}M values, quant.bits={cfg.quant.bits}, "
-          f"uplink {fed.uplink.name}")
+    print(f"model ({cfg.model.describe()}), quant.bits={cfg.quant.bits}, uplink {cfg.comm.uplink.name}")
     print(f"{args.clients} clients, {k} per round, {args.local_steps} local steps, {args.rounds} timed rounds (+1 warm-up); "
           f"{client_cpus:g} CPU(s) and torch threads per client; Ray runs P={parallel} client(s) at once")
 
     baselines, simulations = [], []
     for repeat in range(args.repeats):
-        baselines.append(run_baseline(fed, cfg, parallel, args.seed + repeat))
+        baselines.append(run_baseline(cfg, parallel, args.seed + repeat))
         simulations.append(run_simulation(overrides, args.seed + repeat))
         print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
 

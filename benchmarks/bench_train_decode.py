@@ -26,8 +26,8 @@ import torch
 
 import benchlib
 from fedq.data.batching import encode_pairs, token_batches
-from fedq.model.decoding import greedy_decode
 from fedq.engine import StepSettings, make_optimizer, train_steps, training_pairs
+from fedq.model.decoding import greedy_decode
 from fedq.task import build_model, load_task
 
 NEVER = -1  # an eos id no argmax can return: decoding runs the full length
@@ -72,10 +72,10 @@ def main() -> None:
     cfg = benchlib.config(overrides)
     model, batches, src, bos_id, data_text = prepare(args, cfg)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {cfg.model.preset} ({n_params / 1e6:.2f}M parameters), quant.bits={cfg.quant.bits}; data: {data_text}")
+    print(f"model: {cfg.model.describe()} ({n_params / 1e6:.2f}M parameters), quant.bits={cfg.quant.bits}; data: {data_text}")
 
     # Training: median over repeats of target tokens/s, one untimed warm-up block first.
-    settings = StepSettings(torch.device("cpu"), model.shape.pad_id)
+    settings = StepSettings(torch.device("cpu"), model.pad_id)
     optimizer = make_optimizer(model, cfg.train.lr, cfg.train.betas)
     stream = benchlib.cycle(batches)
     train_steps(model, stream, optimizer, args.train_steps, settings)

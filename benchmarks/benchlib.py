@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 
 from fedq.config import FedqConfig, compose_config
-from fedq.errors import FedqError
 from fedq.data.batching import Batch
+from fedq.errors import FedqError
 from fedq.model.transformer import Transformer
 from fedq.quant import quantize_model
-from fedq.task import model_shape
 
 # Special ids of fedq's SubwordTokenizer; synthetic tokens are drawn above them.
 PAD_ID, BOS_ID, EOS_ID, FIRST_WORD_ID = 0, 2, 3, 4
@@ -105,7 +104,7 @@ def config(overrides: Sequence[str]) -> FedqConfig:
 
 def synthetic_model(cfg: FedqConfig, vocab_size: int, quantized: bool = True) -> Transformer:
     """The Transformer of ``cfg.model`` over a synthetic vocabulary, with ``cfg.quant``'s QAT layers."""
-    model = Transformer(model_shape(cfg.model, vocab_size, PAD_ID))
+    model = Transformer(cfg.model, vocab_size, PAD_ID)
     return quantize_model(model, cfg.quant) if quantized else model
 
 

@@ -16,8 +16,8 @@ import math
 import torch
 
 from fedq.checkpoint import read_checkpoint
-from fedq.task import build_model
 from fedq.quant import quantized_modules
+from fedq.task import build_model
 
 
 def code_shares(checkpoint: str) -> tuple[str, int, list[float]]:

@@ -23,16 +23,19 @@ import numpy as np
 from fedq.config import compose_config
 from fedq.comm.downlink import Broadcaster
 from fedq.fl.client import client_round
+from fedq.fl.client_state import ClientStore
 from fedq.fl.federation import Federation
+from fedq.fl.protocol import TrainRequest
 out = sys.argv[1]
 for device in ("cuda", "cpu"):
     cfg = compose_config(["model=small", "quant.bits=2", f"device={device}", "clients=4", "fl.local_steps=20",
                           "data.demo_train_size=6000", "data.demo_eval_size=50", f"data.cache_dir={out}/cache"])
     fed = Federation(cfg)
     broadcaster = Broadcaster(fed.downlink, fed.seeded)
-    client_round(fed, 0, 1, broadcaster.message_for(0, fed.initial_vector(), 1), None)  # warm-up
+    request = lambda p, r: TrainRequest(p, r, broadcaster.message_for(p, fed.initial_vector(), r))
+    client_round(fed, request(0, 1), ClientStore(None))  # warm-up
     start = time.perf_counter()
-    update = client_round(fed, 1, 2, broadcaster.message_for(1, fed.initial_vector(), 2), None)
+    update = client_round(fed, request(1, 2), ClientStore(None))
     print(f"{device}: {update.metrics['steps']:.0f} steps in {update.metrics['train-seconds']:.2f}s, "
           f"loss {update.metrics['train-loss']:.3f}, payload {update.metrics['payload-bytes'] / 1e6:.2f} MB, "
           f"round {time.perf_counter() - start:.2f}s", flush=True)

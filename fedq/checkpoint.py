@@ -41,14 +41,14 @@ class CheckpointError(FedqError):
     pass
 
 
+def deployed_metadata(cfg: FedqConfig, tokenizer: SubwordTokenizer) -> dict:
+    """What a deployed file says about itself besides its tensors."""
+    return {"tokenizer_fingerprint": tokenizer.fingerprint, "quant": asdict(cfg.quant)}
+
+
 def pack_model(model: Transformer, path: Path, cfg: FedqConfig, tokenizer: SubwordTokenizer) -> dict:
     """Write the deployed file; return its size report as a dict."""
-    size = save_deployed(
-        model,
-        path,
-        {"tokenizer_fingerprint": tokenizer.fingerprint, "quant": asdict(cfg.quant), "model_preset": cfg.model.preset},
-    )
-    return asdict(size)
+    return asdict(save_deployed(model, path, deployed_metadata(cfg, tokenizer)))
 
 
 def save_checkpoint(
@@ -67,7 +67,7 @@ def save_checkpoint(
     tokenizer.save(folder / TOKENIZER)
     deployed_size = pack_model(model, folder / DEPLOYED, cfg, tokenizer)
     full_meta = {
-        "shape": model.shape.to_dict(),
+        "shape": model.shape_dict(),
         "tokenizer_fingerprint": tokenizer.fingerprint,
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
         "deployed_size": deployed_size,

@@ -1,17 +1,46 @@
-"""What every command-line entry point shares: config conversion, errors, output."""
+"""What every command-line entry point shares: the command line checked, config conversion, errors, output."""
 
 from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from importlib.resources import files
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from fedq.config import FedqConfig, validate_config
-from fedq.errors import FedqError
+from fedq.config import CONFIG_MODULE, FedqConfig, compose_config, settings_by_key, validate_config
+from fedq.errors import ConfigError, FedqError
+
+
+def config_groups() -> set[str]:
+    """The config groups a command line may choose (``model=small``, ``+experiment=multi30k_fl``)."""
+    return {entry.name for entry in files(CONFIG_MODULE).iterdir() if entry.is_dir() and not entry.name.startswith("_")}
+
+
+def check_overrides(arguments: Sequence[str]) -> None:
+    """A command line's overrides, checked the way the run will compose them: a typo, a wrong type or a key fedq
+    does not know (whatever its ``+`` prefix) is one ConfigError line. A sweep (``-m a=1,2``) is checked with the
+    first value of each list; every run of it is validated again when it starts."""
+    texts = [a for a in arguments if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    if not texts:
+        return
+    try:
+        parsed = OverridesParser.create().parse_overrides(texts)
+    except HydraException as err:
+        raise ConfigError(f"cannot read the command line: {str(err).strip().splitlines()[0]}") from None
+    known, groups, plain = set(settings_by_key(FedqConfig())), config_groups(), []
+    for override in parsed:
+        key = override.key_or_group
+        if key not in known and key.split("/")[0] not in groups and not any(k.startswith(key + ".") for k in known):
+            raise ConfigError(f"{key} is not a fedq setting (see --help for the groups, --cfg job for every setting)")
+        value = next(iter(override.sweep_string_iterator())) if override.is_sweep_override() else override.get_value_element_as_str()
+        plain.append(f"{'+' if override.is_add() else ''}{key}={value}")
+    compose_config(plain)
 
 
 def to_config(cfg: DictConfig) -> FedqConfig:
@@ -48,6 +77,32 @@ def run_with_user_errors(main: Callable[[FedqConfig], object], cfg: DictConfig) 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+ENTRY_POINT_SETTINGS = {  # the top-level settings each entry point uses; another one given is refused
+    "train": ("init_from",),
+    "simulate": ("init_from", "resume"),
+    "evaluate": ("ckpt",),
+    "deploy": ("ckpt",),
+}
+
+
+def refuse_unused(cfg: FedqConfig, entry_point: str) -> None:
+    """``resume=`` for training, ``ckpt=`` for a simulation, ...: a setting this entry point would ignore is one line."""
+    for name in ("ckpt", "init_from", "resume"):
+        if getattr(cfg, name) is not None and name not in ENTRY_POINT_SETTINGS[entry_point]:
+            used = " and ".join(f"{s}=" for s in ENTRY_POINT_SETTINGS[entry_point])
+            raise ConfigError(f"{name}= is not used by fedq.{entry_point} (it takes {used})")
+
+
+def run_entry_point(hydra_main: Callable[[], None]) -> None:
+    """Check the command line (one line and exit 2 on a bad override), then hand it to Hydra."""
+    try:
+        check_overrides(sys.argv[1:])
+    except FedqError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()
 
 
 def format_seconds(seconds: float) -> str:

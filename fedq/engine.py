@@ -21,6 +21,37 @@ from fedq.data.batching import Batch, EncodedPair, token_batches
 from fedq.errors import ConfigError
 
 
+@dataclass
+class TrainConfig:
+    """``train.*``: centralized training, and the loss and optimizer details every client shares."""
+
+    max_steps: int = 2000
+    max_epochs: int = 0  # 0 = bounded by max_steps only
+    max_minutes: float = 0.0  # 0 = no time limit
+    lr: float = 2e-3
+    warmup_steps: int = 200
+    betas: tuple = (0.9, 0.98)
+    weight_decay: float = 0.0  # centralized training and every client's optimizer
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0
+    log_every: int = 50
+    eval_every: int = 0  # steps; 0 = only at the end
+    checkpoint_every: int = 500  # steps between checkpoints (a crash loses at most this many); 0 = only at the end
+
+
+def validate_train_config(cfg: TrainConfig) -> None:
+    for name, low in (("max_steps", 1), ("max_epochs", 0), ("max_minutes", 0), ("warmup_steps", 0), ("weight_decay", 0),
+                      ("clip_norm", 0), ("log_every", 1), ("eval_every", 0), ("checkpoint_every", 0)):
+        if getattr(cfg, name) < low:
+            raise ConfigError(f"train.{name}={getattr(cfg, name)} must be >= {low}")
+    if cfg.lr <= 0:
+        raise ConfigError(f"train.lr={cfg.lr} must be > 0")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        raise ConfigError(f"train.label_smoothing={cfg.label_smoothing} must be in [0, 1)")
+    if len(cfg.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.betas):
+        raise ConfigError(f"train.betas={list(cfg.betas)} must be two numbers in [0, 1)")
+
+
 class SpecialIds(Protocol):
     pad_id: int
     bos_id: int

@@ -23,10 +23,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fedq.checkpoint import CheckpointError, read_checkpoint
-from fedq.cli import run_with_user_errors
-from fedq.config import CONFIG_SOURCE, DataConfig, FedqConfig, register_configs
-from fedq.data import load_corpus
+from fedq.cli import refuse_unused, run_entry_point, run_with_user_errors
+from fedq.config import CONFIG_SOURCE, FedqConfig, register_configs
+from fedq.data.corpora import load_corpus
 from fedq.data.corpus import Pairs
+from fedq.data.settings import DataConfig
 from fedq.data.textdir import read_parallel_files
 from fedq.errors import ConfigError
 from fedq.scoring import score_file
@@ -71,6 +72,7 @@ def evaluation_sets(cfg: FedqConfig, saved: DataConfig, overrides: Sequence[str]
 def evaluate(cfg: FedqConfig, overrides: Sequence[str] = ()) -> dict[str, float]:
     if not cfg.ckpt:
         raise ConfigError("give the checkpoint to score: python -m fedq.evaluate ckpt=PATH")
+    refuse_unused(cfg, "evaluate")
     configure_threads(cfg.threads)
     checkpoint = read_checkpoint(cfg.ckpt)
     if not checkpoint.deployed_path.is_file():
@@ -99,4 +101,4 @@ def main(cfg: DictConfig) -> None:
 register_configs()
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

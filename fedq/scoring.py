@@ -7,21 +7,26 @@ reports is of the packed form.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import sacrebleu
 import torch
 
 from fedq.checkpoint import read_checkpoint
-from fedq.config import DecodeConfig
 from fedq.data.corpus import ParallelCorpus
 from fedq.data.tokenizer import SubwordTokenizer
 from fedq.files import atomic_write
-from fedq.model.decoding import beam_search, greedy_decode
+from fedq.model.decoding import DecodeConfig, beam_search, greedy_decode
 from fedq.model.transformer import Transformer
-from fedq.quant.deployed import DeployedFormatError, DeployedSize, load_deployed
+from fedq.quant.deployed import (
+    DeployedFormatError,
+    DeployedSize,
+    load_deployed,
+    load_deployed_bytes,
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,35 @@ class BleuResult:
         return f"BLEU {self.score:.2f} ({self.sentences} sentences; {self.signature})"
 
 
+BatchDecoder = Callable[[list[list[int]], int], list[list[int]]]
+
+
+def translate_batched(
+    sources: Sequence[str], tokenizer: SubwordTokenizer, max_positions: int, decode: DecodeConfig, decode_batch: BatchDecoder
+) -> list[str]:
+    """The one translate loop of every engine: encode, batch by source length (``decode.batch_size``), let the
+    engine's ``decode_batch(source ids, max output length)`` search, detokenize, return in input order."""
+    # An empty source would be an all-pad row (attention over nothing): give it one unk.
+    encoded = [tokenizer.encode(text)[:max_positions] or [tokenizer.unk_id] for text in sources]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    outputs: list[str] = [""] * len(encoded)
+    for start in range(0, len(order), decode.batch_size):
+        index = order[start : start + decode.batch_size]
+        width = max(len(encoded[i]) for i in index)
+        ids = decode_batch([encoded[i] for i in index], min(decode.max_length(width), max_positions - 1))
+        for row, i in enumerate(index):
+            outputs[i] = tokenizer.decode(ids[row])
+    return outputs
+
+
+def padded(rows: Sequence[Sequence[int]], pad_id: int) -> np.ndarray:
+    """Token id rows as one int64 array, right-padded with ``pad_id``."""
+    out = np.full((len(rows), max(1, max(len(row) for row in rows))), pad_id, np.int64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
 def translate(
     model: Transformer,
     tokenizer: SubwordTokenizer,
@@ -41,28 +75,16 @@ def translate(
     decode: DecodeConfig,
     device: torch.device,
 ) -> list[str]:
-    """Detokenized translations, batched by source length, returned in input order."""
+    """Detokenized translations with fedq's own greedy or beam search, batched by source length, in input order."""
     model.eval()
-    max_src = model.shape.max_positions
-    # An empty source would be an all-pad row (attention over nothing): give it one unk.
-    encoded = [tokenizer.encode(text)[:max_src] or [tokenizer.unk_id] for text in sources]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    outputs: list[str] = [""] * len(encoded)
-    for start in range(0, len(order), decode.batch_size):
-        index = order[start : start + decode.batch_size]
-        width = max(1, max(len(encoded[i]) for i in index))
-        src = torch.full((len(index), width), tokenizer.pad_id, dtype=torch.long)
-        for row, i in enumerate(index):
-            src[row, : len(encoded[i])] = torch.tensor(encoded[i], dtype=torch.long)
-        src = src.to(device)
-        max_len = int(decode.max_len_a * width + decode.max_len_b)
+
+    def search(rows: list[list[int]], max_len: int) -> list[list[int]]:
+        src = torch.from_numpy(padded(rows, tokenizer.pad_id)).to(device)
         if decode.beam > 1:
-            ids = beam_search(model, src, tokenizer.bos_id, tokenizer.eos_id, max_len, decode.beam, decode.length_penalty)
-        else:
-            ids = greedy_decode(model, src, tokenizer.bos_id, tokenizer.eos_id, max_len)
-        for row, i in enumerate(index):
-            outputs[i] = tokenizer.decode(ids[row])
-    return outputs
+            return beam_search(model, src, tokenizer.bos_id, tokenizer.eos_id, max_len, decode.beam, decode.length_penalty)
+        return greedy_decode(model, src, tokenizer.bos_id, tokenizer.eos_id, max_len)
+
+    return translate_batched(sources, tokenizer, model.shape.max_positions, decode, search)
 
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> BleuResult:
@@ -95,6 +117,25 @@ def score_file(
     model, meta = load_deployed(path, device)
     if meta.get("tokenizer_fingerprint") not in (None, tokenizer.fingerprint):
         raise DeployedFormatError(f"{path} was packed for another vocabulary than the tokenizer given")
+    return score_model(model, tokenizer, splits, decode, device, out_dir)
+
+
+def score_packed_bytes(
+    data: bytes, tokenizer: SubwordTokenizer, pairs: Sequence[tuple[str, str]], decode: DecodeConfig, device: torch.device
+) -> BleuResult:
+    """BLEU of a deployed file held in memory (what the file would score, without writing it)."""
+    model, _ = load_deployed_bytes(data, "<the global model>", device)
+    return score_model(model, tokenizer, {"valid": pairs}, decode, device)["valid"]
+
+
+def score_model(
+    model: Transformer,
+    tokenizer: SubwordTokenizer,
+    splits: dict[str, Sequence[tuple[str, str]]],
+    decode: DecodeConfig,
+    device: torch.device,
+    out_dir: Path | None = None,
+) -> dict[str, BleuResult]:
     results = {}
     for split, pairs in splits.items():
         bleu, hypotheses = evaluate_bleu(model, tokenizer, pairs, decode, device)

@@ -3,8 +3,11 @@
 Runs the ServerApp (``server/``) and ClientApp (``clients/``) of this package
 the way Flower runs simulations: ``flwr run`` on a local SuperLink in
 simulation mode (``fedq.superlink``), each client a Ray actor with
-``fl.num_cpus`` CPUs and ``fl.num_gpus`` GPUs. Before anything starts, every
-setting is validated and the clients' resources are compared with the machine.
+``fl.num_cpus`` CPUs and ``fl.num_gpus`` GPUs. The simulated federation is a
+pool of as many nodes as a round has clients, each playing whichever client the
+server sends it, so that a fleet of any size costs what its rounds cost. Before
+anything starts, every setting is validated and the clients' resources are
+compared with the machine.
 
 Results go to the Hydra run directory (absolute, printed at start and end):
 metrics.jsonl, summary.json, bleu_vs_uplink.png, checkpoint/, and state/ after
@@ -26,10 +29,19 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from fedq.checkpoint import read_checkpoint
-from fedq.cli import format_seconds, run_dir, run_with_user_errors
-from fedq.config import CONFIG_SOURCE, FedqConfig, config_to_yaml, register_configs, validate_config
+from fedq.cli import format_seconds, refuse_unused, run_dir, run_entry_point, run_with_user_errors
+from fedq.config import (
+    CLIENT_POOL_KEY,
+    CONFIG_SOURCE,
+    FedqConfig,
+    config_to_yaml,
+    register_configs,
+    validate_config,
+)
 from fedq.errors import ConfigError, FedqError
 from fedq.fl.federation import Federation
+from fedq.fl.footprint import check_fits
+from fedq.fl.settings import clients_per_round
 from fedq.fl.state import saved_config
 from fedq.report.run_log import SUMMARY_FILE, read_failure, read_rows
 from fedq.superlink import LocalSuperLink, write_app_dir
@@ -46,9 +58,12 @@ def machine_resources(ray_address: str | None) -> tuple[float, float, str]:
         ray.init(address=ray_address, logging_level="ERROR", log_to_driver=False)
         try:
             resources = ray.cluster_resources()
+            nodes = [node for node in ray.nodes() if node.get("Alive")]
         finally:
             ray.shutdown()
-        return float(resources.get("CPU", 0)), float(resources.get("GPU", 0)), f"the Ray cluster at {ray_address}"
+        cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+        print(f"Ray cluster at {ray_address}: {cpus:g} CPUs, {gpus:g} GPUs on {len(nodes)} node(s)", flush=True)
+        return cpus, gpus, f"the Ray cluster at {ray_address}"
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return float(cpus), float(torch.cuda.device_count()), "this machine"
 
@@ -76,6 +91,7 @@ def resumed_config(cfg: FedqConfig, overrides: Sequence[str]) -> tuple[FedqConfi
 
 
 def simulate(cfg: FedqConfig, out_dir: Path, overrides: Sequence[str] = ()) -> dict:
+    refuse_unused(cfg, "simulate")
     resume = cfg.resume is not None
     if resume:
         cfg, out_dir = resumed_config(cfg, overrides)
@@ -88,15 +104,18 @@ def simulate(cfg: FedqConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
     if device.type == "cuda" and cfg.fl.num_gpus <= 0:
         print("note: CUDA is available but fl.num_gpus=0: clients train on CPU (set fl.num_gpus=0.5 to share the GPU)")
     task = load_task(cfg)  # the corpus, tokenizer and shard caches are built once, before the clients start
-    Federation(cfg, task).check_deadline()
+    federation = Federation(cfg, task)
+    federation.check_deadline()
+    check_fits(federation, out_dir)
     print(task.describe(), flush=True)
 
     started = time.perf_counter()
     with LocalSuperLink(ray_address, verbose=cfg.fl.verbose) as link:
         app_dir = write_app_dir(link.home / "app", _fedq_version())
-        run_config = {"config": config_to_yaml(cfg), "out-dir": str(out_dir), "resume": resume}
-        federation = {
-            "num_supernodes": cfg.fl.clients,
+        pool = clients_per_round(cfg.fl)
+        run_config = {"config": config_to_yaml(cfg), "out-dir": str(out_dir), "resume": resume, CLIENT_POOL_KEY: pool}
+        simulation = {
+            "num_supernodes": pool,
             "client_resources_num_cpus": cfg.fl.num_cpus,
             "client_resources_num_gpus": float(cfg.fl.num_gpus),
             "init_args_logging_level": "ERROR",
@@ -104,7 +123,7 @@ def simulate(cfg: FedqConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
             "verbose": cfg.fl.verbose,
         }
         try:
-            code = link.run(app_dir, run_config, federation)
+            code = link.run(app_dir, run_config, simulation)
         except KeyboardInterrupt:
             _print_resume_hint(out_dir)
             raise
@@ -141,4 +160,4 @@ def main(cfg: DictConfig) -> None:
 register_configs()
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

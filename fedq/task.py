@@ -7,7 +7,6 @@ SentencePiece tokenizer; ``build_model`` gives the Transformer of
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 from dataclasses import dataclass
@@ -17,13 +16,13 @@ import numpy as np
 import torch
 
 from fedq.checkpoint import CheckpointError, load_weights_into, read_checkpoint
-from fedq.config import FedqConfig, ModelConfig
-from fedq.data import load_corpus
+from fedq.config import FedqConfig
+from fedq.data.corpora import load_corpus
 from fedq.data.corpus import ParallelCorpus
 from fedq.data.tokenizer import SubwordTokenizer, load_or_train_tokenizer
 from fedq.errors import ConfigError
 from fedq.files import FileWriteError
-from fedq.model.transformer import Transformer, TransformerShape
+from fedq.model.transformer import Transformer
 from fedq.quant import quantize_model
 
 
@@ -49,20 +48,13 @@ def configure_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def model_shape(model_cfg: ModelConfig, vocab_size: int, pad_id: int) -> TransformerShape:
-    """The one way from ``cfg.model`` to the network's shape: every shape field is copied by name."""
-    values = dataclasses.asdict(model_cfg)
-    fields = {f.name for f in dataclasses.fields(TransformerShape)} - {"vocab_size", "pad_id"}
-    return TransformerShape(vocab_size=vocab_size, pad_id=pad_id, **{name: values[name] for name in fields})
-
-
 def build_model(cfg: FedqConfig, tokenizer: SubwordTokenizer, init_from: str | None = None) -> Transformer:
     """The Transformer of ``cfg.model`` with the QAT layers of ``cfg.quant`` swapped in.
 
     ``init_from`` (a checkpoint) gives the starting weights; they are loaded before
     the QAT layers are swapped in, so learned quantizer steps start from them.
     """
-    model = Transformer(model_shape(cfg.model, tokenizer.vocab_size, tokenizer.pad_id))
+    model = Transformer(cfg.model, tokenizer.vocab_size, tokenizer.pad_id)
     if init_from:
         source = read_checkpoint(init_from)
         if source.tokenizer.fingerprint != tokenizer.fingerprint:

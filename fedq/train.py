@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fedq.checkpoint import save_checkpoint, update_meta
-from fedq.cli import format_seconds, run_dir, run_with_user_errors
+from fedq.cli import format_seconds, refuse_unused, run_dir, run_entry_point, run_with_user_errors
 from fedq.config import CONFIG_SOURCE, FedqConfig, register_configs
 from fedq.data.batching import encode_pairs
 from fedq.engine import (
@@ -30,10 +30,17 @@ from fedq.engine import (
 )
 from fedq.quant import describe_quantization
 from fedq.scoring import evaluate_bleu, score_checkpoint
-from fedq.task import build_model, configure_threads, load_task, resolve_device, seed_everything
+from fedq.task import (
+    build_model,
+    configure_threads,
+    load_task,
+    resolve_device,
+    seed_everything,
+)
 
 
 def train(cfg: FedqConfig, out_dir: Path) -> dict:
+    refuse_unused(cfg, "train")
     configure_threads(cfg.threads)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -44,7 +51,7 @@ def train(cfg: FedqConfig, out_dir: Path) -> dict:
     model = build_model(cfg, tokenizer, cfg.init_from)
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model {cfg.model.preset}: {n_params / 1e6:.2f}M parameters on {device}; {describe_quantization(model)}", flush=True)
+    print(f"model ({cfg.model.describe()}): {n_params / 1e6:.2f}M parameters on {device}; {describe_quantization(model)}", flush=True)
 
     encoded = training_pairs(encode_pairs(task.corpus.train, tokenizer), cfg.data.max_len)
     batches_per_epoch = steps_per_epoch(encoded, cfg.data.max_tokens, tokenizer)
@@ -123,4 +130,4 @@ def main(cfg: DictConfig) -> None:
 register_configs()
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

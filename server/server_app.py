@@ -1,225 +1,94 @@
-"""Flower ServerApp: find the nodes, sample clients, aggregate decoded updates, score the global model.
+"""Flower ServerApp: find the nodes, then let fedq run the rounds (``fedq.fl.run``) over Flower's grid.
 
-Thin on purpose: the strategy is Flower's (wrapped for compressed payloads in
-``server/strategy.py``); scoring, reporting, run state and results files are
-fedq's (``fedq/fl/``). The round loop is written out here rather than left to
-``Strategy.start`` so that a run can resume after its last saved round, stop
-at once when a round fails, and score the final model exactly once.
+Thin on purpose: this file only turns fedq's requests into Flower ``Message``s
+and the replies back; sampling, checks, the run state and scoring are fedq's,
+and Flower's strategy aggregates (``server/aggregation.py``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from pathlib import Path
+from collections.abc import Sequence
 
-import numpy as np
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedq.config import FedqConfig, changed_settings, clients_per_round, config_from_run_config, results_dir, validate_config
+from fedq.config import CLIENT_POOL_KEY, changed_settings, config_from_run_config, results_dir, validate_config
 from fedq.errors import FedqError
-from fedq.fl.client import PARTITION_KEY, fingerprint_number
-from fedq.fl.federation import Federation
-from fedq.fl.server import RoundReporter
-from fedq.fl.state import load_state
+from fedq.fl import protocol
+from fedq.fl.protocol import Reply, TrainReply, TrainRequest
+from fedq.fl.rounds import FederationMismatchError, nodes_by_partition, too_few_nodes
+from fedq.fl.run import run_federation
 from fedq.report.run_log import write_failure
-from server.strategy import (
-    CompressedBulyan,
-    CompressedFedAdam,
-    CompressedFedAvg,
-    CompressedFedMedian,
-    CompressedFedTrimmedAvg,
-    CompressedKrum,
-    CompressedMultiKrum,
-    CompressedUpdates,
-    record_vector,
-    weights_record,
-)
+from server.aggregation import FlowerAggregator
 
 REPLY_TIMEOUT_SECONDS = 24 * 3600.0  # Flower's default of one hour is too short for a long local round
-REPLY_POLL_SECONDS = 0.2
+POLL_SECONDS = 0.2  # Flower's own send_and_receive looks every 3 s on its HTTP grid
+app = ServerApp()
 
 
-class RoundFailedError(FedqError):
-    """No client of a round delivered a usable update."""
-
-
-class FederationMismatchError(FedqError):
-    """The nodes that connected are not the federation the config describes."""
-
-
-def discover_nodes(grid: Grid, clients: int, wait_seconds: float) -> dict[int, int]:
-    """Wait for ``clients`` nodes, then ask each for its partition id: {partition id: node id}."""
-    deadline = time.monotonic() + wait_seconds
-    while len(node_ids := sorted(grid.get_node_ids())) < clients:
-        if time.monotonic() > deadline:
-            raise FederationMismatchError(
-                f"waited {wait_seconds:g}s for {clients} nodes (clients={clients}) but {len(node_ids)} connected: "
-                f"set clients={len(node_ids)} (run config num-clients), or start more SuperNodes / raise "
-                "num-supernodes, or wait longer with fl.node_wait_seconds"
-            )
-        time.sleep(0.5)
-    queries = [
-        Message(content=RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type="query")
-        for node in node_ids
-    ]
-    nodes: dict[int, int] = {}
-    for reply in exchange(grid, queries, max(wait_seconds, 60.0)):
-        if reply.has_error():
-            raise FederationMismatchError(f"node {reply.metadata.src_node_id} did not say its partition: {reply.error.reason}")
-        nodes[int(reply.content["metrics"][PARTITION_KEY])] = reply.metadata.src_node_id
-    if sorted(nodes) != list(range(clients)):
-        raise FederationMismatchError(
-            f"the nodes hold partitions {sorted(nodes)[:10]}{'...' if len(nodes) > 10 else ''}, expected 0..{clients - 1} "
-            "(each node needs a distinct --node-config partition-id below num-partitions)"
-        )
-    return nodes
-
-
-STRATEGIES = {
-    "fedavg": CompressedFedAvg,
-    "fedadam": CompressedFedAdam,
-    "fedmedian": CompressedFedMedian,
-    "fedtrimmedavg": CompressedFedTrimmedAvg,
-    "krum": CompressedKrum,
-    "multikrum": CompressedMultiKrum,
-    "bulyan": CompressedBulyan,
-}
-
-
-def make_strategy(cfg: FedqConfig, federation: Federation, nodes: dict[int, int] | None = None) -> CompressedUpdates:
-    """Flower's strategy named by ``fl.strategy``, wrapped for compressed and checked updates."""
-    fl = cfg.fl
-    k = clients_per_round(cfg)
-    common: dict[str, object] = dict(
-        uplink=federation.uplink,
-        downlink=federation.downlink,
-        seeded=federation.seeded,
-        tokenizer_fingerprint=fingerprint_number(federation.tokenizer.fingerprint),
-        nodes=nodes,
-        clients_per_round=k,
-        seed=cfg.seed,
-        fleet=federation.fleet,
-        deadline=fl.round_deadline,
-        max_norm=fl.max_update_norm,
-        max_norm_ratio=fl.max_update_norm_ratio,
-        min_replies=fl.min_replies,
-        server_lr=fl.server_lr,
-        fraction_train=1.0,  # the strategy samples (seeded, among the clients online) and shows
-        min_train_nodes=1,  # Flower's FedAvg exactly those nodes; the ServerApp waited for all of them
-        min_available_nodes=1,
-        fraction_evaluate=0.0,  # the server scores the global model itself
-        weighted_by_key="num-tokens",
-    )
-    if fl.strategy == "fedadam":  # Adam's eta is its server lr
-        common.update(server_lr=1.0, eta=fl.server_lr, eta_l=fl.local_lr, beta_1=0.9, beta_2=0.99)
-    elif fl.strategy == "fedtrimmedavg":
-        common.update(beta=fl.trim_beta)
-    elif fl.strategy in ("krum", "bulyan"):
-        common.update(num_malicious_nodes=fl.byzantine)
-    elif fl.strategy == "multikrum":
-        common.update(num_malicious_nodes=fl.byzantine, num_nodes_to_select=max(1, k - fl.byzantine))
-    return STRATEGIES[fl.strategy](**common)
-
-
-def exchange(grid: Grid, messages: Iterable[Message], timeout: float) -> list[Message]:
-    """``Grid.send_and_receive`` with a short poll: Flower's HTTP grid (deployment runtime) looks for
-    replies every 3 s, up to a third of a round of a few seconds; this looks every 0.2 s."""
-    pending = set(grid.push_messages(messages))
-    replies: list[Message] = []
+def exchange(grid: Grid, messages: Sequence[Message], timeout: float) -> list[Message | None]:
+    """Push ``messages``; their replies in the same order (None: none came within ``timeout``)."""
+    ids = list(grid.push_messages(messages))
+    replies: dict[str, Message] = {}
     deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        arrived = list(grid.pull_messages(pending))
-        replies += arrived
-        pending -= {reply.metadata.reply_to_message_id for reply in arrived}
-        if pending:
-            time.sleep(REPLY_POLL_SECONDS)
-    return replies
+    while len(replies) < len(ids) and time.monotonic() < deadline:
+        replies |= {reply.metadata.reply_to_message_id: reply for reply in grid.pull_messages(set(ids) - set(replies))}
+        time.sleep(POLL_SECONDS if len(replies) < len(ids) else 0)
+    return [replies.get(i) for i in ids]
 
 
-def run_round(grid: Grid, strategy: CompressedUpdates, server_round: int, vector: np.ndarray) -> np.ndarray:
-    """One round: send, train, receive, aggregate. Returns the new global vector."""
-    messages = strategy.configure_train(server_round, weights_record(vector), ConfigRecord(), grid)
-    replies = exchange(grid, messages, REPLY_TIMEOUT_SECONDS)
-    arrays, _ = strategy.aggregate_train(server_round, replies)
-    if arrays is None:
-        traffic = strategy.last_round
-        errors = [reply.error.reason for reply in replies if reply.has_error()]
-        reasons = traffic.rejections + errors
-        detail = reasons[0].strip().splitlines()[-1] if reasons else "no client was online or replied"
-        counts = ", ".join(f"{n} {why}" for why, n in {**traffic.dropped, "rejected": traffic.rejected}.items() if n)
-        raise RoundFailedError(
-            f"round {server_round}: {traffic.clients} usable updates of {traffic.sampled} sampled, fewer than "
-            f"fl.min_replies={strategy.min_replies} ({counts or 'none replied'}); first reason: {detail}"
-        )
-    return record_vector(arrays)
-
-
-def run_server(grid: Grid, cfg: FedqConfig, out_dir: Path, resume: bool = False) -> dict:
-    print(f"results in {out_dir}", flush=True)
-    federation = Federation(cfg)
-    federation.check_deadline()
-    nodes = discover_nodes(grid, cfg.fl.clients, cfg.fl.node_wait_seconds)
-    strategy = make_strategy(cfg, federation, nodes)
-    state = load_state(out_dir) if resume else None
-    reporter = RoundReporter(cfg, federation, out_dir, state)
-    if state is not None:
-        vector = state.vector
-        strategy.restore_state_arrays(state.optimizer)
-        print(f"resuming after round {state.rounds} of {cfg.fl.rounds} from {out_dir}", flush=True)
-        if federation.uplink.biased and cfg.comm.uplink.error_feedback:
-            print("note: the clients' error-feedback residuals were not saved; they start again from zero", flush=True)
-        if strategy.broadcaster.stateful:
-            print("note: what each client held of the model was not saved; each is sent a delta against the seeded model when next sampled", flush=True)
-    else:
-        vector = federation.initial_vector()
-        reporter.start(vector)
-    for server_round in range((state.rounds if state else 0) + 1, cfg.fl.rounds + 1):
-        vector = run_round(grid, strategy, server_round, vector)
-        reporter.end_round(server_round, vector, strategy.last_round)
-        if server_round % cfg.fl.checkpoint_every == 0 or server_round == cfg.fl.rounds:
-            reporter.save_state(server_round, vector, strategy.state_arrays())
-    return reporter.finish(vector)
-
-
-def federation_size(grid: Grid, wait_seconds: float, settle_seconds: float = 3.0) -> int:
-    """How many nodes this federation has: the count once it has not changed for ``settle_seconds``."""
-    deadline = time.monotonic() + wait_seconds
-    count, since = 0, time.monotonic()
+def node_ids(grid: Grid, count: int, wait_seconds: float, settle_seconds: float = 0.0) -> list[int]:
+    """The connected nodes once there are ``count`` (0: once their number has not changed for ``settle_seconds``)."""
+    start = since = time.monotonic()
+    nodes: list[int] = []
     while True:
-        now = time.monotonic()
-        current = len(list(grid.get_node_ids()))
-        if current != count:
-            count, since = current, now
-        if count > 0 and now - since >= settle_seconds:
-            return count
-        if now > deadline:
-            if count:
-                return count
-            raise FederationMismatchError(f"no node connected within {wait_seconds:g}s; start the SuperNodes first")
+        if len(current := sorted(grid.get_node_ids())) != len(nodes):
+            nodes, since = current, time.monotonic()
+        if (count and len(nodes) >= count) or (not count and nodes and time.monotonic() - since >= settle_seconds):
+            return nodes
+        if time.monotonic() - start > wait_seconds:
+            raise too_few_nodes(count, len(nodes), wait_seconds) if nodes else FederationMismatchError(
+                f"no node connected within {wait_seconds:g}s; start the SuperNodes first")
         time.sleep(0.5)
 
 
-def server_main(grid: Grid, context: Context) -> None:
-    """The ServerApp's body: a user error is one line (and failure.json), never a silent success.
+def partitions_of(grid: Grid, nodes: list[int], clients: int, wait_seconds: float) -> dict[int, int]:
+    """Ask every node which partition (client) it holds: {partition: node id}."""
+    query = [Message(RecordDict({protocol.CONFIG: ConfigRecord({})}), dst_node_id=n, message_type=protocol.QUERY) for n in nodes]
+    answers = {n: (r.error.reason if r.has_error() else r.content[protocol.METRICS][protocol.PARTITION]) if r else "no reply"
+               for n, r in zip(nodes, exchange(grid, query, max(wait_seconds, 60.0)))}
+    return nodes_by_partition(answers, clients)
 
-    Without ``num-clients`` (or a whole ``config``) in the run config, the
-    federation's own size is the number of clients.
-    """
+
+def grid_exchange(grid: Grid, nodes: list[int] | dict[int, int]):  # noqa: ANN201 (a fedq.fl.rounds.Exchange)
+    """Request i goes to its client's node, or to node i of the pool; each reply comes back as a fedq Reply."""
+    def send(requests: Sequence[TrainRequest]) -> list[Reply]:
+        messages = [Message(RecordDict({protocol.ARRAYS: ArrayRecord(r.downlink.arrays), protocol.CONFIG: ConfigRecord(r.config())}),
+                            dst_node_id=nodes[r.partition] if isinstance(nodes, dict) else nodes[i % len(nodes)],
+                            message_type=protocol.TRAIN) for i, r in enumerate(requests)]
+        return [Reply(r.partition, error=m.error.reason if m else f"{protocol.CRASHED}: no reply") if m is None or m.has_error()
+                else Reply(r.partition, TrainReply(m.content[protocol.ARRAYS].to_numpy_ndarrays(), dict(m.content[protocol.METRICS])))
+                for r, m in zip(requests, exchange(grid, messages, REPLY_TIMEOUT_SECONDS))]
+    return send
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """A user error is one line (and failure.json), never a silent success. Without ``num-clients`` (or a whole
+    ``config``) in the run config, the federation's own size is the number of clients."""
     run_config = context.run_config
     out_dir = results_dir(run_config, context.run_id)
     try:
         fixed = run_config.get("config", "") != "" or run_config.get("num-clients", "") != ""
-        cfg = config_from_run_config(run_config, None if fixed else federation_size(grid, 120.0))
+        cfg = config_from_run_config(run_config, None if fixed else len(node_ids(grid, 0, 120.0, settle_seconds=3.0)))
         validate_config(cfg)
         print(f"settings: {changed_settings(cfg)}", flush=True)
-        run_server(grid, cfg, out_dir, resume=bool(run_config.get("resume", False)))
+        pool = int(run_config.get(CLIENT_POOL_KEY) or 0)
+        nodes = node_ids(grid, pool or cfg.fl.clients, cfg.fl.node_wait_seconds)
+        by_client = nodes[:pool] if pool else partitions_of(grid, nodes, cfg.fl.clients, cfg.fl.node_wait_seconds)
+        run_federation(cfg, out_dir, grid_exchange(grid, by_client), FlowerAggregator(cfg), bool(run_config.get("resume", False)))
     except FedqError as err:
         write_failure(out_dir, str(err))
         print(f"error: {err}", flush=True)
         raise
-
-
-app = ServerApp()
-app.main()(server_main)

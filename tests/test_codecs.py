@@ -105,7 +105,7 @@ def test_fp32_is_exact_and_fp16_is_a_cast():
 def test_uniform_levels_error_and_packing(bits):
     block = 256
     x = normal(10 * block + 37) * 0.01
-    codec = make_codec("uniform", bits, block_size=block)
+    codec = make_codec("uniform", bits=bits, block_size=block)
     arrays, y = round_trip(codec, x)
     codes, scales = arrays
     assert codes.dtype == np.uint8 and codes.size == math.ceil(x.size * bits / 8)
@@ -124,7 +124,7 @@ def test_uniform_levels_error_and_packing(bits):
 def test_uniform_is_unbiased(bits):
     n, draws = 256, 4000
     x = normal(n, seed=3)
-    codec = make_codec("uniform", bits, block_size=n)
+    codec = make_codec("uniform", bits=bits, block_size=n)
     # One block per copy: every copy gets the same scale and independent rounding.
     y = codec.decode(codec.encode(np.tile(x, draws), np.random.default_rng(0)), n * draws)
     mean = y.reshape(draws, n).mean(axis=0)
@@ -147,7 +147,7 @@ def test_sign_sends_block_mean_magnitude():
 
 def test_topk_keeps_the_largest_entries():
     x = normal(100_000)
-    codec = make_codec("topk", 4, density=0.01)
+    codec = make_codec("topk", bits=4, density=0.01)
     arrays, y = round_trip(codec, x)
     k = 1000
     assert arrays[0].tolist()[0] == k
@@ -160,17 +160,17 @@ def test_topk_keeps_the_largest_entries():
 def test_topk_handles_clustered_and_full_density():
     x = np.zeros(50_000, np.float32)
     x[-500:] = normal(500)  # every kept index at the end of the vector
-    _, y = round_trip(make_codec("topk", 8, density=0.01), x)
+    _, y = round_trip(make_codec("topk", bits=8, density=0.01), x)
     assert np.array_equal(np.flatnonzero(y), np.arange(49_500, 50_000))
     x = normal(3000)
-    _, y = round_trip(make_codec("topk", 8, density=1.0, block_size=64), x)
+    _, y = round_trip(make_codec("topk", bits=8, density=1.0, block_size=64), x)
     assert np.abs(y - x).max() <= 2 * np.abs(x).max() / 255
 
 
 @pytest.mark.parametrize("bits", [8, 4, 2])
 def test_uniform_compression_ratio(bits):
     x = normal(1_000_000)
-    arrays = make_codec("uniform", bits).encode(x, np.random.default_rng(0))
+    arrays = make_codec("uniform", bits=bits).encode(x, np.random.default_rng(0))
     assert 4 * x.size / payload_bytes(arrays) >= 0.95 * 32 / bits
 
 
@@ -182,14 +182,14 @@ def test_sign_compression_ratio():
 
 def test_topk_compression_ratio():
     x = normal(1_000_000)
-    arrays = make_codec("topk", 4, density=0.01).encode(x, np.random.default_rng(0))
+    arrays = make_codec("topk", bits=4, density=0.01).encode(x, np.random.default_rng(0))
     assert 4 * x.size / payload_bytes(arrays) >= 100
 
 
 @pytest.mark.parametrize("name,bits", [("uniform", 4), ("sign", None)])
 def test_ten_million_values_encode_and_decode_fast(name, bits):
     x = normal(10_000_000)
-    codec = make_codec(name, bits)
+    codec = make_codec(name, bits=bits)
     start = time.perf_counter()
     codec.decode(codec.encode(x, np.random.default_rng(0)), x.size)
     assert time.perf_counter() - start < 1.0
@@ -208,6 +208,9 @@ def test_ten_million_values_encode_and_decode_fast(name, bits):
         (dict(name="topk", density=0.0), r"density must be in \(0, 1\]"),
         (dict(name="topk", density=1.5), r"density must be in \(0, 1\]"),
         (dict(name="sign", block_size=0), "block_size must be >= 1"),
+        (dict(name="sign", bits=4), "codec sign does not use bits"),
+        (dict(name="uniform", density=0.1), "codec uniform does not use density"),
+        (dict(name="fp32", block_size=512), "codec fp32 does not use block_size"),
     ],
 )
 def test_make_codec_rejects_bad_settings(kwargs, message):
@@ -228,7 +231,7 @@ def test_encode_rejects_non_finite_and_out_of_range_updates():
 
 @pytest.mark.parametrize("name", ["fp32", "fp16", "uniform", "sign", "topk"])
 def test_decode_rejects_wrong_count_dtype_and_length(name):
-    codec = make_codec(name, density=0.1)
+    codec = make_codec(name, density=0.1 if name == "topk" else None)
     n = 1000
     arrays = codec.encode(normal(n), np.random.default_rng(0))
     with pytest.raises(CodecError, match="arrays, expected"):
@@ -247,7 +250,7 @@ def test_decode_rejects_bad_header_scales_and_values():
     arrays[0] = np.array([n + 1, arrays[0][1]], np.uint32)
     with pytest.raises(CodecError, match="k=1001, expected 100"):
         topk.decode(arrays, n)
-    uniform = make_codec("uniform", 4)
+    uniform = make_codec("uniform", bits=4)
     codes, scales = uniform.encode(normal(n), rng)
     scales[0] = np.inf
     with pytest.raises(CodecError, match="scales must be finite"):
@@ -261,7 +264,7 @@ def test_decode_rejects_bad_header_scales_and_values():
 
 @pytest.mark.parametrize("name", ["sign", "topk"])
 def test_error_feedback_residual_holds_what_was_not_sent(name):
-    codec = make_codec(name, density=0.05)
+    codec = make_codec(name, density=0.05 if name == "topk" else None)
     rng = np.random.default_rng(0)
     inputs = [normal(2000, seed=s) for s in range(20)]
     residual, sent = None, np.zeros(2000, np.float64)
@@ -293,7 +296,7 @@ def test_error_feedback_makes_sign_messages_converge_to_the_true_mean():
 def test_a_client_that_skipped_rounds_rebuilds_the_servers_held_model_bit_for_bit():
     codec = make_codec("uniform", bits=4)
     seeded = SeededModel.of(normal(5000))
-    server = Broadcaster(codec, seeded)
+    server = Broadcaster(codec, seeded, capacity=2)
     rng = np.random.default_rng(0)
     model = seeded.vector.copy()
     clients: dict[int, tuple[np.ndarray, int]] = {}
@@ -306,7 +309,7 @@ def test_a_client_that_skipped_rounds_rebuilds_the_servers_held_model_bit_for_bi
             now = receive(codec, message, model.size, held, held_round, seeded)
             clients[client] = (now, server_round)
             sent[client] += message.nbytes
-            np.testing.assert_array_equal(now, server.held[client])  # the same bits on both sides
+            np.testing.assert_array_equal(now, server.held[client][1])  # the same bits on both sides
             assert message.kind == DELTA and message.base_round == (0 if server_round == 1 else held_round)
     # One 4-bit delta per round, the first against the seeded model; the catch-up is one delta too.
     delta_bytes = payload_bytes(codec.encode(model, rng))
@@ -318,7 +321,7 @@ def test_a_client_that_skipped_rounds_rebuilds_the_servers_held_model_bit_for_bi
 def test_a_delta_against_a_model_the_client_does_not_hold_is_refused():
     codec = make_codec("uniform", bits=8)
     seeded = SeededModel.of(normal(100))
-    server = Broadcaster(codec, seeded)
+    server = Broadcaster(codec, seeded, capacity=4)
     model = normal(100, seed=1)
     server.message_for(3, model, 1)
     message = server.message_for(3, model + 1, 2)
@@ -329,7 +332,7 @@ def test_a_delta_against_a_model_the_client_does_not_hold_is_refused():
     server.forget(3)
     first = server.message_for(3, model, 3)
     assert first.kind == DELTA and first.base_round == 0  # back to the seeded model, which the client can rebuild
-    np.testing.assert_array_equal(receive(codec, first, 100, model, 2, seeded), server.held[3])
+    np.testing.assert_array_equal(receive(codec, first, 100, model, 2, seeded), server.held[3][1])
     other_seed = SeededModel.of(normal(100, seed=7))
     with pytest.raises(CodecError, match="seeded model differs"):
         receive(codec, first, 100, None, None, other_seed)

@@ -12,10 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from fedq.config import DataConfig
-from fedq.data import CorpusError, ParallelCorpus, load_corpus
-from fedq.data.iwslt import load_iwslt2017, read_iwslt_tags, read_iwslt_xml, safe_extract
+from fedq.data.corpora import load_corpus
+from fedq.data.corpus import CorpusError, ParallelCorpus
+from fedq.data.iwslt import (
+    load_iwslt2017,
+    read_iwslt_tags,
+    read_iwslt_xml,
+    safe_extract,
+)
 from fedq.data.multi30k import load_multi30k
+from fedq.data.settings import DataConfig
 from fedq.data.textdir import load_textdir
 
 # The project's shared data folder sits beside the repository (../shared/data).
@@ -357,5 +363,5 @@ def test_ted_folders_keep_talks_topics_and_the_configured_splits(tmp_path):
 def test_real_ted_sets_give_the_documented_sizes():
     cfg = DataConfig(name="ted", dir=f"{SHARED / 'iwslt2017-devsets'}{os.pathsep}{SHARED / 'iwslt2017-test'}")
     corpus = load_corpus(cfg)
-    assert len(set(corpus.train_talks)) + 0 > 50 and len(corpus.train) == 6582
-    assert len(corpus.valid) == 1305 and len(corpus.test) > 3000
+    assert len(set(corpus.train_talks)) == 66 and len(corpus.train) == 6582
+    assert len(corpus.valid) == 1305 and len(corpus.test) == 3351

@@ -7,8 +7,21 @@ import time
 import pytest
 
 from fedq.data.demo import (
-    ADJECTIVE, COPULA, NOUN, VERB, Clause, DemoCorpusError, Phrase, build_demo_corpus, conjugate,
-    english_clause, english_third_person, german_main, german_subordinate, noun_phrase, prepositional_phrase,
+    ADJECTIVE,
+    COPULA,
+    NOUN,
+    VERB,
+    Clause,
+    DemoCorpusError,
+    Phrase,
+    build_demo_corpus,
+    conjugate,
+    english_clause,
+    english_third_person,
+    german_main,
+    german_subordinate,
+    noun_phrase,
+    prepositional_phrase,
     sample_sentence,
 )
 

@@ -13,7 +13,7 @@ import torch
 
 from fedq.config import compose_config, validate_config
 from fedq.deploy.__main__ import deploy
-from fedq.deploy.lowrank import FactorizedLinear, choose_rank, factorize
+from fedq.deploy.factorized import FactorizedLinear, choose_rank, factorize
 from fedq.errors import FedqError
 from fedq.train import train
 
@@ -43,7 +43,7 @@ def test_every_variant_loads_from_its_files_and_translates_like_fp32(checkpoint)
         assert rows[name]["identical_pct"] >= 95, name
     for name in LOSSY:  # reported, not required to agree: here only that they still translate
         assert rows[name]["test_bleu"] > 0.5 * rows["fp32"]["test_bleu"], name
-    deploy_dir = ckpt.parent / "deploy"
+    deploy_dir = ckpt / "deploy"  # inside the checkpoint: two checkpoints of one folder keep their own tables
     for name, row in rows.items():  # a file size is the bytes on disk
         assert row["file_bytes"] == sum(p.stat().st_size for p in (deploy_dir / name).rglob("*") if p.is_file())
     assert rows["int8"]["file_bytes"] < 0.5 * rows["fp32"]["file_bytes"]
@@ -51,6 +51,7 @@ def test_every_variant_loads_from_its_files_and_translates_like_fp32(checkpoint)
     assert rows["lowrank"]["file_bytes"] < rows["fp32"]["file_bytes"]
     table = (deploy_dir / "table.md").read_text()
     assert table.startswith("| variant | file MB") and "| ct2-int8 |" in table
+    assert "sentences/s at batch 32 (2 threads)" in table  # deploy.batch_size and the machine's cores, as measured
     assert len(json.loads((deploy_dir / "table.json").read_text())) == len(variants) + 1
 
 
@@ -102,9 +103,9 @@ def test_a_missing_engine_is_one_note_and_the_other_variants_go_on(checkpoint, m
     rows = deploy(compose_config(extra + [f"ckpt={ckpt}", "deploy.variants=[fp32,ct2]", "deploy.latency_sentences=2",
                                           "deploy.test_sentences=5", "device=cpu"]))
     assert [row["variant"] for row in rows] == ["fp32"]
-    notes = (ckpt.parent / "deploy" / "table.md").read_text()
+    notes = (ckpt / "deploy" / "table.md").read_text()
     assert 'ct2: variant ct2 needs ctranslate2, which is not installed: pip install -e ".[deploy]"' in notes
-    assert not (ckpt.parent / "deploy" / "ct2").exists()  # nothing half-written
+    assert not (ckpt / "deploy" / "ct2").exists()  # nothing half-written
 
 
 @pytest.mark.parametrize(
@@ -118,6 +119,17 @@ def test_a_missing_engine_is_one_note_and_the_other_variants_go_on(checkpoint, m
 def test_bad_deploy_settings_are_one_line(overrides, message):
     with pytest.raises(FedqError, match=message):
         validate_config(compose_config(overrides))
+
+
+def test_deploy_settings_act_or_are_refused(checkpoint, tmp_path):
+    ckpt, extra = checkpoint
+    base = extra + [f"ckpt={ckpt}", "deploy.variants=[fp32]", "deploy.latency_sentences=2", "deploy.test_sentences=4"]
+    with pytest.raises(FedqError, match="decode.beam=4: fedq.deploy measures greedy decoding"):
+        deploy(compose_config(base + ["decode.beam=4"]))
+    with pytest.raises(FedqError, match="resume= is not used by fedq.deploy"):
+        deploy(compose_config(base + [f"resume={tmp_path}"]))
+    deploy(compose_config(base + ["threads=1", "deploy.batch_size=4", f"deploy.out_dir={tmp_path / 'elsewhere'}"]))
+    assert "sentences/s at batch 4 (1 thread)" in (tmp_path / "elsewhere" / "table.md").read_text()
 
 
 def test_deploy_without_a_checkpoint_is_one_line(tmp_path):

@@ -11,19 +11,26 @@ import numpy as np
 import pytest
 import torch
 
-from fedq.config import QuantConfig
-from fedq.model.transformer import Transformer, TransformerShape
-from fedq.quant import ActQuantLinear, DeployedFormatError, load_deployed, quantize_model, save_deployed
+from fedq.model.transformer import ModelConfig, Transformer
+from fedq.quant import (
+    ActQuantLinear,
+    DeployedFormatError,
+    load_deployed,
+    quantize_model,
+    save_deployed,
+)
+from fedq.quant.settings import QuantConfig
 
-SMALL = TransformerShape(vocab_size=50, d_model=32, n_heads=4, ffn_dim=64, enc_layers=2, dec_layers=2, dropout=0.1, max_positions=256, pad_id=0)
+SMALL = ModelConfig(d_model=32, n_heads=4, ffn_dim=64, enc_layers=2, dec_layers=2, dropout=0.1, max_positions=256)
+VOCAB = 50
 
 
-def trained_model(shape: TransformerShape, cfg: QuantConfig, steps: int = 3) -> Transformer:
+def trained_model(shape: ModelConfig, cfg: QuantConfig, steps: int = 3, vocab: int = VOCAB) -> Transformer:
     """A quantized model after a few Adam steps, so weights and LSQ steps moved off their init."""
     torch.manual_seed(0)
-    model = quantize_model(Transformer(shape), cfg)
+    model = quantize_model(Transformer(shape, vocab, 0), cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    src, tgt = torch.randint(1, shape.vocab_size, (4, 9)), torch.randint(1, shape.vocab_size, (4, 8))
+    src, tgt = torch.randint(1, vocab, (4, 9)), torch.randint(1, vocab, (4, 8))
     for _ in range(steps):
         loss = model(src, tgt).logsumexp(-1).mean()
         optimizer.zero_grad()
@@ -55,7 +62,7 @@ def test_deployed_logits_equal_fake_quant_logits(cfg: QuantConfig, tmp_path: Pat
     assert not loaded.training and type(loaded) is Transformer
     assert any(isinstance(m, ActQuantLinear) for m in loaded.modules()) == (cfg.act_bits is not None)
     src = torch.randint(1, 50, (3, 11))
-    src[0, 8:] = SMALL.pad_id
+    src[0, 8:] = model.pad_id
     tgt = torch.randint(1, 50, (3, 6))
     with torch.no_grad():
         expected, actual = model(src, tgt), loaded(src, tgt)
@@ -77,8 +84,8 @@ def test_deployed_logits_equal_fake_quant_logits(cfg: QuantConfig, tmp_path: Pat
     ids=lambda x: str(x) if isinstance(x, int) else f"{x.bits}-{x.method}",
 )
 def test_packed_sizes_are_b_over_32(cfg: QuantConfig, d_model: int, tmp_path: Path) -> None:
-    shape = TransformerShape(vocab_size=500, d_model=d_model, n_heads=4, ffn_dim=2 * d_model, enc_layers=1, dec_layers=1, dropout=0.1, max_positions=256, pad_id=0)
-    model = quantize_model(Transformer(shape), cfg)
+    shape = ModelConfig(d_model=d_model, n_heads=4, ffn_dim=2 * d_model, enc_layers=1, dec_layers=1, dropout=0.1, max_positions=256)
+    model = quantize_model(Transformer(shape, 500, 0), cfg)
     size = save_deployed(model, tmp_path / "m.fedq", {})
     n_quantized = sum(m.weight.numel() for name, m in model.named_modules() if hasattr(m, "weight_quantizer"))
     assert size.quantized_fp32_bytes == 4 * n_quantized
@@ -91,7 +98,7 @@ def test_packed_sizes_are_b_over_32(cfg: QuantConfig, d_model: int, tmp_path: Pa
 
 
 def test_fp32_model_round_trips_exactly(tmp_path: Path) -> None:
-    model = Transformer(SMALL).eval()
+    model = Transformer(SMALL, VOCAB, 0).eval()
     size = save_deployed(model, tmp_path / "fp32.fedq", {})
     assert size.quantized_packed_bytes == 0 and size.other_bytes == size.fp32_bytes
     loaded, _ = load_deployed(tmp_path / "fp32.fedq", device=torch.device("cpu"))

@@ -8,48 +8,49 @@ import sys
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from fedq.comm import make_codec
 from fedq.config import compose_config, validate_config
 from fedq.errors import FedqError
-from fedq.fl.client import FINGERPRINT_KEY, SIM_SECONDS_KEY
-from fedq.fl.faults import CRASH_ERROR, DROPOUT_ERROR, DeviceProfile, attack, attackers, fleet, training_flops
+from fedq.fl.faults import (
+    CRASH_ERROR,
+    DROPOUT_ERROR,
+    DeviceProfile,
+    Faults,
+    attack,
+    attackers,
+    fleet,
+    training_flops,
+)
 from fedq.fl.federation import Federation
-from server.strategy import CompressedFedAvg, CompressedFedMedian, CompressedKrum, record_vector
+from fedq.fl.protocol import Reply
+from fedq.fl.rounds import Admission, RoundOutcome
+from fedq.fl.settings import FLConfig
+from helpers import reply
+from server.aggregation import FlowerAggregator
 
 PHONE = DeviceProfile("phone", train_gflops=5.0, up_mbps=8.0, down_mbps=40.0, availability=0.5)
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Messages built outside a running Flower app need the process's task identity."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    yield
-    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+def admission(codec=None, n: int = 64, **fl: object) -> tuple[Admission, np.ndarray]:
+    settings = FLConfig(**fl)  # type: ignore[arg-type]
+    return Admission(settings, codec or make_codec("fp32"), 7, Faults(settings, seed=1)), np.zeros(n, np.float32)
 
 
-def request() -> Message:
-    return Message(content=RecordDict({"config": ConfigRecord({})}), dst_node_id=1, message_type="train")
+def admit(replies: list[Reply], **fl: object) -> tuple[list, RoundOutcome]:
+    checks, vector = admission(**fl)
+    outcome = RoundOutcome()
+    return checks.admit(replies, vector, outcome), outcome
 
 
-def reply(arrays, sim: float = 1.0, tokens: float = 10.0) -> Message:
-    metrics = MetricRecord({"num-examples": 1.0, "num-tokens": tokens, "train-loss": 1.0, "train-seconds": 0.1,
-                            "encode-seconds": 0.0, FINGERPRINT_KEY: 7, SIM_SECONDS_KEY: sim})
-    return Message(content=RecordDict({"arrays": ArrayRecord(arrays), "metrics": metrics}), reply_to=request())
+def aggregate(strategy: str, replies: list[Reply], *overrides: str) -> np.ndarray:
+    admitted, _ = admit(replies)
+    aggregator = FlowerAggregator(compose_config([f"fl.strategy={strategy}", *overrides]))
+    return aggregator(1, np.zeros(64, np.float32), [a.update for a in admitted], [a.metrics["num-tokens"] for a in admitted])
 
 
-def failed(reason: str) -> Message:
-    return Message(Error(code=2, reason=reason), reply_to=request())
-
-
-def strategy(cls=CompressedFedAvg, n: int = 64, **kwargs):
-    s = cls(uplink=make_codec("fp32"), downlink=make_codec("fp32"), weighted_by_key="num-tokens",
-            tokenizer_fingerprint=7, **kwargs)
-    s.global_vector = np.zeros(n, np.float32)
-    return s
+def send(partition: int, update: np.ndarray, sim: float | None = None, tokens: float = 10.0) -> Reply:
+    return reply(partition, [update], tokens, 7, sim=sim)
 
 
 def test_virtual_clock_of_a_round_is_download_plus_training_plus_upload():
@@ -58,20 +59,18 @@ def test_virtual_clock_of_a_round_is_download_plus_training_plus_upload():
 
 
 def test_the_round_waits_for_the_slowest_client_it_accepts_or_until_the_deadline():
-    honest = [np.ones(64, np.float32)]
+    honest = np.ones(64, np.float32)
 
     def round_with(*replies):
-        s = strategy(fleet=[PHONE] * 4, deadline=30.0)
-        s.aggregate_train(1, list(replies))
-        return s.last_round
+        return admit(list(replies), devices="midrange-4g", round_deadline=30.0)[1]
 
-    assert round_with(reply(honest, sim=12.0), reply(honest, sim=21.5)).sim_seconds == pytest.approx(21.5)
-    late = round_with(reply(honest, sim=12.0), reply(honest, sim=45.0))  # one straggler past the deadline
+    assert round_with(send(0, honest, 12.0), send(1, honest, 21.5)).sim_seconds == pytest.approx(21.5)
+    late = round_with(send(0, honest, 12.0), send(1, honest, 45.0))  # one straggler past the deadline
     assert late.sim_seconds == pytest.approx(30.0) and late.rejected == 1 and late.clients == 1
     assert "late" in late.rejections[0]
-    dropout = round_with(reply(honest, sim=12.0), failed(DROPOUT_ERROR))  # no reply comes: the server waits
+    dropout = round_with(send(0, honest, 12.0), Reply(1, error=DROPOUT_ERROR))  # no reply comes: the server waits
     assert dropout.sim_seconds == pytest.approx(30.0) and dropout.dropped == {"dropout": 1}
-    crash = round_with(reply(honest, sim=12.0), failed(CRASH_ERROR))  # a crash: its error comes back at once
+    crash = round_with(send(0, honest, 12.0), Reply(1, error=CRASH_ERROR))  # a crash: its error comes back at once
     assert crash.sim_seconds == pytest.approx(12.0) and crash.dropped == {"crashed": 1}
 
 
@@ -85,34 +84,32 @@ def test_the_round_waits_for_the_slowest_client_it_accepts_or_until_the_deadline
         (lambda n: [np.full(n, 100.0, np.float32)], "above fl.max_update_norm=10"),
     ],
 )
-def test_a_bad_update_is_rejected_and_leaves_the_global_model_unchanged(bad, reason):
-    s = strategy(max_norm=10.0)
-    arrays, _ = s.aggregate_train(1, [reply(bad(64), tokens=1000.0)])
-    assert arrays is None and s.last_round.rejected == 1 and reason in s.last_round.rejections[0]
-    good = [np.full(64, 0.5, np.float32)]
-    arrays, _ = s.aggregate_train(2, [reply(bad(64), tokens=1000.0), reply(good)])
-    np.testing.assert_array_equal(record_vector(arrays), np.full(64, 0.5, np.float32))
+def test_a_bad_update_is_rejected_and_never_reaches_the_aggregate(bad, reason):
+    admitted, outcome = admit([reply(0, bad(64), 1000.0, 7)], max_update_norm=10.0)
+    assert not admitted and outcome.rejected == 1 and reason in outcome.rejections[0]
+    admitted, outcome = admit([reply(0, bad(64), 1000.0, 7), send(1, np.full(64, 0.5, np.float32))], max_update_norm=10.0)
+    assert [a.partition for a in admitted] == [1]
+    np.testing.assert_array_equal(admitted[0].update, np.full(64, 0.5, np.float32))
 
 
 def test_an_update_far_above_the_rounds_median_norm_is_rejected():
-    s = strategy(max_norm_ratio=3.0)
     updates = [np.full(64, v, np.float32) for v in (0.9, 1.0, 1.1, 50.0)]
-    arrays, _ = s.aggregate_train(1, [reply([u]) for u in updates])
-    assert s.last_round.rejected == 1 and "median" in s.last_round.rejections[0]
-    np.testing.assert_allclose(record_vector(arrays), np.full(64, 1.0), atol=1e-6)
+    admitted, outcome = admit([send(p, u) for p, u in enumerate(updates)], max_update_norm_ratio=3.0)
+    assert outcome.rejected == 1 and "client 3" in outcome.rejections[0] and "median" in outcome.rejections[0]
+    assert [a.partition for a in admitted] == [0, 1, 2]
 
 
 def test_robust_aggregation_bounds_a_sign_flip_attacker_where_averaging_is_pulled_away():
     rng = np.random.default_rng(0)
     honest = [np.ones(64, np.float32) + 0.05 * rng.standard_normal(64).astype(np.float32) for _ in range(5)]
     attacker = attack("sign_flip", 20.0 * np.ones(64, np.float32), rng)  # a large flipped update
-    replies = lambda: [reply([u]) for u in honest] + [reply([attacker])]  # noqa: E731
-    mean, _ = strategy().aggregate_train(1, replies())
-    median, _ = strategy(CompressedFedMedian).aggregate_train(1, replies())
-    krum, _ = strategy(CompressedKrum, num_malicious_nodes=1).aggregate_train(1, replies())
-    assert record_vector(mean).mean() < -2.0  # plain averaging follows the attacker
+    replies = [send(p, u) for p, u in enumerate(honest)] + [send(5, attacker)]
+    mean = aggregate("fedavg", replies)
+    median = aggregate("fedmedian", replies)
+    krum = aggregate("krum", replies, "fl.byzantine=1", "fl.clients_per_round=6")
+    assert mean.mean() < -2.0  # plain averaging follows the attacker
     for robust in (median, krum):
-        assert np.abs(record_vector(robust) - 1.0).max() < 0.2
+        assert np.abs(robust - 1.0).max() < 0.2
 
 
 def test_attacks_and_fleets_are_what_they_say():
@@ -124,16 +121,17 @@ def test_attacks_and_fleets_are_what_they_say():
     shifted = attack("little_is_enough", update, rng)
     assert np.abs(shifted - update).max() == pytest.approx(update.std(), rel=1e-5)
     assert len(attackers(0.2, 20, seed=1)) == 4 and attackers(0.2, 20, seed=1) == attackers(0.2, 20, seed=1)
-    devices = fleet("mixed", 20, seed=1)
-    assert [sum(d.name == n for d in devices) for n in ("flagship-wifi", "midrange-4g", "board-slow-link")] == [6, 10, 4]
+    profiles, index = fleet("mixed", 20, seed=1)
+    assert [profile.name for profile in profiles] == ["flagship-wifi", "midrange-4g", "board-slow-link"]
+    assert np.bincount(index).tolist() == [6, 10, 4]
 
 
 def test_a_fleet_file_with_its_own_profiles(tmp_path):
     path = tmp_path / "fleet.yaml"
     path.write_text("profiles:\n  tablet: {train_gflops: 10, up_mbps: 20, down_mbps: 80, availability: 0.95}\n"
                     "mix: {tablet: 0.5, midrange-4g: 0.5}\n")
-    devices = fleet(str(path), 4, seed=0)
-    assert sorted(d.name for d in devices) == ["midrange-4g", "midrange-4g", "tablet", "tablet"]
+    profiles, index = fleet(str(path), 4, seed=0)
+    assert sorted(profiles[i].name for i in index) == ["midrange-4g", "midrange-4g", "tablet", "tablet"]
     validate_config(compose_config([f"fl.devices={path}"]))
 
 

@@ -8,18 +8,22 @@ import pytest
 import torch
 
 from fedq.comm import payload_bytes
-from fedq.comm.downlink import Broadcaster, Downlink
-from fedq.comm.settings import default_uplink_bits
+from fedq.comm.downlink import Broadcaster
 from fedq.config import compose_config, overrides_from_run_config
-from fedq.data import load_corpus
 from fedq.data.batching import encode_pairs
+from fedq.data.corpora import load_corpus
 from fedq.engine import inverse_sqrt_schedule, steps_per_epoch, within_length
-from fedq.fl.client import client_lr_schedule, client_round, federation_for
+from fedq.fl.client import client_federation, client_lr_schedule, client_round, local_exchange
+from fedq.fl.client_state import ClientState, ClientStore
 from fedq.fl.federation import Federation
-from fedq.fl.server import RoundReporter, RoundTraffic
+from fedq.fl.protocol import TrainRequest
+from fedq.fl.reporting import RoundReporter
+from fedq.fl.rounds import RoundOutcome
+from fedq.fl.run import run_federation
 from fedq.fl.shards import client_shards, shards_key
 from fedq.fl.weights import model_to_vector, vector_to_model
 from fedq.scoring import BleuResult
+from server.aggregation import FlowerAggregator
 
 TINY = [
     "clients=4",
@@ -34,9 +38,13 @@ TINY = [
 ]
 
 
-def first_message(federation: Federation, vector: np.ndarray) -> Downlink:
-    """What the server sends a client in its first round (the whole model, as the downlink scheme sends it)."""
-    return Broadcaster(federation.downlink, federation.seeded).message_for(0, vector, 1)
+def first_request(federation: Federation, vector: np.ndarray, partition: int = 0) -> TrainRequest:
+    """What the server sends a client in its first round (as the downlink scheme sends it)."""
+    return TrainRequest(partition, 1, Broadcaster(federation.downlink, federation.seeded).message_for(partition, vector, 1))
+
+
+def stored(store: ClientStore, partition: int) -> ClientState:
+    return store.load(partition, 1)
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +62,14 @@ def test_weight_vector_round_trip(cache):
         vector_to_model(federation.model, vector[:-1])
 
 
-def test_client_round_sends_a_compressed_update_and_keeps_the_sign_residual(cache):
+def test_client_round_sends_a_compressed_update_and_keeps_the_sign_residual_on_disk(cache, tmp_path):
     federation = Federation(
         compose_config(TINY + [cache, "quant.bits=2", "comm.uplink.name=sign", "comm.downlink.name=fp32"])
     )
     global_vector = federation.initial_vector()
-    downlink = first_message(federation, global_vector)
-    result = client_round(federation, 1, 1, downlink, residual=None)
+    store = ClientStore(tmp_path)
+    result = client_round(federation, first_request(federation, global_vector, 1), store)
+    residual = stored(store, 1).residual
 
     assert result.metrics["payload-bytes"] == payload_bytes(result.arrays)
     assert payload_bytes(result.arrays) * 28 < global_vector.nbytes
@@ -68,23 +77,23 @@ def test_client_round_sends_a_compressed_update_and_keeps_the_sign_residual(cach
     # Error feedback: what was sent plus what is kept is the whole update.
     sent = federation.uplink.decode(result.arrays, federation.numel)
     update = model_to_vector(federation.model) - global_vector
-    np.testing.assert_allclose(sent + result.residual, update, atol=1e-6)
-    assert np.abs(result.residual).max() > 0
+    np.testing.assert_allclose(sent + residual, update, atol=1e-6)
+    assert np.abs(residual).max() > 0 and stored(store, 1).held is None  # a fp32 downlink: nothing to hold
 
 
-def test_unbiased_uplink_keeps_no_residual(cache):
+def test_unbiased_uplink_keeps_no_residual(cache, tmp_path):
     federation = Federation(compose_config(TINY + [cache, "quant.bits=4"]))
-    downlink = first_message(federation, federation.initial_vector())
-    result = client_round(federation, 0, 1, downlink, residual=None)
-    assert result.residual is None
-    assert federation.uplink.name == "uniform" and default_uplink_bits(federation.cfg) == 4
+    store = ClientStore(tmp_path)
+    client_round(federation, first_request(federation, federation.initial_vector()), store)
+    assert stored(store, 0).residual is None
+    assert federation.uplink.name == "uniform" and federation.uplink.bits == 4  # the uplink's bits follow quant.bits
 
 
 def test_shards_cover_the_training_set_once(cache):
     federation = Federation(compose_config(TINY + [cache, "partition=dirichlet"]))
-    pairs = sorted(pair for shard in federation.data.shards for pair in shard)
+    pairs = sorted(pair for p in range(len(federation.data)) for pair in federation.data.shard(p))
     assert pairs == sorted(encode_pairs(federation.task.corpus.train, federation.tokenizer))
-    assert len(federation.data.shards) == 4
+    assert len(federation.data) == 4
 
 
 def test_flower_run_config_maps_onto_hydra_settings():
@@ -120,11 +129,10 @@ def test_client_lr_follows_the_centralized_schedule_over_global_steps():
 
 def test_local_epochs_train_whole_passes_over_the_shard(cache):
     federation = Federation(compose_config(TINY + [cache, "fl.local_epochs=2"]))
-    shard = federation.data.shards[0]
+    shard = federation.data.shard(0)
     tok = federation.tokenizer
     per_epoch = steps_per_epoch(shard, federation.cfg.data.max_tokens, tok)
-    downlink = first_message(federation, federation.initial_vector())
-    result = client_round(federation, 0, 1, downlink, residual=None)
+    result = client_round(federation, first_request(federation, federation.initial_vector()), ClientStore(None))
     assert result.metrics["steps"] == 2 * per_epoch != federation.cfg.fl.local_steps
 
 
@@ -132,9 +140,7 @@ def test_local_optimizer_setting_is_the_optimizer_the_client_steps_with(cache):
     updates = {}
     for kind in ("adam", "sgd"):
         federation = Federation(compose_config(TINY + [cache, f"fl.local_optimizer={kind}", "comm.uplink.name=fp32"]))
-        start = federation.initial_vector()
-        downlink = first_message(federation, start)
-        result = client_round(federation, 0, 1, downlink, residual=None)
+        result = client_round(federation, first_request(federation, federation.initial_vector()), ClientStore(None))
         updates[kind] = federation.uplink.decode(result.arrays, federation.numel)
     # Adam's first steps move every weight by about lr; momentum SGD's by lr * gradient, far less here.
     assert np.abs(updates["sgd"]).max() < 0.5 * np.abs(updates["adam"]).max()
@@ -142,7 +148,7 @@ def test_local_optimizer_setting_is_the_optimizer_the_client_steps_with(cache):
 
 @pytest.mark.parametrize("cpus", [1, 2])
 def test_a_simulated_client_gets_fl_num_cpus_threads(cache, cpus):
-    federation_for(compose_config(TINY + [cache, f"fl.num_cpus={cpus}", f"seed={10 + cpus}"]))
+    client_federation(compose_config(TINY + [cache, f"fl.num_cpus={cpus}", f"seed={10 + cpus}"]))
     assert torch.get_num_threads() == cpus
 
 
@@ -151,8 +157,9 @@ def test_shards_hold_only_pairs_within_max_len_and_every_such_pair_once(cache):
     encoded = encode_pairs(federation.task.corpus.train, federation.tokenizer)
     kept = [encoded[i] for i in within_length(encoded, 9)]
     assert 0 < len(kept) < len(encoded)  # the setting really filters this corpus
-    assert sorted(pair for shard in federation.data.shards for pair in shard) == sorted(kept)
-    assert all(shard for shard in federation.data.shards)
+    shards = [federation.data.shard(p) for p in range(len(federation.data))]
+    assert sorted(pair for shard in shards for pair in shard) == sorted(kept)
+    assert all(shards)
 
 
 TED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -168,7 +175,7 @@ def test_shards_of_ted_talks_count_the_talks_each_client_holds_and_keep_them_in_
     assert sum(natural.talks_per_client) == talks  # each talk on exactly one client
     assert min(iid.talks_per_client) > max(natural.talks_per_client)
     assert "talks per client min/median/max" in natural.describe()
-    assert client_shards(compose_config(ted + ["partition=natural"])).talks_per_client == natural.talks_per_client
+    assert (client_shards(compose_config(ted + ["partition=natural"])).talks_per_client == natural.talks_per_client).all()
 
 
 def test_clients_read_their_shards_from_the_disk_cache_and_a_changed_input_gets_new_ones(cache, monkeypatch, tmp_path):
@@ -178,7 +185,8 @@ def test_clients_read_their_shards_from_the_disk_cache_and_a_changed_input_gets_
     built = client_shards(cfg)
     monkeypatch.setattr(shards_module, "load_task", lambda cfg: pytest.fail("read the corpus again"))
     again = client_shards(cfg)  # a fresh process in the deployment runtime does exactly this
-    assert again.shards == built.shards and again.tokenizer.fingerprint == built.tokenizer.fingerprint
+    assert [again.shard(p) for p in range(4)] == [built.shard(p) for p in range(4)]
+    assert again.tokenizer.fingerprint == built.tokenizer.fingerprint
     assert shards_key(compose_config(TINY + [cache, "seed=2"])) != shards_key(cfg)
     assert shards_key(compose_config(TINY + [cache, "partition=dirichlet"])) != shards_key(cfg)
 
@@ -205,7 +213,24 @@ def test_the_final_model_is_scored_once_after_the_last_round(cache, tmp_path, mo
     vector = federation.initial_vector()
     reporter.start(vector)
     for r in (1, 2, 3):
-        reporter.end_round(r, vector, RoundTraffic(clients=2, uplink_bytes=10, fp32_uplink_bytes=40, train_loss=1.0))
+        reporter.end_round(r, vector, RoundOutcome(clients=2, uplink_bytes=10, fp32_uplink_bytes=40, train_loss=1.0))
     summary = reporter.finish(vector)
     assert calls == ["valid", "valid", "valid", "final"]  # rounds 0, 1, 2 scored; round 3 by finish only
     assert summary["final_valid_bleu"] == 2.0 and summary["rounds"] == 3
+
+
+def test_train_weight_decay_is_the_clients_too(cache):
+    updates = {}
+    for decay in (0.0, 0.5):
+        federation = Federation(compose_config(TINY + [cache, f"train.weight_decay={decay}", "comm.uplink.name=fp32"]))
+        result = client_round(federation, first_request(federation, federation.initial_vector()), ClientStore(None))
+        updates[decay] = federation.uplink.decode(result.arrays, federation.numel)
+    assert not np.allclose(updates[0.0], updates[0.5], atol=1e-6)
+
+
+def test_threads_is_the_servers_torch_threads(cache, tmp_path):
+    cfg = compose_config(TINY + [cache, "threads=2", "fl.rounds=1", "fl.eval_every=0", "data.max_eval_pairs=2"])
+    federation = Federation(cfg)  # a server-side process: the clients' fl.num_cpus is not set here
+    torch.set_num_threads(1)
+    run_federation(cfg, tmp_path, local_exchange(federation, ClientStore(None)), FlowerAggregator(cfg), federation=federation)
+    assert torch.get_num_threads() == 2

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from fedq.config import RUN_CONFIG_EXTRA_KEYS, RUN_CONFIG_KEYS, compose_config, config_from_yaml, overrides_from_run_config
+from fedq.config import (
+    RUN_CONFIG_EXTRA_KEYS,
+    RUN_CONFIG_KEYS,
+    compose_config,
+    config_from_yaml,
+    overrides_from_run_config,
+)
 from fedq.superlink import APP_COMPONENTS, LocalSuperLink, app_config_defaults
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,11 +83,9 @@ def test_a_serverapp_config_error_is_one_line_and_a_failure_file(tmp_path):
 
 @pytest.mark.parametrize("missing", ["partition-id", "num-partitions"])
 def test_a_supernode_without_its_partition_is_told_what_to_set(missing):
-    from types import SimpleNamespace
-
-    from clients.client_app import node_config
     from fedq.errors import ConfigError
+    from fedq.fl.client import ClientRun
 
-    context = SimpleNamespace(node_config={k: 1 for k in ("partition-id", "num-partitions") if k != missing}, run_config={})
+    node_config = {k: 1 for k in ("partition-id", "num-partitions") if k != missing}
     with pytest.raises(ConfigError, match='--node-config "partition-id=K num-partitions=N"'):
-        node_config(context)
+        ClientRun({}, node_config, run_id=1)

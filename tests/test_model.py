@@ -2,7 +2,7 @@
 
 import torch
 
-from fedq.model import Transformer, TransformerShape
+from fedq.model import ModelConfig, Transformer
 from fedq.model.decoding import beam_search, greedy_decode
 
 BOS, EOS, PAD = 2, 3, 0
@@ -10,7 +10,7 @@ BOS, EOS, PAD = 2, 3, 0
 
 def small_model(seed: int = 0, vocab: int = 40) -> Transformer:
     torch.manual_seed(seed)
-    return Transformer(TransformerShape(vocab_size=vocab, d_model=32, n_heads=4, ffn_dim=64, enc_layers=2, dec_layers=2, dropout=0.0, max_positions=256, pad_id=0)).eval()
+    return Transformer(ModelConfig(d_model=32, n_heads=4, ffn_dim=64, enc_layers=2, dec_layers=2, dropout=0.0, max_positions=256), vocab, 0).eval()
 
 
 def test_decoder_does_not_look_ahead():
@@ -75,9 +75,9 @@ def test_beam_search_finds_at_least_as_likely_output_as_greedy():
 
 
 def fourier_model(vocab: int = 60) -> Transformer:
-    shape = TransformerShape(vocab_size=vocab, d_model=32, n_heads=4, ffn_dim=64, enc_layers=2, dec_layers=2,
-                             dropout=0.0, max_positions=256, pad_id=0, mixer="fourier")
-    return Transformer(shape).eval()
+    shape = ModelConfig(d_model=32, n_heads=4, ffn_dim=64, enc_layers=2, dec_layers=2, dropout=0.0, max_positions=256,
+                        mixer="fourier")
+    return Transformer(shape, vocab, 0).eval()
 
 
 def test_fourier_mixing_is_blind_to_the_padding_of_other_sentences():

@@ -24,7 +24,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_ships_every_config(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {name for name in names if name.startswith("fedq/conf/") and name.endswith(".yaml")}
-    expected = {f"fedq/conf/{p.relative_to(REPO / 'configs')}" for p in (REPO / "configs").rglob("*.yaml")}
+    expected = {str(p.relative_to(REPO)) for p in (REPO / "fedq" / "conf").rglob("*.yaml")}
     assert expected and shipped == expected
     modules = {str(p.relative_to(REPO)) for top in ("fedq", "clients", "server") for p in (REPO / top).rglob("*.py")}
     assert modules and modules <= names  # every module of the checkout, every subpackage included

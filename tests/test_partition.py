@@ -3,7 +3,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from fedq.data.partition import PartitionError, describe_partition, length_bucket_labels, partition_indices
+from fedq.data.partition import (
+    PartitionError,
+    length_bucket_labels,
+    min_median_max,
+    partition_indices,
+)
 
 
 def assert_disjoint_cover(shards, num_items):
@@ -74,13 +79,25 @@ def test_length_buckets_are_quantiles():
     assert length_bucket_labels([], 3) == []
 
 
-def test_describe_partition():
-    labels = ["x", "x", "y", "y", "z"]
-    line = describe_partition([[0, 1], [2, 3, 4]], labels)
-    assert line == (
-        "2 clients, 5 items, shard size min/median/max = 2/2.5/3, "
-        "distinct labels per client min/median/max = 1/1.5/2"
-    )
+def test_min_median_max_of_per_client_counts():
+    assert min_median_max([2, 3, 7, 1]) == "1/2.5/7"
+
+
+def test_natural_shares_a_label_among_clients_when_there_are_more_clients_than_labels():
+    labels = ["a"] * 60 + ["b"] * 30 + ["c"] * 10
+    shards = partition_indices(len(labels), 7, "natural", labels=labels)
+    assert sorted(i for shard in shards for i in shard) == list(range(100))  # every item once
+    holders = Counter(labels[shard[0]] for shard in shards)
+    assert holders == {"a": 4, "b": 2, "c": 1}  # in proportion to the labels' sizes
+    for shard in shards:  # a client holds part of one label, contiguous
+        assert len({labels[i] for i in shard}) == 1 and shard == list(range(shard[0], shard[-1] + 1))
+
+
+def test_shard_size_gives_every_client_that_many_items():
+    shards = partition_indices(1000, 30, "iid", seed=3, shard_size=20)
+    assert [len(shard) for shard in shards] == [20] * 30 and len({i for shard in shards for i in shard}) == 600
+    natural = partition_indices(100, 2, "natural", labels=[0] * 70 + [1] * 30, shard_size=25)
+    assert [len(shard) for shard in natural] == [25, 25]
 
 
 @pytest.mark.parametrize(
@@ -92,7 +109,7 @@ def test_describe_partition():
         ((10, 2, "iid"), {"labels": [0] * 9}, "got 9 labels for 10 items"),
         ((10, 2, "dirichlet"), {}, "needs labels"),
         ((10, 2, "dirichlet"), {"labels": [0] * 10, "alpha": 0.0}, "alpha > 0"),
-        ((10, 4, "natural"), {"labels": [0, 1, 2] * 3 + [0]}, "3 labels, 4 clients"),
+        ((10, 4, "iid"), {"shard_size": 3}, "cannot split 10 items among 4 x partition.shard_size=3"),
     ],
 )
 def test_errors(args, kwargs, message):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedq.config import QuantConfig
-from fedq.model.transformer import Transformer, TransformerShape
+from fedq.model.transformer import ModelConfig, Transformer
 from fedq.quant import (
     ActQuantizer,
     QuantConfigError,
@@ -20,8 +19,10 @@ from fedq.quant import (
     validate_quant_config,
     with_resolved_method,
 )
+from fedq.quant.settings import QuantConfig
 
-SHAPE = TransformerShape(vocab_size=50, d_model=32, n_heads=4, ffn_dim=64, enc_layers=2, dec_layers=2, dropout=0.1, max_positions=256, pad_id=0)
+SHAPE = ModelConfig(d_model=32, n_heads=4, ffn_dim=64, enc_layers=2, dec_layers=2, dropout=0.1, max_positions=256)
+VOCAB = 50
 
 
 def gaussian(rows: int = 64, cols: int = 256, seed: int = 0) -> torch.Tensor:
@@ -171,7 +172,7 @@ def test_good_configs_and_method_resolution() -> None:
     "scope,linears,embedding", [("attention", 24, False), ("linear", 32, False), ("attention+embedding", 24, True), ("all", 32, True)]
 )
 def test_scope_selects_layers_and_keeps_parameters(scope: str, linears: int, embedding: bool) -> None:
-    model = Transformer(SHAPE)
+    model = Transformer(SHAPE, VOCAB, 0)
     before = {name: p for name, p in model.named_parameters()}
     quantize_model(model, QuantConfig(bits=4, scope=scope))
     layers = quantized_modules(model)
@@ -187,17 +188,17 @@ def test_scope_selects_layers_and_keeps_parameters(scope: str, linears: int, emb
 
 def test_state_dict_round_trip_and_fp32_untouched() -> None:
     cfg = QuantConfig(bits=2, method="lsq", scope="all", act_bits=8)
-    trained = quantize_model(Transformer(SHAPE), cfg)
+    trained = quantize_model(Transformer(SHAPE, VOCAB, 0), cfg)
     with torch.no_grad():
         trained.encoder_layers[0].self_attn.q_proj.weight_quantizer.step.mul_(1.5)
-    fresh = quantize_model(Transformer(SHAPE), cfg)
+    fresh = quantize_model(Transformer(SHAPE, VOCAB, 0), cfg)
     fresh.load_state_dict(trained.state_dict(), strict=True)
     src, tgt = torch.randint(1, 50, (2, 7)), torch.randint(1, 50, (2, 5))
     trained.eval(), fresh.eval()
     assert torch.equal(trained(src, tgt), fresh(src, tgt))
     assert describe_quantization(fresh).endswith("embedding 2-bit lsq, activations 8-bit")
 
-    plain = Transformer(SHAPE)
+    plain = Transformer(SHAPE, VOCAB, 0)
     assert quantize_model(plain, QuantConfig(bits=32)) is plain and not quantized_modules(plain)
     assert describe_quantization(plain) == "fp32 (no quantization)"
     with pytest.raises(ValueError, match="already quantized"):
@@ -206,7 +207,7 @@ def test_state_dict_round_trip_and_fp32_untouched() -> None:
 
 def test_qat_training_step_reduces_loss() -> None:
     torch.manual_seed(0)
-    model = quantize_model(Transformer(SHAPE), QuantConfig(bits=2, scope="all"))
+    model = quantize_model(Transformer(SHAPE, VOCAB, 0), QuantConfig(bits=2, scope="all"))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     src, tgt = torch.randint(1, 50, (8, 9)), torch.randint(1, 50, (8, 9))
     losses = []

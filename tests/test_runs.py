@@ -21,11 +21,15 @@ from safetensors.numpy import load_file
 from fedq.config import compose_config, validate_config
 from fedq.errors import FedqError
 from fedq.files import FileWriteError, atomic_write
+from fedq.fl.protocol import Reply
+from fedq.fl.rounds import Coordinator, RoundFailedError
 from fedq.simulate import check_client_resources
 from fedq.superlink import _descendants
+from helpers import tiny_federation
+from server.aggregation import FlowerAggregator
 
-TINY = [
-    "clients=3", "fl.clients_per_round=2", "fl.local_steps=6", "fl.eval_every=0", "comm.downlink.name=fp32",
+TINY = [  # the default codecs both ways: 2-bit uplink, 4-bit deltas down that build on what each client holds
+    "clients=3", "fl.clients_per_round=2", "fl.local_steps=6", "fl.eval_every=0", "quant.bits=2",
     "data.demo_train_size=600", "data.demo_eval_size=20", "data.vocab_size=300",
     "model.d_model=32", "model.ffn_dim=64",
 ]
@@ -82,8 +86,10 @@ def test_interrupted_simulation_stops_in_seconds_and_resumes_to_the_same_end(tmp
     assert resumed.wait(timeout=300) == 0, output[-3000:]
     assert f"resuming after round {state['rounds']} of 5" in output
 
-    # The same rows (bytes, clients, losses) and bit-identical final weights as the uninterrupted run.
+    # The same rows (bytes, clients, losses) and bit-identical final weights as the uninterrupted run: the server's
+    # memory of what each client holds and the clients' own files were saved with the rounds.
     assert rows_without_times(stopped) == rows_without_times(whole)
+    assert all(row["resynced"] == 0 for row in rows_without_times(stopped))
     a, b = (json.loads((run_dir / "summary.json").read_text()) for run_dir in (whole, stopped))
     for key in ("rounds", "uplink_bytes", "downlink_bytes", "final_test_bleu"):
         assert a[key] == b[key], key
@@ -137,36 +143,12 @@ def test_settings_that_were_accepted_silently_are_rejected(override):
         validate_config(compose_config([*extra, override]))
 
 
-def test_a_round_in_which_no_client_delivers_stops_the_run_with_the_clients_error():
-    from flwr.app import Error, Message
-
-    from server.server_app import RoundFailedError, run_round
-
-    class FailingGrid:
-        def get_node_ids(self):
-            return [11, 12]
-
-        def push_messages(self, messages):
-            self.sent = list(messages)
-            return [message.metadata.message_id for message in self.sent]
-
-        def pull_messages(self, ids):
-            return [Message(Error(code=0, reason="CUDA out of memory"), reply_to=m) for m in self.sent]
-
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    try:
-        from fedq.comm import make_codec
-        from server.strategy import CompressedFedAvg
-
-        strategy = CompressedFedAvg(uplink=make_codec("fp32"), downlink=make_codec("fp32"), weighted_by_key="num-tokens",
-                                    nodes={0: 11, 1: 12}, clients_per_round=2, fraction_train=1.0,
-                                    min_train_nodes=2, min_available_nodes=2, fraction_evaluate=0.0)
-        with pytest.raises(RoundFailedError, match="round 3: 0 usable updates of 2 sampled.*2 crashed.*CUDA out of memory"):
-            run_round(FailingGrid(), strategy, 3, np.zeros(4, np.float32))
-    finally:
-        TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+def test_a_round_in_which_no_client_delivers_stops_the_run_with_the_clients_error(tmp_path):
+    federation = tiny_federation(f"data.cache_dir={tmp_path}")
+    server = Coordinator(federation, FlowerAggregator(federation.cfg))
+    failing = lambda requests: [Reply(r.partition, error="CUDA out of memory") for r in requests]  # noqa: E731
+    with pytest.raises(RoundFailedError, match="round 3: 0 usable updates of 2 sampled.*2 crashed.*CUDA out of memory"):
+        server.run_round(3, federation.initial_vector(), failing)
 
 
 def test_train_interrupted_by_sigterm_keeps_a_checkpoint_that_evaluate_scores(tmp_path):

@@ -6,14 +6,17 @@ import sys
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+from fedq.cli import check_overrides
 from fedq.comm import make_codec, payload_bytes
 from fedq.config import compose_config, validate_config
-from fedq.fl.client import FINGERPRINT_KEY
-from fedq.fl.federation import Federation
-from server.server_app import make_strategy
-from server.strategy import CompressedFedAdam, CompressedFedAvg, record_vector
+from fedq.errors import FedqError
+from fedq.fl import protocol
+from fedq.fl.rounds import Admission, Coordinator, RoundOutcome
+from fedq.fl.settings import STRATEGIES
+from helpers import TINY, answering, reply, tiny_federation
+from server.aggregation import STRATEGIES as AGGREGATOR_STRATEGIES
+from server.aggregation import FlowerAggregator
 
 TINY_RUN = [
     "clients=3",
@@ -58,7 +61,9 @@ def test_end_to_end_simulation_with_flower_and_ray(tmp_path):
     assert summary["uplink_ratio"] == pytest.approx(summary["fp32_uplink_bytes"] / summary["uplink_bytes"])
     assert summary["uplink_ratio"] > 28
     assert rows[0]["valid_bleu"] is not None and rows[-1]["valid_bleu"] is None  # the last round is scored once, by finish
-    assert 0 <= summary["final_valid_bleu"] <= 100 and 0 <= summary["final_test_bleu"] <= 100
+    meta = json.loads((out / "checkpoint" / "meta.json").read_text())  # the final model is scored once, as shipped
+    assert (summary["final_valid_bleu"], summary["final_test_bleu"]) == (meta["valid_bleu"], meta["test_bleu"])
+    assert len((out / "checkpoint" / "test.hyp.txt").read_text().splitlines()) == 20  # every test sentence translated
     assert "tok:13a" in summary["bleu_signature"]
     assert (out / "bleu_vs_uplink.png").stat().st_size > 1000
     assert (out / "checkpoint" / "model.fedq").is_file()
@@ -85,93 +90,81 @@ def test_compressed_downlink_sends_every_sampled_client_one_delta_and_counts_it(
     assert "total" in [line for line in result.stdout.splitlines() if line.startswith("round 4/4")][0]
 
 
-@pytest.fixture()
-def server_identity():
-    """Messages built outside a running Flower app need the process's task identity."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    yield
-    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    return tiny_federation(f"data.cache_dir={tmp_path_factory.mktemp('cache')}", "comm.uplink.name=fp32")
 
 
-def reply(request: Message, arrays: list[np.ndarray], tokens: float, fingerprint: int = 7, loss: float = 1.0) -> Message:
-    metrics = MetricRecord(
-        {"num-examples": 1.0, "num-tokens": tokens, "train-loss": loss, "train-seconds": tokens / 100,
-         "encode-seconds": 0.01, FINGERPRINT_KEY: fingerprint}
-    )
-    return Message(content=RecordDict({"arrays": ArrayRecord(arrays), "metrics": metrics}), reply_to=request)
+def coordinator(federation, *overrides: str) -> Coordinator:
+    cfg = compose_config([*TINY, *overrides, f"data.cache_dir={federation.cfg.data.cache_dir}", "comm.uplink.name=fp32"])
+    federation.cfg = cfg
+    return Coordinator(federation, FlowerAggregator(cfg))
 
 
-def train_request() -> Message:
-    return Message(content=RecordDict({"config": ConfigRecord({})}), dst_node_id=1, message_type="train")
+def fingerprint(federation) -> int:
+    return protocol.fingerprint_number(federation.tokenizer.fingerprint)
 
 
-def fedavg(codec, n: int, **kwargs) -> CompressedFedAvg:
-    strategy = CompressedFedAvg(uplink=codec, downlink=make_codec("fp32"), weighted_by_key="num-tokens",
-                                tokenizer_fingerprint=7, **kwargs)
-    strategy.global_vector = np.linspace(-1, 1, n).astype(np.float32)
-    return strategy
-
-
-def test_server_rejects_a_malformed_payload_and_averages_the_rest(server_identity):
+def test_server_rejects_a_malformed_payload_and_averages_the_rest(federation):
     codec = make_codec("uniform", bits=8)
-    strategy = fedavg(codec, 4 * 256 + 3)
-    n = strategy.global_vector.size
-    request = train_request()
-
-    good = np.full(n, 0.5, np.float32)
-    good_payload = codec.encode(good, np.random.default_rng(0))
-    truncated = [good_payload[0][:-3]] + good_payload[1:]
-    replies = [reply(request, good_payload, 10.0), reply(request, truncated, 1000.0)]
-
-    arrays, _ = strategy.aggregate_train(1, replies)
-    assert strategy.last_round.rejected == 1 and strategy.last_round.clients == 1
-    # Only the good update is applied (the bad one, heavily weighted, would dominate).
-    np.testing.assert_allclose(record_vector(arrays), strategy.global_vector + 0.5, atol=0.01)
-    assert strategy.last_round.uplink_bytes == payload_bytes(good_payload) + payload_bytes(truncated)
+    admission = Admission(federation.cfg.fl, codec, 7, federation.faults)
+    n = 4 * 256 + 3
+    good = codec.encode(np.full(n, 0.5, np.float32), np.random.default_rng(0))
+    truncated = [good[0][:-3]] + good[1:]
+    outcome = RoundOutcome()
+    admitted = admission.admit([reply(0, good, 10.0, 7), reply(1, truncated, 1000.0, 7)], np.zeros(n, np.float32), outcome)
+    assert outcome.rejected == 1 and outcome.clients == 1 and [a.partition for a in admitted] == [0]
+    assert "client 1: uniform payload: codes has" in outcome.rejections[0]
+    np.testing.assert_allclose(admitted[0].update, 0.5, atol=0.01)  # only the good update is kept
+    assert outcome.uplink_bytes == payload_bytes(good) + payload_bytes(truncated)  # every byte received counts
 
 
-def test_server_refuses_a_client_with_another_tokenizer(server_identity):
+def test_server_refuses_a_client_with_another_tokenizer(federation):
     codec = make_codec("fp32")
-    strategy = fedavg(codec, 16)
-    request = train_request()
-    replies = [reply(request, codec.encode(np.ones(16, np.float32), None), 10.0),
-               reply(request, codec.encode(np.full(16, 9.0, np.float32), None), 10.0, fingerprint=0xABC)]
-    arrays, _ = strategy.aggregate_train(1, replies)
-    assert strategy.last_round.rejected == 1
-    assert "fingerprint 000000000000abc" in strategy.last_round.rejections[0]
-    assert "server's (000000000000007)" in strategy.last_round.rejections[0]
-    np.testing.assert_allclose(record_vector(arrays), strategy.global_vector + 1.0)
+    admission = Admission(federation.cfg.fl, codec, 7, federation.faults)
+    outcome = RoundOutcome()
+    admitted = admission.admit([reply(0, codec.encode(np.ones(16, np.float32), None), 10.0, 7),
+                                reply(1, codec.encode(np.full(16, 9.0, np.float32), None), 10.0, 0xABC)],
+                               np.zeros(16, np.float32), outcome)
+    assert outcome.rejected == 1 and [a.partition for a in admitted] == [0]
+    assert "fingerprint 000000000000abc" in outcome.rejections[0] and "server's (000000000000007)" in outcome.rejections[0]
 
 
-def test_round_metrics_are_flowers_aggregate_loss_weighted_by_tokens_times_of_the_slowest(server_identity):
+def test_round_metrics_are_the_loss_weighted_by_tokens_and_the_times_of_the_slowest(federation):
     codec = make_codec("fp32")
-    strategy = fedavg(codec, 8)
-    request = train_request()
+    outcome = RoundOutcome()
     update = codec.encode(np.zeros(8, np.float32), None)
-    _, metrics = strategy.aggregate_train(1, [reply(request, update, 100.0, loss=2.0), reply(request, update, 300.0, loss=4.0)])
-    assert strategy.last_round.train_loss == pytest.approx((2 * 100 + 4 * 300) / 400)
-    assert strategy.last_round.client_train_seconds == pytest.approx(3.0)  # the slower client's
-    assert metrics["num-tokens"] == 400.0 and FINGERPRINT_KEY not in metrics
+    Admission(federation.cfg.fl, codec, 7, federation.faults).admit(
+        [reply(0, update, 100.0, 7, loss=2.0), reply(1, update, 300.0, 7, loss=4.0)], np.zeros(8, np.float32), outcome)
+    assert outcome.train_loss == pytest.approx((2 * 100 + 4 * 300) / 400)
+    assert outcome.client_train_seconds == pytest.approx(3.0)  # the slower client's
 
 
 @pytest.mark.parametrize("server_lr", [1.0, 0.5])
-def test_fedavg_server_lr_scales_the_step_of_the_global_model(server_identity, server_lr):
-    codec = make_codec("fp32")
-    strategy = fedavg(codec, 8, server_lr=server_lr)
-    update = np.linspace(0, 2, 8).astype(np.float32)
-    arrays, _ = strategy.aggregate_train(1, [reply(train_request(), codec.encode(update, None), 5.0)])
-    np.testing.assert_allclose(record_vector(arrays) - strategy.global_vector, server_lr * update, atol=1e-6)
+def test_a_round_steps_the_global_model_by_server_lr_times_the_token_weighted_mean(federation, server_lr):
+    server = coordinator(federation, f"fl.server_lr={server_lr}")
+    start = federation.initial_vector()
+    updates = {p: np.full(start.size, float(p + 1), np.float32) for p in range(4)}
+    tokens = {p: 10.0 * (p + 1) for p in range(4)}
+    new, outcome = server.run_round(3, start, answering(updates, make_codec("fp32"), fingerprint(federation), tokens))
+    chosen = server.sample(3)
+    mean = sum(tokens[p] * (p + 1) for p in chosen) / sum(tokens[p] for p in chosen)
+    np.testing.assert_allclose(new - start, server_lr * mean, rtol=1e-5)
+    assert outcome.clients == 2 and outcome.sampled == 2
+    assert outcome.downlink_bytes == sum(server.broadcaster.message_for(p, start, 3).nbytes for p in chosen)
 
 
-def test_a_fedq_config_reaches_the_strategy(server_identity, tmp_path):
-    cfg = compose_config(TINY_RUN + [f"data.cache_dir={tmp_path}", "fl.server_lr=0.5", "fl.local_lr=3e-3"])
-    federation = Federation(cfg)
-    strategy = make_strategy(cfg, federation)
-    assert isinstance(strategy, CompressedFedAvg) and strategy.server_lr == 0.5
-    adam = make_strategy(compose_config(TINY_RUN + [f"data.cache_dir={tmp_path}", "fl.strategy=fedadam", "fl.server_lr=0.02"]), federation)
-    assert isinstance(adam, CompressedFedAdam) and adam.eta == 0.02 and adam.server_lr == 1.0
+def test_a_fedq_config_reaches_the_strategy(federation):
+    assert type(coordinator(federation, "fl.server_lr=0.5").aggregator.strategy).__name__ == "FedAvg"
+    adam = coordinator(federation, "fl.strategy=fedadam", "fl.server_lr=0.02", "fl.local_lr=3e-3")
+    assert type(adam.aggregator.strategy).__name__ == "FedAdam" and adam.aggregator.strategy.eta == 0.02
+    assert adam.server_lr == 1.0  # Adam's own step; fl.server_lr is its eta
+    trimmed = coordinator(federation, "fl.strategy=fedtrimmedavg", "fl.trim_beta=0.3")
+    assert trimmed.aggregator.strategy.beta == 0.3
+
+
+def test_every_strategy_name_is_a_flower_strategy():
+    assert set(AGGREGATOR_STRATEGIES) == set(STRATEGIES)
 
 
 @pytest.mark.parametrize(
@@ -180,13 +173,27 @@ def test_a_fedq_config_reaches_the_strategy(server_identity, tmp_path):
         (["clients=4", "fl.clients_per_round=5"], "more than clients=4"),
         (["comm.uplink.name=gzip"], "gzip"),
         (["comm.uplink.name=uniform", "comm.uplink.bits=16"], "16"),
-        (["comm.downlink.name=gzip"], "comm.downlink.name='gzip' is unknown"),
+        (["comm.downlink.name=gzip"], "comm.downlink: unknown codec 'gzip'"),
         (["fl.warmup_steps=-1"], "warmup_steps"),
+        # settings a codec does not use are refused, never silently ignored
+        (["comm=sign", "comm.uplink.bits=4"], "comm.uplink: codec sign does not use bits"),
+        (["comm.uplink.density=0.05"], "comm.uplink: codec uniform does not use density"),
+        (["comm.uplink.error_feedback=true"], "error_feedback applies to biased codecs"),
+        (["comm=fp32", "comm.downlink.bits=4"], "comm.downlink: codec fp32 does not use bits"),
+        (["comm.downlink.cache_mb=-1"], "cache_mb=-1"),
+        (["model.max_positions=16"], "model.max_positions=16 cannot hold"),
+        (["seed=-1"], "seed=-1 must be >= 0"),
     ],
 )
 def test_bad_federation_settings_are_rejected(overrides, message):
     with pytest.raises(ValueError, match=message):
         validate_config(compose_config(overrides))
+
+
+@pytest.mark.parametrize("override", ["comm.downlink.error_feedback=false", "model.preset=iwslt", "+fl.roudns=2", "foo=1"])
+def test_settings_fedq_does_not_have_are_one_line_whatever_their_prefix(override):
+    with pytest.raises(FedqError, match="is not a fedq setting"):
+        check_overrides([override])
 
 
 def test_bad_federation_setting_is_one_line_on_the_command_line(tmp_path):
@@ -199,24 +206,25 @@ def test_bad_federation_setting_is_one_line_on_the_command_line(tmp_path):
 
 
 
-def test_fedadam_server_optimizer_steps_along_the_decoded_update(server_identity):
-    codec = make_codec("fp32")
-    strategy = CompressedFedAdam(uplink=codec, downlink=codec, weighted_by_key="num-tokens", eta=0.1, beta_1=0.9, beta_2=0.99)
-    strategy.global_vector = np.zeros(8, np.float32)
-    strategy.current_arrays = {"weights": np.zeros(8, np.float32)}  # what FedOpt.configure_train records
+def test_fedadam_server_optimizer_steps_along_the_decoded_update():
+    aggregator = FlowerAggregator(compose_config(["fl.strategy=fedadam", "fl.server_lr=0.1"]))
     update = np.linspace(-1, 1, 8).astype(np.float32)
-    arrays, _ = strategy.aggregate_train(1, [reply(train_request(), codec.encode(update, None), 5.0)])
-    step = record_vector(arrays)
+    step = aggregator(1, np.zeros(8, np.float32), [update], [5.0])
     assert np.all(np.sign(step[update != 0]) == np.sign(update[update != 0]))
     assert np.abs(step).max() <= 0.1 * 1.01  # Adam's step is bounded by eta
+    saved = aggregator.state_arrays()
+    assert sorted(saved) == ["m_t.weights", "v_t.weights"]
+    again = FlowerAggregator(compose_config(["fl.strategy=fedadam", "fl.server_lr=0.1"]))
+    again.restore_state_arrays(saved)
+    np.testing.assert_array_equal(again(2, step, [update], [5.0]), aggregator(2, step, [update], [5.0]))
 
 
-def test_an_update_that_decodes_to_nan_is_rejected_and_never_applied(server_identity):
+def test_an_update_that_decodes_to_nan_is_rejected_and_never_applied(federation):
     codec = make_codec("fp32")
-    strategy = fedavg(codec, 8)
     bad = np.ones(8, np.float32)
     bad[3] = np.nan
-    good = codec.encode(np.full(8, 0.25, np.float32), None)
-    arrays, _ = strategy.aggregate_train(1, [reply(train_request(), [bad], 1000.0), reply(train_request(), good, 1.0)])
-    assert strategy.last_round.rejected == 1 and "NaN" in strategy.last_round.rejections[0]
-    np.testing.assert_allclose(record_vector(arrays), strategy.global_vector + 0.25)
+    outcome = RoundOutcome()
+    admitted = Admission(federation.cfg.fl, codec, 7, federation.faults).admit(
+        [reply(0, [bad], 1000.0, 7), reply(1, codec.encode(np.full(8, 0.25, np.float32), None), 1.0, 7)],
+        np.zeros(8, np.float32), outcome)
+    assert outcome.rejected == 1 and "NaN" in outcome.rejections[0] and [a.partition for a in admitted] == [1]

@@ -73,6 +73,7 @@ def run_cli(module: str, *overrides: str) -> subprocess.CompletedProcess:
         (["quant.scope=everything", "quant.bits=4"], "scope"),
         (["data=textdir", "data.dir=/nonexistent/corpus"], "/nonexistent/corpus"),
         (["train.max_step=5"], "max_step"),
+        (["resume=outputs/somewhere"], "resume= is not used by fedq.train (it takes init_from=)"),
     ],
 )
 def test_bad_input_is_one_clear_line(overrides, expected, tmp_path):

@@ -11,6 +11,7 @@ Bit packing is LSB-first (see ``fedq.bitpack``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -22,7 +23,6 @@ from fedq.bitpack import pack_bits, packed_nbytes, unpack_bits
 from fedq.comm.errors import CodecError
 from fedq.comm.indexcode import decode_sorted_indices, encode_sorted_indices
 
-CODEC_NAMES = ("fp32", "fp16", "uniform", "sign", "topk")
 QUANT_BITS = range(2, 9)
 FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -94,6 +94,10 @@ class UniformCodec(UpdateCodec):
     block_size: int = 1024
     name: ClassVar[str] = "uniform"
 
+    def __post_init__(self) -> None:
+        _check_bits(self.name, self.bits)
+        _check_block_size(self.name, self.block_size)
+
     @property
     def bits_per_value(self) -> float:
         return float(self.bits)
@@ -126,6 +130,9 @@ class SignCodec(UpdateCodec):
     block_size: int = 1024
     name: ClassVar[str] = "sign"
     biased: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _check_block_size(self.name, self.block_size)
 
     @property
     def bits_per_value(self) -> float:
@@ -172,6 +179,12 @@ class TopKCodec(UpdateCodec):
     name: ClassVar[str] = "topk"
     biased: ClassVar[bool] = True
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.density <= 1.0:
+            raise CodecError(f"codec {self.name}: density must be in (0, 1], got {self.density}")
+        _check_bits(self.name, self.bits)
+        _check_block_size(self.name, self.block_size)
+
     @property
     def bits_per_value(self) -> float:
         return self.density * self.bits
@@ -214,26 +227,26 @@ class TopKCodec(UpdateCodec):
         return _finite(self.name, out)
 
 
-def make_codec(
-    name: str, bits: int | None = None, block_size: int = 1024, density: float = 0.01
-) -> UpdateCodec:
-    """Build a codec by name. ``bits`` sets the value bits of ``uniform`` (default 8) and
-    ``topk`` (default 4) and is ignored by ``fp32``, ``fp16`` and ``sign``."""
-    if block_size < 1:
-        raise CodecError(f"codec block_size must be >= 1, got {block_size}")
-    if not 0.0 < density <= 1.0:  # checked for every codec: a bad value is never silently ignored
-        raise CodecError(f"codec {name}: density must be in (0, 1], got {density}")
-    if name == "fp32":
-        return Fp32Codec()
-    if name == "fp16":
-        return Fp16Codec()
-    if name == "sign":
-        return SignCodec(block_size)
-    if name == "uniform":
-        return UniformCodec(_value_bits(name, bits, 8), block_size)
-    if name == "topk":
-        return TopKCodec(density, _value_bits(name, bits, 4), block_size)
-    raise CodecError(f"unknown codec {name!r}; choose one of {', '.join(CODEC_NAMES)}")
+CODECS: dict[str, type[UpdateCodec]] = {cls.name: cls for cls in (Fp32Codec, Fp16Codec, UniformCodec, SignCodec, TopKCodec)}
+CODEC_NAMES = tuple(CODECS)
+
+
+def codec_settings(name: str) -> tuple[str, ...]:
+    """The settings codec ``name`` takes (``bits``, ``block_size``, ``density``, ...)."""
+    return tuple(f.name for f in dataclasses.fields(CODECS[name])) if name in CODECS else ()
+
+
+def make_codec(name: str, **settings: object) -> UpdateCodec:
+    """The codec ``name`` with ``settings`` (None = the codec's default); a setting the codec does not
+    take is refused, so that no value is ever silently ignored."""
+    if name not in CODECS:
+        raise CodecError(f"unknown codec {name!r}; choose one of {', '.join(CODEC_NAMES)}")
+    given = {key: value for key, value in settings.items() if value is not None}
+    unused = [key for key in given if key not in codec_settings(name)]
+    if unused:
+        takes = ", ".join(codec_settings(name)) or "no settings"
+        raise CodecError(f"codec {name} does not use {unused[0]} (it takes {takes})")
+    return CODECS[name](**given)
 
 
 def payload_bytes(arrays: Sequence[np.ndarray]) -> int:
@@ -241,11 +254,14 @@ def payload_bytes(arrays: Sequence[np.ndarray]) -> int:
     return sum(int(a.nbytes) for a in arrays)
 
 
-def _value_bits(name: str, bits: int | None, default: int) -> int:
-    bits = default if bits is None else bits
+def _check_bits(name: str, bits: int) -> None:
     if bits not in QUANT_BITS:
         raise CodecError(f"codec {name}: bits must be one of 2..8 (1 bit: use codec sign), got {bits}")
-    return bits
+
+
+def _check_block_size(name: str, block_size: int) -> None:
+    if block_size < 1:
+        raise CodecError(f"codec {name}: block_size must be >= 1, got {block_size}")
 
 
 def _as_update(vector: np.ndarray) -> np.ndarray:

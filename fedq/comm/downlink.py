@@ -3,30 +3,33 @@
 Two kinds of scheme (``comm.downlink.name``):
 
 - ``fp32`` / ``fp16``: the whole global model every round. Stateless.
-- ``uniform`` / ``sign`` / ``topk``: compressed *deltas*. The server remembers,
-  per client, the model that client holds (what it reconstructed from what it
-  was sent, bit for bit). Every client starts out holding the seeded model
-  (round 0): the model the run's seed builds, which it builds as the server does,
-  so it is never sent, and a digest in the first message checks that both sides
-  built the same one. A client is sent ``encode(global - held)``, one delta
-  however many rounds it missed (its first delta is against the seeded model;
-  with ``init_from`` that first delta carries the pre-trained weights),
-  and both sides add the decoded delta to the held model. What a delta could not
-  carry stays in ``global - held`` and is sent the next time: the held model
-  tracks the global one (error feedback), and a client that was away long
-  catches up in one message. When a delta would cost more than the whole model,
-  the whole model is sent instead (fp16, fp32 if a weight is out of fp16's range).
+- ``uniform`` / ``sign`` / ``topk``: compressed *deltas* against the model the
+  client holds. Every client starts out holding the seeded model (round 0): the
+  model the run's seed builds, which it builds as the server does, so it is never
+  sent, and a digest in the first message checks that both sides built the same
+  one. A client is sent ``encode(global - held)``, one delta however many rounds
+  it missed, and both sides add the decoded delta to the held model.
 
-Bytes are counted per client from the arrays sent. A client keeps the held model
-and the round it was synced in (Flower's ``context.state``; on a real device:
-one copy of the model's weights, fp32, plus an integer). The server sends the
-round it believes the client was last synced in, and a client that holds
-another one refuses, so a mismatch is an error, never a silently wrong model.
+The server remembers what a client holds (bit for bit what the client rebuilt)
+for at most ``capacity`` clients (``comm.downlink.cache_mb``), the least
+recently synced forgotten first; for a client it remembers, what a delta could
+not carry stays in ``global - held`` and goes with the next one (error feedback
+on the server), so the held model tracks the global one. A client the server
+holds nothing for (new, forgotten, or one that lost its storage) is sent a delta
+against the seeded model, which it can always rebuild: the same bytes, with the
+error of one delta of the whole model's change since the seed. When a delta would
+cost more than the whole model, the whole model is sent (fp16, fp32 if a weight
+is out of fp16's range).
+
+Bytes are counted per client from the arrays sent. The server sends the round it
+believes the client was last synced in, and a client that holds another one asks
+for a resync, so a mismatch is never a silently wrong model.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,11 +37,12 @@ import numpy as np
 from fedq.comm.codecs import UpdateCodec, make_codec, payload_bytes
 from fedq.comm.errors import CodecError
 
-FULL_MODEL_CODECS = ("fp32", "fp16")
+FULL_MODEL_CODECS = ("fp32", "fp16")  # the whole model every round; any other codec sends deltas
 FULL, DELTA = "full", "delta"
-DOWNLINK_KIND_KEY = "fedq-downlink"  # message config keys: what the arrays are, and what a delta builds on
-BASE_ROUND_KEY = "fedq-base-round"
-BASE_DIGEST_KEY = "fedq-base-digest"
+
+
+class NotHeldError(CodecError):
+    """A delta against a model this client does not hold (it lost it, or the server expected another round)."""
 
 
 @dataclass(frozen=True)
@@ -67,38 +71,52 @@ class Downlink:
         return payload_bytes(self.arrays)
 
 
-class Broadcaster:
-    """The server's side: per client, the model it holds, and what to send it next."""
+def cache_capacity(cache_mb: float, numel: int) -> int:
+    """How many clients' held models (fp32) fit in ``comm.downlink.cache_mb``."""
+    return int(cache_mb * 1e6 // (4 * numel))
 
-    def __init__(self, codec: UpdateCodec, seeded: SeededModel | None = None) -> None:
+
+class Broadcaster:
+    """The server's side: what to send each client, and (for up to ``capacity`` clients) the model it holds."""
+
+    def __init__(self, codec: UpdateCodec, seeded: SeededModel | None = None, capacity: int = 0) -> None:
         self.codec = codec
         self.stateful = codec.name not in FULL_MODEL_CODECS
         if self.stateful and seeded is None:
             raise ValueError(f"a {codec.name} downlink sends deltas: it needs the seeded model every client holds")
         self.seeded = seeded
+        self.capacity = capacity if self.stateful else 0
         self.full_codecs = (make_codec("fp16"), make_codec("fp32"))
-        self.held: dict[int, np.ndarray] = {}
-        self.synced: dict[int, int] = {}
+        self.held: OrderedDict[int, tuple[int, np.ndarray]] = OrderedDict()  # partition -> (round synced, model)
+
+    @property
+    def keeps(self) -> bool:
+        """Whether clients are asked to keep what they hold (the server remembers some of them)."""
+        return self.capacity > 0
 
     def message_for(self, partition: int, global_vector: np.ndarray, server_round: int) -> Downlink:
         if not self.stateful:
             return Downlink(self.codec.encode(global_vector, np.random.default_rng(server_round)), FULL, 0)
-        held = self.held.get(partition, self.seeded.vector)
-        base_round = self.synced.get(partition, 0)
+        base_round, held = self.held.pop(partition, (0, self.seeded.vector))  # type: ignore[union-attr]
         rng = np.random.default_rng([server_round, partition])
         try:
             arrays = self.codec.encode(global_vector - held, rng)
         except CodecError:  # a delta beyond the codec's range (fp16 scales): the whole model goes instead
             arrays = None
         if arrays is not None and payload_bytes(arrays) < global_vector.nbytes // 2:  # cheaper than fp16 whole
-            message = Downlink(arrays, DELTA, base_round, self.seeded.digest if base_round == 0 else "")
-            self.held[partition] = held + self.codec.decode(arrays, global_vector.size)
-            self.synced[partition] = server_round
+            message = Downlink(arrays, DELTA, base_round, self.seeded.digest if base_round == 0 else "")  # type: ignore[union-attr]
+            self._remember(partition, server_round, held + self.codec.decode(arrays, global_vector.size))
             return message
         arrays = self._whole_model(global_vector)
-        self.held[partition] = decode_whole_model(arrays, global_vector.size)
-        self.synced[partition] = server_round
+        self._remember(partition, server_round, decode_whole_model(arrays, global_vector.size))
         return Downlink(arrays, FULL, 0)
+
+    def _remember(self, partition: int, server_round: int, model: np.ndarray) -> None:
+        if self.capacity <= 0:
+            return
+        self.held[partition] = (server_round, model)
+        while len(self.held) > self.capacity:  # the least recently synced first (within a round: partition order)
+            self.held.popitem(last=False)
 
     def _whole_model(self, global_vector: np.ndarray) -> list[np.ndarray]:
         """The whole model at fp16 where it fits (what the client holds is what fp16 keeps), else fp32."""
@@ -109,9 +127,9 @@ class Broadcaster:
             return full.encode(global_vector, None)
 
     def forget(self, partition: int) -> None:
-        """The client lost what it held (it failed mid-round): its next delta is against the seeded model."""
+        """The client may not hold what it was sent (it failed mid-round, or lost it): its next delta is against
+        the seeded model."""
         self.held.pop(partition, None)
-        self.synced.pop(partition, None)
 
 
 def decode_whole_model(arrays: list[np.ndarray], numel: int) -> np.ndarray:
@@ -139,7 +157,5 @@ def receive(
         held = seeded.vector
     elif held is None or held_round != message.base_round:
         holds = "no model" if held is None else f"the model of round {held_round}"
-        raise CodecError(
-            f"downlink: the server sent a delta against round {message.base_round} but this client holds {holds}"
-        )
+        raise NotHeldError(f"the server sent a delta against round {message.base_round} but this client holds {holds}")
     return held + codec.decode(message.arrays, numel)

@@ -1,42 +1,84 @@
-"""Which codec each direction uses, from the run's config (``comm.uplink``, ``comm.downlink``)."""
+"""The ``comm.*`` settings: which codec each direction uses, with which settings, and their checks.
+
+Every codec setting is optional: left unset it is the codec's default (the
+uplink's value bits follow ``quant.bits``; the downlink's are 4). A setting the
+chosen codec does not use is refused with one line, never ignored.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field
+from typing import Optional
 
-from fedq.comm.codecs import UpdateCodec, make_codec
+from fedq.comm.codecs import UpdateCodec, codec_settings, make_codec
 from fedq.comm.errors import CodecError
 
-if TYPE_CHECKING:
-    from fedq.config import CodecConfig, FedqConfig
-
-DOWNLINK_CODECS = ("fp32", "fp16", "uniform", "sign", "topk")  # fp32/fp16: whole model; others: deltas (fedq.comm.downlink)
+DOWNLINK_DEFAULT_BITS = 4
 
 
-def default_uplink_bits(cfg: FedqConfig) -> int:
+@dataclass
+class UplinkConfig:
+    name: str = "uniform"  # fp32 | fp16 | uniform | sign | topk
+    bits: Optional[int] = None  # value bits (uniform, topk); None = quant.bits (8 when QAT is off, 2 for binary)
+    block_size: Optional[int] = None  # values per scale (uniform, sign, topk); None = 1024
+    density: Optional[float] = None  # topk: the fraction of values sent; None = 0.01
+    error_feedback: Optional[bool] = None  # biased codecs (sign, topk): keep what was not sent for the next round; None = on
+
+
+@dataclass
+class DownlinkConfig:
+    name: str = "uniform"  # fp32 | fp16 (the whole model) | uniform | sign | topk (deltas against what each client holds)
+    bits: Optional[int] = None  # value bits of the deltas (uniform, topk); None = 4
+    block_size: Optional[int] = None
+    density: Optional[float] = None
+    # The server remembers, per client, the model that client holds (so that its next delta carries what the last
+    # ones could not), up to this many MB in all; the least recently synced are forgotten first, and a client the
+    # server holds nothing for is sent a delta against the seeded model. 0 = remember nothing.
+    cache_mb: float = 1024.0
+
+
+@dataclass
+class CommConfig:
+    uplink: UplinkConfig = field(default_factory=UplinkConfig)
+    downlink: DownlinkConfig = field(default_factory=DownlinkConfig)
+
+
+def default_uplink_bits(quant_bits: int) -> int:
     """comm.uplink.bits defaults to quant.bits; 8 when QAT is off, 2 for binary QAT."""
-    bits = cfg.quant.bits
-    if bits >= 32:
-        return 8
-    return max(2, bits)
+    return 8 if quant_bits >= 32 else max(2, quant_bits)
 
 
-def _codec(codec_cfg: CodecConfig, default_bits: int, direction: str) -> UpdateCodec:
-    bits = codec_cfg.bits if codec_cfg.bits is not None else default_bits
+def _codec(direction: str, name: str, default_bits: int, **settings: object) -> UpdateCodec:
+    if "bits" in codec_settings(name) and settings.get("bits") is None:
+        settings["bits"] = default_bits
     try:
-        return make_codec(codec_cfg.name, bits=bits, block_size=codec_cfg.block_size, density=codec_cfg.density)
+        return make_codec(name, **settings)
     except CodecError as err:
         raise CodecError(f"comm.{direction}: {err}") from None
 
 
-def uplink_codec(cfg: FedqConfig) -> UpdateCodec:
-    return _codec(cfg.comm.uplink, default_uplink_bits(cfg), "uplink")
+def uplink_codec(comm: CommConfig, quant_bits: int) -> UpdateCodec:
+    up = comm.uplink
+    settings = {k: v for k, v in asdict(up).items() if k not in ("name", "error_feedback")}
+    codec = _codec("uplink", up.name, default_uplink_bits(quant_bits), **settings)
+    if up.error_feedback is not None and not codec.biased:
+        raise CodecError(f"comm.uplink.error_feedback applies to biased codecs (sign, topk), not to {up.name}")
+    return codec
 
 
-def downlink_codec(cfg: FedqConfig) -> UpdateCodec:
-    """The whole model at fp32/fp16, or the codec of the deltas against what each client holds
-    (``comm.downlink.bits`` defaults to 8 for uniform, 4 for top-k values)."""
-    if cfg.comm.downlink.name not in DOWNLINK_CODECS:
-        raise CodecError(f"comm.downlink.name={cfg.comm.downlink.name!r} is unknown; choose one of {', '.join(DOWNLINK_CODECS)}")
-    default = {"uniform": 8, "topk": 4}.get(cfg.comm.downlink.name, 16)
-    return _codec(cfg.comm.downlink, default, "downlink")
+def uses_error_feedback(comm: CommConfig, codec: UpdateCodec) -> bool:
+    return codec.biased and comm.uplink.error_feedback is not False
+
+
+def downlink_codec(comm: CommConfig) -> UpdateCodec:
+    """The whole model at fp32/fp16, or the codec of the deltas against what each client holds."""
+    down = comm.downlink
+    settings = {k: v for k, v in asdict(down).items() if k not in ("name", "cache_mb")}
+    if down.cache_mb < 0:
+        raise CodecError(f"comm.downlink.cache_mb={down.cache_mb:g} must be >= 0 (0: the server remembers no client)")
+    return _codec("downlink", down.name, DOWNLINK_DEFAULT_BITS, **settings)
+
+
+def validate_comm_config(comm: CommConfig, quant_bits: int) -> None:
+    uplink_codec(comm, quant_bits)
+    downlink_codec(comm)

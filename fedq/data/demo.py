@@ -15,12 +15,28 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from fedq.errors import FedqError
 from fedq.data.demo_lexicon import (
-    ADJECTIVES, AUXILIARIES, COMITATIVE, CONJUNCTIONS, COPULA, FREQUENCY_ADVERBS,
-    LOCATIVE_PREPOSITIONS, MODALS, NAMES, NOUNS, NUMBERS, OBJECT_PRONOUNS, POSSESSIVES,
-    SUBJECT_PRONOUNS, TIME_ADVERBS, VERBS, Adjective, Noun, Verb,
+    ADJECTIVES,
+    AUXILIARIES,
+    COMITATIVE,
+    CONJUNCTIONS,
+    COPULA,
+    FREQUENCY_ADVERBS,
+    LOCATIVE_PREPOSITIONS,
+    MODALS,
+    NAMES,
+    NOUNS,
+    NUMBERS,
+    OBJECT_PRONOUNS,
+    POSSESSIVES,
+    SUBJECT_PRONOUNS,
+    TIME_ADVERBS,
+    VERBS,
+    Adjective,
+    Noun,
+    Verb,
 )
+from fedq.errors import FedqError
 
 MAX_WORDS = 25
 MIN_WORDS = 3

@@ -25,24 +25,31 @@ def partition_indices(
     alpha: float = 0.5,
     labels: Sequence[Hashable] | None = None,
     seed: int = 0,
+    shard_size: int = 0,
 ) -> list[list[int]]:
-    """Disjoint shards (sorted item indices) covering ``range(num_items)``, one per client.
+    """Disjoint shards (sorted item indices), one per client, covering ``range(num_items)`` (or, with
+    ``shard_size``, ``shard_size`` items per client).
 
-    - ``iid``: random, sizes differ by at most one.
+    - ``iid``: random, sizes differ by at most one; with ``shard_size``, exactly that many each.
     - ``dirichlet``: each label's items are split across clients by Dirichlet(alpha)
       proportions (small alpha = strong skew); every client gets at least one item.
     - ``natural``: each distinct label goes wholly to one client, largest first to the
-      currently smallest client.
+      currently smallest client; with more clients than labels, a label is shared by
+      several clients instead (in proportion to its size), each holding a contiguous part.
+
+    ``shard_size`` (> 0) keeps at most that many items per client (cross-device clients hold few).
     """
     if num_clients < 1:
         raise PartitionError(f"partition needs at least 1 client, got {num_clients}")
-    if num_items < num_clients:
-        raise PartitionError(f"cannot split {num_items} items among {num_clients} clients")
+    if num_items < num_clients * max(1, shard_size if scheme == "iid" else 1):
+        need = f"{num_clients} x partition.shard_size={shard_size}" if shard_size and scheme == "iid" else f"{num_clients} clients"
+        raise PartitionError(f"cannot split {num_items} items among {need}: use fewer clients or a larger corpus")
     if labels is not None and len(labels) != num_items:
         raise PartitionError(f"got {len(labels)} labels for {num_items} items")
     rng = np.random.default_rng(seed)
     if scheme == "iid":
-        shards = np.array_split(rng.permutation(num_items), num_clients)
+        order = rng.permutation(num_items)
+        shards = np.array_split(order[: num_clients * shard_size] if shard_size else order, num_clients)
     elif scheme == "dirichlet":
         if alpha <= 0:
             raise PartitionError(f"dirichlet partition needs alpha > 0, got {alpha}")
@@ -51,28 +58,7 @@ def partition_indices(
         shards = _natural(_groups(scheme, labels), num_clients)
     else:
         raise PartitionError(f"unknown partition scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
-    return [sorted(int(i) for i in shard) for shard in shards]
-
-
-def validate_partition(scheme: str, label: str, alpha: float, length_buckets: int, corpus: str) -> None:
-    """The ``partition.*`` settings, checked before any data is read (one PartitionError line)."""
-    from fedq.data import CORPORA_WITH_TALKS, CORPORA_WITH_TOPICS
-
-    if scheme not in SCHEMES:
-        raise PartitionError(f"partition.scheme={scheme!r} is unknown; choose one of {', '.join(SCHEMES)}")
-    if label not in LABELS:
-        raise PartitionError(f"partition.label={label!r} is unknown; choose one of {', '.join(LABELS)}")
-    if scheme == "dirichlet" and alpha <= 0:
-        raise PartitionError(f"partition.alpha={alpha}: a Dirichlet partition needs alpha > 0")
-    if length_buckets < 1:
-        raise PartitionError(f"partition.length_buckets={length_buckets} must be >= 1")
-    if uses_talks(scheme, label) and corpus not in CORPORA_WITH_TALKS:
-        raise PartitionError(
-            f"partition.scheme={scheme} partition.label={label} needs talk ids; corpus {corpus} has none "
-            f"(use data={' or data='.join(CORPORA_WITH_TALKS)})"
-        )
-    if scheme == "dirichlet" and label == "topic" and corpus not in CORPORA_WITH_TOPICS:
-        raise PartitionError(f"partition.label=topic needs talk topics; corpus {corpus} has none (use data=ted)")
+    return [sorted(int(i) for i in shard)[: shard_size or None] for shard in shards]
 
 
 def uses_talks(scheme: str, label: str) -> bool:
@@ -114,16 +100,6 @@ def min_median_max(values: Sequence[int]) -> str:
     return f"{array.min()}/{np.median(array):g}/{array.max()}"
 
 
-def describe_partition(shards: list[list[int]], labels: Sequence[Hashable] | None = None) -> str:
-    """One line for logs: shard sizes, and labels per client when labels are given."""
-    sizes = [len(s) for s in shards]
-    line = f"{len(shards)} clients, {sum(sizes)} items, shard size min/median/max = {min_median_max(sizes)}"
-    if labels is not None:
-        distinct = [len({labels[i] for i in s}) for s in shards]
-        line += f", distinct labels per client min/median/max = {min_median_max(distinct)}"
-    return line
-
-
 def _groups(scheme: str, labels: Sequence[Hashable] | None) -> list[list[int]]:
     """Item indices per distinct label, in order of first appearance."""
     if labels is None:
@@ -154,11 +130,15 @@ def _dirichlet(
 
 
 def _natural(groups: list[list[int]], num_clients: int) -> list[list[int]]:
-    if len(groups) < num_clients:
-        raise PartitionError(
-            "natural partition needs at least as many labels as clients: "
-            f"{len(groups)} labels, {num_clients} clients"
-        )
+    if len(groups) < num_clients:  # each label is shared by clients in proportion to its size, in contiguous parts
+        sizes = np.array([len(g) for g in groups], np.float64)
+        extra = sizes / sizes.sum() * (num_clients - len(groups))
+        parts = 1 + np.floor(extra).astype(int)
+        for i in np.argsort(-(extra - np.floor(extra)))[: num_clients - parts.sum()]:
+            parts[i] += 1  # largest remainders first
+        if any(len(g) < k for g, k in zip(groups, parts)):
+            raise PartitionError(f"cannot share {len(groups)} labels among {num_clients} clients without an empty one")
+        return [part.tolist() for group, k in zip(groups, parts) for part in np.array_split(np.array(group), k)]
     shards: list[list[int]] = [[] for _ in range(num_clients)]
     smallest = [(0, client) for client in range(num_clients)]
     for group in sorted(groups, key=len, reverse=True):

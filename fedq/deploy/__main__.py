@@ -29,9 +29,9 @@ import torch
 from omegaconf import DictConfig
 
 from fedq.checkpoint import CheckpointError, read_checkpoint
-from fedq.cli import run_with_user_errors
+from fedq.cli import refuse_unused, run_entry_point, run_with_user_errors
 from fedq.config import CONFIG_SOURCE, FedqConfig, register_configs
-from fedq.data import load_corpus
+from fedq.data.corpora import load_corpus
 from fedq.deploy.registry import make_variant
 from fedq.deploy.variant import Source, Translator, VariantError
 from fedq.errors import ConfigError
@@ -42,6 +42,11 @@ from fedq.scoring import corpus_bleu
 
 def folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def throughput_threads(cfg: FedqConfig) -> int:
+    """The threads of the throughput measurement: ``threads``, else every core."""
+    return cfg.threads or os.cpu_count() or 1
 
 
 LATENCY_ROUNDS = 5  # interleaved passes over the variants; a variant's latency is the median of its passes
@@ -65,7 +70,7 @@ def translate_all(name: str, translator: Translator, folder: Path, sources: list
     same process slowed PyTorch's two-thread batches here by up to 2.7x (one engine per
     process is what a device runs).
     """
-    threads = os.cpu_count() or 1
+    threads = throughput_threads(cfg)
     translator.translate(sources[:1], 1, 1)
     translator.translate(sources[: cfg.deploy.batch_size], cfg.deploy.batch_size, threads)
     start = time.perf_counter()
@@ -96,10 +101,10 @@ def add_latency(rows: list[dict[str, Any]], translators: list[Translator], sourc
         row["identical_pct"] = 100.0 * sum(a == b for a, b in zip(row["outputs"], reference["outputs"])) / len(row["outputs"])
 
 
-def table(rows: list[dict[str, Any]], notes: list[str]) -> str:
+def table(rows: list[dict[str, Any]], notes: list[str], batch_size: int, threads: int) -> str:
     lines = [
         "| variant | file MB | × smaller than fp32 | batch-1 latency, ms/sentence (1 thread) | × faster | "
-        "sentences/s at batch 32 (all cores) | test BLEU | Δ BLEU vs fp32 | outputs identical to fp32 |",
+        f"sentences/s at batch {batch_size} ({threads} thread{'s' if threads != 1 else ''}) | test BLEU | Δ BLEU vs fp32 | outputs identical to fp32 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -114,6 +119,9 @@ def table(rows: list[dict[str, Any]], notes: list[str]) -> str:
 def deploy(cfg: FedqConfig) -> list[dict[str, Any]]:
     if not cfg.ckpt:
         raise ConfigError("give the checkpoint to deploy: python -m fedq.deploy ckpt=PATH")
+    refuse_unused(cfg, "deploy")
+    if cfg.decode.beam != 1:
+        raise ConfigError(f"decode.beam={cfg.decode.beam}: fedq.deploy measures greedy decoding in every engine (decode.beam=1)")
     checkpoint = read_checkpoint(cfg.ckpt)
     if not checkpoint.deployed_path.is_file():
         raise CheckpointError(f"{checkpoint.folder} has no deployed file {checkpoint.deployed_path.name}")
@@ -122,7 +130,7 @@ def deploy(cfg: FedqConfig) -> list[dict[str, Any]]:
     test = load_corpus(checkpoint.config.data).test
     test = test[: cfg.deploy.test_sentences or None]
     sources, references = [s for s, _ in test], [t for _, t in test]
-    out = checkpoint.folder.parent / "deploy"
+    out = Path(cfg.deploy.out_dir).expanduser() if cfg.deploy.out_dir else checkpoint.folder / "deploy"
     print(f"deploying {checkpoint.folder} ({model.shape.d_model}-dim, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
           f"parameters) on {len(sources)} test sentences; variants: {', '.join(cfg.deploy.variants)}", flush=True)
     notes: list[str] = []
@@ -148,8 +156,8 @@ def deploy(cfg: FedqConfig) -> list[dict[str, Any]]:
               f"{cfg.deploy.batch_size}, test BLEU {row['test_bleu']:.2f}", flush=True)
     print(f"batch-1 latency: {LATENCY_ROUNDS} passes of {cfg.deploy.latency_sentences} sentences, interleaved", flush=True)
     add_latency(rows, translators, sources[: cfg.deploy.latency_sentences])
-    torch.set_num_threads(os.cpu_count() or 1)
-    text = table(rows, notes)
+    torch.set_num_threads(throughput_threads(cfg))
+    text = table(rows, notes, cfg.deploy.batch_size, throughput_threads(cfg))
     atomic_write(out / "table.md", text)
     atomic_write(out / "table.json", json.dumps([{k: v for k, v in r.items() if k != "outputs"} for r in rows] + [{"notes": notes}], indent=2))
     print("\n" + text + f"\n{rows[0]['bleu_signature'] if rows else ''}\ntable: {out / 'table.md'}", flush=True)
@@ -164,4 +172,4 @@ def main(cfg: DictConfig) -> None:
 register_configs()
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

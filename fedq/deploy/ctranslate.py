@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 
 from fedq.deploy.variant import Source, Translator, Variant, VariantError
 from fedq.model.transformer import Transformer
+from fedq.scoring import translate_batched
 
 
 def _np(tensor: torch.Tensor) -> np.ndarray:
@@ -101,21 +103,14 @@ class CT2Translator:
         return self.translators[threads]
 
     def translate(self, sources: Sequence[str], batch_size: int, threads: int) -> list[str]:
-        tok = self.tokenizer
-        encoded = [tok.encode(text)[: self.max_src] or [tok.unk_id] for text in sources]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # as fedq batches, by length
-        outputs = [""] * len(encoded)
         translator = self._translator(threads)
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in index)
-            max_len = min(int(self.decode.max_len_a * width + self.decode.max_len_b), self.max_src - 1)
+
+        def greedy(rows: list[list[int]], max_len: int) -> list[list[int]]:
             results = translator.translate_batch(  # type: ignore[attr-defined]
-                [[self.pieces[t] for t in encoded[i]] for i in index], beam_size=1, max_decoding_length=max_len,
-            )
-            for i, result in zip(index, results):
-                outputs[i] = tok.decode([self.ids.get(piece, tok.unk_id) for piece in result.hypotheses[0]])
-        return outputs
+                [[self.pieces[t] for t in row] for row in rows], beam_size=1, max_decoding_length=max_len)
+            return [[self.ids.get(piece, self.tokenizer.unk_id) for piece in r.hypotheses[0]] for r in results]
+
+        return translate_batched(sources, self.tokenizer, self.max_src, replace(self.decode, batch_size=batch_size), greedy)
 
 
 class CT2(Variant):
@@ -126,7 +121,7 @@ class CT2(Variant):
     def check(self, source: Source) -> None:
         super().check(source)
         quant = source.checkpoint.meta.get("quant") or {}
-        if getattr(source.model.shape, "mixer", "attention") != "attention":
+        if source.model.shape.mixer != "attention":
             raise VariantError(f"variant {self.name}: CTranslate2 has no Fourier token mixing; this model's encoder uses it")
         if (source.cfg.quant.act_bits or quant.get("act_bits")) is not None:
             raise VariantError(f"variant {self.name}: CTranslate2 cannot fake-quantize activations as this QAT model does")

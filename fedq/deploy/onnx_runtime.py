@@ -20,6 +20,7 @@ does. ``onnx-int8`` is ONNX Runtime's dynamic int8 quantization of both graphs
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from torch import nn
 
 from fedq.deploy.variant import Source, Translator, Variant, VariantError
 from fedq.model.transformer import Transformer
+from fedq.scoring import padded, translate_batched
 
 ENCODER, STEP = "encoder.onnx", "decoder_step.onnx"
 
@@ -101,7 +103,7 @@ def check_step_graph(model: Transformer, path: Path, tolerance: float) -> float:
     shape, generator = model.shape, torch.Generator().manual_seed(0)
     worst = 0.0
     for batch, src_len, past in ((1, 4, 0), (2, 3, 1), (3, 5, 4)):
-        src = torch.randint(4, shape.vocab_size, (batch, src_len), generator=generator)
+        src = torch.randint(4, model.vocab_size, (batch, src_len), generator=generator)
         with torch.no_grad():
             mask, cross_k, cross_v = EncoderGraph(model)(src)
         cache = torch.randn(shape.dec_layers, batch, shape.n_heads, past, shape.d_model // shape.n_heads, generator=generator)
@@ -134,23 +136,15 @@ class OnnxTranslator:
 
     def translate(self, sources: Sequence[str], batch_size: int, threads: int) -> list[str]:
         tok, shape = self.tokenizer, self.shape
-        encoded = [tok.encode(text)[: shape.max_positions] or [tok.unk_id] for text in sources]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        outputs = [""] * len(encoded)
         encoder, step = self._sessions(threads)
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in index)
-            src = np.full((len(index), width), tok.pad_id, np.int64)
-            for row, i in enumerate(index):
-                src[row, : len(encoded[i])] = encoded[i]
-            mask, cross_k, cross_v = encoder.run(None, {"src": src})
-            max_len = min(int(self.decode.max_len_a * width + self.decode.max_len_b), shape.max_positions - 1)
-            heads, head_dim = shape.n_heads, shape.d_model // shape.n_heads
-            self_k = self_v = np.zeros((shape.dec_layers, len(index), heads, 0, head_dim), np.float32)
-            last = np.full((len(index), 1), tok.bos_id, np.int64)
-            finished = np.zeros(len(index), bool)
-            result: list[list[int]] = [[] for _ in index]
+        heads, head_dim = shape.n_heads, shape.d_model // shape.n_heads
+
+        def greedy(rows: list[list[int]], max_len: int) -> list[list[int]]:
+            mask, cross_k, cross_v = encoder.run(None, {"src": padded(rows, tok.pad_id)})
+            self_k = self_v = np.zeros((shape.dec_layers, len(rows), heads, 0, head_dim), np.float32)
+            last = np.full((len(rows), 1), tok.bos_id, np.int64)
+            finished = np.zeros(len(rows), bool)
+            result: list[list[int]] = [[] for _ in rows]
             for offset in range(max_len):
                 logits, self_k, self_v = step.run(None, dict(zip(
                     STEP_INPUTS, (last, np.array(offset, np.int64), mask, cross_k, cross_v, self_k, self_v))))
@@ -162,9 +156,9 @@ class OnnxTranslator:
                 if finished.all():
                     break
                 last = nxt[:, None].astype(np.int64)
-            for row, i in enumerate(index):
-                outputs[i] = tok.decode(result[row])
-        return outputs
+            return result
+
+        return translate_batched(sources, tok, shape.max_positions, replace(self.decode, batch_size=batch_size), greedy)
 
 
 class Onnx(Variant):

@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save
 
+from fedq.deploy.factorized import factorize_to_ranks
 from fedq.deploy.variant import VariantError
 from fedq.files import atomic_write
-from fedq.model.transformer import Transformer, TransformerShape
+from fedq.model.transformer import Transformer
 
 WEIGHTS = "weights.safetensors"
 MODEL = "model.json"
@@ -34,15 +35,13 @@ def save_model(model: Transformer, folder: Path, int8: bool = False, ranks: dict
             state[name + INT8_SUFFIX] = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
             state[name + SCALE_SUFFIX] = scale
     atomic_write(folder / WEIGHTS, save(state))
-    atomic_write(folder / MODEL, json.dumps({"shape": model.shape.to_dict(), "ranks": ranks or {}, "int8": int8}, indent=2))
+    atomic_write(folder / MODEL, json.dumps({"shape": model.shape_dict(), "ranks": ranks or {}, "int8": int8}, indent=2))
 
 
 def load_model(folder: Path) -> tuple[Transformer, dict]:
     """The model as stored (int8 layers dequantized to fp32), and its description."""
-    from fedq.deploy.lowrank import factorize_to_ranks
-
     description = json.loads((folder / MODEL).read_text())
-    model = Transformer(TransformerShape(**description["shape"]))
+    model = Transformer.from_shape_dict(description["shape"])
     factorize_to_ranks(model, description["ranks"])
     state = load_file(str(folder / WEIGHTS))
     for name in [n for n in state if n.endswith(INT8_SUFFIX)]:
@@ -63,7 +62,10 @@ def int8_linear_layers(model: torch.nn.Module, engine: str = "fbgemm") -> torch.
     ``torchao``: ``quantize_`` with ``Int8DynamicActivationInt8WeightConfig``.
     """
     if engine == "torchao":
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+        from torchao.quantization import (
+            Int8DynamicActivationInt8WeightConfig,
+            quantize_,
+        )
 
         quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=lambda m, _: isinstance(m, torch.nn.Linear))
         return model

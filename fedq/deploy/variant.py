@@ -17,9 +17,11 @@ from typing import ClassVar, Protocol
 import torch
 
 from fedq.checkpoint import Checkpoint
-from fedq.config import DecodeConfig, FedqConfig
+from fedq.config import FedqConfig
 from fedq.data.tokenizer import SubwordTokenizer
+from fedq.deploy.settings import DeployConfig
 from fedq.errors import FedqError
+from fedq.model.decoding import DecodeConfig
 from fedq.model.transformer import Transformer
 from fedq.scoring import translate
 
@@ -52,6 +54,11 @@ class Translator(Protocol):
 class Variant(ABC):
     name: ClassVar[str]
     engine: ClassVar[str | None] = None  # the Python module the variant runs on, when it is not torch
+
+    @classmethod
+    def from_settings(cls, cfg: DeployConfig) -> Variant:
+        """The variant with the ``deploy.*`` settings it uses (most use none)."""
+        return cls()
 
     def check(self, source: Source) -> None:
         """Raise VariantError (one line) when the variant cannot be built here or for this model."""

@@ -1,39 +1,73 @@
-"""One client's round: decode the global weights, train locally on its shard, encode the update."""
+"""One client's round: rebuild the model from the downlink, train locally on its shard, encode the update."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from fedq.comm import encode_with_feedback, payload_bytes
-from fedq.comm.downlink import Downlink, receive
-from fedq.config import FedqConfig, config_to_yaml
-from fedq.engine import StepSettings, batch_stream, inverse_sqrt_schedule, make_optimizer, planned_steps, train_steps
-from fedq.errors import FedqError
-from fedq.fl.faults import attack, training_flops
+from fedq.comm import payload_bytes
+from fedq.comm.downlink import NotHeldError, cache_capacity, receive
+from fedq.comm.error_feedback import encode_with_feedback
+from fedq.config import CLIENT_POOL_KEY, FedqConfig, config_from_run_config, results_dir
+from fedq.engine import (
+    StepSettings,
+    batch_stream,
+    inverse_sqrt_schedule,
+    make_optimizer,
+    planned_steps,
+    train_steps,
+)
+from fedq.errors import ConfigError, FedqError
+from fedq.fl import protocol
+from fedq.fl.client_state import ClientStore
+from fedq.fl.faults import training_flops
 from fedq.fl.federation import Federation
+from fedq.fl.protocol import NoUpdate, Reply, TrainReply, TrainRequest
 from fedq.fl.weights import model_to_vector, vector_to_model
-from fedq.task import resolve_device
-
-FINGERPRINT_KEY = "tokenizer-fingerprint"
-SIM_SECONDS_KEY = "sim-seconds"  # the client's round on its simulated device (fl.devices)
-PARTITION_KEY = "partition-id"  # a node's shard (its node config), and its answer to the server's query
 
 
-def fingerprint_number(fingerprint: str) -> int:
-    """A tokenizer fingerprint as an int that a Flower MetricRecord can carry (60 bits of the hash)."""
-    return int(fingerprint[:15], 16)
+class ClientRun:
+    """A client process's part of one run, built once from Flower's run config (plain mappings): its
+    Federation and where its clients keep their files. Nodes of fedq.simulate's pool play whichever client a
+    request names; a SuperNode started with a partition (its node config) is that client."""
+
+    def __init__(self, run_config: Mapping[str, object], node_config: Mapping[str, object], run_id: int) -> None:
+        self.pooled = bool(run_config.get(CLIENT_POOL_KEY))
+        partitions = None if self.pooled else self.partition_of(node_config)[1]
+        cfg = config_from_run_config(run_config, partitions)
+        if partitions is not None and cfg.fl.clients != partitions:
+            raise ConfigError(f"this federation has {partitions} nodes but the config says clients={cfg.fl.clients}")
+        self.federation = client_federation(cfg)
+        folder = node_config.get("state-dir") or results_dir(run_config, run_id) / "client_state"
+        capacity = cache_capacity(cfg.comm.downlink.cache_mb, self.federation.numel) if self.pooled else None  # one folder
+        self.store = ClientStore(Path(str(folder)), capacity)
+
+    @staticmethod
+    def partition_of(node_config: Mapping[str, object]) -> tuple[int, int]:
+        """(partition, number of partitions) of a SuperNode bound to one client."""
+        try:
+            return int(node_config[protocol.PARTITION]), int(node_config[protocol.NUM_PARTITIONS])  # type: ignore[call-overload]
+        except (KeyError, ValueError):
+            raise ConfigError('this SuperNode has no integer partition-id / num-partitions; start it with '
+                              '--node-config "partition-id=K num-partitions=N"') from None
+
+    def train(self, request: TrainRequest, node_config: Mapping[str, object]) -> TrainReply:
+        if not self.pooled and self.partition_of(node_config)[0] != request.partition:
+            raise ConfigError(f"this SuperNode holds partition {self.partition_of(node_config)[0]}, not {request.partition}")
+        return client_round(self.federation, request, self.store)
 
 
-@dataclass
-class ClientUpdate:
-    arrays: list[np.ndarray]
-    residual: np.ndarray | None
-    held: np.ndarray  # the model the client trained from: what it keeps for the next delta (fedq.comm.downlink)
-    metrics: dict[str, float] = field(default_factory=dict)
+def client_federation(cfg: FedqConfig) -> Federation:
+    """What a client process builds once per run. A client on the CPU gets ``fl.num_cpus`` torch threads,
+    not the whole machine: Ray runs several clients side by side."""
+    federation = Federation(cfg)
+    if federation.device.type == "cpu":
+        torch.set_num_threads(max(1, int(cfg.fl.num_cpus)))
+    return federation
 
 
 def client_lr_schedule(
@@ -48,31 +82,37 @@ def client_lr_schedule(
     return inverse_sqrt_schedule(optimizer, cfg.fl.warmup_steps, start_step=(server_round - 1) * local_steps)
 
 
-def client_round(
-    federation: Federation,
-    partition_id: int,
-    server_round: int,
-    downlink: Downlink,
-    residual: np.ndarray | None,
-    held: tuple[np.ndarray, int] | None = None,
-) -> ClientUpdate:
-    """Rebuild the model from the downlink (and the model ``held`` since round N), train locally,
-    encode ``local - start``."""
+def client_round(federation: Federation, request: TrainRequest, store: ClientStore) -> TrainReply:
+    """Rebuild the model the request describes, train, encode ``local - start`` and keep what the client keeps.
+
+    Raises :class:`~fedq.fl.protocol.NoUpdate` for a simulated dropout or crash
+    (``fl.dropout_rate``, ``fl.crash_rate``) and for a delta against a model this
+    client does not hold (it asks for a resync).
+    """
     cfg = federation.cfg
-    tokenizer = federation.tokenizer
-    shards = federation.data.shards
-    if not 0 <= partition_id < len(shards):
-        raise FedqError(f"partition id {partition_id} is outside the {len(shards)} shards")
-    start_vector = receive(federation.downlink, downlink, federation.numel, *(held or (None, None)), federation.seeded)
+    partition, server_round, downlink = request.partition, request.server_round, request.downlink
+    if not 0 <= partition < len(federation.data):
+        raise FedqError(f"partition id {partition} is outside the {len(federation.data)} shards")
+    fault = federation.faults.client_fault(server_round, partition)
+    if fault is not None:
+        store.drop_held(partition)  # it may not hold what it was sent
+        raise NoUpdate(fault)
+    state = store.load(partition, downlink.base_round)
+    try:
+        start_vector = receive(federation.downlink, downlink, federation.numel, state.held, state.held_round,
+                               federation.seeded)
+    except NotHeldError as err:
+        raise NoUpdate(f"{protocol.RESYNC}: {err}") from None
     vector_to_model(federation.model, start_vector)
 
-    shard = shards[partition_id]
-    seed = cfg.seed + 1000 * server_round + partition_id
+    shard = federation.data.shard(partition)
+    seed = cfg.seed + 1000 * server_round + partition
     torch.manual_seed(seed)
-    stream = batch_stream(shard, cfg.data.max_tokens, tokenizer, seed)
-    steps = planned_steps(cfg.fl.local_steps, cfg.fl.local_epochs, shard, cfg.data.max_tokens, tokenizer)
-    optimizer = make_optimizer(federation.model, cfg.fl.local_lr, cfg.train.betas, kind=cfg.fl.local_optimizer)
-    settings = StepSettings(federation.device, tokenizer.pad_id, cfg.train.label_smoothing, cfg.train.clip_norm)
+    stream = batch_stream(shard, cfg.data.max_tokens, federation.tokenizer, seed)
+    steps = planned_steps(cfg.fl.local_steps, cfg.fl.local_epochs, shard, cfg.data.max_tokens, federation.tokenizer)
+    optimizer = make_optimizer(federation.model, cfg.fl.local_lr, cfg.train.betas, cfg.train.weight_decay,
+                               kind=cfg.fl.local_optimizer)
+    settings = StepSettings(federation.device, federation.tokenizer.pad_id, cfg.train.label_smoothing, cfg.train.clip_norm)
     start = time.perf_counter()
     stats = train_steps(
         federation.model, stream, optimizer, steps, settings,
@@ -81,50 +121,42 @@ def client_round(
     train_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    update = model_to_vector(federation.model) - start_vector
     rng = np.random.default_rng(seed)
-    if partition_id in federation.attackers:
-        update = attack(cfg.fl.attack, update, rng)
-    if federation.uplink.biased and cfg.comm.uplink.error_feedback:
-        arrays, residual = encode_with_feedback(federation.uplink, update, residual, rng)
+    update = federation.faults.tamper(partition, model_to_vector(federation.model) - start_vector, rng)
+    if federation.error_feedback:
+        arrays, residual = encode_with_feedback(federation.uplink, update, state.residual, rng)
     else:
         arrays, residual = federation.uplink.encode(update, rng), None
     encode_seconds = time.perf_counter() - start
-    metrics: dict[str, float] = {}
-    if federation.fleet is not None:
-        device = federation.fleet[partition_id]
+    store.save(partition, server_round, downlink.base_round, start_vector if request.keep else None, residual)
+
+    metrics: dict[str, float] = {
+        protocol.NUM_EXAMPLES: float(stats.sentences),
+        protocol.NUM_TOKENS: float(stats.tokens),
+        protocol.TRAIN_LOSS: stats.loss,
+        protocol.PAYLOAD_BYTES: float(payload_bytes(arrays)),
+        protocol.TRAIN_SECONDS: train_seconds,
+        protocol.ENCODE_SECONDS: encode_seconds,
+        protocol.STEPS: float(stats.steps),
+        protocol.FINGERPRINT: protocol.fingerprint_number(federation.tokenizer.fingerprint),
+    }
+    device = federation.faults.device(partition)
+    if device is not None:
         flops = training_flops(federation.parameters, stats.tokens + stats.src_tokens)
-        metrics[SIM_SECONDS_KEY] = device.round_seconds(downlink.nbytes, flops, payload_bytes(arrays))
-    return ClientUpdate(
-        arrays=arrays,
-        residual=residual,
-        held=start_vector,
-        metrics=metrics | {
-            "num-examples": float(stats.sentences),
-            "num-tokens": float(stats.tokens),
-            "train-loss": stats.loss,
-            "payload-bytes": float(payload_bytes(arrays)),
-            "train-seconds": train_seconds,
-            "encode-seconds": encode_seconds,
-            "steps": float(stats.steps),
-            FINGERPRINT_KEY: fingerprint_number(tokenizer.fingerprint),
-        },
-    )
+        metrics[protocol.SIM_SECONDS] = device.round_seconds(downlink.nbytes, flops, payload_bytes(arrays))
+    return TrainReply(arrays, metrics)
 
 
-_FEDERATIONS: dict[str, Federation] = {}
+def local_exchange(federation: Federation, store: ClientStore) -> Callable[[Sequence[TrainRequest]], list[Reply]]:
+    """Requests answered by :func:`client_round` in this process, one after another (no Flower, no Ray)."""
 
+    def send(requests: Sequence[TrainRequest]) -> list[Reply]:
+        replies = []
+        for request in requests:
+            try:
+                replies.append(Reply(request.partition, client_round(federation, request, store)))
+            except NoUpdate as failure:
+                replies.append(Reply(request.partition, error=failure.reason))
+        return replies
 
-def federation_for(cfg: FedqConfig) -> Federation:
-    """The client side's Federation: one per process and config (Ray actors reuse it across rounds).
-
-    A simulated client on the CPU gets ``fl.num_cpus`` torch threads, not the
-    whole machine: Ray runs several clients side by side.
-    """
-    key = config_to_yaml(cfg)
-    if key not in _FEDERATIONS:
-        _FEDERATIONS.clear()
-        if resolve_device(cfg.device).type == "cpu":
-            torch.set_num_threads(max(1, int(cfg.fl.num_cpus)))
-        _FEDERATIONS[key] = Federation(cfg)
-    return _FEDERATIONS[key]
+    return send

@@ -1,8 +1,10 @@
-"""Edge devices going wrong, simulated: device profiles with a virtual clock, dropouts, crashes, attacks.
+"""Edge devices going wrong, simulated, all decided here: who is online, who drops out or crashes,
+who attacks and how, how long a round takes on each device and who is late.
 
-Everything here is a function of the run's seed, the round and the client's
-partition id, so the server and each client reach the same decisions without
-talking, and a rerun (or a resumed run) sees the same faults.
+Every decision is a function of the run's seed, the round and the client's
+partition id, so the server (``fedq.fl.rounds``) and each client
+(``fedq.fl.client``) reach the same decisions without talking, and a rerun (or a
+resumed run) sees the same faults. :class:`Faults` holds them for one run.
 
 - **Device profiles** (``fl.devices``): each client gets a sustained training
   speed in GFLOP/s, an uplink and a downlink bandwidth and an availability (the
@@ -11,11 +13,14 @@ talking, and a rerun (or a resumed run) sees the same faults.
   with the training FLOPs of its local steps counted as 6 x parameters x tokens
   (forward and backward). The clock does not depend on the machine that runs
   the simulation, or on what else it runs: the same command gives the same times.
-- **Availability**: a round samples only among the clients online in that round.
+- **Availability**: a round samples only among the clients online in that round
+  (one draw per client and round, vectorized over the fleet).
 - **Dropouts** (``fl.dropout_rate``): a sampled client goes offline after it
   received the model and never replies.
 - **Crashes** (``fl.crash_rate``): a sampled client fails with an error (as an
   out-of-memory would) and its reply is an error.
+- **Lateness** (``fl.round_deadline``): an update whose round took longer on the
+  virtual clock arrives too late to be used.
 - **Attacks** (``fl.attack`` on a fraction ``fl.attackers`` of the clients):
   ``sign_flip`` sends the negated update, ``scaled_noise`` Gaussian noise ten
   times the update's norm, ``little_is_enough`` a small shift of every
@@ -26,21 +31,22 @@ talking, and a rerun (or a resumed run) sees the same faults.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
 
 from fedq.errors import ConfigError
 
+if TYPE_CHECKING:
+    from fedq.fl.settings import FLConfig
+
 ATTACKS = ("none", "sign_flip", "scaled_noise", "little_is_enough")
 DROPOUT_ERROR = "dropout: the client went offline before replying (fl.dropout_rate)"
 CRASH_ERROR = "crashed: simulated out-of-memory in local training (fl.crash_rate)"
-
-
-def drop_reason(error: str) -> str:
-    """The row's name for a failed reply: ``dropout`` for a simulated dropout, else ``crashed``."""
-    return "dropout" if error.startswith("dropout") else "crashed"
+ONLINE_STREAM, DROPOUT_STREAM, CRASH_STREAM = 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -119,33 +125,22 @@ def validate_fleet(spec: str) -> dict[str, DeviceProfile]:
     return {name: profiles[name] for name in mix}
 
 
-def fleet(spec: str, clients: int, seed: int) -> list[DeviceProfile]:
-    """Each client's device: the mix's shares, assigned to the partitions by a seeded permutation."""
+def fleet(spec: str, clients: int, seed: int) -> tuple[list[DeviceProfile], np.ndarray]:
+    """The fleet's profiles and, per partition, the index of its profile: the mix's shares assigned to the
+    partitions by a seeded permutation (one byte per client, so a large fleet costs little)."""
     profiles, mix = load_fleet(spec)
     names = list(mix)
     shares = np.array([mix[name] for name in names], np.float64)
     counts = np.floor(shares / shares.sum() * clients).astype(int)
     for i in np.argsort(-(shares / shares.sum() * clients - counts))[: clients - counts.sum()]:
         counts[i] += 1  # largest remainders first
-    assigned = [profiles[name] for name, count in zip(names, counts) for _ in range(count)]
+    assigned = np.repeat(np.arange(len(names), dtype=np.int16), counts)
     order = np.random.default_rng([seed, 0xDE1CE]).permutation(clients)
-    return [assigned[i] for i in order]
+    return [profiles[name] for name in names], assigned[order]
 
 
 def _draw(seed: int, server_round: int, partition: int, stream: int) -> float:
     return float(np.random.default_rng([seed, server_round, partition, stream]).random())
-
-
-def is_available(profile: DeviceProfile | None, seed: int, server_round: int, partition: int) -> bool:
-    return profile is None or _draw(seed, server_round, partition, 1) < profile.availability
-
-
-def drops_out(rate: float, seed: int, server_round: int, partition: int) -> bool:
-    return rate > 0 and _draw(seed, server_round, partition, 2) < rate
-
-
-def crashes(rate: float, seed: int, server_round: int, partition: int) -> bool:
-    return rate > 0 and _draw(seed, server_round, partition, 3) < rate
 
 
 def attackers(fraction: float, clients: int, seed: int) -> set[int]:
@@ -164,3 +159,70 @@ def attack(kind: str, update: np.ndarray, rng: np.random.Generator) -> np.ndarra
     if kind == "little_is_enough":
         return update - np.float32(update.std()) * np.sign(update)
     raise ConfigError(f"fl.attack={kind!r} is unknown; choose one of {', '.join(ATTACKS)}")
+
+
+class Faults:
+    """The faults of one run (``fl.*``, the seed): every decision of the module docstring, for any round and client."""
+
+    def __init__(self, fl: FLConfig, seed: int) -> None:
+        self.fl = fl
+        self.seed = seed
+
+    @cached_property
+    def _fleet(self) -> tuple[list[DeviceProfile], np.ndarray] | None:
+        return fleet(self.fl.devices, self.fl.clients, self.seed) if self.fl.devices is not None else None
+
+    @property
+    def has_clock(self) -> bool:
+        return self.fl.devices is not None
+
+    def device(self, partition: int) -> DeviceProfile | None:
+        """The simulated device of a client (None without ``fl.devices``)."""
+        if self._fleet is None:
+            return None
+        profiles, index = self._fleet
+        return profiles[int(index[partition])]
+
+    def devices(self) -> list[DeviceProfile]:
+        """The profiles the fleet uses."""
+        return self._fleet[0] if self._fleet is not None else []
+
+    def online(self, server_round: int) -> np.ndarray | None:
+        """The partitions online in ``server_round`` (sorted), or None when every client is (no fleet)."""
+        if self._fleet is None:
+            return None
+        profiles, index = self._fleet
+        availability = np.array([p.availability for p in profiles])[index]
+        draws = np.random.default_rng([self.seed, server_round, ONLINE_STREAM]).random(self.fl.clients)
+        return np.flatnonzero(draws < availability)
+
+    def client_fault(self, server_round: int, partition: int) -> str | None:
+        """Why a sampled client delivers nothing this round (a dropout or a crash), or None."""
+        fl = self.fl
+        if fl.dropout_rate > 0 and _draw(self.seed, server_round, partition, DROPOUT_STREAM) < fl.dropout_rate:
+            return DROPOUT_ERROR
+        if fl.crash_rate > 0 and _draw(self.seed, server_round, partition, CRASH_STREAM) < fl.crash_rate:
+            return CRASH_ERROR
+        return None
+
+    @cached_property
+    def attackers(self) -> set[int]:
+        return attackers(self.fl.attackers, self.fl.clients, self.seed)
+
+    def tamper(self, partition: int, update: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """What the client sends instead of ``update``: itself, unless the client attacks."""
+        return attack(self.fl.attack, update, rng) if partition in self.attackers else update
+
+    def late(self, sim_seconds: float) -> str | None:
+        """Why an update that took ``sim_seconds`` on the virtual clock is refused, or None."""
+        deadline = self.fl.round_deadline
+        if deadline and sim_seconds > deadline:
+            return f"late: its round took {sim_seconds:.1f} simulated s, past fl.round_deadline={deadline:g}"
+        return None
+
+    def waited(self, sim_seconds: float | None) -> float:
+        """How long the server waits on the virtual clock for a reply that came at ``sim_seconds`` (None: never)."""
+        deadline = self.fl.round_deadline
+        if sim_seconds is None:
+            return deadline
+        return min(sim_seconds, deadline) if deadline else sim_seconds

@@ -15,10 +15,10 @@ import torch
 
 from fedq.comm import payload_bytes
 from fedq.comm.downlink import SeededModel
-from fedq.comm.settings import downlink_codec, uplink_codec
-from fedq.config import FedqConfig, validate_config
+from fedq.comm.settings import downlink_codec, uplink_codec, uses_error_feedback
+from fedq.config import FedqConfig
 from fedq.errors import ConfigError
-from fedq.fl.faults import DeviceProfile, attackers, fleet
+from fedq.fl.faults import Faults
 from fedq.fl.shards import ClientShards, client_shards
 from fedq.fl.weights import float_state_names, model_to_vector
 from fedq.model.transformer import Transformer
@@ -26,16 +26,19 @@ from fedq.task import TranslationTask, build_model, load_task, resolve_device
 
 
 class Federation:
+    """Built from a validated config (the entry points validate it once)."""
+
     def __init__(self, cfg: FedqConfig, task: TranslationTask | None = None) -> None:
-        validate_config(cfg)
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         if task is not None:
             self.task = task
         self.data: ClientShards = client_shards(cfg, task)
         self.tokenizer = self.data.tokenizer
-        self.uplink = uplink_codec(cfg)
-        self.downlink = downlink_codec(cfg)
+        self.uplink = uplink_codec(cfg.comm, cfg.quant.bits)
+        self.error_feedback = uses_error_feedback(cfg.comm, self.uplink)
+        self.downlink = downlink_codec(cfg.comm)
+        self.faults = Faults(cfg.fl, cfg.seed)
         torch.manual_seed(cfg.seed)
         self.model: Transformer = build_model(cfg, self.tokenizer).to(self.device)
         self.numel = sum(self.model.state_dict()[name].numel() for name in float_state_names(self.model))
@@ -43,17 +46,6 @@ class Federation:
         # What every process builds from the seed, taken before any round trains self.model: the model each
         # client holds before its first downlink delta (fedq.comm.downlink), so it is never sent.
         self.seeded = SeededModel.of(model_to_vector(self.model))
-
-    @cached_property
-    def fleet(self) -> list[DeviceProfile] | None:
-        """Each client's simulated device (``fl.devices``), or None without a virtual clock."""
-        fl = self.cfg.fl
-        return fleet(fl.devices, fl.clients, self.cfg.seed) if fl.devices is not None else None
-
-    @cached_property
-    def attackers(self) -> set[int]:
-        """The partitions whose clients attack (``fl.attack``, ``fl.attackers``)."""
-        return attackers(self.cfg.fl.attackers, self.cfg.fl.clients, self.cfg.seed)
 
     @cached_property
     def task(self) -> TranslationTask:
@@ -66,15 +58,19 @@ class Federation:
             return model_to_vector(build_model(self.cfg, self.tokenizer, self.cfg.init_from))
         return self.seeded.vector.copy()
 
-    def check_deadline(self) -> None:
-        """A deadline that no device of the fleet can meet even without training is a setting error."""
-        deadline, fleet_ = self.cfg.fl.round_deadline, self.fleet
-        if not deadline or fleet_ is None:
-            return
+    def message_bytes(self) -> tuple[int, int]:
+        """Bytes of one downlink and one uplink message (of a zero update)."""
         zeros = np.zeros(self.numel, np.float32)
         rng = np.random.default_rng(0)
-        down, up = payload_bytes(self.downlink.encode(zeros, rng)), payload_bytes(self.uplink.encode(zeros, rng))
-        fastest = min(device.round_seconds(down, 0.0, up) for device in fleet_)  # no training at all
+        return payload_bytes(self.downlink.encode(zeros, rng)), payload_bytes(self.uplink.encode(zeros, rng))
+
+    def check_deadline(self) -> None:
+        """A deadline that no device of the fleet can meet even without training is a setting error."""
+        deadline, devices = self.cfg.fl.round_deadline, self.faults.devices()
+        if not deadline or not devices:
+            return
+        down, up = self.message_bytes()
+        fastest = min(device.round_seconds(down, 0.0, up) for device in devices)  # no training at all
         if deadline < fastest:
             raise ConfigError(
                 f"fl.round_deadline={deadline:g} s: no device of fl.devices={self.cfg.fl.devices} can even download the "

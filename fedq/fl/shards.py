@@ -1,10 +1,19 @@
-"""The clients' training data, prepared once and cached on disk: tokenizer + encoded shards.
+"""The clients' training data, prepared once and cached on disk; a client reads only its own shard.
 
-Under Flower's deployment runtime every ClientApp call is a fresh process, so
-whatever a client derives from the corpus (the corpus itself, the tokenizer,
-the encoded and partitioned pairs) would be rebuilt every round. The first
-process that needs them builds them and writes one file,
-``data.cache_dir/shards/KEY.npz``; later processes read only that file.
+Every process that plays clients (a Ray actor, a SuperNode's fresh ClientApp
+process) needs the tokenizer and the encoded pairs of the clients it plays,
+never the corpus itself. The first process that needs them builds them and
+writes one folder, ``data.cache_dir/shards/KEY/``:
+
+    tokenizer.model   the SentencePiece model
+    tokens.npy        every pair's source then target ids (int32), client after client
+    pairs.npy         per pair: its first token and its source length (int64, [pairs, 2])
+    clients.npy       per client: its first pair ([clients + 1], int64)
+    talks.npy         per client: how many distinct talks it holds (corpora with talks)
+    done.json         written last: the folder is complete
+
+Later processes memory-map the arrays and read a client's shard when it is
+sampled, so a fleet of any size costs a process what its clients cost.
 
 KEY is computed without reading the corpus: from the settings that shape the
 shards (``data.*``, ``partition.*``, ``clients``, ``seed``), the corpus files'
@@ -26,25 +35,47 @@ import numpy as np
 
 from fedq.config import FedqConfig
 from fedq.data.batching import EncodedPair, encode_pairs
-from fedq.data.partition import describe_partition, min_median_max, partition_indices, partition_labels
+from fedq.data.partition import min_median_max, partition_indices, partition_labels
 from fedq.data.tokenizer import SubwordTokenizer
 from fedq.engine import within_length
 from fedq.files import atomic_write
 from fedq.task import TranslationTask, cache_dir, load_task
 
-FORMAT = 2  # 2: with the number of talks per client
+FORMAT = 3  # 3: a folder of memory-mapped arrays, one shard read at a time
+ARRAYS = ("tokens", "pairs", "clients", "talks")
 
 
 @dataclass
 class ClientShards:
-    """The tokenizer and, per client, the encoded training pairs it trains on."""
+    """The tokenizer and, per client, the encoded training pairs it trains on (read on demand)."""
 
     tokenizer: SubwordTokenizer
-    shards: list[list[EncodedPair]]
-    talks_per_client: list[int] | None = None  # for a corpus with talks (TED): how many distinct talks each holds
+    tokens: np.ndarray
+    pairs: np.ndarray
+    clients: np.ndarray
+    talks_per_client: np.ndarray | None = None  # for a corpus with talks (TED): how many distinct talks each holds
+
+    def __len__(self) -> int:
+        return len(self.clients) - 1
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.clients)
+
+    def shard(self, client: int) -> list[EncodedPair]:
+        """The encoded pairs of one client."""
+        first, last = int(self.clients[client]), int(self.clients[client + 1])
+        if first == last:
+            return []
+        starts = self.pairs[first:last, 0]
+        sources = self.pairs[first:last, 1]
+        end = int(self.pairs[last, 0]) if last < len(self.pairs) else len(self.tokens)
+        ids = np.asarray(self.tokens[int(starts[0]) : end]).tolist()
+        bounds = [int(s) - int(starts[0]) for s in starts] + [end - int(starts[0])]
+        return [(ids[a : a + int(n)], ids[a + int(n) : b]) for a, n, b in zip(bounds[:-1], sources, bounds[1:])]
 
     def describe(self) -> str:
-        line = describe_partition(self.shards)
+        line = f"{len(self)} clients, {int(self.sizes.sum())} pairs, shard size min/median/max = {min_median_max(self.sizes)}"
         if self.talks_per_client is not None:
             line += f", talks per client min/median/max = {min_median_max(self.talks_per_client)}"
         return line
@@ -64,16 +95,16 @@ def shards_key(cfg: FedqConfig) -> str:
 
 
 def client_shards(cfg: FedqConfig, task: TranslationTask | None = None) -> ClientShards:
-    """The shards of ``cfg``: from the disk cache, else built (from ``task`` if given) and cached."""
-    path = cache_dir(cfg) / "shards" / f"{shards_key(cfg)}.npz"
-    if path.is_file():
+    """The shards of ``cfg``: memory-mapped from the disk cache, else built (from ``task`` if given) and cached."""
+    folder = cache_dir(cfg) / "shards" / shards_key(cfg)
+    if (folder / "done.json").is_file():
         try:
-            return _read(path)
+            return _read(folder)
         except (OSError, ValueError, KeyError):
-            pass  # a damaged cache file is rebuilt
-    shards = build_shards(cfg, task or load_task(cfg))
-    atomic_write(path, _encode(shards))
-    return shards
+            pass  # a damaged cache is rebuilt
+    built = build_shards(cfg, task or load_task(cfg))
+    _write(folder, built)
+    return _read(folder)
 
 
 def build_shards(cfg: FedqConfig, task: TranslationTask) -> ClientShards:
@@ -87,9 +118,15 @@ def build_shards(cfg: FedqConfig, task: TranslationTask) -> ClientShards:
         [len(encoded[i][0]) for i in kept], p.length_buckets,
         [topics[i] for i in kept] if topics is not None else None,
     )
-    split = partition_indices(len(kept), cfg.fl.clients, p.scheme, alpha=p.alpha, labels=labels, seed=cfg.seed)
-    talks_per_client = [len({talks[kept[i]] for i in shard}) for shard in split] if talks is not None else None
-    return ClientShards(task.tokenizer, [[encoded[kept[i]] for i in shard] for shard in split], talks_per_client)
+    split = partition_indices(len(kept), cfg.fl.clients, p.scheme, alpha=p.alpha, labels=labels, seed=cfg.seed,
+                              shard_size=p.shard_size)
+    talks_per_client = np.array([len({talks[kept[i]] for i in shard}) for shard in split]) if talks is not None else None
+    ordered = [encoded[kept[i]] for shard in split for i in shard]
+    lengths = np.array([[len(src), len(tgt)] for src, tgt in ordered], np.int64).reshape(-1, 2)
+    starts = np.concatenate([[0], np.cumsum(lengths.sum(axis=1))[:-1]]) if len(ordered) else np.zeros(0, np.int64)
+    tokens = np.fromiter((t for src, tgt in ordered for t in (*src, *tgt)), np.int32, count=int(lengths.sum()))
+    clients = np.concatenate([[0], np.cumsum([len(shard) for shard in split])]).astype(np.int64)
+    return ClientShards(task.tokenizer, tokens, np.stack([starts, lengths[:, 0]], axis=1), clients, talks_per_client)
 
 
 def _source_files(cfg: FedqConfig) -> list[tuple[str, int, int]]:
@@ -108,30 +145,23 @@ def _source_files(cfg: FedqConfig) -> list[tuple[str, int, int]]:
     return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
 
 
-def _encode(data: ClientShards) -> bytes:
-    pairs = [pair for shard in data.shards for pair in shard]
-    lengths = np.array([[len(src), len(tgt)] for src, tgt in pairs], np.int32).reshape(-1, 2)
-    tokens = np.fromiter((t for src, tgt in pairs for t in (*src, *tgt)), np.int32)
+def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        tokenizer=np.frombuffer(data.tokenizer.proto, np.uint8),
-        lengths=lengths,
-        tokens=tokens,
-        shard_sizes=np.array([len(shard) for shard in data.shards], np.int64),
-        talks_per_client=np.array(data.talks_per_client if data.talks_per_client is not None else [], np.int64),
-    )
+    np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
 
 
-def _read(path: Path) -> ClientShards:
-    with np.load(path, allow_pickle=False) as archive:
-        tokenizer = SubwordTokenizer(archive["tokenizer"].tobytes())
-        lengths, tokens, sizes = archive["lengths"], archive["tokens"].tolist(), archive["shard_sizes"]
-        talks = archive["talks_per_client"].tolist() or None
-    pairs, offset = [], 0
-    for src_len, tgt_len in lengths.tolist():
-        pairs.append((tokens[offset : offset + src_len], tokens[offset + src_len : offset + src_len + tgt_len]))
-        offset += src_len + tgt_len
-    bounds = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-    return ClientShards(tokenizer, [pairs[a:b] for a, b in zip(bounds[:-1], bounds[1:])], talks)
+def _write(folder: Path, data: ClientShards) -> None:
+    atomic_write(folder / "tokenizer.model", data.tokenizer.proto)
+    talks = data.talks_per_client if data.talks_per_client is not None else np.zeros(0, np.int64)
+    for name, array in zip(ARRAYS, (data.tokens, data.pairs, data.clients, talks)):
+        atomic_write(folder / f"{name}.npy", _npy(np.asarray(array)))
+    atomic_write(folder / "done.json", json.dumps({"format": FORMAT, "clients": len(data), "pairs": int(len(data.pairs))}))
+
+
+def _read(folder: Path) -> ClientShards:
+    tokenizer = SubwordTokenizer((folder / "tokenizer.model").read_bytes())
+    tokens, pairs, clients, talks = (np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in ARRAYS)
+    if json.loads((folder / "done.json").read_text()).get("clients") != len(clients) - 1:
+        raise ValueError(f"{folder} does not match its done.json")
+    return ClientShards(tokenizer, tokens, pairs, np.asarray(clients), np.asarray(talks) if talks.size else None)

@@ -1,18 +1,23 @@
 """What a resumed federated run needs, written atomically after a round: no pickle, checksummed.
 
     state/arrays.safetensors   the global weight vector and the server optimizer's arrays
-    state/state.json           rounds completed, SHA-256 of the arrays file, the untrained
-                               model's BLEU, wall seconds so far, the run's config
+    state/held/P.R.SHA.npy     the model client P holds since round R (SHA: 16 hex of its SHA-256), for each
+                               client the server remembers (``comm.downlink.cache_mb``); written once per version
+    state/state.json           rounds completed, SHA-256 of the arrays file, which held models belong
+                               to this state, the untrained model's BLEU, wall seconds so far, the config
 
-The JSON is written last, so it only ever names an arrays file that is
-complete. Everything else a run needs to continue is either in metrics.jsonl
-(the rows, and from them the byte counters) or a function of the seed and the
-round number (client sampling, codec randomness, the clients' data order).
+The JSON is written last, so it only ever names files that are complete; held
+models that no saved state names are removed after it. Everything else a run
+needs to continue is on disk already (metrics.jsonl with the rows and the byte
+counters; the clients' own files, ``fedq.fl.client_state``) or a function of
+the seed and the round number (client sampling, codec randomness, the clients'
+data order, the faults).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +33,7 @@ from fedq.files import atomic_write
 STATE_DIR = "state"
 ARRAYS_FILE = "arrays.safetensors"
 STATE_FILE = "state.json"
+HELD_DIR = "held"
 WEIGHTS = "global_weights"
 
 
@@ -40,6 +46,7 @@ class ServerState:
     rounds: int  # rounds completed
     vector: np.ndarray  # the global weights after those rounds
     optimizer: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. FedAdam's moments
+    held: dict[int, tuple[int, np.ndarray]] = field(default_factory=dict)  # client -> (round synced, model it holds)
     initial_valid_bleu: float | None = None
     wall_seconds: float = 0.0
     config_yaml: str = ""
@@ -49,15 +56,33 @@ def save_state(run_dir: Path, state: ServerState) -> None:
     folder = Path(run_dir) / STATE_DIR
     arrays = save({WEIGHTS: state.vector, **state.optimizer})
     atomic_write(folder / ARRAYS_FILE, arrays)
+    held_dir = folder / HELD_DIR
+    names = {}
+    for partition, (synced, model) in state.held.items():
+        written = sorted(held_dir.glob(f"{partition}.{synced}.*.npy")) if held_dir.is_dir() else []
+        if written:
+            name = written[0].name
+        else:
+            buffer = io.BytesIO()
+            np.save(buffer, model, allow_pickle=False)
+            data = buffer.getvalue()
+            name = f"{partition}.{synced}.{hashlib.sha256(data).hexdigest()[:16]}.npy"
+            atomic_write(held_dir / name, data)
+        names[str(partition)] = name
     record = {
         "rounds": state.rounds,
         "arrays_sha256": hashlib.sha256(arrays).hexdigest(),
         "optimizer_arrays": sorted(state.optimizer),
+        "held": names,
         "initial_valid_bleu": state.initial_valid_bleu,
         "wall_seconds": state.wall_seconds,
         "config": state.config_yaml,
     }
     atomic_write(folder / STATE_FILE, json.dumps(record, indent=2))
+    if held_dir.is_dir():
+        for path in held_dir.glob("*.npy"):
+            if path.name not in names.values():
+                path.unlink(missing_ok=True)
 
 
 def _read_record(run_dir: Path) -> dict:
@@ -65,12 +90,15 @@ def _read_record(run_dir: Path) -> dict:
     if not path.is_file():
         raise RunStateError(f"{run_dir} holds no saved run state ({STATE_DIR}/{STATE_FILE}); nothing to resume")
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
+        record = json.loads(path.read_text())
+        int(record["rounds"])
+        return record
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise RunStateError(f"cannot read {path}: {err}") from None
 
 
 def load_state(run_dir: Path) -> ServerState:
+    """The saved state, every file checked; a damaged one is one RunStateError line."""
     folder = Path(run_dir) / STATE_DIR
     record = _read_record(run_dir)
     try:
@@ -83,10 +111,21 @@ def load_state(run_dir: Path) -> ServerState:
         arrays = load(data)
     except SafetensorError as err:
         raise RunStateError(f"cannot read {folder / ARRAYS_FILE}: {err}") from None
+    held = {}
+    for partition, name in (record.get("held") or {}).items():
+        path = folder / HELD_DIR / name
+        try:
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest()[:16] != name.split(".")[2]:
+                raise RunStateError(f"{path} is damaged: its SHA-256 does not match its name")
+            held[int(partition)] = (int(name.split(".")[1]), np.load(io.BytesIO(data), allow_pickle=False))
+        except (OSError, ValueError, IndexError) as err:
+            raise RunStateError(f"cannot read {path}: {err}") from None
     return ServerState(
         rounds=int(record["rounds"]),
         vector=arrays.pop(WEIGHTS),
         optimizer=arrays,
+        held=held,
         initial_valid_bleu=record.get("initial_valid_bleu"),
         wall_seconds=float(record.get("wall_seconds", 0.0)),
         config_yaml=record.get("config", ""),

@@ -1,5 +1,5 @@
 """The translation model and its decoding."""
 
-from fedq.model.transformer import TiedEmbedding, Transformer, TransformerShape
+from fedq.model.transformer import ModelConfig, TiedEmbedding, Transformer
 
-__all__ = ["TiedEmbedding", "Transformer", "TransformerShape"]
+__all__ = ["ModelConfig", "TiedEmbedding", "Transformer"]

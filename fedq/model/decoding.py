@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from fedq.errors import ConfigError
 from fedq.model.transformer import DecoderCache, Transformer
+
+
+@dataclass
+class DecodeConfig:
+    """``decode.*``: how translations are searched for when a model is scored."""
+
+    beam: int = 1  # 1 = greedy
+    length_penalty: float = 1.0
+    max_len_a: float = 1.2  # max output length = a * source length + b
+    max_len_b: int = 10
+    batch_size: int = 64
+
+    def max_length(self, source_length: int) -> int:
+        return int(self.max_len_a * source_length + self.max_len_b)
+
+
+def validate_decode_config(cfg: DecodeConfig) -> None:
+    for name, low in (("beam", 1), ("batch_size", 1), ("max_len_a", 0), ("max_len_b", 0)):
+        if getattr(cfg, name) < low:
+            raise ConfigError(f"decode.{name}={getattr(cfg, name)} must be >= {low}")
+    if cfg.max_len_a == 0 and cfg.max_len_b == 0:
+        raise ConfigError("decode.max_len_a and decode.max_len_b are both 0: no output could be produced")
 
 
 def _reorder_cache(cache: DecoderCache, order: torch.Tensor) -> None:

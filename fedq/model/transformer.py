@@ -20,30 +20,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedq.errors import ConfigError
+
 LayerCache = dict[str, torch.Tensor]
 DecoderCache = list[LayerCache]
 
 
-@dataclass(frozen=True)
-class TransformerShape:
-    """Everything needed to rebuild the network (stored with checkpoints and deployed files).
+MIXERS = ("attention", "fourier")
 
-    Built from ``cfg.model`` and the tokenizer by ``fedq.task.model_shape``.
-    """
 
-    vocab_size: int
-    d_model: int
-    n_heads: int
-    ffn_dim: int
-    enc_layers: int
-    dec_layers: int
-    dropout: float
-    max_positions: int
-    pad_id: int
-    mixer: str = "attention"  # the encoder's token mixing: attention | fourier (files before it existed: attention)
+@dataclass
+class ModelConfig:
+    """The network's shape (``cfg.model``); with the vocabulary it is all that is needed to rebuild it."""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    d_model: int = 128
+    n_heads: int = 4
+    ffn_dim: int = 256
+    enc_layers: int = 2
+    dec_layers: int = 2
+    dropout: float = 0.1
+    max_positions: int = 256
+    mixer: str = "attention"  # the encoder's token mixing: attention | fourier (FNet; the decoder keeps attention)
+
+    def describe(self) -> str:
+        return f"{self.enc_layers}+{self.dec_layers} layers, d={self.d_model}, {self.n_heads} heads, ffn {self.ffn_dim}"
+
+
+def validate_model_config(cfg: ModelConfig) -> None:
+    """Raise a one-line ConfigError for a shape that cannot be built."""
+    for name in ("d_model", "n_heads", "ffn_dim", "max_positions", "enc_layers", "dec_layers"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"model.{name}={getattr(cfg, name)} must be >= 1")
+    if cfg.d_model % cfg.n_heads:
+        raise ConfigError(f"model.d_model={cfg.d_model} is not divisible by model.n_heads={cfg.n_heads}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"model.dropout={cfg.dropout} must be in [0, 1)")
+    if cfg.mixer not in MIXERS:
+        raise ConfigError(f"model.mixer={cfg.mixer!r} is unknown; choose one of {', '.join(MIXERS)}")
 
 
 class TiedEmbedding(nn.Module):
@@ -162,7 +175,7 @@ class FourierMixing(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, shape: TransformerShape) -> None:
+    def __init__(self, shape: ModelConfig) -> None:
         super().__init__()
         self.self_attn_norm = nn.LayerNorm(shape.d_model)
         if shape.mixer == "fourier":
@@ -181,7 +194,7 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, shape: TransformerShape) -> None:
+    def __init__(self, shape: ModelConfig) -> None:
         super().__init__()
         self.self_attn_norm = nn.LayerNorm(shape.d_model)
         self.self_attn = MultiHeadAttention(shape.d_model, shape.n_heads, shape.dropout)
@@ -210,10 +223,12 @@ class DecoderLayer(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, shape: TransformerShape) -> None:
+    def __init__(self, shape: ModelConfig, vocab_size: int, pad_id: int) -> None:
         super().__init__()
         self.shape = shape
-        self.embed = TiedEmbedding(shape.vocab_size, shape.d_model)
+        self.vocab_size = vocab_size
+        self.pad_id = pad_id
+        self.embed = TiedEmbedding(vocab_size, shape.d_model)
         self.register_buffer(
             "positions", sinusoidal_positions(shape.max_positions, shape.d_model), persistent=False
         )
@@ -237,7 +252,7 @@ class Transformer(nn.Module):
 
     def source_mask(self, src: torch.Tensor) -> torch.Tensor:
         """[batch, 1, 1, src_len] boolean: True at real (non-pad) source tokens."""
-        return (src != self.shape.pad_id)[:, None, None, :]
+        return (src != self.pad_id)[:, None, None, :]
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         src_mask = self.source_mask(src)
@@ -259,6 +274,16 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.decoder_layers):
             x = layer(x, memory, src_mask, None if cache is None else cache[i])
         return self.embed.project(self.decoder_norm(x))
+
+    def shape_dict(self) -> dict:
+        """The shape with the vocabulary, as checkpoints and deployed files store it."""
+        return {**asdict(self.shape), "vocab_size": self.vocab_size, "pad_id": self.pad_id}
+
+    @classmethod
+    def from_shape_dict(cls, values: dict) -> Transformer:
+        """The inverse of :meth:`shape_dict` (a missing or unknown key is a KeyError or TypeError)."""
+        shape = ModelConfig(**{k: v for k, v in values.items() if k not in ("vocab_size", "pad_id")})
+        return cls(shape, int(values["vocab_size"]), int(values["pad_id"]))
 
     def new_cache(self) -> DecoderCache:
         return [{} for _ in self.decoder_layers]

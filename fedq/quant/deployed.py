@@ -32,7 +32,7 @@ from torch import nn
 
 from fedq.errors import FedqError
 from fedq.files import atomic_write
-from fedq.model.transformer import Transformer, TransformerShape
+from fedq.model.transformer import Transformer
 from fedq.quant.layers import ActQuantLinear
 from fedq.quant.packing import codes_nbytes, pack_codes, unpack_codes
 from fedq.quant.quantizers import QUANTIZERS, ActQuantizer
@@ -80,7 +80,13 @@ def save_deployed(model: Transformer, path: str | Path, metadata: dict) -> Deplo
     ``metadata`` (JSON-serialisable: tokenizer fingerprint, config, ...) is stored
     as is and returned by load_deployed.
     """
-    path = Path(path)
+    data, size = pack_deployed(model, metadata)
+    atomic_write(path, data)
+    return size
+
+
+def pack_deployed(model: Transformer, metadata: dict) -> tuple[bytes, DeployedSize]:
+    """The bytes of ``model``'s deployed file, and their size report (what :func:`save_deployed` writes)."""
     packed_layers = {f"{name}.weight": module.weight_quantizer for name, module in quantized_modules(model).items()}
     table, chunks, offset = [], [], 0
     quantized_fp32 = quantized_packed = other = 0
@@ -111,16 +117,16 @@ def save_deployed(model: Transformer, path: str | Path, metadata: dict) -> Deplo
 
     header = {
         "format_version": FORMAT_VERSION,
-        "shape": model.shape.to_dict(),
+        "shape": model.shape_dict(),
         "quant": quant_summary(model),
         "metadata": metadata,
         "tensors": table,
     }
     header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     body = b"".join([header_bytes, *chunks])
-    atomic_write(path, b"".join([MAGIC, _LENGTH.pack(len(header_bytes)), hashlib.sha256(body).digest(), body]))
-    return DeployedSize(
-        file_bytes=path.stat().st_size,
+    data = b"".join([MAGIC, _LENGTH.pack(len(header_bytes)), hashlib.sha256(body).digest(), body])
+    return data, DeployedSize(
+        file_bytes=len(data),
         fp32_bytes=quantized_fp32 + other,
         quantized_fp32_bytes=quantized_fp32,
         quantized_packed_bytes=quantized_packed,
@@ -193,9 +199,15 @@ def load_deployed(path: str | Path, device: str | torch.device = "cpu") -> tuple
         raw = path.read_bytes()
     except OSError as err:
         raise DeployedFormatError(f"cannot read deployed file {path}: {err.strerror}") from None
+    return load_deployed_bytes(raw, path, device)
+
+
+def load_deployed_bytes(raw: bytes, path: str | Path = "<memory>", device: str | torch.device = "cpu") -> tuple[Transformer, dict]:
+    """:func:`load_deployed` of a file's bytes (``path`` names them in errors)."""
+    path = Path(path)
     header, payload = _read_header(raw, path)
     try:
-        model = Transformer(TransformerShape(**header["shape"]))
+        model = Transformer.from_shape_dict(header["shape"])
         table = header["tensors"]
         state = {entry["name"]: _decode(entry, payload, path) for entry in table}
         model.load_state_dict(state, strict=True)

@@ -32,90 +32,18 @@ Methods and their bit widths (``quant.bits`` / ``quant.method``):
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from fedq.errors import FedqError
-
-UNIFORM_METHODS = ("lsq", "seq", "maxabs", "percentile")
-METHODS = UNIFORM_METHODS + ("binary", "ternary")
-AUTO = "auto"
-AUTO_METHOD_BY_BITS = {1: "binary", 2: "seq"}  # any other bit width: lsq
-UNIFORM_BITS = (8, 4, 3, 2)
-SCOPES = ("attention", "linear", "attention+embedding", "all")
-ACT_BITS = range(2, 9)
-OFF_BITS = 32
+from fedq.quant.settings import bits_per_weight, resolve_method
 
 FP16_TINY = 2.0**-14  # smallest normal fp16: scales below it would lose precision or vanish
 FP16_MAX = 65504.0
 BINARY_CLIP = 1.0  # binary STE: no gradient where |w| > 1 (BinaryConnect's hardtanh)
 TERNARY_THRESHOLD = 0.7  # TWN: weights with |w| <= 0.7·mean|w_row| become 0
-
-
-class QuantConfigError(FedqError):
-    """A ``quant.*`` setting that fedq cannot run."""
-
-
-def resolve_method(cfg: Any) -> str:
-    """The method a config means: ``auto`` picks by bit width; ``lsq`` at 1 bit is binary.
-
-    ``auto`` is seq at 2 bits because seq beat lsq there in every comparison we
-    ran (README: centralized demo, federated Multi30k); at 3 to 8 bits no run
-    has shown a difference, so it stays the plain LSQ grid.
-    """
-    if cfg.method == AUTO:
-        return AUTO_METHOD_BY_BITS.get(cfg.bits, "lsq")
-    if cfg.bits == 1 and cfg.method == "lsq":
-        return "binary"
-    return cfg.method
-
-
-def with_resolved_method(cfg: Any) -> Any:
-    """``cfg`` (a QuantConfig) with ``auto`` replaced by the method it means, for saving.
-
-    A checkpoint must name the grid its weights were trained on: lsq and seq have
-    the same parameters, so a checkpoint saying ``auto`` would load silently into
-    the wrong grid if ``auto`` ever came to mean something else.
-    """
-    if cfg.method != AUTO or cfg.bits == OFF_BITS:
-        return cfg
-    return dataclasses.replace(cfg, method=resolve_method(cfg))
-
-
-def validate_quant_config(cfg: Any) -> None:
-    """Raise QuantConfigError (one line) unless ``cfg`` (a QuantConfig) is runnable."""
-    method = resolve_method(cfg)
-    if method not in METHODS:
-        raise QuantConfigError(f"quant.method={method!r} is unknown; choose one of {', '.join((AUTO,) + METHODS)}")
-    if cfg.scope not in SCOPES:
-        raise QuantConfigError(f"quant.scope={cfg.scope!r} is unknown; choose one of {', '.join(SCOPES)}")
-    if cfg.act_bits is not None and cfg.act_bits not in ACT_BITS:
-        raise QuantConfigError(f"quant.act_bits={cfg.act_bits} is not supported; use 2..8, or null for fp32 activations")
-    if method == "percentile" and not 0.0 < cfg.percentile <= 100.0:
-        raise QuantConfigError(f"quant.percentile={cfg.percentile} must be in (0, 100]")
-    bits = cfg.bits
-    if bits == OFF_BITS:
-        return
-    if bits not in UNIFORM_BITS + (1,):
-        raise QuantConfigError(
-            f"quant.bits={bits} is not supported; allowed: lsq/seq/maxabs/percentile 8, 4, 3, 2; "
-            "binary 1; ternary 2; 32 = off"
-        )
-    if method == "binary" and bits != 1:
-        raise QuantConfigError(f"quant.method=binary needs quant.bits=1 (got {bits})")
-    if method == "ternary" and bits != 2:
-        raise QuantConfigError(f"quant.method=ternary stores 2-bit codes (3 levels): set quant.bits=2 (got {bits})")
-    if method in UNIFORM_METHODS and bits == 1:
-        raise QuantConfigError(f"quant.bits=1 is binary: set quant.method=binary ({method} needs 2..8 bits)")
-
-
-def bits_per_weight(method: str, bits: int) -> float:
-    """Information per weight: b for uniform/binary, log2(3) for ternary."""
-    return math.log2(3) if method == "ternary" else float(bits)
 
 
 def _fp16_exact(scale: torch.Tensor) -> torch.Tensor:

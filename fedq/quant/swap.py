@@ -8,13 +8,12 @@ projection, which shares it).
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
 from fedq.model.transformer import TiedEmbedding
 from fedq.quant.layers import QUANT_LAYERS, QuantLinear, QuantTiedEmbedding
-from fedq.quant.quantizers import OFF_BITS, ActQuantizer, make_weight_quantizer, validate_quant_config
+from fedq.quant.quantizers import ActQuantizer, make_weight_quantizer
+from fedq.quant.settings import OFF_BITS, QuantConfig, validate_quant_config
 
 
 def _is_attention(name: str) -> bool:
@@ -32,7 +31,7 @@ def _selected(name: str, module: nn.Module, scope: str) -> bool:
     return False
 
 
-def quantize_model(model: nn.Module, cfg: Any) -> nn.Module:
+def quantize_model(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     """Validate ``cfg`` (a QuantConfig) and swap the layers of its scope in place.
 
     The new layers hold the same weight/bias tensors, so build the optimizer

@@ -18,10 +18,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from fedq.comm.settings import default_uplink_bits
-from fedq.config import FedqConfig, config_from_yaml, read_config_file
+from fedq.comm.downlink import FULL_MODEL_CODECS
+from fedq.comm.settings import downlink_codec, uplink_codec
+from fedq.config import FedqConfig, config_from_yaml, read_config_file, settings_by_key
 from fedq.errors import FedqError
 from fedq.files import atomic_write
 from fedq.quant import resolve_method
@@ -84,31 +83,20 @@ def quant_label(cfg: FedqConfig) -> str:
 
 
 def codec_label(cfg: FedqConfig, direction: str) -> str:
-    codec = getattr(cfg.comm, direction)
-    name = codec.name
-    if direction == "uplink" and name in ("uniform", "topk"):
-        name += f" {codec.bits or default_uplink_bits(cfg)}-bit"
-    elif direction == "downlink" and name in ("uniform", "topk"):
-        name += f" {codec.bits or {'uniform': 8, 'topk': 4}[name]}-bit deltas"
-    elif direction == "downlink" and name == "sign":
-        name += " deltas"
-    if name.startswith("topk"):
-        name += f" {codec.density:g}"
-    return name
+    """'uniform 2-bit', 'topk 4-bit 0.01', 'uniform 4-bit deltas', 'fp32': the codec as it ran."""
+    codec = uplink_codec(cfg.comm, cfg.quant.bits) if direction == "uplink" else downlink_codec(cfg.comm)
+    label = codec.name + (f" {codec.bits}-bit" if hasattr(codec, "bits") else "")
+    if hasattr(codec, "density"):
+        label += f" {codec.density:g}"
+    return label + (" deltas" if direction == "downlink" and codec.name not in FULL_MODEL_CODECS else "")
 
 
 def differing_settings(runs: list[Run]) -> list[str]:
     """Per run, its settings whose values are not the same in every run (``key=value``, one line)."""
-    flat = [_leaves(OmegaConf.to_container(OmegaConf.structured(run.config))) for run in runs]
+    flat = [settings_by_key(run.config) for run in runs]
     keys = sorted({k for leaves in flat for k in leaves if k not in ("hydra", "ckpt", "resume", "data.cache_dir")})
     varying = [k for k in keys if len({json.dumps(leaves.get(k), default=str) for leaves in flat}) > 1 and k != "fl.clients"]
     return [" ".join(f"{k}={leaves.get(k)}" for k in varying) or "-" for leaves in flat]
-
-
-def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        return {k: v for key, value in node.items() for k, v in _leaves(value, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: node}
 
 
 def is_fp32_reference(run: Run) -> bool:

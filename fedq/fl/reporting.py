@@ -1,56 +1,35 @@
-"""The server's side of a federated run that does not touch Flower: scoring and reporting.
+"""Scoring the global model and reporting each round: the rows, the progress line, the summary.
 
-One round, as the reader follows it: the ServerApp (``server/server_app.py``)
-sends the global weights and collects the updates through the strategy
-(``server/strategy.py``), which counts the bytes into a :class:`RoundTraffic`;
-:meth:`RoundReporter.end_round` turns that into the round's row in
-``metrics.jsonl`` and its progress line, scoring the global model every
-``fl.eval_every`` rounds; after the last round :meth:`RoundReporter.finish`
-writes the checkpoint, scores its deployed form once on valid and test, and
-writes ``summary.json`` and the plot.
+:meth:`RoundReporter.end_round` turns a round's :class:`~fedq.fl.rounds.RoundOutcome`
+into its row in ``metrics.jsonl`` and its progress line, scoring the global model
+every ``fl.eval_every`` rounds (in memory, in its packed deployed form); after the
+last round :meth:`RoundReporter.finish` writes the checkpoint, scores its deployed
+file once on valid and test, and writes ``summary.json`` and the plot.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedq.checkpoint import DEPLOYED, pack_model, save_checkpoint, update_meta
+from fedq.checkpoint import DEPLOYED, deployed_metadata, save_checkpoint, update_meta
 from fedq.cli import format_seconds
-from fedq.config import FedqConfig, clients_per_round, config_to_yaml
+from fedq.config import FedqConfig, config_to_yaml
 from fedq.fl.federation import Federation
+from fedq.fl.rounds import RoundOutcome
+from fedq.fl.settings import clients_per_round
 from fedq.fl.state import ServerState, save_state
 from fedq.fl.weights import vector_to_model
 from fedq.quant import describe_quantization
+from fedq.quant.deployed import pack_deployed
 from fedq.report.run_log import PLOT_FILE, RunLog, plot_run, summarize_traffic
-from fedq.scoring import BleuResult, score_checkpoint, score_file
+from fedq.scoring import BleuResult, score_checkpoint, score_packed_bytes
 
 
-@dataclass
-class RoundTraffic:
-    """What one round cost on the wire, what the clients reported, and who was dropped or rejected why."""
-
-    sampled: int = 0
-    clients: int = 0  # accepted updates
-    dropped: dict[str, int] = field(default_factory=dict)  # clients without an update, by reason (dropout, crashed)
-    rejected: int = 0
-    uplink_bytes: int = 0
-    downlink_bytes: int = 0
-    fp32_uplink_bytes: int = 0
-    fp32_downlink_bytes: int = 0
-    train_loss: float | None = None
-    client_train_seconds: float = 0.0
-    client_encode_seconds: float = 0.0
-    server_decode_seconds: float = 0.0
-    sim_seconds: float | None = None  # the virtual clock of the round (with fl.devices)
-    rejections: list[str] = field(default_factory=list)
-
-
-def times(ratio: float | None) -> str:
+def format_ratio(ratio: float | None) -> str:
     """A compression ratio for a progress line: '15.9x', or '-' where nothing was sent."""
     return f"{ratio:.1f}x" if ratio else "-"
 
@@ -63,11 +42,11 @@ class GlobalModelScorer:
         self.out_dir = out_dir
 
     def valid_bleu(self, vector: np.ndarray) -> BleuResult:
+        """Valid BLEU of what the packed file of ``vector`` would hold (packed and loaded back in memory)."""
         fed = self.federation
         vector_to_model(fed.model, vector)
-        path = self.out_dir / "global.fedq"
-        pack_model(fed.model, path, fed.cfg, fed.tokenizer)
-        return score_file(path, fed.tokenizer, {"valid": fed.task.corpus.valid}, fed.cfg.decode, fed.device)["valid"]
+        data, _ = pack_deployed(fed.model, deployed_metadata(fed.cfg, fed.tokenizer))
+        return score_packed_bytes(data, fed.tokenizer, fed.task.corpus.valid, fed.cfg.decode, fed.device)
 
     def final(self, vector: np.ndarray, meta: dict) -> dict:
         """Checkpoint + packed file of the final global model, scored on valid and test."""
@@ -94,10 +73,11 @@ class RoundReporter:
         self.started = time.perf_counter() - (resumed.wall_seconds if resumed is not None else 0.0)
         self.round_started = time.perf_counter()
         self.initial_bleu: float | None = resumed.initial_valid_bleu if resumed is not None else None
+        self.config_yaml = config_to_yaml(cfg)
         fl = cfg.fl
         local = f"{fl.local_steps} local steps" if fl.local_epochs <= 0 else f"{fl.local_epochs} local epochs"
         print(
-            f"federation: {fl.clients} clients, {clients_per_round(cfg)} per round, {fl.rounds} rounds, {local}; "
+            f"federation: {fl.clients} clients, {clients_per_round(fl)} per round, {fl.rounds} rounds, {local}; "
             f"{fl.strategy}; uplink {federation.uplink.name} ({federation.uplink.bits_per_value:g} bits/value), "
             f"downlink {federation.downlink.name}",
             flush=True,
@@ -112,13 +92,14 @@ class RoundReporter:
         print(f"round 0 (initial global model): valid {bleu}", flush=True)
         self.round_started = time.perf_counter()
 
-    def save_state(self, rounds: int, vector: np.ndarray, optimizer: dict[str, np.ndarray]) -> None:
+    def save_state(self, rounds: int, vector: np.ndarray, optimizer: dict[str, np.ndarray],
+                   held: dict[int, tuple[int, np.ndarray]]) -> None:
         """Everything a resumed run needs after ``rounds`` rounds (see fedq.fl.state)."""
-        state = ServerState(rounds, vector, optimizer, self.initial_bleu, time.perf_counter() - self.started,
-                            config_to_yaml(self.cfg))
+        state = ServerState(rounds, vector, optimizer, held, self.initial_bleu, time.perf_counter() - self.started,
+                            self.config_yaml)
         save_state(self.out_dir, state)
 
-    def end_round(self, server_round: int, vector: np.ndarray, traffic: RoundTraffic) -> dict[str, Any]:
+    def end_round(self, server_round: int, vector: np.ndarray, traffic: RoundOutcome) -> dict[str, Any]:
         """The round's row; the global model is scored every ``fl.eval_every`` rounds (the last by ``finish``)."""
         now = time.perf_counter()
         round_seconds = now - self.round_started
@@ -132,6 +113,7 @@ class RoundReporter:
             "dropped": traffic.dropped,
             "rejected": traffic.rejected,
             "rejections": traffic.rejections,
+            "resynced": traffic.resynced,
             "train_loss": traffic.train_loss,
             "uplink_bytes": traffic.uplink_bytes,
             "downlink_bytes": traffic.downlink_bytes,
@@ -152,12 +134,13 @@ class RoundReporter:
         return row
 
     def _print_row(self, row: dict[str, Any]) -> None:
-        ratio = times(row["uplink_ratio"])
-        down_ratio = f" ({times(row['fp32_downlink_bytes'] / row['downlink_bytes'])})" if row["downlink_bytes"] else ""
-        total = times(summarize_traffic(self.log.rows)["total_ratio"])
+        ratio = format_ratio(row["uplink_ratio"])
+        down_ratio = f" ({format_ratio(row['fp32_downlink_bytes'] / row['downlink_bytes'])})" if row["downlink_bytes"] else ""
+        total = format_ratio(summarize_traffic(self.log.rows)["total_ratio"])
         loss = f"{row['train_loss']:.3f}" if row["train_loss"] is not None else "-"
         bleu = f" | valid BLEU {row['valid_bleu']:.2f}" if row["valid_bleu"] is not None else ""
-        missing = [f"{n} {why}" for why, n in row["dropped"].items()] + ([f"{row['rejected']} rejected"] if row["rejected"] else [])
+        missing = ([f"{n} {why}" for why, n in row["dropped"].items()] + ([f"{row['rejected']} rejected"] if row["rejected"] else [])
+                   + ([f"{row['resynced']} resynced"] if row["resynced"] else []))
         rejected = f" ({', '.join(missing)})" if missing else ""
         sim = f" | sim {format_seconds(row['sim_seconds'])}" if row["sim_seconds"] is not None else ""
         elapsed = time.perf_counter() - self.started  # evaluations included
@@ -184,7 +167,7 @@ class RoundReporter:
             "checkpoint": final["checkpoint"],
             "deployed_file": final["deployed_file"],
             "wall_seconds": time.perf_counter() - self.started,
-            "config": config_to_yaml(self.cfg),
+            "config": self.config_yaml,
         }
         self.log.write_summary(summary)
         plot_run(
@@ -200,8 +183,8 @@ class RoundReporter:
     def _print_summary(self, s: dict[str, Any]) -> None:
         print(
             f"\ntraffic over {s['rounds']} rounds: {(s['uplink_bytes'] + s['downlink_bytes']) / 1e6:.2f} MB in all, "
-            f"{times(s['total_ratio'])} less than fp32 both ways (up {s['uplink_bytes'] / 1e6:.2f} MB, {times(s['uplink_ratio'])}; "
-            f"down {s['downlink_bytes'] / 1e6:.2f} MB, {times(s['downlink_ratio'])}; fp32 would be "
+            f"{format_ratio(s['total_ratio'])} less than fp32 both ways (up {s['uplink_bytes'] / 1e6:.2f} MB, {format_ratio(s['uplink_ratio'])}; "
+            f"down {s['downlink_bytes'] / 1e6:.2f} MB, {format_ratio(s['downlink_ratio'])}; fp32 would be "
             f"{(s['fp32_uplink_bytes'] + s['fp32_downlink_bytes']) / 1e6:.2f} MB)",
             flush=True,
         )

@@ -1,0 +1,111 @@
+"""The protocol between the server and a client: message kinds, record names, keys, and the two messages.
+
+Every key that travels lives here, so that the server (``fedq.fl.rounds``),
+the client (``fedq.fl.client``) and the Flower apps that carry their messages
+(``server/``, ``clients/``) agree by construction. A message is plain arrays
+plus a flat dict of numbers and strings, which the Flower apps wrap in an
+``ArrayRecord`` and a ``ConfigRecord`` / ``MetricRecord``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedq.comm.downlink import Downlink
+from fedq.errors import FedqError
+
+TRAIN, QUERY = "train", "query"  # message types
+ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"  # record names inside a message
+
+# a train request's config
+SERVER_ROUND = "server-round"
+PARTITION = "partition-id"  # the client (shard) the request is for; also a SuperNode's node-config key
+DOWNLINK_KIND = "fedq-downlink"  # full | delta
+BASE_ROUND = "fedq-base-round"  # the round whose model a delta builds on (0: the seeded model)
+BASE_DIGEST = "fedq-base-digest"  # a delta against the seeded model: that model's digest
+KEEP = "fedq-keep"  # 1: the server remembers what this client now holds, so the client keeps it too
+NUM_PARTITIONS = "num-partitions"  # a SuperNode's node-config key
+
+# a train reply's metrics
+NUM_EXAMPLES = "num-examples"
+NUM_TOKENS = "num-tokens"  # target tokens trained on: the weight of the client's update
+TRAIN_LOSS = "train-loss"
+PAYLOAD_BYTES = "payload-bytes"
+TRAIN_SECONDS = "train-seconds"
+ENCODE_SECONDS = "encode-seconds"
+STEPS = "steps"
+FINGERPRINT = "tokenizer-fingerprint"
+SIM_SECONDS = "sim-seconds"  # the client's round on its simulated device (fl.devices)
+
+# the reason of an error reply: a simulated fault, or a client that does not hold what a delta builds on
+DROPOUT = "dropout"
+CRASHED = "crashed"
+RESYNC = "resync"
+
+
+class ProtocolError(FedqError):
+    """A message that does not follow this protocol."""
+
+
+class NoUpdate(Exception):
+    """A client's round that ends without an update; ``reason`` starts with dropout, crashed or resync."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def fingerprint_number(fingerprint: str) -> int:
+    """A tokenizer fingerprint as an int that a Flower MetricRecord can carry (60 bits of the hash)."""
+    return int(fingerprint[:15], 16)
+
+
+@dataclass
+class TrainRequest:
+    """What the server sends a client: the model as a downlink message, and which round and client it is for."""
+
+    partition: int
+    server_round: int
+    downlink: Downlink
+    keep: bool = False
+
+    def config(self) -> dict[str, int | str]:
+        return {
+            SERVER_ROUND: self.server_round, PARTITION: self.partition, DOWNLINK_KIND: self.downlink.kind,
+            BASE_ROUND: self.downlink.base_round, BASE_DIGEST: self.downlink.base_digest, KEEP: int(self.keep),
+        }
+
+    @classmethod
+    def parse(cls, arrays: Sequence[np.ndarray], config: Mapping[str, object]) -> TrainRequest:
+        try:
+            downlink = Downlink(list(arrays), str(config[DOWNLINK_KIND]), int(config[BASE_ROUND]),  # type: ignore[call-overload]
+                                str(config[BASE_DIGEST]))
+            return cls(int(config[PARTITION]), int(config[SERVER_ROUND]), downlink, bool(config[KEEP]))  # type: ignore[call-overload]
+        except (KeyError, TypeError, ValueError) as err:
+            raise ProtocolError(f"a train request without a valid {err}: server and client run different fedq versions?") from None
+
+
+@dataclass
+class TrainReply:
+    """What a client sends back: its encoded update and what it reports about its round."""
+
+    arrays: list[np.ndarray]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Reply:
+    """One client's answer as the server sees it: a train reply, or the reason why there is none."""
+
+    partition: int
+    reply: TrainReply | None = None
+    error: str | None = None
+
+    @property
+    def reason(self) -> str:
+        """The row's name for a failed reply: the first word of its error (dropout, crashed, resync)."""
+        word = (self.error or "").split(":", 1)[0].strip()
+        return word if word in (DROPOUT, RESYNC) else CRASHED

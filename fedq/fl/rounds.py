@@ -1,0 +1,265 @@
+"""The server's round without Flower: sample, send, admit or reject each reply with its reason, aggregate, step.
+
+A reader follows one round in :meth:`Coordinator.run_round`:
+
+1. **sample** the round's clients: ``fl.clients_per_round`` of the clients online
+   this round (``fedq.fl.faults``), drawn with a (seed, round) generator;
+2. **send** each one a :class:`~fedq.fl.protocol.TrainRequest` whose downlink is a
+   delta against what the client holds (``fedq.comm.downlink``), through an
+   ``exchange`` that delivers requests and collects replies (Flower's grid in
+   ``server/``, or plain calls in one process); a client that does not hold what
+   its delta builds on asks for a resync and is sent a delta against the seeded
+   model in the same round, both messages counted;
+3. **admit** each reply or reject it with its reason: a client that failed or went
+   offline, an update that comes from another vocabulary, arrives past the
+   deadline on the virtual clock, does not decode, or is too large
+   (``fl.max_update_norm``, ``fl.max_update_norm_ratio`` x the round's median);
+4. **aggregate** the admitted updates with the aggregator (Flower's strategy in
+   ``server/``) and **step**: ``global += fl.server_lr x (aggregate - global)``.
+
+Replies are taken in partition order, so a rerun, or a resumed run, adds the same
+numbers in the same order and ends with the same weights. Every byte counted is
+the size of an array sent, per client, in both directions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from fedq.comm import CodecError, UpdateCodec, payload_bytes
+from fedq.comm.downlink import Broadcaster, cache_capacity
+from fedq.errors import FedqError
+from fedq.fl import protocol
+from fedq.fl.faults import Faults
+from fedq.fl.federation import Federation
+from fedq.fl.protocol import Reply, TrainRequest
+from fedq.fl.settings import FLConfig, clients_per_round
+
+Exchange = Callable[[Sequence[TrainRequest]], list[Reply]]
+
+
+class Aggregator(Protocol):
+    """Turns the admitted updates of a round into the aggregate model (Flower's strategies in ``server/``)."""
+
+    steps_itself: bool  # True: the aggregate is already the server's step (FedAdam), fl.server_lr is not applied
+
+    def __call__(self, server_round: int, global_vector: np.ndarray, updates: list[np.ndarray],
+                 weights: list[float]) -> np.ndarray: ...
+
+    def state_arrays(self) -> dict[str, np.ndarray]: ...
+
+    def restore_state_arrays(self, arrays: dict[str, np.ndarray]) -> None: ...
+
+
+class RoundFailedError(FedqError):
+    """No client of a round delivered a usable update."""
+
+
+class FederationMismatchError(FedqError):
+    """The nodes that connected are not the federation the config describes."""
+
+
+def too_few_nodes(expected: int, connected: int, waited: float) -> FederationMismatchError:
+    return FederationMismatchError(
+        f"waited {waited:g}s for {expected} nodes but {connected} connected: set clients={connected} (run config "
+        "num-clients), or start more SuperNodes / raise num-supernodes, or raise fl.node_wait_seconds")
+
+
+def nodes_by_partition(answers: dict[int, int | str], clients: int) -> dict[int, int]:
+    """{partition: node id} from each node's answer to the query ({node id: its partition, or why it has none})."""
+    for node, answer in answers.items():
+        if isinstance(answer, str):
+            raise FederationMismatchError(f"node {node} did not say its partition: {answer}")
+    partitions = {int(answer): node for node, answer in answers.items()}
+    if sorted(partitions) != list(range(clients)):
+        raise FederationMismatchError(f"the nodes hold partitions {sorted(partitions)[:10]}, expected 0..{clients - 1} "
+                                      "(each node needs a distinct --node-config partition-id below num-partitions)")
+    return partitions
+
+
+@dataclass
+class RoundOutcome:
+    """What one round cost on the wire, what the clients reported, and who delivered nothing and why."""
+
+    sampled: int = 0
+    clients: int = 0  # admitted updates
+    dropped: dict[str, int] = field(default_factory=dict)  # clients without an update, by reason (dropout, crashed)
+    rejected: int = 0
+    resynced: int = 0  # clients that did not hold what their delta built on and were sent a second message
+    uplink_bytes: int = 0
+    downlink_bytes: int = 0
+    fp32_uplink_bytes: int = 0
+    fp32_downlink_bytes: int = 0
+    train_loss: float | None = None
+    client_train_seconds: float = 0.0  # the slowest admitted client's (the round waits for it)
+    client_encode_seconds: float = 0.0
+    server_decode_seconds: float = 0.0
+    sim_seconds: float | None = None  # the virtual clock of the round (with fl.devices)
+    rejections: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Admitted:
+    partition: int
+    update: np.ndarray
+    norm: float
+    metrics: dict[str, float]
+
+
+class Admission:
+    """The checks every reply goes through before it may reach the global model (step 3 above)."""
+
+    def __init__(self, fl: FLConfig, uplink: UpdateCodec, fingerprint: int, faults: Faults) -> None:
+        self.fl = fl
+        self.uplink = uplink
+        self.fingerprint = fingerprint
+        self.faults = faults
+
+    def admit(self, replies: Sequence[Reply], vector: np.ndarray, outcome: RoundOutcome) -> list[_Admitted]:
+        """Decode and check every reply (see the module docstring); fill ``outcome``'s counts and clock."""
+        fl = self.fl
+        decoded: list[_Admitted] = []
+        waited = [0.0]  # virtual clock: until when the server waited for each client
+        start = time.perf_counter()
+        for reply in sorted(replies, key=lambda r: r.partition):
+            if reply.reply is None:
+                outcome.dropped[reply.reason] = outcome.dropped.get(reply.reason, 0) + 1
+                if reply.reason == protocol.DROPOUT:  # no reply comes: the server waits until the deadline
+                    waited.append(self.faults.waited(None))
+                continue
+            metrics = reply.reply.metrics
+            outcome.uplink_bytes += payload_bytes(reply.reply.arrays)
+            outcome.fp32_uplink_bytes += vector.nbytes
+            clock = float(metrics.get(protocol.SIM_SECONDS, 0.0))
+            waited.append(self.faults.waited(clock))
+            reason, update = self._check(reply, vector.size)
+            if reason is not None:
+                self._reject(reply.partition, reason, outcome)
+                continue
+            decoded.append(_Admitted(reply.partition, update, float(np.linalg.norm(update)), metrics))
+        admitted = decoded
+        if fl.max_update_norm_ratio and decoded:
+            median = float(np.median([a.norm for a in decoded]))
+            admitted = []
+            for a in decoded:
+                if a.norm > fl.max_update_norm_ratio * median:
+                    self._reject(a.partition, f"update norm {a.norm:.3g} is above fl.max_update_norm_ratio="
+                                 f"{fl.max_update_norm_ratio:g} x the round's median {median:.3g}", outcome)
+                else:
+                    admitted.append(a)
+        outcome.server_decode_seconds = time.perf_counter() - start
+        outcome.clients = len(admitted)
+        if self.faults.has_clock:
+            outcome.sim_seconds = max(waited)
+        if admitted:
+            tokens = [a.metrics[protocol.NUM_TOKENS] for a in admitted]
+            outcome.train_loss = sum(a.metrics[protocol.TRAIN_LOSS] * w for a, w in zip(admitted, tokens)) / max(sum(tokens), 1e-12)
+            outcome.client_train_seconds = max(a.metrics.get(protocol.TRAIN_SECONDS, 0.0) for a in admitted)
+            outcome.client_encode_seconds = max(a.metrics.get(protocol.ENCODE_SECONDS, 0.0) for a in admitted)
+        return admitted
+
+    def _check(self, reply: Reply, numel: int) -> tuple[str | None, np.ndarray]:
+        """(why the update is refused or None, the decoded update)."""
+        metrics, arrays = reply.reply.metrics, reply.reply.arrays  # type: ignore[union-attr]
+        fingerprint = metrics.get(protocol.FINGERPRINT)
+        if fingerprint != self.fingerprint:
+            theirs = f"{int(fingerprint):015x}" if fingerprint is not None else "none"
+            return (f"its tokenizer (fingerprint {theirs}) is not the server's ({self.fingerprint:015x}); "
+                    "every node must build the same vocabulary (same data.* settings and corpus files)"), np.zeros(0)
+        late = self.faults.late(float(metrics.get(protocol.SIM_SECONDS, 0.0)))
+        if late is not None:
+            return late, np.zeros(0)
+        try:
+            update = self.uplink.decode(arrays, numel)
+        except CodecError as err:
+            return str(err), np.zeros(0)
+        max_norm = self.fl.max_update_norm
+        norm = float(np.linalg.norm(update))
+        if max_norm and norm > max_norm:
+            return f"update norm {norm:.3g} is above fl.max_update_norm={max_norm:g}", update
+        return None, update
+
+    @staticmethod
+    def _reject(partition: int, reason: str, outcome: RoundOutcome) -> None:
+        outcome.rejected += 1
+        outcome.rejections.append(f"client {partition}: {reason}")
+        print(f"rejected the update of client {partition}: {reason}", flush=True)
+
+
+class Coordinator:
+    """The server's side of every round of one run."""
+
+    def __init__(self, federation: Federation, aggregator: Aggregator) -> None:
+        cfg = federation.cfg
+        self.federation = federation
+        self.cfg = cfg
+        self.aggregator = aggregator
+        self.faults = federation.faults
+        self.admission = Admission(cfg.fl, federation.uplink, protocol.fingerprint_number(federation.tokenizer.fingerprint),
+                                   federation.faults)
+        capacity = cache_capacity(cfg.comm.downlink.cache_mb, federation.numel)
+        self.broadcaster = Broadcaster(federation.downlink, federation.seeded, capacity)
+        self.server_lr = 1.0 if aggregator.steps_itself else cfg.fl.server_lr
+
+    def sample(self, server_round: int) -> list[int]:
+        """This round's clients: partition ids (of the clients online, with a fleet) drawn with a (seed, round)
+        generator, sorted."""
+        online = self.faults.online(server_round)
+        population = self.cfg.fl.clients if online is None else online
+        size = min(clients_per_round(self.cfg.fl), self.cfg.fl.clients if online is None else len(online))
+        if size == 0:
+            return []
+        rng = np.random.default_rng([self.cfg.seed, server_round])
+        return sorted(int(p) for p in rng.choice(population, size=size, replace=False))
+
+    def request(self, partition: int, server_round: int, vector: np.ndarray) -> TrainRequest:
+        downlink = self.broadcaster.message_for(partition, vector, server_round)
+        return TrainRequest(partition, server_round, downlink, keep=self.broadcaster.keeps)
+
+    def run_round(self, server_round: int, vector: np.ndarray, exchange: Exchange) -> tuple[np.ndarray, RoundOutcome]:
+        """One round; returns the new global model and what the round cost."""
+        partitions = self.sample(server_round)
+        outcome = RoundOutcome(sampled=len(partitions), fp32_downlink_bytes=len(partitions) * vector.nbytes)
+        requests = [self.request(p, server_round, vector) for p in partitions]
+        replies = exchange(requests) if requests else []
+        resync = [reply.partition for reply in replies if reply.error is not None and reply.reason == protocol.RESYNC]
+        if resync:  # the client holds nothing the server can build on: a delta against the seeded model
+            outcome.resynced = len(resync)
+            for partition in resync:
+                self.broadcaster.forget(partition)
+            again = [self.request(p, server_round, vector) for p in resync]
+            requests += again
+            replies = [reply for reply in replies if reply.partition not in resync] + exchange(again)
+        outcome.downlink_bytes = sum(request.downlink.nbytes for request in requests)
+        for reply in replies:
+            if reply.reply is None:
+                self.broadcaster.forget(reply.partition)  # it may not hold the model it was sent
+        admitted = self.admission.admit(replies, vector, outcome)
+        if len(admitted) < self.cfg.fl.min_replies:
+            raise self._failure(server_round, replies, outcome)
+        aggregate = self.aggregator(server_round, vector, [a.update for a in admitted],
+                                    [a.metrics[protocol.NUM_TOKENS] for a in admitted])
+        if self.server_lr != 1.0:
+            aggregate = vector + self.server_lr * (aggregate - vector)
+        return aggregate, outcome
+
+    def _failure(self, server_round: int, replies: Sequence[Reply], outcome: RoundOutcome) -> RoundFailedError:
+        errors = [reply.error for reply in replies if reply.error]
+        reasons = outcome.rejections + errors
+        detail = reasons[0].strip().splitlines()[-1] if reasons else "no client was online or replied"
+        counts = ", ".join(f"{n} {why}" for why, n in {**outcome.dropped, "rejected": outcome.rejected}.items() if n)
+        return RoundFailedError(
+            f"round {server_round}: {outcome.clients} usable updates of {outcome.sampled} sampled, fewer than "
+            f"fl.min_replies={self.cfg.fl.min_replies} ({counts or 'none replied'}); first reason: {detail}"
+        )
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        return self.aggregator.state_arrays()
+
+    def restore_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.aggregator.restore_state_arrays(arrays)

@@ -1,0 +1,47 @@
+"""A whole federated run without Flower: start or resume, the rounds, the run state, the final scoring.
+
+``server/server_app.py`` calls :func:`run_federation` with Flower's grid behind
+``exchange`` and Flower's strategy behind ``aggregator``; a one-process run (the
+simulation-overhead benchmark's baseline, tests) passes plain calls instead and
+runs exactly the same round code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedq.config import FedqConfig
+from fedq.fl.federation import Federation
+from fedq.fl.reporting import RoundReporter
+from fedq.fl.rounds import Aggregator, Coordinator, Exchange
+from fedq.fl.state import load_state
+from fedq.task import configure_threads
+
+
+def run_federation(cfg: FedqConfig, out_dir: Path, exchange: Exchange, aggregator: Aggregator,
+                   resume: bool = False, federation: Federation | None = None) -> dict:
+    """Run (or continue, after its last saved round) the rounds of ``cfg``; returns the summary."""
+    print(f"results in {out_dir}", flush=True)
+    configure_threads(cfg.threads)
+    federation = federation or Federation(cfg)
+    federation.check_deadline()
+    coordinator = Coordinator(federation, aggregator)
+    state = load_state(out_dir) if resume else None
+    reporter = RoundReporter(cfg, federation, out_dir, state)
+    if state is not None:
+        vector = state.vector
+        coordinator.restore_state_arrays(state.optimizer)
+        coordinator.broadcaster.held.update(state.held)
+        print(f"resuming after round {state.rounds} of {cfg.fl.rounds} from {out_dir}", flush=True)
+        if cfg.fl.checkpoint_every > 1:
+            print(f"note: rounds are saved every {cfg.fl.checkpoint_every}; a client synced after round {state.rounds} "
+                  "may no longer hold what the server saved for it and is resynced (counted in the rows)", flush=True)
+    else:
+        vector = federation.initial_vector()
+        reporter.start(vector)
+    for server_round in range((state.rounds if state else 0) + 1, cfg.fl.rounds + 1):
+        vector, outcome = coordinator.run_round(server_round, vector, exchange)
+        reporter.end_round(server_round, vector, outcome)
+        if server_round % cfg.fl.checkpoint_every == 0 or server_round == cfg.fl.rounds:
+            reporter.save_state(server_round, vector, coordinator.state_arrays(), dict(coordinator.broadcaster.held))
+    return reporter.finish(vector)

@@ -1,0 +1,119 @@
+"""The ``fl.*`` settings (the federation, its rounds, its faults and defences) and their checks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from fedq.errors import ConfigError
+from fedq.fl.faults import ATTACKS, validate_fleet
+
+# Flower's strategies (flwr.serverapp.strategy), by the name fl.strategy takes
+STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+LOCAL_OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass
+class FLConfig:
+    clients: int = 20
+    clients_per_round: int = 0  # 0 = use fraction
+    fraction: float = 0.25
+    rounds: int = 20
+    local_steps: int = 40
+    local_epochs: int = 0  # >0 overrides local_steps
+    local_lr: float = 2e-3
+    # The clients' lr follows centralized training's warm-up and 1/sqrt decay over the
+    # global step count: round r's local step i is step (r-1)*local_steps + i.
+    warmup_steps: int = 200
+    local_optimizer: str = "adam"  # adam | sgd
+    strategy: str = "fedavg"  # fedavg | fedadam | fedmedian | fedtrimmedavg | krum | multikrum | bulyan (Flower's)
+    server_lr: float = 1.0  # global += server_lr * (aggregate - global); fedadam: Adam's eta
+    trim_beta: float = 0.2  # fedtrimmedavg: the fraction of updates cut at each end, per coordinate
+    byzantine: int = 0  # krum, multikrum, bulyan: attackers per round the aggregator must tolerate
+    min_replies: int = 1  # a round needs this many accepted updates, else the run stops with the reasons
+    # Faults (fedq/fl/faults.py): a fleet of device profiles gives every client a virtual clock.
+    devices: Optional[str] = None  # flagship-wifi | midrange-4g | board-slow-link | mixed | a YAML file; None = no clock
+    round_deadline: float = 0.0  # simulated seconds a round waits; a later client is dropped; 0 = no deadline
+    dropout_rate: float = 0.0  # chance that a sampled client goes offline before replying
+    crash_rate: float = 0.0  # chance that a sampled client fails with an error
+    max_update_norm: float = 0.0  # reject an update whose L2 norm is larger; 0 = off
+    max_update_norm_ratio: float = 0.0  # reject an update above this many times the round's median norm; 0 = off
+    attack: str = "none"  # none | sign_flip | scaled_noise | little_is_enough
+    attackers: float = 0.0  # the fraction of the clients that attack
+    eval_every: int = 5
+    checkpoint_every: int = 1  # rounds between saved run states (resume=RUN_DIR continues from the last)
+    node_wait_seconds: float = 120.0  # how long the server waits for every node to connect
+    num_cpus: int = 1  # CPUs per simulated client (whole CPUs: Flower's simulation config takes integers)
+    num_gpus: float = 0.0  # GPUs per simulated client; fractions share a GPU
+    verbose: bool = False  # show Flower's own INFO/DEBUG log
+
+
+def clients_per_round(fl: FLConfig) -> int:
+    return fl.clients_per_round if fl.clients_per_round > 0 else max(1, round(fl.fraction * fl.clients))
+
+
+def _at_least(value: float, low: float, name: str) -> None:
+    if value < low:
+        raise ConfigError(f"fl.{name}={value} must be >= {low:g}")
+
+
+def _above(value: float, low: float, name: str) -> None:
+    if value <= low:
+        raise ConfigError(f"fl.{name}={value} must be > {low:g}")
+
+
+def _choice(value: str, choices: tuple[str, ...], name: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"fl.{name}={value!r} is unknown; choose one of {', '.join(choices)}")
+
+
+def validate_fl_config(fl: FLConfig) -> None:
+    """Every ``fl.*`` value and combination (one ConfigError line)."""
+    if fl.clients < 1:
+        raise ConfigError(f"clients={fl.clients} must be >= 1")
+    if not 0 < fl.fraction <= 1:
+        raise ConfigError(f"fl.fraction={fl.fraction} must be in (0, 1]")
+    _at_least(fl.clients_per_round, 0, "clients_per_round")
+    k = clients_per_round(fl)
+    if k > fl.clients:
+        raise ConfigError(f"fl.clients_per_round={k} is more than clients={fl.clients}")
+    for name, low in (("rounds", 1), ("local_steps", 1), ("local_epochs", 0), ("warmup_steps", 0), ("eval_every", 0),
+                      ("checkpoint_every", 1), ("num_cpus", 1), ("num_gpus", 0), ("byzantine", 0),
+                      ("round_deadline", 0), ("max_update_norm", 0)):
+        _at_least(getattr(fl, name), low, name)
+    for name in ("local_lr", "server_lr", "node_wait_seconds"):
+        _above(getattr(fl, name), 0, name)
+    _choice(fl.strategy, STRATEGIES, "strategy")
+    _choice(fl.local_optimizer, LOCAL_OPTIMIZERS, "local_optimizer")
+    _validate_faults(fl, k)
+
+
+def _validate_faults(fl: FLConfig, k: int) -> None:
+    if not 1 <= fl.min_replies <= k:
+        raise ConfigError(f"fl.min_replies={fl.min_replies} must be between 1 and the {k} clients per round")
+    for name in ("dropout_rate", "crash_rate", "attackers"):
+        if not 0.0 <= getattr(fl, name) < 1.0:
+            raise ConfigError(f"fl.{name}={getattr(fl, name)} must be in [0, 1)")
+    if fl.max_update_norm_ratio and fl.max_update_norm_ratio < 1:
+        raise ConfigError(f"fl.max_update_norm_ratio={fl.max_update_norm_ratio} must be >= 1 (or 0 = off): below 1 it rejects the median update itself")
+    if fl.devices is not None:
+        validate_fleet(fl.devices)
+    elif fl.round_deadline > 0:
+        raise ConfigError("fl.round_deadline needs a virtual clock: set fl.devices (e.g. fl.devices=midrange-4g)")
+    _choice(fl.attack, ATTACKS, "attack")
+    if (fl.attack == "none") != (fl.attackers == 0):
+        raise ConfigError(f"fl.attack={fl.attack} with fl.attackers={fl.attackers}: set both (an attack and the fraction of attackers) or neither")
+    expected = math.ceil(fl.attackers * k) if fl.attackers else 0
+    if fl.strategy in ("krum", "multikrum") and k <= 2 * fl.byzantine + 2:
+        raise ConfigError(f"fl.strategy={fl.strategy} with fl.byzantine={fl.byzantine} needs more than {2 * fl.byzantine + 2} clients per round (has {k})")
+    if fl.strategy == "bulyan" and k < 4 * fl.byzantine + 3:
+        raise ConfigError(f"fl.strategy=bulyan with fl.byzantine={fl.byzantine} needs at least 4f+3 = {4 * fl.byzantine + 3} clients per round (has {k})")
+    if fl.strategy in ("krum", "multikrum", "bulyan") and fl.byzantine < expected:
+        raise ConfigError(f"fl.attackers={fl.attackers} puts up to {expected} attackers in a round of {k}; fl.strategy={fl.strategy} tolerates fl.byzantine={fl.byzantine}: raise fl.byzantine")
+    if fl.strategy == "fedtrimmedavg" and not 0 <= fl.trim_beta < 0.5:
+        raise ConfigError(f"fl.trim_beta={fl.trim_beta} must be in [0, 0.5)")
+    if fl.strategy == "fedtrimmedavg" and expected > math.floor(fl.trim_beta * k):
+        raise ConfigError(f"fl.attackers={fl.attackers} puts up to {expected} attackers in a round of {k}; fl.trim_beta={fl.trim_beta} trims only {math.floor(fl.trim_beta * k)} at each end: raise fl.trim_beta")
+    if fl.strategy == "fedmedian" and expected * 2 >= k:
+        raise ConfigError(f"fl.attackers={fl.attackers} puts up to {expected} attackers in a round of {k}; a median tolerates fewer than half")

@@ -1,0 +1,44 @@
+"""What several test files share: a tiny run's settings, a federation of it, and replies as the server sees them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedq.config import compose_config
+from fedq.fl import protocol
+from fedq.fl.federation import Federation
+from fedq.fl.protocol import Reply, TrainReply, TrainRequest
+
+TINY = [
+    "clients=4", "fl.clients_per_round=2", "fl.local_steps=2", "data.demo_train_size=400", "data.demo_eval_size=10",
+    "data.vocab_size=200", "model.d_model=32", "model.ffn_dim=64", "device=cpu",
+]
+
+
+def tiny_federation(cache: str, *overrides: str) -> Federation:
+    return Federation(compose_config([*TINY, cache, *overrides]))
+
+
+def reply(partition: int, arrays: list[np.ndarray], tokens: float = 10.0, fingerprint: int | None = None,
+          loss: float = 1.0, sim: float | None = None) -> Reply:
+    """A client's reply with the metrics a real one carries (``fingerprint`` None: the federation's, set by caller)."""
+    metrics = {protocol.NUM_EXAMPLES: 1.0, protocol.NUM_TOKENS: tokens, protocol.TRAIN_LOSS: loss,
+               protocol.TRAIN_SECONDS: tokens / 100, protocol.ENCODE_SECONDS: 0.01, protocol.FINGERPRINT: fingerprint}
+    if sim is not None:
+        metrics[protocol.SIM_SECONDS] = sim
+    return Reply(partition, TrainReply(arrays, {k: v for k, v in metrics.items() if v is not None}))
+
+
+def answering(updates: dict[int, np.ndarray | str], codec, fingerprint: int, tokens: dict[int, float] | None = None):
+    """An exchange whose client P answers with ``updates[P]`` encoded by ``codec`` (a str: an error reply)."""
+    def send(requests: list[TrainRequest]) -> list[Reply]:
+        out = []
+        for request in requests:
+            update = updates[request.partition]
+            if isinstance(update, str):
+                out.append(Reply(request.partition, error=update))
+            else:
+                out.append(reply(request.partition, codec.encode(update, np.random.default_rng(request.partition)),
+                                 (tokens or {}).get(request.partition, 10.0), fingerprint))
+        return out
+    return send
