@@ -167,6 +167,62 @@ def test_topk_handles_clustered_and_full_density():
     assert np.abs(y - x).max() <= 2 * np.abs(x).max() / 255
 
 
+# --- codecs built for rare participation: unbiased, entropy-coded, correlated across a round's clients ----
+
+
+def test_entropy_coding_sends_the_same_codes_in_fewer_bytes():
+    x = normal(200_000) * np.where(np.arange(200_000) % 10 == 0, 20, 1).astype(np.float32)  # a few large values
+    packed = make_codec("uniform", bits=4)
+    coded = make_codec("uniform", bits=4, entropy_coding=True)
+    a, b = packed.encode(x, np.random.default_rng(0)), coded.encode(x, np.random.default_rng(0))
+    np.testing.assert_array_equal(packed.decode(a, x.size), coded.decode(b, x.size))  # lossless: the same values
+    assert payload_bytes(b) < 0.8 * payload_bytes(a)  # the codes' entropy is below 4 bits here
+    b[2] = b[2][:-3]  # a truncated stream is refused, never decoded into other values
+    with pytest.raises(CodecError, match="entropy-coded stream"):
+        coded.decode(b, x.size)
+
+
+@pytest.mark.parametrize("step", [1.0, 4.0, 16.0])
+def test_grid_is_unbiased_within_one_step_and_costs_less_at_coarser_steps(step):
+    x = normal(64 * 1024, seed=5)
+    codec = make_codec("grid", step=step, block_size=1024)
+    arrays, y = round_trip(codec, x)
+    steps = np.repeat(arrays[3].astype(np.float32), 1024)[: x.size]
+    rms = np.sqrt(np.mean(x.reshape(-1, 1024) ** 2, axis=1))
+    np.testing.assert_allclose(arrays[3].astype(np.float32), step * rms, rtol=2e-3)  # the step, at fp16
+    assert np.all(np.abs(y - x) < steps * 1.0001)
+    draws = [codec.decode(codec.encode(x[:1024], np.random.default_rng(seed)), 1024) for seed in range(2000)]
+    assert np.abs(np.mean(draws, axis=0) - x[:1024]).max() < 6 * step * rms[0] / math.sqrt(2000)
+    bits = 8 * payload_bytes(arrays) / x.size
+    assert bits < {1.0: 2.6, 4.0: 1.1, 16.0: 0.45}[step]
+
+
+def test_correlated_dithers_keep_each_client_unbiased_and_cancel_in_the_average():
+    from fedq.comm.downlink import Downlink
+    from fedq.fl.client import correlated_dither
+    from fedq.fl.protocol import TrainRequest
+
+    codec = make_codec("grid", step=4.0, block_size=4096)
+    updates = [normal(4096, seed=10) + 0.3 * normal(4096, seed=20 + k) for k in range(5)]
+    mean = np.mean(updates, axis=0)
+    errors = {"independent": [], "correlated": []}
+    for trial in range(40):
+        for kind in errors:
+            decoded = []
+            for slot, update in enumerate(updates):
+                rng = np.random.default_rng([trial, slot])
+                request = TrainRequest(slot, trial + 1, Downlink([], "delta", 0), slot=slot, slots=5)
+                dither = correlated_dither(1, request, rng, update.size) if kind == "correlated" else None
+                decoded.append(codec.decode(codec.encode(update, rng, dither), update.size))
+            errors[kind].append(np.mean((np.mean(decoded, axis=0) - mean) ** 2))
+    assert np.mean(errors["correlated"]) < 0.6 * np.mean(errors["independent"])  # about half, measured
+    one = [codec.decode(codec.encode(updates[0], np.random.default_rng(t), correlated_dither(
+        1, TrainRequest(0, t, Downlink([], "delta", 0), slot=2, slots=5), np.random.default_rng(t), 4096)), 4096)
+        for t in range(1500)]
+    step = 4.0 * np.sqrt(np.mean(updates[0] ** 2))  # each client stays unbiased: its mean error shrinks as 1/sqrt(draws)
+    assert np.abs(np.mean(one, axis=0) - updates[0]).mean() < step / math.sqrt(1500)
+
+
 @pytest.mark.parametrize("bits", [8, 4, 2])
 def test_uniform_compression_ratio(bits):
     x = normal(1_000_000)

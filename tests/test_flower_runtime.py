@@ -61,7 +61,10 @@ def test_deployment_runtime_with_three_supernodes(tmp_path):
     assert "4-bit lsq" in log and f"results in {out}" in log
 
 
-def test_flwr_run_without_num_clients_takes_the_federations_size_and_finishes(tmp_path):
+def test_flwr_run_of_the_app_folder_with_fedq_installed_from_its_wheel(tmp_path, installed_wheel, monkeypatch):
+    """`flwr run .` in simulation mode after `pip install .` (not editable); without num-clients the federation's
+    size is the number of clients."""
+    monkeypatch.setenv("PYTHONPATH", str(installed_wheel))  # the installed wheel, ahead of the editable checkout
     out = tmp_path / "run"
     lines: list[str] = []
     run_config = {"num-server-rounds": 1, "overrides": f"{TINY} data.cache_dir={tmp_path / 'cache'}", "out-dir": str(out)}

@@ -5,20 +5,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
-        check=True, capture_output=True, timeout=300,
-    )
-    (built,) = out.glob("fedq-*.whl")
-    return built
 
 
 def test_the_wheel_ships_every_config(wheel):
@@ -30,10 +17,8 @@ def test_the_wheel_ships_every_config(wheel):
     assert modules and modules <= names  # every module of the checkout, every subpackage included
 
 
-def test_installed_entry_points_find_their_configs_outside_the_checkout(wheel, tmp_path):
-    site = tmp_path / "site"
-    with zipfile.ZipFile(wheel) as archive:
-        archive.extractall(site)  # what `pip install` puts into site-packages
+def test_installed_entry_points_find_their_configs_outside_the_checkout(installed_wheel, tmp_path):
+    site = installed_wheel
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}

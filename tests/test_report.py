@@ -47,3 +47,12 @@ def test_a_folder_without_runs_is_one_line(tmp_path):
         find_runs([tmp_path])
     result = subprocess.run([sys.executable, "-m", "fedq.report", str(tmp_path / "missing")], capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+
+
+def test_a_failed_run_fails_the_report_with_its_reason(tmp_path):
+    from fedq.report.run_log import write_failure
+
+    write_failure(tmp_path / "run", "disk full: cannot write model.fedq in /x")
+    result = subprocess.run([sys.executable, "-m", "fedq.report", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: the run in {tmp_path / 'run'} failed: disk full: cannot write model.fedq in /x"

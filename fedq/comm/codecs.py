@@ -20,6 +20,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from fedq.bitpack import pack_bits, packed_nbytes, unpack_bits
+from fedq.comm.entropy import ans_decode, ans_encode
 from fedq.comm.errors import CodecError
 from fedq.comm.indexcode import decode_sorted_indices, encode_sorted_indices
 
@@ -32,6 +33,7 @@ class UpdateCodec(ABC):
 
     name: ClassVar[str]
     biased: ClassVar[bool] = False  # True: needs error feedback
+    stochastic: ClassVar[bool] = False  # True: rounds with a uniform dither (which may be correlated across clients)
 
     @property
     @abstractmethod
@@ -39,8 +41,9 @@ class UpdateCodec(ABC):
         """Nominal bits per model parameter, for reports (payload_bytes is the real count)."""
 
     @abstractmethod
-    def encode(self, vector: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
-        """Encode a 1-D float vector into the arrays that are sent."""
+    def encode(self, vector: np.ndarray, rng: np.random.Generator, dither: np.ndarray | None = None) -> list[np.ndarray]:
+        """Encode a 1-D float vector into the arrays that are sent. A codec that rounds stochastically draws its
+        uniform dither from ``rng``, or takes ``dither`` (one value in [0, 1) per entry: correlated rounding)."""
 
     @abstractmethod
     def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
@@ -55,7 +58,7 @@ class Fp32Codec(UpdateCodec):
     def bits_per_value(self) -> float:
         return 32.0
 
-    def encode(self, vector: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    def encode(self, vector: np.ndarray, rng: np.random.Generator, dither: np.ndarray | None = None) -> list[np.ndarray]:
         return [_as_update(vector).copy()]
 
     def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
@@ -71,7 +74,7 @@ class Fp16Codec(UpdateCodec):
     def bits_per_value(self) -> float:
         return 16.0
 
-    def encode(self, vector: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    def encode(self, vector: np.ndarray, rng: np.random.Generator, dither: np.ndarray | None = None) -> list[np.ndarray]:
         x = _as_update(vector)
         _check_fp16_range(_max(np.abs(x)))
         return [x.astype(np.float16)]
@@ -87,12 +90,16 @@ class UniformCodec(UpdateCodec):
 
     ``s`` is the block's max |x| rounded up to float16, so the scale the decoder uses
     is exactly the one the encoder used and every value lies inside the level range.
-    Payload: ``[codes (uint8, bits-packed), scales (float16, one per block)]``.
+    Payload: ``[codes (uint8, bits-packed), scales (float16, one per block)]``; with
+    ``entropy_coding`` the codes are ANS-coded instead of packed (``fedq.comm.entropy``:
+    ``[header, counts, words, scales]``), the same values in fewer bytes.
     """
 
     bits: int = 8
     block_size: int = 1024
+    entropy_coding: bool = False
     name: ClassVar[str] = "uniform"
+    stochastic: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_bits(self.name, self.bits)
@@ -102,21 +109,23 @@ class UniformCodec(UpdateCodec):
     def bits_per_value(self) -> float:
         return float(self.bits)
 
-    def encode(self, vector: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
-        codes, scales = _quantize(_as_update(vector), self.bits, self.block_size, rng)
-        return [pack_bits(codes, self.bits), scales]
+    def encode(self, vector: np.ndarray, rng: np.random.Generator, dither: np.ndarray | None = None) -> list[np.ndarray]:
+        codes, scales = _quantize(_as_update(vector), self.bits, self.block_size, rng, dither)
+        return [*ans_encode(codes), scales] if self.entropy_coding else [pack_bits(codes, self.bits), scales]
 
     def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
-        packed, scales = _check_payload(
-            self.name,
-            arrays,
-            [
-                ("codes", np.uint8, packed_nbytes(numel, self.bits)),
-                ("scales", np.float16, _num_blocks(numel, self.block_size)),
-            ],
-        )
+        scales_spec = ("scales", np.float16, _num_blocks(numel, self.block_size))
+        if self.entropy_coding:
+            header, counts, words, scales = _check_payload(
+                self.name, arrays, [("header", np.int32, 2), ("counts", np.uint32, None), ("words", np.uint32, None), scales_spec])
+            codes = ans_decode(header, counts, words, numel, self.name)
+            if codes.size and (codes.min() < 0 or codes.max() >= 2**self.bits):
+                raise CodecError(f"{self.name} payload: a code outside 0..{2**self.bits - 1}")
+        else:
+            packed, scales = _check_payload(
+                self.name, arrays, [("codes", np.uint8, packed_nbytes(numel, self.bits)), scales_spec])
+            codes = unpack_bits(packed, self.bits, numel)
         _check_scales(self.name, scales)
-        codes = unpack_bits(packed, self.bits, numel)
         return _finite(self.name, _dequantize(codes, scales, self.bits, self.block_size))
 
 
@@ -138,7 +147,7 @@ class SignCodec(UpdateCodec):
     def bits_per_value(self) -> float:
         return 1.0
 
-    def encode(self, vector: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    def encode(self, vector: np.ndarray, rng: np.random.Generator, dither: np.ndarray | None = None) -> list[np.ndarray]:
         x = _as_update(vector)
         abs_blocks = _blocks(np.abs(x), self.block_size)
         counts = np.full(len(abs_blocks), self.block_size, np.float32)
@@ -177,6 +186,7 @@ class TopKCodec(UpdateCodec):
     bits: int = 4
     block_size: int = 1024
     name: ClassVar[str] = "topk"
+    stochastic: ClassVar[bool] = True
     biased: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -192,12 +202,12 @@ class TopKCodec(UpdateCodec):
     def num_kept(self, numel: int) -> int:
         return math.ceil(self.density * numel)
 
-    def encode(self, vector: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    def encode(self, vector: np.ndarray, rng: np.random.Generator, dither: np.ndarray | None = None) -> list[np.ndarray]:
         x = _as_update(vector)
         k = self.num_kept(x.size)
         kept = np.sort(np.argpartition(np.abs(x), x.size - k)[x.size - k :]) if k else np.zeros(0, np.intp)
         rice_bits, unary, remainders = encode_sorted_indices(kept)
-        codes, scales = _quantize(x[kept], self.bits, self.block_size, rng)
+        codes, scales = _quantize(x[kept], self.bits, self.block_size, rng, dither[kept] if dither is not None else None)
         header = np.array([k, rice_bits], np.uint32)
         return [header, unary, remainders, pack_bits(codes, self.bits), scales]
 
@@ -227,7 +237,54 @@ class TopKCodec(UpdateCodec):
         return _finite(self.name, out)
 
 
-CODECS: dict[str, type[UpdateCodec]] = {cls.name: cls for cls in (Fp32Codec, Fp16Codec, UniformCodec, SignCodec, TopKCodec)}
+@dataclass(frozen=True)
+class GridCodec(UpdateCodec):
+    """Unbiased stochastic rounding onto a grid of ``step`` x the block's root mean square, entropy-coded.
+
+    Unlike ``uniform``, whose levels span the block's largest value and have no zero,
+    the grid has a zero level and a step set by the block's typical value: most of an
+    update rounds to 0 or one step, so the codes (ANS-coded, ``fedq.comm.entropy``) cost
+    far less than a bit each, and no value is ever clipped (the codes are unbounded).
+    Each value's error is below one step; ``step`` trades bytes for noise.
+    Payload: ``[header int32, counts uint32, words uint32, scales (float16 step per block)]``.
+    """
+
+    step: float = 4.0
+    block_size: int = 1024
+    name: ClassVar[str] = "grid"
+    stochastic: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.step <= 1000.0:
+            raise CodecError(f"codec {self.name}: step must be in (0, 1000] (block RMS units), got {self.step}")
+        _check_block_size(self.name, self.block_size)
+
+    @property
+    def bits_per_value(self) -> float:
+        return 1.0  # nominal: the coded size depends on the update (payload_bytes is the real count)
+
+    def encode(self, vector: np.ndarray, rng: np.random.Generator, dither: np.ndarray | None = None) -> list[np.ndarray]:
+        x = _as_update(vector)
+        blocks = _blocks(x, self.block_size)
+        rms = np.sqrt(np.square(blocks, dtype=np.float64).sum(axis=1) / np.maximum(_block_counts(x.size, self.block_size), 1))
+        _check_fp16_range(_max(self.step * rms))
+        steps = _fp16_ceil((self.step * rms).astype(np.float32))
+        safe = np.where(steps > 0, steps.astype(np.float32), np.float32(1.0))
+        noise = _blocks(dither, self.block_size) if dither is not None else rng.random(blocks.shape, dtype=np.float32)
+        codes = np.floor(blocks / safe[:, None] + noise).astype(np.int64).ravel()[: x.size]
+        return [*ans_encode(codes), steps]
+
+    def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
+        header, counts, words, steps = _check_payload(self.name, arrays, [
+            ("header", np.int32, 2), ("counts", np.uint32, None), ("words", np.uint32, None),
+            ("steps", np.float16, _num_blocks(numel, self.block_size))])
+        _check_scales(self.name, steps)
+        codes = ans_decode(header, counts, words, numel, self.name).astype(np.float32)
+        return _finite(self.name, (_blocks(codes, self.block_size) * steps.astype(np.float32)[:, None]).ravel()[:numel])
+
+
+CODECS: dict[str, type[UpdateCodec]] = {
+    cls.name: cls for cls in (Fp32Codec, Fp16Codec, UniformCodec, SignCodec, TopKCodec, GridCodec)}
 CODEC_NAMES = tuple(CODECS)
 
 
@@ -303,10 +360,19 @@ def _fp16_ceil(values: np.ndarray) -> np.ndarray:
     return rounded
 
 
+def _block_counts(numel: int, block_size: int) -> np.ndarray:
+    """How many real (unpadded) values each block holds."""
+    counts = np.full(_num_blocks(numel, block_size), block_size, np.int64)
+    if counts.size:
+        counts[-1] = numel - (counts.size - 1) * block_size
+    return counts
+
+
 def _quantize(
-    x: np.ndarray, bits: int, block_size: int, rng: np.random.Generator
+    x: np.ndarray, bits: int, block_size: int, rng: np.random.Generator, dither: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Stochastic rounding of each block to codes 0..2**bits-1 for levels -s + code * 2s/(2**bits-1)."""
+    """Stochastic rounding of each block to codes 0..2**bits-1 for levels -s + code * 2s/(2**bits-1)
+    (the dither drawn from ``rng``, or the given one)."""
     blocks = _blocks(x, block_size)
     max_abs = np.abs(blocks).max(axis=1) if blocks.size else np.zeros(0, np.float32)
     _check_fp16_range(_max(max_abs))
@@ -314,7 +380,7 @@ def _quantize(
     half = np.float32((2**bits - 1) / 2)
     safe = np.where(scales > 0, scales.astype(np.float32), np.float32(1.0))
     position = blocks * (half / safe)[:, None] + half  # in [0, 2**bits - 1]
-    position += rng.random(position.shape, dtype=np.float32)
+    position += _blocks(dither.astype(np.float32), block_size) if dither is not None else rng.random(position.shape, dtype=np.float32)
     codes = np.clip(np.floor(position), 0, 2**bits - 1).astype(np.uint8)
     return codes.ravel()[: x.size], scales
 

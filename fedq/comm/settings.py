@@ -18,19 +18,26 @@ DOWNLINK_DEFAULT_BITS = 4
 
 @dataclass
 class UplinkConfig:
-    name: str = "uniform"  # fp32 | fp16 | uniform | sign | topk
+    name: str = "uniform"  # fp32 | fp16 | uniform | sign | topk | grid
     bits: Optional[int] = None  # value bits (uniform, topk); None = quant.bits (8 when QAT is off, 2 for binary)
-    block_size: Optional[int] = None  # values per scale (uniform, sign, topk); None = 1024
+    block_size: Optional[int] = None  # values per scale (uniform, sign, topk, grid); None = 1024
     density: Optional[float] = None  # topk: the fraction of values sent; None = 0.01
+    step: Optional[float] = None  # grid: the grid step in units of the block's RMS; None = 4
+    entropy_coding: Optional[bool] = None  # uniform: ANS-code the codes instead of packing them; None = off
     error_feedback: Optional[bool] = None  # biased codecs (sign, topk): keep what was not sent for the next round; None = on
+    # stochastic codecs (uniform, topk, grid): the clients of a round round with stratified dithers, so that their
+    # rounding errors partly cancel in the average (correlated quantization, Suresh et al. 2022); each stays unbiased
+    correlated: bool = False
 
 
 @dataclass
 class DownlinkConfig:
-    name: str = "uniform"  # fp32 | fp16 (the whole model) | uniform | sign | topk (deltas against what each client holds)
+    name: str = "uniform"  # fp32 | fp16 (the whole model) | uniform | sign | topk | grid (deltas against what each client holds)
     bits: Optional[int] = None  # value bits of the deltas (uniform, topk); None = 4
     block_size: Optional[int] = None
     density: Optional[float] = None
+    step: Optional[float] = None
+    entropy_coding: Optional[bool] = None
     # The server remembers, per client, the model that client holds (so that its next delta carries what the last
     # ones could not), up to this many MB in all; the least recently synced are forgotten first, and a client the
     # server holds nothing for is sent a delta against the seeded model. 0 = remember nothing.
@@ -59,10 +66,12 @@ def _codec(direction: str, name: str, default_bits: int, **settings: object) -> 
 
 def uplink_codec(comm: CommConfig, quant_bits: int) -> UpdateCodec:
     up = comm.uplink
-    settings = {k: v for k, v in asdict(up).items() if k not in ("name", "error_feedback")}
+    settings = {k: v for k, v in asdict(up).items() if k not in ("name", "error_feedback", "correlated")}
     codec = _codec("uplink", up.name, default_uplink_bits(quant_bits), **settings)
     if up.error_feedback is not None and not codec.biased:
         raise CodecError(f"comm.uplink.error_feedback applies to biased codecs (sign, topk), not to {up.name}")
+    if up.correlated and not codec.stochastic:
+        raise CodecError(f"comm.uplink.correlated applies to codecs that round stochastically (uniform, topk, grid), not to {up.name}")
     return codec
 
 

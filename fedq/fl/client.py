@@ -82,6 +82,16 @@ def client_lr_schedule(
     return inverse_sqrt_schedule(optimizer, cfg.fl.warmup_steps, start_step=(server_round - 1) * local_steps)
 
 
+def correlated_dither(seed: int, request: TrainRequest, rng: np.random.Generator, size: int) -> np.ndarray:
+    """The client's uniform dither, stratified across the round's clients: frac(a + (slot + v) / slots) with ``a``
+    shared by the round (its seed) and ``v`` the client's own. Each client's dither is uniform, so its rounding
+    stays unbiased, and at every coordinate the round's dithers fall one into each 1/slots of [0, 1), so that
+    their rounding errors partly cancel in the average (Suresh et al., 2022, correlated quantization)."""
+    shared = np.random.default_rng([seed, request.server_round, 0xD17]).random(size, dtype=np.float32)
+    dither = np.mod(shared + (request.slot + rng.random(size, dtype=np.float32)) / request.slots, np.float32(1.0))
+    return np.minimum(dither, np.float32(1.0 - 2**-24))  # float32 rounding may reach 1.0
+
+
 def client_round(federation: Federation, request: TrainRequest, store: ClientStore) -> TrainReply:
     """Rebuild the model the request describes, train, encode ``local - start`` and keep what the client keeps.
 
@@ -123,10 +133,11 @@ def client_round(federation: Federation, request: TrainRequest, store: ClientSto
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     update = federation.faults.tamper(partition, model_to_vector(federation.model) - start_vector, rng)
+    dither = correlated_dither(cfg.seed, request, rng, update.size) if cfg.comm.uplink.correlated else None
     if federation.error_feedback:
-        arrays, residual = encode_with_feedback(federation.uplink, update, state.residual, rng)
+        arrays, residual = encode_with_feedback(federation.uplink, update, state.residual, rng, dither)
     else:
-        arrays, residual = federation.uplink.encode(update, rng), None
+        arrays, residual = federation.uplink.encode(update, rng, dither), None
     encode_seconds = time.perf_counter() - start
     store.save(partition, server_round, downlink.base_round, start_vector if request.keep else None, residual)
 

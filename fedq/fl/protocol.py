@@ -27,6 +27,7 @@ DOWNLINK_KIND = "fedq-downlink"  # full | delta
 BASE_ROUND = "fedq-base-round"  # the round whose model a delta builds on (0: the seeded model)
 BASE_DIGEST = "fedq-base-digest"  # a delta against the seeded model: that model's digest
 KEEP = "fedq-keep"  # 1: the server remembers what this client now holds, so the client keeps it too
+SLOT, SLOTS = "fedq-slot", "fedq-slots"  # the client's place among the round's clients (correlated rounding)
 NUM_PARTITIONS = "num-partitions"  # a SuperNode's node-config key
 
 # a train reply's metrics
@@ -71,11 +72,14 @@ class TrainRequest:
     server_round: int
     downlink: Downlink
     keep: bool = False
+    slot: int = 0
+    slots: int = 1
 
     def config(self) -> dict[str, int | str]:
         return {
             SERVER_ROUND: self.server_round, PARTITION: self.partition, DOWNLINK_KIND: self.downlink.kind,
             BASE_ROUND: self.downlink.base_round, BASE_DIGEST: self.downlink.base_digest, KEEP: int(self.keep),
+            SLOT: self.slot, SLOTS: self.slots,
         }
 
     @classmethod
@@ -83,7 +87,8 @@ class TrainRequest:
         try:
             downlink = Downlink(list(arrays), str(config[DOWNLINK_KIND]), int(config[BASE_ROUND]),  # type: ignore[call-overload]
                                 str(config[BASE_DIGEST]))
-            return cls(int(config[PARTITION]), int(config[SERVER_ROUND]), downlink, bool(config[KEEP]))  # type: ignore[call-overload]
+            return cls(int(config[PARTITION]), int(config[SERVER_ROUND]), downlink, bool(config[KEEP]),  # type: ignore[call-overload]
+                       int(config[SLOT]), int(config[SLOTS]))  # type: ignore[call-overload]
         except (KeyError, TypeError, ValueError) as err:
             raise ProtocolError(f"a train request without a valid {err}: server and client run different fedq versions?") from None
 

@@ -217,22 +217,22 @@ class Coordinator:
         rng = np.random.default_rng([self.cfg.seed, server_round])
         return sorted(int(p) for p in rng.choice(population, size=size, replace=False))
 
-    def request(self, partition: int, server_round: int, vector: np.ndarray) -> TrainRequest:
+    def request(self, partition: int, server_round: int, vector: np.ndarray, slot: int, slots: int) -> TrainRequest:
         downlink = self.broadcaster.message_for(partition, vector, server_round)
-        return TrainRequest(partition, server_round, downlink, keep=self.broadcaster.keeps)
+        return TrainRequest(partition, server_round, downlink, self.broadcaster.keeps, slot, slots)
 
     def run_round(self, server_round: int, vector: np.ndarray, exchange: Exchange) -> tuple[np.ndarray, RoundOutcome]:
         """One round; returns the new global model and what the round cost."""
         partitions = self.sample(server_round)
         outcome = RoundOutcome(sampled=len(partitions), fp32_downlink_bytes=len(partitions) * vector.nbytes)
-        requests = [self.request(p, server_round, vector) for p in partitions]
+        requests = [self.request(p, server_round, vector, slot, len(partitions)) for slot, p in enumerate(partitions)]
         replies = exchange(requests) if requests else []
         resync = [reply.partition for reply in replies if reply.error is not None and reply.reason == protocol.RESYNC]
         if resync:  # the client holds nothing the server can build on: a delta against the seeded model
             outcome.resynced = len(resync)
             for partition in resync:
                 self.broadcaster.forget(partition)
-            again = [self.request(p, server_round, vector) for p in resync]
+            again = [self.request(p, server_round, vector, partitions.index(p), len(partitions)) for p in resync]
             requests += again
             replies = [reply for reply in replies if reply.partition not in resync] + exchange(again)
         outcome.downlink_bytes = sum(request.downlink.nbytes for request in requests)

@@ -24,7 +24,7 @@ from fedq.config import FedqConfig, config_from_yaml, read_config_file, settings
 from fedq.errors import FedqError
 from fedq.files import atomic_write
 from fedq.quant import resolve_method
-from fedq.report.run_log import SUMMARY_FILE, read_rows
+from fedq.report.run_log import FAILURE_FILE, SUMMARY_FILE, read_failure, read_rows
 
 REPORT_FILES = ("report.md", "report.json", "report.png")
 
@@ -46,10 +46,15 @@ class Run:
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
+    """The runs in ``paths``; a run that failed (failure.json, no summary) is a ReportError with its reason, so
+    that ``flwr run ... && python -m fedq.report OUT`` fails when the run did."""
     runs: list[Run] = []
     for path in paths:
         if not path.is_dir():
             raise ReportError(f"{path} is not a folder")
+        failed = [p.parent for p in sorted(path.rglob(FAILURE_FILE)) if not (p.parent / SUMMARY_FILE).is_file()]
+        if failed:
+            raise ReportError(f"the run in {failed[0]} failed: {read_failure(failed[0])}")
         found = [folder for folder in [path, *sorted(p for p in path.rglob("*") if p.is_dir())] if _is_run(folder)]
         found = [folder for folder in found if not any(parent in found for parent in folder.parents)]
         if not found:
