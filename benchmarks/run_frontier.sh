@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The compression frontier of the main job (built-in corpus, tiny model, 2-bit QAT, 20 clients, 5 per round,
+# 20 rounds, seed 1), every scheme side by side with fp32 both ways: which schemes keep BLEU, at how many bytes
+# (up, down, total), and how many MB each needs to first reach valid BLEU 80 (every 2nd round scored).
+# SCHEMES picks rows (default: all); PARTICIPATION=rare runs the same rows at 1 % participation
+# (200 clients, 2 per round) instead. Results: $OUT/NAME/ (default outputs/frontier[_rare]);
+# the table is python -m fedq.report $OUT --target-bleu 80.
+set -euo pipefail
+if [ "${PARTICIPATION:-}" = rare ]; then
+  base="clients=200 fl.clients_per_round=2"; out=${OUT:-outputs/frontier_rare}
+else
+  base="clients=20"; out=${OUT:-outputs/frontier}
+fi
+mkdir -p "$out"
+declare -A scheme=(
+  [fp32]="comm=fp32"
+  [uniform2]=""  # the default: python -m fedq.simulate clients=20 quant.bits=2
+  [uniform2_ans]="comm.uplink.entropy_coding=true comm.downlink.entropy_coding=true"
+  [grid4]="comm.uplink.name=grid comm.uplink.step=4"
+  [grid8_corr]="comm.uplink.name=grid comm.uplink.step=8 comm.uplink.correlated=true"
+  [grid12_corr]="comm.uplink.name=grid comm.uplink.step=12 comm.uplink.correlated=true"
+  [grid16_corr]="comm.uplink.name=grid comm.uplink.step=16 comm.uplink.correlated=true"
+)
+for name in ${SCHEMES:-fp32 uniform2 uniform2_ans grid4 grid8_corr grid12_corr grid16_corr}; do
+  # shellcheck disable=SC2086
+  python -m fedq.simulate $base quant.bits=2 seed=1 fl.eval_every=2 ${scheme[$name]} hydra.run.dir="$out/$name" \
+    > "$out/$name.log" 2>&1 || echo "$name failed"
+  grep -E "^traffic|^final" "$out/$name.log" || true
+done
+python -m fedq.report "$out" --target-bleu 80
