@@ -32,7 +32,7 @@ from pathlib import Path
 import benchlib
 from fedq.config import compose_config
 from fedq.fl.shards import client_shards
-from fedq.superlink import _descendants
+from fedq.supervise import descendants
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 1.25
@@ -41,7 +41,7 @@ TARGET = 1.25
 def tree_rss(pid: int) -> int:
     """Resident bytes of ``pid`` and every process below it."""
     total = 0
-    for member in {pid} | _descendants(pid):
+    for member in {pid} | descendants(pid):
         try:
             total += int(Path(f"/proc/{member}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, ValueError, IndexError):

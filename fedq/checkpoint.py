@@ -100,19 +100,23 @@ class Checkpoint:
     tokenizer: SubwordTokenizer
     meta: dict
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def weights_bytes(self) -> bytes:
+        """The weights file, checked against the SHA-256 it was saved with."""
         path = self.folder / WEIGHTS
         try:
             data = path.read_bytes()
         except OSError as err:
             raise CheckpointError(f"cannot read {path}: {err.strerror}") from None
-        expected = self.meta.get("weights_sha256")
-        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        if hashlib.sha256(data).hexdigest() != self.meta.get("weights_sha256"):
             raise CheckpointError(f"{path} is damaged: its SHA-256 does not match the one in {META}")
+        return data
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        data = self.weights_bytes()
         try:
             return load(data)
         except SafetensorError as err:
-            raise CheckpointError(f"cannot read {path}: {err}") from None
+            raise CheckpointError(f"cannot read {self.folder / WEIGHTS}: {err}") from None
 
     @property
     def deployed_path(self) -> Path:
@@ -129,7 +133,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     tokenizer = SubwordTokenizer.load(folder / TOKENIZER)
     if tokenizer.fingerprint != meta.get("tokenizer_fingerprint"):
         raise CheckpointError(f"checkpoint {folder}: {TOKENIZER} is not the vocabulary its weights were trained with")
-    return Checkpoint(folder, config, tokenizer, meta)
+    checkpoint = Checkpoint(folder, config, tokenizer, meta)
+    checkpoint.weights_bytes()  # every file of a checkpoint is checked when it is read, scored or not
+    return checkpoint
 
 
 def load_weights_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:

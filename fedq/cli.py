@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedq.config import CONFIG_MODULE, FedqConfig, compose_config, settings_by_key, validate_config
 from fedq.errors import ConfigError, FedqError
+from fedq.files import describe_write_error
 
 
 def config_groups() -> set[str]:
@@ -95,10 +97,25 @@ def refuse_unused(cfg: FedqConfig, entry_point: str) -> None:
             raise ConfigError(f"{name}= is not used by fedq.{entry_point} (it takes {used})")
 
 
+def check_run_dir(arguments: Sequence[str]) -> None:
+    """The results folder Hydra will create (``hydra.run.dir``, else ./outputs) must be writable: one line if not."""
+    given = [a.split("=", 1)[1] for a in arguments if a.startswith("hydra.run.dir=")]
+    target = Path(given[-1] if given else "outputs").expanduser().absolute()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{describe_write_error(err, target / 'metrics.jsonl')} (choose another with hydra.run.dir=PATH)") from None
+
+
 def run_entry_point(hydra_main: Callable[[], None]) -> None:
-    """Check the command line (one line and exit 2 on a bad override), then hand it to Hydra."""
+    """Check the command line (one line and exit 2 on a bad override or an unwritable results folder), then hand it
+    to Hydra."""
     try:
         check_overrides(sys.argv[1:])
+        if not any(a in ("--help", "-h", "--cfg", "-c", "--info") for a in sys.argv[1:]):
+            check_run_dir(sys.argv[1:])
     except FedqError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

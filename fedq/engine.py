@@ -71,6 +71,15 @@ def training_pairs(encoded: Sequence[EncodedPair], max_len: int, what: str = "th
     return kept
 
 
+def budget_note(pairs: Sequence[EncodedPair], max_tokens: int) -> str | None:
+    """A note when some pairs alone exceed the token budget of a batch (each is then a batch of its own)."""
+    over = [len(src) + len(tgt) + 1 for src, tgt in pairs if len(src) + len(tgt) + 1 > max_tokens]
+    if not over:
+        return None
+    return (f"note: data.max_tokens={max_tokens} is below the length of {len(over)} of {len(pairs)} training pairs "
+            f"(up to {max(over)} tokens): each of them is a batch of its own")
+
+
 def steps_per_epoch(encoded: Sequence[EncodedPair], max_tokens: int, ids: SpecialIds) -> int:
     return len(token_batches(encoded, max_tokens, ids.pad_id, ids.bos_id, ids.eos_id, shuffle=False))
 

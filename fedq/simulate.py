@@ -18,6 +18,7 @@ and Ray within seconds; ``python -m fedq.simulate resume=RUN_DIR`` continues it.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -39,10 +40,11 @@ from fedq.config import (
     validate_config,
 )
 from fedq.errors import ConfigError, FedqError
+from fedq.fl.client_state import CLIENT_STATE_DIR
 from fedq.fl.federation import Federation
 from fedq.fl.footprint import check_fits
-from fedq.fl.settings import clients_per_round
-from fedq.fl.state import saved_config
+from fedq.fl.settings import clients_sampled
+from fedq.fl.state import load_state, saved_config
 from fedq.report.run_log import SUMMARY_FILE, read_failure, read_rows
 from fedq.superlink import LocalSuperLink, write_app_dir
 from fedq.task import load_task, resolve_device
@@ -87,6 +89,7 @@ def resumed_config(cfg: FedqConfig, overrides: Sequence[str]) -> tuple[FedqConfi
         print(f"warning: resume uses the run's saved config; ignoring {' '.join(others)}", flush=True)
     saved = saved_config(folder)
     validate_config(saved)
+    load_state(folder)  # every saved file is checked now, before any corpus, tokenizer or Ray work
     return saved, folder
 
 
@@ -112,7 +115,7 @@ def simulate(cfg: FedqConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
     started = time.perf_counter()
     with LocalSuperLink(ray_address, verbose=cfg.fl.verbose) as link:
         app_dir = write_app_dir(link.home / "app", _fedq_version())
-        pool = clients_per_round(cfg.fl)
+        pool = clients_sampled(cfg.fl)
         run_config = {"config": config_to_yaml(cfg), "out-dir": str(out_dir), "resume": resume, CLIENT_POOL_KEY: pool}
         simulation = {
             "num_supernodes": pool,
@@ -122,16 +125,24 @@ def simulate(cfg: FedqConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
             "init_args_log_to_driver": True,
             "verbose": cfg.fl.verbose,
         }
+        errors: list[str] = []  # the ServerApp's own one-line errors, for when failure.json could not be written
+
+        def show(line: str) -> None:
+            print(line, flush=True)
+            if line.startswith("error: "):
+                errors.append(line.removeprefix("error: "))
+
         try:
-            code = link.run(app_dir, run_config, simulation)
+            code = link.run(app_dir, run_config, simulation, on_line=show)
         except KeyboardInterrupt:
             _print_resume_hint(out_dir)
             raise
-    failure = read_failure(out_dir)
-    if failure is not None:
+    failure = read_failure(out_dir) or (errors[-1] if errors else None)
+    if failure is not None and not (out_dir / SUMMARY_FILE).exists():
         raise FedqError(failure)
     if code != 0 or not (out_dir / SUMMARY_FILE).exists():
         raise FedqError(f"the simulation ended without results (flwr run exit code {code}); see the log above")
+    shutil.rmtree(out_dir / CLIENT_STATE_DIR, ignore_errors=True)  # the simulated devices' storage: a finished run needs none
     print(f"simulation wall time {format_seconds(time.perf_counter() - started)}; results in {out_dir}", flush=True)
     return {"out_dir": str(out_dir)}
 

@@ -10,8 +10,10 @@ machine:
 - free loopback ports;
 - runtime dependency installation off (the apps run in this environment);
 - Ray started fresh (``RAY_ADDRESS=local``) unless ``FEDQ_RAY_ADDRESS`` names a cluster;
-- its own process session, so that stopping it (at the end, on Ctrl-C, on
-  SIGTERM) ends the simulation process and Ray's processes with it.
+- every process started under ``fedq.supervise``, which ends it and everything it
+  started (Flower's simulation process, Ray's daemons) when the run ends, on
+  Ctrl-C or SIGTERM, and also when the driver itself is killed (SIGKILL, the OOM
+  killer): then it removes the temporary home too.
 
 The app it runs is a generated folder with only a ``pyproject.toml``: the
 ServerApp and ClientApp are imported from the installed fedq, so an installed
@@ -37,6 +39,7 @@ import tomli_w
 
 from fedq.config import RUN_CONFIG_EXTRA_KEYS, RUN_CONFIG_KEYS
 from fedq.errors import FedqError
+from fedq.supervise import descendants
 
 CONNECTION = "fedq"
 APP_COMPONENTS = {"serverapp": "server.server_app:app", "clientapp": "clients.client_app:app"}
@@ -44,10 +47,11 @@ START_TIMEOUT_SECONDS = 60.0
 STOP_GRACE_SECONDS = 10.0
 # Lines of Flower's own log that say nothing to a fedq user (shown with fl.verbose=true).
 _FLOWER_NOISE = re.compile(
-    r"^(\x1b\[\d+m)?INFO\b|default simulated SuperNodes changed|Manually terminating ClientAppActor"
+    r"^INFO\b|default simulated SuperNodes changed|Manually terminating ClientAppActor"
     r"|fraction_evaluate is set to 0\.0|^Successfully (installed|started)|^Using SuperLink|^Flower App configuration"
     r"|^- Recommended property|Exit Code: \d+|^An unhandled exception occurred|^For more information, visit"
 )
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the colours of Flower's log lines
 # The last line of a traceback of a fedq error: the ServerApp printed it as one "error: ..." line already.
 _FEDQ_ERROR = re.compile(r"^(fedq|server|clients)\.[\w.]+Error: ")
 
@@ -97,14 +101,14 @@ def stop_process_group(process: subprocess.Popen | None) -> None:
     """
     if process is None:
         return
-    descendants = _descendants(process.pid)
+    tree = descendants(process.pid)
     _signal_group(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=STOP_GRACE_SECONDS)
     except subprocess.TimeoutExpired:
         pass
     _signal_group(process.pid, signal.SIGKILL)
-    for pid in descendants | _descendants(process.pid):
+    for pid in tree | descendants(process.pid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -117,24 +121,6 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
-
-
-def _descendants(pid: int) -> set[int]:
-    """Every living process below ``pid`` (read from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, stack = set(), [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    return found
 
 
 class LocalSuperLink:
@@ -178,9 +164,16 @@ class LocalSuperLink:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    def _supervised(self, command: list[str]) -> list[str]:
+        """``command`` under fedq.supervise: it ends with the driver, whatever ends the driver; the SuperLink's
+        supervisor (the first) also removes the temporary home."""
+        remove = [] if self.processes else ["--remove", str(self.home)]
+        return [sys.executable, "-m", "fedq.supervise", *remove, "--", *command]
+
     def _launch(self, name: str, command: list[str]) -> subprocess.Popen:
         log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 (the process keeps it)
-        process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(self._supervised(command), env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
         self.processes.append(process)
         return process
 
@@ -225,7 +218,8 @@ class LocalSuperLink:
         if federation_config:
             command += ["--federation-config", " ".join(f"{k}={_toml_value(v)}" for k, v in federation_config.items())]
         self.run_process = subprocess.Popen(
-            command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            self._supervised(command), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
         )
         assert self.run_process.stdout is not None
         traceback: list[str] = []
@@ -233,7 +227,11 @@ class LocalSuperLink:
             line = line.rstrip("\n")
             if self.verbose:
                 on_line(line)
-            elif traceback or line.startswith("Traceback (most recent call last)"):
+                continue
+            line = _ANSI.sub("", line)
+            if not line.strip():
+                continue
+            if traceback or line.startswith("Traceback (most recent call last)"):
                 traceback.append(line)
                 if not line.startswith((" ", "Traceback")):  # the exception line ends the block
                     if not _FEDQ_ERROR.match(line):

@@ -93,4 +93,7 @@ def load_task(cfg: FedqConfig) -> TranslationTask:
         tokenizer = load_or_train_tokenizer(corpus, cfg.data.vocab_size, cache_dir(cfg))
     except FileWriteError as err:
         raise FileWriteError(f"data.cache_dir={cfg.data.cache_dir}: {err}") from None
+    if tokenizer.vocab_size < cfg.data.vocab_size:
+        print(f"note: the tokenizer has {tokenizer.vocab_size:,} pieces, fewer than data.vocab_size={cfg.data.vocab_size:,}: "
+              "the training split gives no more", flush=True)
     return TranslationTask(corpus, tokenizer)

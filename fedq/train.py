@@ -21,6 +21,7 @@ from fedq.engine import (
     StepSettings,
     TrainStats,
     batch_stream,
+    budget_note,
     inverse_sqrt_schedule,
     make_optimizer,
     planned_steps,
@@ -54,6 +55,8 @@ def train(cfg: FedqConfig, out_dir: Path) -> dict:
     print(f"model ({cfg.model.describe()}): {n_params / 1e6:.2f}M parameters on {device}; {describe_quantization(model)}", flush=True)
 
     encoded = training_pairs(encode_pairs(task.corpus.train, tokenizer), cfg.data.max_len)
+    if note := budget_note(encoded, cfg.data.max_tokens):
+        print(note, flush=True)
     batches_per_epoch = steps_per_epoch(encoded, cfg.data.max_tokens, tokenizer)
     total_steps = planned_steps(cfg.train.max_steps, cfg.train.max_epochs, encoded, cfg.data.max_tokens, tokenizer)
     deadline = time.time() + 60 * cfg.train.max_minutes if cfg.train.max_minutes > 0 else None

@@ -89,6 +89,5 @@ def main(grid: Grid, context: Context) -> None:
         by_client = nodes[:pool] if pool else partitions_of(grid, nodes, cfg.fl.clients, cfg.fl.node_wait_seconds)
         run_federation(cfg, out_dir, grid_exchange(grid, by_client), FlowerAggregator(cfg), bool(run_config.get("resume", False)))
     except FedqError as err:
-        write_failure(out_dir, str(err))
-        print(f"error: {err}", flush=True)
+        print(f"error: {write_failure(out_dir, str(err))}", flush=True)
         raise

@@ -20,11 +20,11 @@ from safetensors.numpy import load_file
 
 from fedq.config import compose_config, validate_config
 from fedq.errors import FedqError
-from fedq.files import FileWriteError, atomic_write
+from fedq.files import FileWriteError, atomic_write, describe_write_error
 from fedq.fl.protocol import Reply
 from fedq.fl.rounds import Coordinator, RoundFailedError
 from fedq.simulate import check_client_resources
-from fedq.superlink import _descendants
+from fedq.supervise import descendants
 from helpers import tiny_federation
 from server.aggregation import FlowerAggregator
 
@@ -68,7 +68,7 @@ def test_interrupted_simulation_stops_in_seconds_and_resumes_to_the_same_end(tmp
         lines.append(line)
         if line.startswith("round 2/5"):
             break
-    tree = _descendants(process.pid)
+    tree = descendants(process.pid)
     assert tree, "the simulation runs in child processes (SuperLink, Flower's simulation, Ray)"
     interrupted = time.monotonic()
     process.send_signal(signal.SIGINT)  # Ctrl-C
@@ -81,10 +81,28 @@ def test_interrupted_simulation_stops_in_seconds_and_resumes_to_the_same_end(tmp
     state = json.loads((stopped / "state" / "state.json").read_text())
     assert state["rounds"] >= 2 and not (stopped / "summary.json").exists()
 
+    # Resumed, then killed with SIGKILL (no handler runs): every process it started still ends, Flower's home goes.
+    killed = simulate(f"resume={stopped}", f"hydra.run.dir={tmp_path / 'resume-command'}")
+    for line in killed.stdout:
+        if line.startswith("round 4/5"):
+            break
+    tree = descendants(killed.pid)
+    homes = {path for pid in tree for path in _flower_homes(pid)}
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while [pid for pid in tree if running(pid)] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [pid for pid in tree if running(pid)], "a process outlived the killed driver"
+    assert homes and not any(home.exists() for home in homes)
+    saved = json.loads((stopped / "state" / "state.json").read_text())["rounds"]
+    (stopped / "failure.json").write_text(json.dumps({"error": "an earlier failure"}))  # a stale one
+
     resumed = simulate(f"resume={stopped}", f"hydra.run.dir={tmp_path / 'resume-command'}")
     output = resumed.stdout.read()
     assert resumed.wait(timeout=300) == 0, output[-3000:]
-    assert f"resuming after round {state['rounds']} of 5" in output
+    assert f"resuming after round {saved} of 5" in output and not (stopped / "failure.json").exists()
+    assert "\x1b[" not in output  # no raw colour codes of Flower's log
 
     # The same rows (bytes, clients, losses) and bit-identical final weights as the uninterrupted run: the server's
     # memory of what each client holds and the clients' own files were saved with the rounds.
@@ -95,6 +113,15 @@ def test_interrupted_simulation_stops_in_seconds_and_resumes_to_the_same_end(tmp
         assert a[key] == b[key], key
     weights_a, weights_b = (load_file(run_dir / "checkpoint" / "model.safetensors") for run_dir in (whole, stopped))
     assert all(np.array_equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def _flower_homes(pid: int) -> list[Path]:
+    """The temporary Flower homes (FLWR_HOME) a process of the tree was started with."""
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return []
+    return [Path(item.split(b"=", 1)[1].decode()) for item in env if item.startswith(b"FLWR_HOME=")]
 
 
 def test_requested_client_resources_are_compared_with_the_machine():
@@ -214,3 +241,98 @@ def test_a_flipped_bit_in_checkpoint_weights_is_refused(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="damaged"):
         read_checkpoint(tmp_path / "ckpt").state_dict()
+
+
+def test_a_full_disk_mid_run_stops_with_one_line_and_keeps_the_last_good_state(tmp_path, monkeypatch):
+    import fedq.fl.state as state_module
+    from fedq.fl.client import local_exchange
+    from fedq.fl.client_state import ClientStore
+    from fedq.fl.run import run_federation
+
+    federation = tiny_federation(f"data.cache_dir={tmp_path / 'cache'}", "fl.rounds=3", "fl.eval_every=0")
+    cfg = federation.cfg
+    real, calls = state_module.atomic_write, []
+
+    def fills_up(path, data):  # the state of round 1 is written whole, round 2's hits a full disk
+        if Path(path).name == "arrays.safetensors" and any(Path(p).name == "state.json" for p in calls):
+            raise FileWriteError(describe_write_error(OSError(errno.ENOSPC, "No space left"), Path(path)))
+        calls.append(path)
+        return real(path, data)
+
+    monkeypatch.setattr(state_module, "atomic_write", fills_up)
+    with pytest.raises(FileWriteError, match="disk full: cannot write"):
+        run_federation(cfg, tmp_path / "run", local_exchange(federation, ClientStore(None)), FlowerAggregator(cfg),
+                       federation=federation)
+    assert json.loads((tmp_path / "run" / "state" / "state.json").read_text())["rounds"] == 1
+
+
+def test_a_results_folder_that_turns_read_only_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    from fedq.report.run_log import RunLog, write_failure
+
+    log = RunLog(tmp_path)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr("builtins.open", read_only)
+    with pytest.raises(FileWriteError, match=f"cannot write metrics.jsonl in {tmp_path}: the folder is read-only"):
+        log.write_round({"round": 1})
+    monkeypatch.undo()
+    monkeypatch.setattr(os, "fsync", lambda fd: read_only())
+    line = write_failure(tmp_path, "round 3: disk full")
+    assert line.startswith("round 3: disk full (and failure.json could not be written: cannot write failure.json in")
+
+
+def test_an_unwritable_results_folder_is_refused_before_anything_starts(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = subprocess.run([sys.executable, "-m", "fedq.simulate", f"hydra.run.dir={blocker / 'run'}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: cannot write") and "hydra.run.dir" in result.stderr
+
+
+@pytest.mark.parametrize("damage", ["config", "weights", "checksum"])
+def test_a_damaged_checkpoint_is_refused_by_evaluate_and_deploy(tmp_path, damage):
+    from fedq.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+    from fedq.task import build_model, load_task
+
+    cfg = compose_config(["data.demo_train_size=200", "data.demo_eval_size=10", "data.vocab_size=100",
+                          f"data.cache_dir={tmp_path / 'cache'}", "model.d_model=32", "model.ffn_dim=64"])
+    task = load_task(cfg)
+    folder = save_checkpoint(tmp_path / "ckpt", build_model(cfg, task.tokenizer), cfg, task.tokenizer)
+    if damage == "config":
+        (folder / "config.yaml").write_text("data: [unclosed")
+    elif damage == "weights":
+        data = bytearray((folder / "model.safetensors").read_bytes())
+        data[-5] ^= 1
+        (folder / "model.safetensors").write_bytes(bytes(data))
+    else:
+        meta = json.loads((folder / "meta.json").read_text())
+        meta["weights_sha256"] = "0" * 64
+        (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError if damage != "config" else FedqError):
+        read_checkpoint(folder)
+    for module in ("fedq.evaluate", "fedq.deploy"):
+        result = subprocess.run([sys.executable, "-m", module, f"ckpt={folder}", f"hydra.run.dir={tmp_path / 'out'}"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert ("not a valid fedq config" if damage == "config" else "is damaged") in result.stderr
+
+
+def test_a_damaged_run_state_is_refused_before_the_corpus_and_ray(tmp_path):
+    from fedq.fl.state import ServerState, save_state
+
+    run = tmp_path / "run"
+    save_state(run, ServerState(2, np.zeros(10, np.float32), config_yaml="seed: 1\n"))
+    arrays = run / "state" / "arrays.safetensors"
+    arrays.write_bytes(arrays.read_bytes()[:-3] + b"xyz")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "fedq.simulate", f"resume={run}", f"hydra.run.dir={tmp_path / 'x'}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "is damaged: its SHA-256 does not match state.json" in result.stderr
+    assert "corpus" not in result.stdout and time.monotonic() - started < 20
+    (run / "state" / "state.json").write_text(json.dumps({"rounds": 2, "config": "data: [unclosed"}))
+    result = subprocess.run([sys.executable, "-m", "fedq.simulate", f"resume={run}", f"hydra.run.dir={tmp_path / 'x'}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "not a valid fedq config" in result.stderr

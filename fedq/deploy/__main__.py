@@ -136,6 +136,8 @@ def deploy(cfg: FedqConfig) -> list[dict[str, Any]]:
     notes: list[str] = []
     rows: list[dict[str, Any]] = []
     translators: list[Translator] = []
+    for stale in ("table.md", "table.json"):  # the table written is the one measured now
+        (out / stale).unlink(missing_ok=True)
     for name in ["fp32"] + [v for v in cfg.deploy.variants if v != "fp32"]:
         variant, folder = make_variant(name, cfg.deploy), out / name
         try:
@@ -144,10 +146,14 @@ def deploy(cfg: FedqConfig) -> list[dict[str, Any]]:
             folder.mkdir(parents=True)
             variant.build(source, folder)
             translator = variant.load(folder, source)
-        except VariantError as err:
+        except Exception as err:  # noqa: BLE001 (an engine failing on one model is that variant's note, not the end)
             shutil.rmtree(folder, ignore_errors=True)  # nothing half-written stays behind
-            notes.append(f"{name}: {err}")
-            print(f"{name}: skipped: {err}", flush=True)
+            reason = str(err) if isinstance(err, VariantError) else f"failed to build ({type(err).__name__}: " \
+                f"{(str(err).strip().splitlines() or [''])[0][:200]})"
+            notes.append(f"{name}: {reason}")
+            print(f"{name}: skipped: {reason}", flush=True)
+            if name == "fp32":
+                raise
             continue
         row = translate_all(name, translator, folder, sources, references, cfg)
         rows.append(row)

@@ -168,6 +168,9 @@ class Onnx(Variant):
 
     def check(self, source: Source) -> None:
         super().check(source)
+        if source.model.shape.mixer != "attention":
+            raise VariantError(f"variant {self.name}: torch's ONNX exporter has no operator for the Fourier token mixing "
+                               "(fft_fft2) of this model's encoder")
         for module in ("onnx", "onnxscript"):
             if __import__("importlib").util.find_spec(module) is None:
                 raise VariantError(f"variant {self.name} needs {module} to export, which is not installed: pip install -e \".[deploy]\"")

@@ -23,7 +23,7 @@ from fedq.engine import (
 )
 from fedq.errors import ConfigError, FedqError
 from fedq.fl import protocol
-from fedq.fl.client_state import ClientStore
+from fedq.fl.client_state import CLIENT_STATE_DIR, ClientStore
 from fedq.fl.faults import training_flops
 from fedq.fl.federation import Federation
 from fedq.fl.protocol import NoUpdate, Reply, TrainReply, TrainRequest
@@ -42,7 +42,7 @@ class ClientRun:
         if partitions is not None and cfg.fl.clients != partitions:
             raise ConfigError(f"this federation has {partitions} nodes but the config says clients={cfg.fl.clients}")
         self.federation = client_federation(cfg)
-        folder = node_config.get("state-dir") or results_dir(run_config, run_id) / "client_state"
+        folder = node_config.get("state-dir") or results_dir(run_config, run_id) / CLIENT_STATE_DIR
         capacity = cache_capacity(cfg.comm.downlink.cache_mb, self.federation.numel) if self.pooled else None  # one folder
         self.store = ClientStore(Path(str(folder)), capacity)
 

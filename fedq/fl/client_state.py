@@ -30,6 +30,7 @@ import numpy as np
 
 from fedq.files import atomic_write
 
+CLIENT_STATE_DIR = "client_state"  # in a simulation: the clients' folder inside the run folder
 _FILE = re.compile(r"^(\d+)\.(\d+)\.(held|residual)\.npy$")
 
 

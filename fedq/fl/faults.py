@@ -21,18 +21,27 @@ resumed run) sees the same faults. :class:`Faults` holds them for one run.
   out-of-memory would) and its reply is an error.
 - **Lateness** (``fl.round_deadline``): an update whose round took longer on the
   virtual clock arrives too late to be used.
-- **Attacks** (``fl.attack`` on a fraction ``fl.attackers`` of the clients):
-  ``sign_flip`` sends the negated update, ``scaled_noise`` Gaussian noise ten
-  times the update's norm, ``little_is_enough`` a small shift of every
-  coordinate against the update's direction by one standard deviation (Baruch
-  et al., 2019: small enough to pass norm checks and evade Krum and trimmed mean).
+- **Attacks** (``fl.attack`` on a fraction ``fl.attackers`` of the clients). Each
+  attacker alone: ``sign_flip`` sends its negated update, ``scaled_noise``
+  Gaussian noise ten times its norm, ``std_shift`` its update shifted against its
+  own direction by its own standard deviation. Colluding, omniscient attackers,
+  who see the honest updates of the round (in the simulation a hook on the
+  server's side gives them that view: nothing a real client could do without
+  colluding with the others): ``alie`` ("a little is enough", Baruch et al.,
+  2019) all send the coordinate-wise mean of the honest updates minus z times
+  their coordinate-wise standard deviation (``fl.attack_z``; 0: the paper's z for
+  n clients of which m attack, Phi^-1((n - s) / n) with s = floor(n/2 + 1) - m);
+  ``ipm`` (inner-product manipulation, Xie et al., 2020) all send -eps times the
+  honest mean (``fl.attack_eps``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from statistics import NormalDist
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,7 +52,8 @@ from fedq.errors import ConfigError
 if TYPE_CHECKING:
     from fedq.fl.settings import FLConfig
 
-ATTACKS = ("none", "sign_flip", "scaled_noise", "little_is_enough")
+ATTACKS = ("none", "sign_flip", "scaled_noise", "std_shift", "alie", "ipm")
+COLLUSIVE = ("alie", "ipm")  # attacks that need the round's honest updates
 DROPOUT_ERROR = "dropout: the client went offline before replying (fl.dropout_rate)"
 CRASH_ERROR = "crashed: simulated out-of-memory in local training (fl.crash_rate)"
 ONLINE_STREAM, DROPOUT_STREAM, CRASH_STREAM = 1, 2, 3
@@ -156,9 +166,28 @@ def attack(kind: str, update: np.ndarray, rng: np.random.Generator) -> np.ndarra
     if kind == "scaled_noise":
         noise = rng.standard_normal(update.size).astype(np.float32)
         return noise * (10.0 * np.linalg.norm(update) / max(np.linalg.norm(noise), 1e-12))
-    if kind == "little_is_enough":
+    if kind == "std_shift":
         return update - np.float32(update.std()) * np.sign(update)
-    raise ConfigError(f"fl.attack={kind!r} is unknown; choose one of {', '.join(ATTACKS)}")
+    raise ConfigError(f"fl.attack={kind!r} is not an attack of one client alone; choose one of sign_flip, scaled_noise, std_shift")
+
+
+def alie_z(clients: int, attackers: int) -> float:
+    """Baruch et al.'s z for ``clients`` in a round of which ``attackers`` attack: the largest shift (in standard
+    deviations) that still leaves the attackers' value closer to the mean than s honest clients are."""
+    supporters = math.floor(clients / 2 + 1) - attackers
+    return NormalDist().inv_cdf(min(max((clients - supporters) / clients, 1e-6), 1 - 1e-6))
+
+
+def colluding_update(kind: str, honest: list[np.ndarray], attackers: int, z: float = 0.0, eps: float = 0.5) -> np.ndarray:
+    """What every colluding attacker of a round sends, from the round's honest updates."""
+    stacked = np.stack(honest).astype(np.float64)
+    mean = stacked.mean(axis=0)
+    if kind == "alie":
+        z = z or alie_z(len(honest) + attackers, attackers)
+        return (mean - z * stacked.std(axis=0)).astype(np.float32)
+    if kind == "ipm":
+        return (-eps * mean).astype(np.float32)
+    raise ConfigError(f"fl.attack={kind!r} is not a colluding attack; choose one of {', '.join(COLLUSIVE)}")
 
 
 class Faults:
@@ -209,9 +238,16 @@ class Faults:
     def attackers(self) -> set[int]:
         return attackers(self.fl.attackers, self.fl.clients, self.seed)
 
+    @property
+    def collusive(self) -> bool:
+        return self.fl.attack in COLLUSIVE
+
     def tamper(self, partition: int, update: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """What the client sends instead of ``update``: itself, unless the client attacks."""
-        return attack(self.fl.attack, update, rng) if partition in self.attackers else update
+        """What the client sends instead of ``update``: itself, unless it attacks alone (colluding attackers train
+        honestly; the round's hook replaces what they send, ``colluding_update``)."""
+        if partition in self.attackers and self.fl.attack not in COLLUSIVE:
+            return attack(self.fl.attack, update, rng)
+        return update
 
     def late(self, sim_seconds: float) -> str | None:
         """Why an update that took ``sim_seconds`` on the virtual clock is refused, or None."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from fedq.comm.downlink import cache_capacity
 from fedq.errors import ConfigError
 from fedq.fl.federation import Federation
-from fedq.fl.settings import clients_per_round
+from fedq.fl.settings import clients_sampled
 
 PROCESSES_BYTES = 3.0e9  # driver, SuperLink, Flower's simulation, Ray's daemons, two actors' imports (measured: 3.1 GB at 20 clients)
 WORKING_COPIES = 8  # a model being trained: weights, latent QAT weights, gradients, Adam's two moments, vectors
@@ -37,7 +37,7 @@ class Footprint:
 
 def estimate(federation: Federation, actors: int) -> Footprint:
     cfg, model = federation.cfg, 4.0 * federation.numel
-    k = clients_per_round(cfg.fl)
+    k = clients_sampled(cfg.fl)
     held = min(cache_capacity(cfg.comm.downlink.cache_mb, federation.numel), cfg.fl.clients)
     down, up = federation.message_bytes()
     memory = {

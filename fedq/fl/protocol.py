@@ -45,6 +45,9 @@ SIM_SECONDS = "sim-seconds"  # the client's round on its simulated device (fl.de
 DROPOUT = "dropout"
 CRASHED = "crashed"
 RESYNC = "resync"
+WORKER_DIED = "worker died"  # the simulation's worker (a Ray actor) that ran the client died
+NOT_NEEDED = "not needed"  # over-selection: the round closed before it arrived (it stopped; nothing more was sent)
+STALE = "stale"  # asynchronous rounds: it arrived more than fl.max_staleness rounds after its model
 
 
 class ProtocolError(FedqError):
@@ -111,6 +114,15 @@ class Reply:
 
     @property
     def reason(self) -> str:
-        """The row's name for a failed reply: the first word of its error (dropout, crashed, resync)."""
-        word = (self.error or "").split(":", 1)[0].strip()
-        return word if word in (DROPOUT, RESYNC) else CRASHED
+        """The row's name for a failed reply: dropout, resync, worker died, else crashed."""
+        error = self.error or ""
+        word = error.split(":", 1)[0].strip()
+        if word in (DROPOUT, RESYNC):
+            return word
+        return WORKER_DIED if "ActorDiedError" in error or "RayActorError" in error else CRASHED
+
+    def describe(self) -> str:
+        """One line: the client and why it delivered nothing."""
+        text = " ".join((self.error or "").split())
+        return f"client {self.partition}: {self.reason}" + (f" ({text[:200]})" if not text.startswith(self.reason) else
+                                                             f": {text[len(self.reason) + 1:].strip()[:200]}")

@@ -113,6 +113,7 @@ class RoundReporter:
             "dropped": traffic.dropped,
             "rejected": traffic.rejected,
             "rejections": traffic.rejections,
+            "failures": traffic.failures,
             "resynced": traffic.resynced,
             "train_loss": traffic.train_loss,
             "uplink_bytes": traffic.uplink_bytes,

@@ -35,12 +35,14 @@ from fedq.comm import CodecError, UpdateCodec, payload_bytes
 from fedq.comm.downlink import Broadcaster, cache_capacity
 from fedq.errors import FedqError
 from fedq.fl import protocol
-from fedq.fl.faults import Faults
+from fedq.fl.defences import bucketing, centered_clipping, nearest_neighbour_mixing
+from fedq.fl.faults import Faults, colluding_update
 from fedq.fl.federation import Federation
 from fedq.fl.protocol import Reply, TrainRequest
-from fedq.fl.settings import FLConfig, clients_per_round
+from fedq.fl.settings import FLConfig, clients_per_round, clients_sampled
 
 Exchange = Callable[[Sequence[TrainRequest]], list[Reply]]
+CENTER = "cclip_center"  # the run state's name of centered clipping's center
 
 
 class Aggregator(Protocol):
@@ -101,6 +103,7 @@ class RoundOutcome:
     server_decode_seconds: float = 0.0
     sim_seconds: float | None = None  # the virtual clock of the round (with fl.devices)
     rejections: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # each client that delivered nothing, and why
 
 
 @dataclass
@@ -120,8 +123,10 @@ class Admission:
         self.fingerprint = fingerprint
         self.faults = faults
 
-    def admit(self, replies: Sequence[Reply], vector: np.ndarray, outcome: RoundOutcome) -> list[_Admitted]:
-        """Decode and check every reply (see the module docstring); fill ``outcome``'s counts and clock."""
+    def admit(self, replies: Sequence[Reply], vector: np.ndarray, outcome: RoundOutcome,
+              waits_for_missing: bool = True) -> list[_Admitted]:
+        """Decode and check every reply (see the module docstring); fill ``outcome``'s counts and clock
+        (``waits_for_missing``: the server waits for a client that never replies, until the deadline)."""
         fl = self.fl
         decoded: list[_Admitted] = []
         waited = [0.0]  # virtual clock: until when the server waited for each client
@@ -129,7 +134,11 @@ class Admission:
         for reply in sorted(replies, key=lambda r: r.partition):
             if reply.reply is None:
                 outcome.dropped[reply.reason] = outcome.dropped.get(reply.reason, 0) + 1
-                if reply.reason == protocol.DROPOUT:  # no reply comes: the server waits until the deadline
+                outcome.failures.append(reply.describe())
+                if reply.reason == protocol.WORKER_DIED:
+                    print(f"warning: {reply.describe()}; Flower does not replace a worker that died, so the clients "
+                          "sent to it fail too (stop and resume= to start fresh workers)", flush=True)
+                if reply.reason == protocol.DROPOUT and waits_for_missing:  # no reply comes: it waits until the deadline
                     waited.append(self.faults.waited(None))
                 continue
             metrics = reply.reply.metrics
@@ -205,13 +214,14 @@ class Coordinator:
         capacity = cache_capacity(cfg.comm.downlink.cache_mb, federation.numel)
         self.broadcaster = Broadcaster(federation.downlink, federation.seeded, capacity)
         self.server_lr = 1.0 if aggregator.steps_itself else cfg.fl.server_lr
+        self.center = np.zeros(federation.numel, np.float32)  # the last round's step (centered clipping's center)
 
     def sample(self, server_round: int) -> list[int]:
         """This round's clients: partition ids (of the clients online, with a fleet) drawn with a (seed, round)
         generator, sorted."""
         online = self.faults.online(server_round)
         population = self.cfg.fl.clients if online is None else online
-        size = min(clients_per_round(self.cfg.fl), self.cfg.fl.clients if online is None else len(online))
+        size = min(clients_sampled(self.cfg.fl), self.cfg.fl.clients if online is None else len(online))
         if size == 0:
             return []
         rng = np.random.default_rng([self.cfg.seed, server_round])
@@ -223,30 +233,87 @@ class Coordinator:
 
     def run_round(self, server_round: int, vector: np.ndarray, exchange: Exchange) -> tuple[np.ndarray, RoundOutcome]:
         """One round; returns the new global model and what the round cost."""
+        fl = self.cfg.fl
         partitions = self.sample(server_round)
         outcome = RoundOutcome(sampled=len(partitions), fp32_downlink_bytes=len(partitions) * vector.nbytes)
-        requests = [self.request(p, server_round, vector, slot, len(partitions)) for slot, p in enumerate(partitions)]
+        replies = self.collude(server_round, self.send(server_round, vector, partitions, exchange, outcome))
+        waits = True
+        if fl.overselect:
+            replies, waits = self.first_arrivals(replies, clients_per_round(fl), outcome)
+        admitted = self.admission.admit(replies, vector, outcome, waits_for_missing=waits)
+        if len(admitted) < fl.min_replies:
+            raise self._failure(server_round, replies, outcome)
+        return self.step(server_round, vector, [a.update for a in admitted], [a.metrics[protocol.NUM_TOKENS] for a in admitted]), outcome
+
+    def send(self, server_round: int, vector: np.ndarray, partitions: list[int], exchange: Exchange,
+             outcome: RoundOutcome, slots: int | None = None) -> list[Reply]:
+        """Requests to ``partitions`` and their replies; a client asking for a resync is sent a delta against the
+        seeded model in the same round; every downlink message counts."""
+        slots = slots or len(partitions)
+        requests = [self.request(p, server_round, vector, slot % slots, slots) for slot, p in enumerate(partitions)]
         replies = exchange(requests) if requests else []
         resync = [reply.partition for reply in replies if reply.error is not None and reply.reason == protocol.RESYNC]
         if resync:  # the client holds nothing the server can build on: a delta against the seeded model
-            outcome.resynced = len(resync)
+            outcome.resynced += len(resync)
             for partition in resync:
                 self.broadcaster.forget(partition)
-            again = [self.request(p, server_round, vector, partitions.index(p), len(partitions)) for p in resync]
+            again = [self.request(p, server_round, vector, partitions.index(p) % slots, slots) for p in resync]
             requests += again
             replies = [reply for reply in replies if reply.partition not in resync] + exchange(again)
-        outcome.downlink_bytes = sum(request.downlink.nbytes for request in requests)
+        outcome.downlink_bytes += sum(request.downlink.nbytes for request in requests)
         for reply in replies:
             if reply.reply is None:
                 self.broadcaster.forget(reply.partition)  # it may not hold the model it was sent
-        admitted = self.admission.admit(replies, vector, outcome)
-        if len(admitted) < self.cfg.fl.min_replies:
-            raise self._failure(server_round, replies, outcome)
-        aggregate = self.aggregator(server_round, vector, [a.update for a in admitted],
-                                    [a.metrics[protocol.NUM_TOKENS] for a in admitted])
+        return replies
+
+    def collude(self, server_round: int, replies: list[Reply]) -> list[Reply]:
+        """The simulation's hook for colluding attackers (``fl.attack`` alie, ipm): they see the round's honest
+        updates and all send the update ``fedq.fl.faults.colluding_update`` makes of them, encoded as theirs."""
+        if not self.faults.collusive:
+            return replies
+        fl, uplink = self.cfg.fl, self.federation.uplink
+        attackers = [r for r in replies if r.reply is not None and r.partition in self.faults.attackers]
+        honest = []
+        for reply in replies:
+            if reply.reply is not None and reply.partition not in self.faults.attackers:
+                try:
+                    honest.append(uplink.decode(reply.reply.arrays, self.federation.numel))
+                except CodecError:
+                    pass
+        if not attackers or not honest:
+            return replies
+        malicious = colluding_update(fl.attack, honest, len(attackers), fl.attack_z, fl.attack_eps)
+        for reply in attackers:
+            reply.reply.arrays = uplink.encode(malicious, np.random.default_rng([self.cfg.seed, server_round, reply.partition, 0xA77]))  # type: ignore[union-attr]
+            reply.reply.metrics[protocol.PAYLOAD_BYTES] = float(payload_bytes(reply.reply.arrays))  # type: ignore[union-attr]
+        return replies
+
+    def first_arrivals(self, replies: list[Reply], target: int, outcome: RoundOutcome) -> tuple[list[Reply], bool]:
+        """Over-selection: the round closes at the ``target``-th arrival on the virtual clock; the clients still
+        training then are told to stop (nothing more is sent: their uplink does not count). Returns the replies
+        the round uses, and whether it waits for clients that never reply (it does not once it is closed)."""
+        arrived = sorted((r for r in replies if r.reply is not None),
+                         key=lambda r: (float(r.reply.metrics.get(protocol.SIM_SECONDS, 0.0)), r.partition))  # type: ignore[union-attr]
+        if len(arrived) <= target:
+            return replies, True
+        cut = {r.partition for r in arrived[target:]}
+        outcome.dropped[protocol.NOT_NEEDED] = len(cut)
+        return [r for r in replies if r.partition not in cut], False
+
+    def step(self, server_round: int, vector: np.ndarray, updates: list[np.ndarray], weights: list[float]) -> np.ndarray:
+        """The defence (``fl.defence``), Flower's strategy, and ``global += fl.server_lr x (aggregate - global)``."""
+        fl = self.cfg.fl
+        if fl.defence == "nnm":
+            updates = nearest_neighbour_mixing(updates, fl.byzantine)
+        elif fl.defence == "bucketing":
+            updates, weights = bucketing(updates, weights, fl.bucket_size, np.random.default_rng([self.cfg.seed, server_round, 0xB0C]))
+        elif fl.defence == "cclip":
+            updates, weights = [centered_clipping(updates, self.center, fl.clip_tau, fl.clip_iterations)], [1.0]
+        aggregate = self.aggregator(server_round, vector, updates, weights)
         if self.server_lr != 1.0:
             aggregate = vector + self.server_lr * (aggregate - vector)
-        return aggregate, outcome
+        self.center = aggregate - vector  # centered clipping clips around the last round's step
+        return aggregate
 
     def _failure(self, server_round: int, replies: Sequence[Reply], outcome: RoundOutcome) -> RoundFailedError:
         errors = [reply.error for reply in replies if reply.error]
@@ -259,7 +326,11 @@ class Coordinator:
         )
 
     def state_arrays(self) -> dict[str, np.ndarray]:
-        return self.aggregator.state_arrays()
+        arrays = self.aggregator.state_arrays()
+        return {**arrays, CENTER: self.center} if self.cfg.fl.defence == "cclip" else arrays
 
     def restore_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        arrays = dict(arrays)
+        if CENTER in arrays:
+            self.center = arrays.pop(CENTER)
         self.aggregator.restore_state_arrays(arrays)

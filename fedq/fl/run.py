@@ -11,10 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedq.config import FedqConfig
+from fedq.fl.buffered import BufferedCoordinator
 from fedq.fl.federation import Federation
 from fedq.fl.reporting import RoundReporter
 from fedq.fl.rounds import Aggregator, Coordinator, Exchange
 from fedq.fl.state import load_state
+from fedq.report.run_log import clear_failure
 from fedq.task import configure_threads
 
 
@@ -25,14 +27,18 @@ def run_federation(cfg: FedqConfig, out_dir: Path, exchange: Exchange, aggregato
     configure_threads(cfg.threads)
     federation = federation or Federation(cfg)
     federation.check_deadline()
-    coordinator = Coordinator(federation, aggregator)
+    coordinator = (BufferedCoordinator if cfg.fl.mode == "async" else Coordinator)(federation, aggregator)
     state = load_state(out_dir) if resume else None
+    clear_failure(out_dir)
     reporter = RoundReporter(cfg, federation, out_dir, state)
     if state is not None:
         vector = state.vector
         coordinator.restore_state_arrays(state.optimizer)
         coordinator.broadcaster.held.update(state.held)
         print(f"resuming after round {state.rounds} of {cfg.fl.rounds} from {out_dir}", flush=True)
+        if cfg.fl.mode == "async":
+            print("note: the clients that were training when the run stopped are not saved; new ones are dispatched",
+                  flush=True)
         if cfg.fl.checkpoint_every > 1:
             print(f"note: rounds are saved every {cfg.fl.checkpoint_every}; a client synced after round {state.rounds} "
                   "may no longer hold what the server saved for it and is resynced (counted in the rows)", flush=True)

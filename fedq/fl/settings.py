@@ -7,11 +7,29 @@ from dataclasses import dataclass
 from typing import Optional
 
 from fedq.errors import ConfigError
-from fedq.fl.faults import ATTACKS, validate_fleet
+from fedq.fl.defences import DEFENCES
+from fedq.fl.faults import ATTACKS, COLLUSIVE, validate_fleet
 
 # Flower's strategies (flwr.serverapp.strategy), by the name fl.strategy takes
 STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
 LOCAL_OPTIMIZERS = ("adam", "sgd")
+MODES = ("sync", "async")
+
+
+def clients_sampled(fl: FLConfig) -> int:
+    """The requests of a synchronous round (with over-selection, more than its target), or the clients an
+    asynchronous federation keeps training at once: the most clients in flight at any time."""
+    if fl.mode == "async":
+        return concurrency(fl)
+    return min(fl.clients, math.ceil(clients_per_round(fl) * (1 + fl.overselect)))
+
+
+def buffer_size(fl: FLConfig) -> int:
+    return fl.buffer_size or clients_per_round(fl)
+
+
+def concurrency(fl: FLConfig) -> int:
+    return fl.concurrency or 2 * buffer_size(fl)
 
 
 @dataclass
@@ -39,8 +57,23 @@ class FLConfig:
     crash_rate: float = 0.0  # chance that a sampled client fails with an error
     max_update_norm: float = 0.0  # reject an update whose L2 norm is larger; 0 = off
     max_update_norm_ratio: float = 0.0  # reject an update above this many times the round's median norm; 0 = off
-    attack: str = "none"  # none | sign_flip | scaled_noise | little_is_enough
+    attack: str = "none"  # none | sign_flip | scaled_noise | std_shift (alone) | alie | ipm (colluding)
     attackers: float = 0.0  # the fraction of the clients that attack
+    attack_z: float = 0.0  # alie: standard deviations of the shift; 0 = Baruch et al.'s z for the round's size
+    attack_eps: float = 0.5  # ipm: the attackers send -eps x the honest mean
+    # Defences before the strategy aggregates (fedq/fl/defences.py): nearest-neighbour mixing, bucketing, centered clipping
+    defence: str = "none"  # none | nnm | bucketing | cclip
+    bucket_size: int = 2  # bucketing: updates per bucket
+    clip_tau: float = 0.0  # cclip: the clipping radius; 0 = the round's median distance to the center
+    clip_iterations: int = 3  # cclip
+    # Late work (a virtual clock, fl.devices): sample more and close the round at the clients_per_round-th arrival ...
+    overselect: float = 0.0  # sample (1 + overselect) x clients_per_round; the slowest beyond the target are not waited for
+    # ... or aggregate asynchronously (FedBuff, Nguyen et al. 2022): each round applies the next buffer_size arrivals,
+    # each weighted by 1/sqrt(1 + staleness), staleness = rounds since the model the client trained from
+    mode: str = "sync"  # sync | async
+    buffer_size: int = 0  # async: arrivals per round; 0 = clients_per_round
+    concurrency: int = 0  # async: clients training at once; 0 = 2 x buffer_size
+    max_staleness: int = 10  # async: an update staler than this many rounds is discarded (counted)
     eval_every: int = 5
     checkpoint_every: int = 1  # rounds between saved run states (resume=RUN_DIR continues from the last)
     node_wait_seconds: float = 120.0  # how long the server waits for every node to connect
@@ -87,6 +120,7 @@ def validate_fl_config(fl: FLConfig) -> None:
     _choice(fl.strategy, STRATEGIES, "strategy")
     _choice(fl.local_optimizer, LOCAL_OPTIMIZERS, "local_optimizer")
     _validate_faults(fl, k)
+    _validate_late_work(fl, k)
 
 
 def _validate_faults(fl: FLConfig, k: int) -> None:
@@ -117,3 +151,51 @@ def _validate_faults(fl: FLConfig, k: int) -> None:
         raise ConfigError(f"fl.attackers={fl.attackers} puts up to {expected} attackers in a round of {k}; fl.trim_beta={fl.trim_beta} trims only {math.floor(fl.trim_beta * k)} at each end: raise fl.trim_beta")
     if fl.strategy == "fedmedian" and expected * 2 >= k:
         raise ConfigError(f"fl.attackers={fl.attackers} puts up to {expected} attackers in a round of {k}; a median tolerates fewer than half")
+    if fl.attack in COLLUSIVE and expected * 2 >= k:
+        raise ConfigError(f"fl.attack={fl.attack} needs honest clients in every round: fl.attackers={fl.attackers} puts up to {expected} of {k}")
+    _choice(fl.defence, DEFENCES, "defence")
+    _at_least(fl.bucket_size, 1, "bucket_size")
+    _at_least(fl.clip_tau, 0, "clip_tau")
+    _at_least(fl.clip_iterations, 1, "clip_iterations")
+    _at_least(fl.attack_z, 0, "attack_z")
+    _above(fl.attack_eps, 0, "attack_eps")
+    if fl.defence == "nnm" and fl.byzantine < expected:
+        raise ConfigError(f"fl.attackers={fl.attackers} puts up to {expected} attackers in a round of {k}; fl.defence=nnm "
+                          f"mixes each update with its n - fl.byzantine nearest, fl.byzantine={fl.byzantine}: raise fl.byzantine")
+    if fl.defence == "cclip" and fl.strategy != "fedavg":
+        raise ConfigError(f"fl.defence=cclip is itself the robust mean: use it with fl.strategy=fedavg, not {fl.strategy}")
+    if fl.defence == "bucketing" and fl.strategy in ("krum", "multikrum", "bulyan") and expected:
+        buckets = math.ceil(k / fl.bucket_size)
+        if fl.strategy == "bulyan" and buckets < 4 * fl.byzantine + 3 or buckets <= 2 * fl.byzantine + 2:
+            raise ConfigError(f"fl.defence=bucketing leaves {buckets} buckets of fl.bucket_size={fl.bucket_size}: too few for "
+                              f"fl.strategy={fl.strategy} with fl.byzantine={fl.byzantine}")
+
+
+def _validate_late_work(fl: FLConfig, k: int) -> None:
+    _choice(fl.mode, MODES, "mode")
+    _at_least(fl.overselect, 0, "overselect")
+    if fl.overselect and fl.devices is None:
+        raise ConfigError("fl.overselect closes a round at the target's arrival on the virtual clock: set fl.devices")
+    if fl.mode != "async":
+        for name in ("buffer_size", "concurrency"):
+            if getattr(fl, name):
+                raise ConfigError(f"fl.{name} applies to fl.mode=async")
+        return
+    if fl.devices is None:
+        raise ConfigError("fl.mode=async orders the arrivals on the virtual clock: set fl.devices")
+    if fl.overselect or fl.round_deadline:
+        raise ConfigError("fl.mode=async uses every update that arrives (weighted by staleness): "
+                          "fl.overselect and fl.round_deadline are for fl.mode=sync")
+    _at_least(fl.buffer_size, 0, "buffer_size")
+    if buffer_size(fl) > fl.clients:
+        raise ConfigError(f"fl.buffer_size={buffer_size(fl)} is more than clients={fl.clients}")
+    if concurrency(fl) < buffer_size(fl):
+        raise ConfigError(f"fl.concurrency={concurrency(fl)} is below fl.buffer_size={buffer_size(fl)}: a round could never fill")
+    if fl.max_staleness < 1:
+        raise ConfigError(f"fl.max_staleness={fl.max_staleness} must be >= 1 in fl.mode=async (0 would discard every late update)")
+    if concurrency(fl) > fl.clients:
+        raise ConfigError(f"fl.concurrency={concurrency(fl)} is more than clients={fl.clients}")
+    if concurrency(fl) > (fl.max_staleness + 1) * buffer_size(fl):
+        print(f"warning: with fl.concurrency={concurrency(fl)} and fl.buffer_size={buffer_size(fl)}, updates wait about "
+              f"{concurrency(fl) // buffer_size(fl)} rounds, past fl.max_staleness={fl.max_staleness}: most would be discarded",
+              flush=True)

@@ -37,7 +37,7 @@ from fedq.config import FedqConfig
 from fedq.data.batching import EncodedPair, encode_pairs
 from fedq.data.partition import min_median_max, partition_indices, partition_labels
 from fedq.data.tokenizer import SubwordTokenizer
-from fedq.engine import within_length
+from fedq.engine import budget_note, within_length
 from fedq.files import atomic_write
 from fedq.task import TranslationTask, cache_dir, load_task
 
@@ -111,6 +111,8 @@ def build_shards(cfg: FedqConfig, task: TranslationTask) -> ClientShards:
     """Encode the training split, keep the pairs within ``data.max_len`` and split them among the clients."""
     encoded = encode_pairs(task.corpus.train, task.tokenizer)
     kept = within_length(encoded, cfg.data.max_len)
+    if note := budget_note([encoded[i] for i in kept], cfg.data.max_tokens):
+        print(note, flush=True)
     talks, topics = task.corpus.train_talks, task.corpus.train_topics
     p = cfg.partition
     labels = partition_labels(

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from fedq.files import atomic_write
+from fedq.files import FileWriteError, atomic_write, describe_write_error
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -31,17 +31,31 @@ class RunLog:
 
     def write_round(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
-        with open(self.out_dir / METRICS_FILE, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        path = self.out_dir / METRICS_FILE
+        try:
+            with open(path, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as err:
+            raise FileWriteError(describe_write_error(err, path)) from None
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         return atomic_write(self.out_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
 
 
-def write_failure(out_dir: str | Path, reason: str) -> Path:
-    return atomic_write(Path(out_dir) / FAILURE_FILE, json.dumps({"error": reason}, indent=2))
+def write_failure(out_dir: str | Path, reason: str) -> str:
+    """Write failure.json; returns the line to print (which says so when failure.json could not be written)."""
+    try:
+        atomic_write(Path(out_dir) / FAILURE_FILE, json.dumps({"error": reason}, indent=2))
+    except FileWriteError as err:
+        return f"{reason} (and {FAILURE_FILE} could not be written: {err})"
+    return reason
+
+
+def clear_failure(out_dir: str | Path) -> None:
+    """A run that starts again (resume=) has no failure until it fails again."""
+    (Path(out_dir) / FAILURE_FILE).unlink(missing_ok=True)
 
 
 def read_failure(out_dir: str | Path) -> str | None:
