@@ -49,7 +49,7 @@ from pathlib import Path
 import benchlib
 from fedq.comm.downlink import cache_capacity
 from fedq.config import FedqConfig
-from fedq.fl.client import client_federation, local_exchange
+from fedq.fl.client import LocalExchange, client_federation
 from fedq.fl.client_state import ClientStore
 from fedq.fl.run import run_federation
 from fedq.fl.settings import clients_per_round
@@ -79,7 +79,7 @@ def run_baseline(cfg: FedqConfig, parallel: int, seed: int) -> list[dict]:
     federation = client_federation(cfg)  # torch threads = fl.num_cpus, as in a Ray actor
     with tempfile.TemporaryDirectory(prefix="fedq-baseline-") as out:
         capacity = cache_capacity(cfg.comm.downlink.cache_mb, federation.numel)
-        exchange = local_exchange(federation, ClientStore(Path(out) / "client_state", capacity))
+        exchange = LocalExchange(federation, ClientStore(Path(out) / "client_state", capacity))
         timed: list[list[float]] = []
 
         def timed_exchange(requests):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fedq.fl.client import local_exchange
+from fedq.fl.client import LocalExchange
 from fedq.fl.client_state import ClientStore
 from fedq.fl.run import run_federation
 from fedq.superlink import free_ports
@@ -72,7 +72,7 @@ def test_a_run_on_a_ray_cluster_gives_the_rows_of_the_same_run_on_one_machine(cl
     assert f"Ray cluster at {cluster}: 2 CPUs, 0 GPUs on 2 node(s)" in run.stdout
 
     federation = tiny_federation(f"data.cache_dir={tmp_path / 'cache'}", *overrides)
-    run_federation(federation.cfg, tmp_path / "local", local_exchange(federation, ClientStore(tmp_path / "clients")),
+    run_federation(federation.cfg, tmp_path / "local", LocalExchange(federation, ClientStore(tmp_path / "clients")),
                    FlowerAggregator(federation.cfg), federation=federation)
     rows = {name: [{k: v for k, v in json.loads(line).items() if k not in TIMES}
                    for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()] for name in ("cluster", "local")}

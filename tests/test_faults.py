@@ -118,7 +118,7 @@ def test_attacks_and_fleets_are_what_they_say():
     np.testing.assert_array_equal(attack("sign_flip", update, rng), -update)
     noise = attack("scaled_noise", update, rng)
     assert np.linalg.norm(noise) == pytest.approx(10 * np.linalg.norm(update), rel=1e-4)
-    shifted = attack("little_is_enough", update, rng)
+    shifted = attack("std_shift", update, rng)
     assert np.abs(shifted - update).max() == pytest.approx(update.std(), rel=1e-5)
     assert len(attackers(0.2, 20, seed=1)) == 4 and attackers(0.2, 20, seed=1) == attackers(0.2, 20, seed=1)
     profiles, index = fleet("mixed", 20, seed=1)

@@ -13,7 +13,7 @@ from fedq.config import compose_config, overrides_from_run_config
 from fedq.data.batching import encode_pairs
 from fedq.data.corpora import load_corpus
 from fedq.engine import inverse_sqrt_schedule, steps_per_epoch, within_length
-from fedq.fl.client import client_federation, client_lr_schedule, client_round, local_exchange
+from fedq.fl.client import LocalExchange, client_federation, client_lr_schedule, client_round
 from fedq.fl.client_state import ClientState, ClientStore
 from fedq.fl.federation import Federation
 from fedq.fl.protocol import TrainRequest
@@ -232,5 +232,5 @@ def test_threads_is_the_servers_torch_threads(cache, tmp_path):
     cfg = compose_config(TINY + [cache, "threads=2", "fl.rounds=1", "fl.eval_every=0", "data.max_eval_pairs=2"])
     federation = Federation(cfg)  # a server-side process: the clients' fl.num_cpus is not set here
     torch.set_num_threads(1)
-    run_federation(cfg, tmp_path, local_exchange(federation, ClientStore(None)), FlowerAggregator(cfg), federation=federation)
+    run_federation(cfg, tmp_path, LocalExchange(federation, ClientStore(None)), FlowerAggregator(cfg), federation=federation)
     assert torch.get_num_threads() == 2

@@ -17,7 +17,7 @@ from fedq.comm.downlink import DELTA, Broadcaster, SeededModel, receive
 from fedq.config import compose_config
 from fedq.errors import FedqError
 from fedq.fl import footprint
-from fedq.fl.client import local_exchange
+from fedq.fl.client import LocalExchange
 from fedq.fl.client_state import ClientStore
 from fedq.fl.federation import Federation
 from fedq.fl.rounds import Coordinator
@@ -53,7 +53,7 @@ def test_a_client_that_lost_its_files_is_resynced_in_the_same_round_and_both_mes
     federation = Federation(cfg)
     store = ClientStore(tmp_path / "clients")
     server = Coordinator(federation, FlowerAggregator(cfg))
-    exchange = local_exchange(federation, store)
+    exchange = LocalExchange(federation, store)
     vector, first = server.run_round(1, federation.initial_vector(), exchange)
     assert first.resynced == 0 and sorted(server.broadcaster.held) == [0, 1]
     for path in (tmp_path / "clients").glob("1.*.held.npy"):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import tomllib
 from pathlib import Path
 
@@ -59,6 +62,32 @@ def test_deployment_runtime_with_three_supernodes(tmp_path):
     cfg = config_from_yaml(summary["config"])
     assert (cfg.quant.bits, cfg.fl.clients) == (4, 3)  # quant=w4 really trained; 3 clients from the federation
     assert "4-bit lsq" in log and f"results in {out}" in log
+
+
+def test_a_supernode_that_dies_is_recorded_unreachable_and_not_sampled_again(tmp_path):
+    """SIGKILL one of three SuperNodes after round 1: round 2 waits fl.reply_timeout (30 s: first replies include starting a ClientApp process; not Flower's ~60 s heartbeat
+    verdict) and names it unreachable with its node id; round 3 samples only the two nodes still connected."""
+    out = tmp_path / "run"
+    lines: list[str] = []
+    run_config = {
+        "num-server-rounds": 3,
+        "overrides": f"fl.clients_per_round=3 fl.reply_timeout=30 {TINY} data.cache_dir={tmp_path / 'cache'}",
+        "out-dir": str(out),
+    }
+    with LocalSuperLink(supernodes=3) as link:
+        def on_line(line: str) -> None:
+            lines.append(line)
+            if line.startswith("round 1/3"):
+                os.killpg(link.processes[1].pid, signal.SIGKILL)  # the SuperNode of partition 0, and its ClientApps
+
+        code = link.run(REPO, run_config, on_line=on_line)
+    log = "\n".join(lines)
+    assert code == 0, log[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(row["sampled"], row["clients"]) for row in rows] == [(3, 3), (3, 2), (2, 2)], log[-3000:]
+    assert rows[1]["dropped"] == {"unreachable": 1}
+    assert re.fullmatch(r"client 0: unreachable: node \d+: sent no reply within 30s", rows[1]["failures"][0])
+    assert "not sampled until its node is seen again" in log
 
 
 def test_flwr_run_of_the_app_folder_with_fedq_installed_from_its_wheel(tmp_path, installed_wheel, monkeypatch):

@@ -37,9 +37,12 @@ TIME_FIELDS = ("wall_seconds", "eval_seconds", "client_train_seconds", "client_e
 
 
 def simulate(*overrides: str, **popen: object) -> subprocess.Popen:
+    """``fedq.simulate`` with Ctrl-C's default meaning, also when pytest runs in the background of a shell that
+    ignores SIGINT (its children would inherit that)."""
     return subprocess.Popen(
         [sys.executable, "-m", "fedq.simulate", *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, **popen,
+        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        **popen,
     )
 
 
@@ -245,7 +248,7 @@ def test_a_flipped_bit_in_checkpoint_weights_is_refused(tmp_path):
 
 def test_a_full_disk_mid_run_stops_with_one_line_and_keeps_the_last_good_state(tmp_path, monkeypatch):
     import fedq.fl.state as state_module
-    from fedq.fl.client import local_exchange
+    from fedq.fl.client import LocalExchange
     from fedq.fl.client_state import ClientStore
     from fedq.fl.run import run_federation
 
@@ -261,7 +264,7 @@ def test_a_full_disk_mid_run_stops_with_one_line_and_keeps_the_last_good_state(t
 
     monkeypatch.setattr(state_module, "atomic_write", fills_up)
     with pytest.raises(FileWriteError, match="disk full: cannot write"):
-        run_federation(cfg, tmp_path / "run", local_exchange(federation, ClientStore(None)), FlowerAggregator(cfg),
+        run_federation(cfg, tmp_path / "run", LocalExchange(federation, ClientStore(None)), FlowerAggregator(cfg),
                        federation=federation)
     assert json.loads((tmp_path / "run" / "state" / "state.json").read_text())["rounds"] == 1
 

@@ -154,6 +154,25 @@ def test_a_round_steps_the_global_model_by_server_lr_times_the_token_weighted_me
     assert outcome.downlink_bytes == sum(server.broadcaster.message_for(p, start, 3).nbytes for p in chosen)
 
 
+def test_an_unreachable_client_is_not_sampled_until_the_exchange_sees_it_again(federation):
+    server = coordinator(federation, "fl.clients_per_round=4")
+    start = federation.initial_vector()
+    updates = {p: np.full(start.size, 0.1, np.float32) for p in range(4)}
+    updates[2] = "unreachable: node 77: sent no reply within 5s"
+    exchange = answering(updates, make_codec("fp32"), fingerprint(federation))
+    back: set[int] = set()
+    exchange.back_online = lambda partitions: partitions & back
+    _, first = server.run_round(1, start, exchange)
+    assert first.dropped == {"unreachable": 1} and first.failures == ["client 2: unreachable: node 77: sent no reply within 5s"]
+    assert server.sample(2) == [0, 1, 3]  # not sampled while unreachable
+    updates[2] = np.full(start.size, 0.1, np.float32)
+    _, second = server.run_round(2, start, exchange)
+    assert second.sampled == 3 and server.unreachable == {2}
+    back.add(2)  # its node connected again
+    _, third = server.run_round(3, start, exchange)
+    assert third.sampled == 4 and third.clients == 4 and not server.unreachable
+
+
 def test_a_fedq_config_reaches_the_strategy(federation):
     assert type(coordinator(federation, "fl.server_lr=0.5").aggregator.strategy).__name__ == "FedAvg"
     adam = coordinator(federation, "fl.strategy=fedadam", "fl.server_lr=0.02", "fl.local_lr=3e-3")

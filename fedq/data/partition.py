@@ -134,8 +134,9 @@ def _natural(groups: list[list[int]], num_clients: int) -> list[list[int]]:
         sizes = np.array([len(g) for g in groups], np.float64)
         extra = sizes / sizes.sum() * (num_clients - len(groups))
         parts = 1 + np.floor(extra).astype(int)
-        for i in np.argsort(-(extra - np.floor(extra)))[: num_clients - parts.sum()]:
-            parts[i] += 1  # largest remainders first
+        remainders = np.round(extra - np.floor(extra), 9)  # rounded: 0.6 x 4 and 0.1 x 4 leave the same remainder
+        for i in np.lexsort((-sizes, -remainders))[: num_clients - parts.sum()]:
+            parts[i] += 1  # largest remainders first, the larger label on a tie
         if any(len(g) < k for g, k in zip(groups, parts)):
             raise PartitionError(f"cannot share {len(groups)} labels among {num_clients} clients without an empty one")
         return [part.tolist() for group, k in zip(groups, parts) for part in np.array_split(np.array(group), k)]

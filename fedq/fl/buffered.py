@@ -76,14 +76,10 @@ class BufferedCoordinator(Coordinator):
 
     def dispatch(self, server_round: int, vector: np.ndarray, exchange: Exchange, outcome: RoundOutcome) -> None:
         """Bring the clients in flight back to ``fl.concurrency``: new clients, online in this round, start now."""
-        busy = {f.reply.partition for f in self.in_flight}
-        online = self.faults.online(server_round)
-        candidates = np.setdiff1d(online, np.fromiter(busy, int, len(busy)))
-        need = min(concurrency(self.cfg.fl) - len(self.in_flight), len(candidates))
-        if need <= 0:
+        self.refresh_reachable(exchange)
+        chosen = self.sample(server_round, concurrency(self.cfg.fl) - len(self.in_flight), {f.reply.partition for f in self.in_flight})
+        if not chosen:
             return
-        rng = np.random.default_rng([self.cfg.seed, server_round])
-        chosen = sorted(int(p) for p in rng.choice(candidates, size=need, replace=False))
         outcome.sampled = len(chosen)
         outcome.fp32_downlink_bytes += len(chosen) * vector.nbytes
         for reply in self.send(server_round, vector, chosen, exchange, outcome):

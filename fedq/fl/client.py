@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -158,16 +158,21 @@ def client_round(federation: Federation, request: TrainRequest, store: ClientSto
     return TrainReply(arrays, metrics)
 
 
-def local_exchange(federation: Federation, store: ClientStore) -> Callable[[Sequence[TrainRequest]], list[Reply]]:
+class LocalExchange:
     """Requests answered by :func:`client_round` in this process, one after another (no Flower, no Ray)."""
 
-    def send(requests: Sequence[TrainRequest]) -> list[Reply]:
+    def __init__(self, federation: Federation, store: ClientStore) -> None:
+        self.federation = federation
+        self.store = store
+
+    def __call__(self, requests: Sequence[TrainRequest]) -> list[Reply]:
         replies = []
         for request in requests:
             try:
-                replies.append(Reply(request.partition, client_round(federation, request, store)))
+                replies.append(Reply(request.partition, client_round(self.federation, request, self.store)))
             except NoUpdate as failure:
                 replies.append(Reply(request.partition, error=failure.reason))
         return replies
 
-    return send
+    def back_online(self, partitions: set[int]) -> set[int]:
+        return partitions  # a client in this process is never unreachable

@@ -48,6 +48,7 @@ RESYNC = "resync"
 WORKER_DIED = "worker died"  # the simulation's worker (a Ray actor) that ran the client died
 NOT_NEEDED = "not needed"  # over-selection: the round closed before it arrived (it stopped; nothing more was sent)
 STALE = "stale"  # asynchronous rounds: it arrived more than fl.max_staleness rounds after its model
+UNREACHABLE = "unreachable"  # a real node that stopped answering: not sampled again until it is seen again
 
 
 class ProtocolError(FedqError):
@@ -114,10 +115,10 @@ class Reply:
 
     @property
     def reason(self) -> str:
-        """The row's name for a failed reply: dropout, resync, worker died, else crashed."""
+        """The row's name for a failed reply: dropout, resync, unreachable, worker died, else crashed."""
         error = self.error or ""
         word = error.split(":", 1)[0].strip()
-        if word in (DROPOUT, RESYNC):
+        if word in (DROPOUT, RESYNC, UNREACHABLE):
             return word
         return WORKER_DIED if "ActorDiedError" in error or "RayActorError" in error else CRASHED
 

@@ -25,7 +25,7 @@ the size of an array sent, per client, in both directions.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,8 +41,17 @@ from fedq.fl.federation import Federation
 from fedq.fl.protocol import Reply, TrainRequest
 from fedq.fl.settings import FLConfig, clients_per_round, clients_sampled
 
-Exchange = Callable[[Sequence[TrainRequest]], list[Reply]]
 CENTER = "cclip_center"  # the run state's name of centered clipping's center
+
+
+class Exchange(Protocol):
+    """Delivers a round's requests and collects their replies (Flower's grid in ``server/``, or plain calls)."""
+
+    def __call__(self, requests: Sequence[TrainRequest]) -> list[Reply]: ...
+
+    def back_online(self, partitions: set[int]) -> set[int]:
+        """Of the clients found unreachable, those that can be reached again."""
+        ...
 
 
 class Aggregator(Protocol):
@@ -215,17 +224,32 @@ class Coordinator:
         self.broadcaster = Broadcaster(federation.downlink, federation.seeded, capacity)
         self.server_lr = 1.0 if aggregator.steps_itself else cfg.fl.server_lr
         self.center = np.zeros(federation.numel, np.float32)  # the last round's step (centered clipping's center)
+        self.unreachable: set[int] = set()  # clients whose node stopped answering, until it is seen again
 
-    def sample(self, server_round: int) -> list[int]:
-        """This round's clients: partition ids (of the clients online, with a fleet) drawn with a (seed, round)
-        generator, sorted."""
+    def candidates(self, server_round: int, busy: Iterable[int] = ()) -> np.ndarray:
+        """The clients a round may sample: online (with a fleet), not found unreachable, not ``busy``."""
         online = self.faults.online(server_round)
-        population = self.cfg.fl.clients if online is None else online
-        size = min(clients_sampled(self.cfg.fl), self.cfg.fl.clients if online is None else len(online))
-        if size == 0:
+        population = np.arange(self.cfg.fl.clients) if online is None else online
+        excluded = self.unreachable.union(busy)
+        return np.setdiff1d(population, np.fromiter(excluded, int, len(excluded))) if excluded else population
+
+    def sample(self, server_round: int, size: int | None = None, busy: Iterable[int] = ()) -> list[int]:
+        """This round's clients (``size``, default the round's requests, or all candidates if fewer): partition
+        ids drawn from :meth:`candidates` with a (seed, round) generator, sorted."""
+        population = self.candidates(server_round, busy)
+        size = min(clients_sampled(self.cfg.fl) if size is None else size, len(population))
+        if size <= 0:
             return []
         rng = np.random.default_rng([self.cfg.seed, server_round])
         return sorted(int(p) for p in rng.choice(population, size=size, replace=False))
+
+    def refresh_reachable(self, exchange: Exchange) -> None:
+        """Clients found unreachable whose node is seen again may be sampled again."""
+        if self.unreachable:
+            back = exchange.back_online(set(self.unreachable))
+            for partition in sorted(back):
+                print(f"client {partition} is reachable again", flush=True)
+            self.unreachable -= back
 
     def request(self, partition: int, server_round: int, vector: np.ndarray, slot: int, slots: int) -> TrainRequest:
         downlink = self.broadcaster.message_for(partition, vector, server_round)
@@ -234,6 +258,7 @@ class Coordinator:
     def run_round(self, server_round: int, vector: np.ndarray, exchange: Exchange) -> tuple[np.ndarray, RoundOutcome]:
         """One round; returns the new global model and what the round cost."""
         fl = self.cfg.fl
+        self.refresh_reachable(exchange)
         partitions = self.sample(server_round)
         outcome = RoundOutcome(sampled=len(partitions), fp32_downlink_bytes=len(partitions) * vector.nbytes)
         replies = self.collude(server_round, self.send(server_round, vector, partitions, exchange, outcome))
@@ -264,6 +289,9 @@ class Coordinator:
         for reply in replies:
             if reply.reply is None:
                 self.broadcaster.forget(reply.partition)  # it may not hold the model it was sent
+            if reply.error is not None and reply.reason == protocol.UNREACHABLE:
+                self.unreachable.add(reply.partition)
+                print(f"warning: {reply.describe()}; not sampled until its node is seen again", flush=True)
         return replies
 
     def collude(self, server_round: int, replies: list[Reply]) -> list[Reply]:

@@ -77,6 +77,9 @@ class FLConfig:
     eval_every: int = 5
     checkpoint_every: int = 1  # rounds between saved run states (resume=RUN_DIR continues from the last)
     node_wait_seconds: float = 120.0  # how long the server waits for every node to connect
+    # Flower's deployment runtime: wall seconds a round waits for a node's reply before it counts the node unreachable
+    # (not sampled until it connects again); 0 = until Flower itself reports the node gone (two missed heartbeats, ~60 s)
+    reply_timeout: float = 0.0
     num_cpus: int = 1  # CPUs per simulated client (whole CPUs: Flower's simulation config takes integers)
     num_gpus: float = 0.0  # GPUs per simulated client; fractions share a GPU
     verbose: bool = False  # show Flower's own INFO/DEBUG log
@@ -113,7 +116,7 @@ def validate_fl_config(fl: FLConfig) -> None:
         raise ConfigError(f"fl.clients_per_round={k} is more than clients={fl.clients}")
     for name, low in (("rounds", 1), ("local_steps", 1), ("local_epochs", 0), ("warmup_steps", 0), ("eval_every", 0),
                       ("checkpoint_every", 1), ("num_cpus", 1), ("num_gpus", 0), ("byzantine", 0),
-                      ("round_deadline", 0), ("max_update_norm", 0)):
+                      ("round_deadline", 0), ("max_update_norm", 0), ("reply_timeout", 0)):
         _at_least(getattr(fl, name), low, name)
     for name in ("local_lr", "server_lr", "node_wait_seconds"):
         _above(getattr(fl, name), 0, name)
