@@ -40,38 +40,17 @@ def test_a_group_chosen_in_overrides_is_not_overwritten_by_key_defaults():
     assert (cfg.quant.bits, cfg.fl.clients) == (8, 5)  # a key the user set wins; num-clients over the federation
 
 
-def test_deployment_runtime_with_three_supernodes(tmp_path):
-    """A real SuperLink and three SuperNodes on loopback; every ClientApp runs in its own process."""
-    out = tmp_path / "run"
-    lines: list[str] = []
-    run_config = {
-        "num-server-rounds": 2,
-        "overrides": f"quant=w4 comm.uplink.name=uniform {TINY} data.cache_dir={tmp_path / 'cache'}",
-        "out-dir": str(out),
-    }
-    with LocalSuperLink(supernodes=3) as link:
-        code = link.run(REPO, run_config, on_line=lines.append)
-    log = "\n".join(lines)
-    assert code == 0, log[-3000:]
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    summary = json.loads((out / "summary.json").read_text())
-    assert [row["round"] for row in rows] == [1, 2] and all(row["clients"] >= 1 for row in rows)
-    assert summary["uplink_bytes"] == sum(row["uplink_bytes"] for row in rows)
-    assert summary["downlink_bytes"] == sum(row["downlink_bytes"] for row in rows)
-    assert summary["run_dir"] == str(out) and Path(summary["checkpoint"]).is_absolute()
-    cfg = config_from_yaml(summary["config"])
-    assert (cfg.quant.bits, cfg.fl.clients) == (4, 3)  # quant=w4 really trained; 3 clients from the federation
-    assert "4-bit lsq" in log and f"results in {out}" in log
-
-
-def test_a_supernode_that_dies_is_recorded_unreachable_and_not_sampled_again(tmp_path):
-    """SIGKILL one of three SuperNodes after round 1: round 2 waits fl.reply_timeout (30 s: first replies include starting a ClientApp process; not Flower's ~60 s heartbeat
-    verdict) and names it unreachable with its node id; round 3 samples only the two nodes still connected."""
+def test_deployment_runtime_with_three_supernodes_one_of_which_dies(tmp_path):
+    """A real SuperLink and three SuperNodes on loopback; every ClientApp runs in its own process. SIGKILL one
+    SuperNode after round 1: round 2 waits fl.reply_timeout (30 s: first replies include starting a ClientApp
+    process; not Flower's ~60 s heartbeat verdict) and names it unreachable with its node id; round 3 samples only
+    the two nodes still connected."""
     out = tmp_path / "run"
     lines: list[str] = []
     run_config = {
         "num-server-rounds": 3,
-        "overrides": f"fl.clients_per_round=3 fl.reply_timeout=30 {TINY} data.cache_dir={tmp_path / 'cache'}",
+        "overrides": f"quant=w4 comm.uplink.name=uniform fl.clients_per_round=3 fl.reply_timeout=30 {TINY} "
+                     f"data.cache_dir={tmp_path / 'cache'}",
         "out-dir": str(out),
     }
     with LocalSuperLink(supernodes=3) as link:
@@ -84,10 +63,17 @@ def test_a_supernode_that_dies_is_recorded_unreachable_and_not_sampled_again(tmp
     log = "\n".join(lines)
     assert code == 0, log[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [(row["sampled"], row["clients"]) for row in rows] == [(3, 3), (3, 2), (2, 2)], log[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(row["round"], row["sampled"], row["clients"]) for row in rows] == [(1, 3, 3), (2, 3, 2), (3, 2, 2)], log[-3000:]
     assert rows[1]["dropped"] == {"unreachable": 1}
     assert re.fullmatch(r"client 0: unreachable: node \d+: sent no reply within 30s", rows[1]["failures"][0])
     assert "not sampled until its node is seen again" in log
+    assert summary["uplink_bytes"] == sum(row["uplink_bytes"] for row in rows)
+    assert summary["downlink_bytes"] == sum(row["downlink_bytes"] for row in rows)
+    assert summary["run_dir"] == str(out) and Path(summary["checkpoint"]).is_absolute()
+    cfg = config_from_yaml(summary["config"])
+    assert (cfg.quant.bits, cfg.fl.clients) == (4, 3)  # quant=w4 really trained; 3 clients from the federation
+    assert "4-bit lsq" in log and f"results in {out}" in log
 
 
 def test_flwr_run_of_the_app_folder_with_fedq_installed_from_its_wheel(tmp_path, installed_wheel, monkeypatch):

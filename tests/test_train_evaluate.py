@@ -37,7 +37,7 @@ def test_tiny_model_overfits_32_pairs(cache_overrides):
     encoded = encode_pairs(pairs, tok)
     stream = batch_stream(encoded, 10_000, tok, seed=0)
     optimizer = make_optimizer(model, 3e-3)
-    train_steps(model, stream, optimizer, 300, StepSettings(torch.device("cpu"), tok.pad_id, label_smoothing=0.0))
+    train_steps(model, stream, optimizer, 150, StepSettings(torch.device("cpu"), tok.pad_id, label_smoothing=0.0))
     bleu, hypotheses = evaluate_bleu(model, tok, pairs, cfg.decode, torch.device("cpu"))
     assert bleu.score > 90, hypotheses[:3]
     assert "tok:13a" in bleu.signature
