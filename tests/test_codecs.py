@@ -349,8 +349,9 @@ def test_error_feedback_makes_sign_messages_converge_to_the_true_mean():
 # --- the downlink: deltas against what each client holds --------------------
 
 
-def test_a_client_that_skipped_rounds_rebuilds_the_servers_held_model_bit_for_bit():
-    codec = make_codec("uniform", bits=4)
+@pytest.mark.parametrize("name,options,bound", [("uniform", {"bits": 4}, 0.01), ("grid", {"step": 2.0}, 0.08)])
+def test_a_client_that_skipped_rounds_rebuilds_the_servers_held_model_bit_for_bit(name, options, bound):
+    codec = make_codec(name, **options)
     seeded = SeededModel.of(normal(5000))
     server = Broadcaster(codec, seeded, capacity=2)
     rng = np.random.default_rng(0)
@@ -367,11 +368,32 @@ def test_a_client_that_skipped_rounds_rebuilds_the_servers_held_model_bit_for_bi
             sent[client] += message.nbytes
             np.testing.assert_array_equal(now, server.held[client][1])  # the same bits on both sides
             assert message.kind == DELTA and message.base_round == (0 if server_round == 1 else held_round)
-    # One 4-bit delta per round, the first against the seeded model; the catch-up is one delta too.
+    # One delta per round, the first against the seeded model; the catch-up is one delta too (4-bit: fixed size;
+    # the grid's entropy-coded size depends on the delta, and a catch-up of 7 rounds has larger codes).
     delta_bytes = payload_bytes(codec.encode(model, rng))
-    assert sent[0] == 8 * delta_bytes and sent[1] == 2 * delta_bytes
+    if name == "uniform":
+        assert sent[0] == 8 * delta_bytes and sent[1] == 2 * delta_bytes
+    else:
+        assert sent[1] < sent[0] < 0.25 * 8 * 4 * model.size  # well under a bit per value
     # Error feedback: the held model tracks the global one within a step of the last delta's quantizer.
-    assert np.abs(clients[0][0] - model).max() < 0.01
+    assert np.abs(clients[0][0] - model).max() < bound
+
+
+def test_the_downlink_grid_step_defaults_to_1_and_its_error_settles_where_step_4_would_diverge():
+    from fedq.comm.settings import CommConfig, DownlinkConfig, downlink_codec
+
+    assert downlink_codec(CommConfig(downlink=DownlinkConfig(name="grid"))).step == 1.0
+    seeded = SeededModel.of(normal(20000))
+    errors = {}
+    for step in (2.0, 4.0):
+        codec, model, held, held_round = make_codec("grid", step=step), seeded.vector.copy(), None, None
+        server = Broadcaster(codec, seeded, capacity=1)
+        for server_round in range(1, 21):
+            model = model + 0.01 * normal(20000, seed=server_round)
+            held = receive(codec, server.message_for(0, model, server_round), model.size, held, held_round, seeded)
+            held_round = server_round
+        errors[step] = float(np.sqrt(np.mean(np.square(held - model))))
+    assert errors[2.0] < 0.02 and errors[4.0] > 0.1  # a round's change is 0.01
 
 
 def test_a_delta_against_a_model_the_client_does_not_hold_is_refused():

@@ -200,6 +200,7 @@ def test_every_strategy_name_is_a_flower_strategy():
         (["comm.uplink.error_feedback=true"], "error_feedback applies to biased codecs"),
         (["comm=fp32", "comm.downlink.bits=4"], "comm.downlink: codec fp32 does not use bits"),
         (["comm.downlink.cache_mb=-1"], "cache_mb=-1"),
+        (["comm.downlink.name=grid", "comm.downlink.step=4"], "comm.downlink.step=4 must be <= 2"),
         (["model.max_positions=16"], "model.max_positions=16 cannot hold"),
         (["seed=-1"], "seed=-1 must be >= 0"),
     ],
