@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,16 @@ def test_a_failed_run_fails_the_report_with_its_reason(tmp_path):
     result = subprocess.run([sys.executable, "-m", "fedq.report", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: the run in {tmp_path / 'run'} failed: disk full: cannot write model.fedq in /x"
+
+
+def test_the_reference_row_is_fp32_training_and_traffic_else_fp32_traffic_at_the_same_qat():
+    from fedq.config import compose_config
+    from fedq.report.compare import Run, fp32_reference
+
+    def run(*overrides: str) -> Run:
+        return Run(Path("/".join(overrides) or "default"), compose_config(list(overrides)), {}, None)
+
+    qat_fp32, qat_default, fp32 = run("quant.bits=2", "comm=fp32"), run("quant.bits=2"), run("quant.bits=32", "comm=fp32")
+    assert fp32_reference([qat_default, qat_fp32]) is qat_fp32  # a table of codecs at one QAT setting
+    assert fp32_reference([qat_default, qat_fp32, fp32]) is fp32
+    assert fp32_reference([qat_default]) is None

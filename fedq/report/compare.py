@@ -5,8 +5,8 @@ A folder with ``summary.json`` is a federated run (``fedq.simulate``); one with
 any other folder is searched for runs below it (a Hydra multirun folder, or a
 folder of runs). Each row names the settings in which the runs differ, the bytes
 both ways and their total ratio against fp32, the final test BLEU and its
-difference to the federated fp32 row (quant fp32, fp32 both ways) when one is
-among them. The plot draws each federated run's valid BLEU against the megabytes
+difference to the federated fp32 row (quant fp32, fp32 both ways; else the row
+with fp32 both ways, the reference of a table of codecs) when one is among them. The plot draws each federated run's valid BLEU against the megabytes
 sent so far, up and down together.
 """
 
@@ -104,9 +104,16 @@ def differing_settings(runs: list[Run]) -> list[str]:
     return [" ".join(f"{k}={leaves.get(k)}" for k in varying) or "-" for leaves in flat]
 
 
-def is_fp32_reference(run: Run) -> bool:
+def is_fp32_traffic(run: Run) -> bool:
     comm = run.config.comm
-    return run.federated and run.config.quant.bits >= 32 and comm.uplink.name == "fp32" and comm.downlink.name == "fp32"
+    return run.federated and comm.uplink.name == "fp32" and comm.downlink.name == "fp32"
+
+
+def fp32_reference(runs: list[Run]) -> Run | None:
+    """The federated run without QAT and with fp32 both ways; else one with fp32 both ways (the reference of a table
+    that varies only what goes over the wire)."""
+    return next((run for run in runs if is_fp32_traffic(run) and run.config.quant.bits >= 32), None) \
+        or next((run for run in runs if is_fp32_traffic(run)), None)
 
 
 def time_to_bleu(run: Run, target: float) -> dict[str, Any] | None:
@@ -124,7 +131,7 @@ def time_to_bleu(run: Run, target: float) -> dict[str, Any] | None:
 
 
 def report_rows(runs: list[Run], target_bleu: float | None = None) -> list[dict[str, Any]]:
-    reference = next((run for run in runs if is_fp32_reference(run)), None)
+    reference = fp32_reference(runs)
     rows = []
     for run, setting in zip(runs, differing_settings(runs)):
         row: dict[str, Any] = {"run": str(run.path), "setting": setting, "qat": quant_label(run.config)}
