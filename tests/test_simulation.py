@@ -173,6 +173,18 @@ def test_an_unreachable_client_is_not_sampled_until_the_exchange_sees_it_again(f
     assert third.sampled == 4 and third.clients == 4 and not server.unreachable
 
 
+def test_a_client_whose_ray_worker_died_is_counted_with_its_reason_and_a_warning(federation, capsys):
+    server = coordinator(federation, "fl.clients_per_round=3")
+    start = federation.initial_vector()
+    updates = {p: np.full(start.size, 0.1, np.float32) for p in range(4)}
+    died = server.sample(1)[1]
+    updates[died] = "ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task."
+    _, outcome = server.run_round(1, start, answering(updates, make_codec("fp32"), fingerprint(federation)))
+    assert outcome.dropped == {"worker died": 1} and outcome.clients == 2
+    assert outcome.failures == [f"client {died}: worker died (ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.)"]
+    assert "Flower does not replace a worker that died" in capsys.readouterr().out
+
+
 def test_a_fedq_config_reaches_the_strategy(federation):
     assert type(coordinator(federation, "fl.server_lr=0.5").aggregator.strategy).__name__ == "FedAvg"
     adam = coordinator(federation, "fl.strategy=fedadam", "fl.server_lr=0.02", "fl.local_lr=3e-3")
