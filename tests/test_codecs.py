@@ -182,6 +182,19 @@ def test_entropy_coding_sends_the_same_codes_in_fewer_bytes():
         coded.decode(b, x.size)
 
 
+def test_codes_of_one_repeated_value_need_no_coder_words():
+    from fedq.comm.entropy import ans_decode, ans_encode
+
+    header, counts, words = ans_encode(np.full(5000, -3))
+    assert words.size == 0 and np.array_equal(ans_decode(header, counts, words, 5000, "grid"), np.full(5000, -3))
+    codec = make_codec("grid")
+    arrays, y = round_trip(codec, np.zeros(5000, np.float32))  # an all-zero update (what fedq sizes a run with)
+    assert np.array_equal(y, np.zeros(5000, np.float32)) and arrays[2].size == 0
+    arrays[2] = np.ones(1, np.uint32)  # words where none belong
+    with pytest.raises(CodecError, match="entropy-coded stream"):
+        codec.decode(arrays, 5000)
+
+
 @pytest.mark.parametrize("step", [1.0, 4.0, 16.0])
 def test_grid_is_unbiased_within_one_step_and_costs_less_at_coarser_steps(step):
     x = normal(64 * 1024, seed=5)

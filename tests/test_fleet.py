@@ -106,9 +106,10 @@ def test_a_fleet_of_ten_thousand_samples_from_the_clients_online_without_reading
     assert server.sample(7) == chosen and server.sample(8) != chosen  # seeded by (seed, round)
 
 
-def test_a_federation_that_does_not_fit_the_machine_is_refused_with_the_estimate(tmp_path, monkeypatch):
-    federation = Federation(compose_config([*TINY, f"data.cache_dir={tmp_path}"]))
-    footprint.check_fits(federation, tmp_path)  # a tiny one fits
+@pytest.mark.parametrize("codecs", [[], ["comm.uplink.name=grid", "comm.downlink.name=grid"]])
+def test_a_federation_that_does_not_fit_the_machine_is_refused_with_the_estimate(tmp_path, monkeypatch, codecs):
+    federation = Federation(compose_config([*TINY, *codecs, f"data.cache_dir={tmp_path}"]))
+    footprint.check_fits(federation, tmp_path)  # a tiny one fits (sized with an all-zero message: one symbol for the grid)
     monkeypatch.setattr(footprint, "available_memory", lambda: 1e9)
     with pytest.raises(FedqError, match=r"needs about \d+\.\d GB of memory .* but 1\.0 GB are free: lower fl.clients_per_round"):
         footprint.check_fits(federation, tmp_path)

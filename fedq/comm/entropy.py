@@ -28,9 +28,12 @@ def ans_encode(codes: np.ndarray) -> list[np.ndarray]:
     counts = np.bincount(symbols).astype(np.uint32)
     if counts.size > MAX_ALPHABET:
         raise CodecError(f"entropy coding: {counts.size} distinct code values, more than {MAX_ALPHABET}")
+    header = np.array([low, counts.size], np.int32)
+    if counts.size == 1:  # every code is `low`: nothing to code (and constriction refuses a one-symbol model)
+        return [header, counts, np.zeros(0, np.uint32)]
     coder = constriction.stream.stack.AnsCoder()
     coder.encode_reverse(symbols, _model(counts))
-    return [np.array([low, counts.size], np.int32), counts, coder.get_compressed()]
+    return [header, counts, coder.get_compressed()]
 
 
 def ans_decode(header: np.ndarray, counts: np.ndarray, words: np.ndarray, count: int, codec: str) -> np.ndarray:
@@ -44,6 +47,10 @@ def ans_decode(header: np.ndarray, counts: np.ndarray, words: np.ndarray, count:
         return np.zeros(0, np.int64)
     if size != counts.size or not 0 < size <= MAX_ALPHABET or int(counts.sum(dtype=np.uint64)) != count:
         raise CodecError(f"{codec} payload: its symbol counts do not add up to the {count} values of the model")
+    if size == 1:
+        if words.size:
+            raise CodecError(f"{codec} payload: the entropy-coded stream does not hold exactly its {count} values")
+        return np.full(count, low, np.int64)
     coder = constriction.stream.stack.AnsCoder(words)
     try:
         symbols = coder.decode(_model(counts), count)
