@@ -70,3 +70,14 @@ def test_the_reference_row_is_fp32_training_and_traffic_else_fp32_traffic_at_the
     assert fp32_reference([qat_default, qat_fp32]) is qat_fp32  # a table of codecs at one QAT setting
     assert fp32_reference([qat_default, qat_fp32, fp32]) is fp32
     assert fp32_reference([qat_default]) is None
+
+
+def test_a_codec_is_labelled_as_it_ran():
+    from fedq.config import compose_config
+    from fedq.report.compare import codec_label
+
+    grid = compose_config(["quant.bits=2", "comm.uplink.name=grid", "comm.uplink.step=8", "comm.uplink.correlated=true",
+                           "comm.downlink.entropy_coding=true"])
+    assert (codec_label(grid, "uplink"), codec_label(grid, "downlink")) == ("grid step 8 correlated", "uniform 4-bit ANS deltas")
+    default = compose_config(["quant.bits=2"])
+    assert (codec_label(default, "uplink"), codec_label(default, "downlink")) == ("uniform 2-bit", "uniform 4-bit deltas")
