@@ -76,9 +76,12 @@ def test_client_state_is_written_atomically_and_a_kill_leaves_the_last_whole_ver
     process.send_signal(signal.SIGKILL)
     process.wait()
     versions = sorted(int(p.name.split(".")[1]) for p in tmp_path.glob("3.*.held.npy"))
-    assert versions and max(versions) > 2 and len(versions) <= 2  # the round it started from and the newest
+    # the newest and the round it started from; a kill between a write and its cleanup leaves one more
+    assert versions and max(versions) > 2 and len(versions) <= 3 and versions == list(range(versions[0], versions[-1] + 1))
     newest = store.load(3, max(versions))
     assert newest.held_round == max(versions) and np.all(newest.held == max(versions))  # whole, never torn
+    store.save(3, max(versions) + 1, max(versions), newest.held, None)  # the next save clears what the kill left
+    assert sorted(int(p.name.split(".")[1]) for p in tmp_path.glob("3.*.held.npy")) == [max(versions), max(versions) + 1]
     # a write the kill cut short stays a temp file under another name, which the store never reads
     assert all(p.name.startswith(".") for p in tmp_path.iterdir() if p.name.endswith(".tmp"))
 
