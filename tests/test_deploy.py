@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -137,3 +138,80 @@ def test_deploy_without_a_checkpoint_is_one_line(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("error: no checkpoint at")
     assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("method, bits, kernel_bits", [
+    ("seq", 2, 4), ("seq", 3, 4), ("seq", 4, 8), ("lsq", 2, 2), ("lsq", 4, 4), ("lsq", 8, 8), ("maxabs", 4, 4),
+    ("binary", 1, 2), ("ternary", 2, 2)])
+def test_every_grid_runs_in_the_low_bit_kernel_as_trained_bit_for_bit(method, bits, kernel_bits):
+    from fedq.deploy.onnx_nbits import kernel_weight
+    from fedq.quant.deployed import PackedTensor
+    from fedq.quant.quantizers import QUANTIZERS
+
+    torch.manual_seed(0)
+    w = torch.randn(24, 70) * 0.05  # 70 inputs: the kernel's last block is padded
+    cls = QUANTIZERS[method]
+    quantizer = cls(bits, w) if method in ("lsq", "seq") else cls(bits) if method == "maxabs" else cls()
+    codes, scales = quantizer.codes_and_scales(w)
+    kernel = kernel_weight("w", PackedTensor(method, quantizer.bits, codes.numpy(), scales.numpy()))
+    assert kernel.bits == kernel_bits
+    np.testing.assert_array_equal(kernel.dequantize(), quantizer(w).detach().numpy())  # the QAT weight, exactly
+
+
+def test_a_grid_the_kernel_cannot_hold_is_refused_naming_it():
+    from fedq.deploy.onnx_nbits import kernel_weight
+    from fedq.deploy.variant import VariantError
+    from fedq.quant.deployed import PackedTensor
+
+    codes = np.array([[-128, 127]], np.int8)
+    with pytest.raises(VariantError, match="8-bit seq grid needs integers -255..255"):
+        kernel_weight("w", PackedTensor("seq", 8, codes, np.ones(1, np.float16)))
+
+
+@pytest.fixture(scope="module")
+def qat_checkpoint(tmp_path_factory) -> tuple[Path, list[str]]:
+    folder = tmp_path_factory.mktemp("deploy_qat")
+    cache = f"data.cache_dir={folder / 'cache'}"
+    overrides = ["data.demo_train_size=2000", "data.demo_eval_size=30", "train.max_steps=40", "train.log_every=100",
+                 "device=cpu", "quant.bits=2", cache]
+    train(compose_config(overrides), folder / "run")
+    return folder / "run" / "checkpoint", [cache]
+
+
+def test_onnx_nbits_runs_the_packed_codes_from_a_download_the_size_of_the_packed_file(qat_checkpoint, checkpoint):
+    import onnx
+
+    from fedq.deploy.onnx_nbits import WEIGHTS, filled_graph, read_weights
+    from fedq.deploy.onnx_runtime import STEP, check_step_graph
+    from fedq.quant.deployed import PackedTensor, load_deployed
+
+    ckpt, extra = qat_checkpoint
+    cfg = compose_config(extra + [f"ckpt={ckpt}", "deploy.variants=[packed,onnx-nbits]", "deploy.latency_sentences=1", "device=cpu"])
+    rows = {row["variant"]: row for row in deploy(cfg)}
+    assert rows["onnx-nbits"]["identical_pct"] == 100  # fp32 here is the packed model's own weights
+    assert rows["onnx-nbits"]["file_bytes"] <= 1.1 * rows["packed"]["file_bytes"]
+    folder = ckpt / "deploy" / "onnx-nbits"
+    step = onnx.load(str(folder / STEP))
+    assert not step.graph.initializer  # every weight comes from the packed file at load
+    assert {(a.name, a.i) for n in step.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"} == {("bits", 4)}
+    # the filled step graph's logits are the packed model's; a flipped code is caught
+    model, _ = load_deployed(ckpt / "model.fedq")
+    layout, tensors = json.loads((folder / WEIGHTS).read_text())[STEP], read_weights(folder / "model.fedq")
+    (folder / "check.onnx").write_bytes(filled_graph(folder / STEP, layout, tensors))
+    assert check_step_graph(model, folder / "check.onnx", 1e-3) < 1e-4
+    weight = next(t for t in tensors.values() if isinstance(t, PackedTensor))
+    weight.codes[0, 0] = -weight.codes[0, 0] - 1  # another level of the grid
+    (folder / "check.onnx").write_bytes(filled_graph(folder / STEP, layout, tensors))
+    with pytest.raises(FedqError, match="differs from PyTorch"):
+        check_step_graph(model, folder / "check.onnx", 1e-3)
+    # a downloaded file whose bytes changed is refused at load; an fp32 checkpoint has no codes to run
+    data = bytearray((folder / "model.fedq").read_bytes())
+    data[-1] ^= 1
+    (folder / "model.fedq").write_bytes(bytes(data))
+    with pytest.raises(FedqError, match="checksum"):
+        read_weights(folder / "model.fedq")
+    fp32_cfg = compose_config(checkpoint[1] + [f"ckpt={checkpoint[0]}", "deploy.variants=[onnx-nbits]", "device=cpu",
+                                               "deploy.latency_sentences=1", f"deploy.out_dir={folder.parent / 'fp32'}"])
+    assert [row["variant"] for row in deploy(fp32_cfg)] == ["fp32"]
+    notes = json.loads((folder.parent / "fp32" / "table.json").read_text())[-1]["notes"]
+    assert notes == ["onnx-nbits: variant onnx-nbits runs a QAT model's codes; this checkpoint has no quantized weights (use onnx)"]

@@ -130,9 +130,13 @@ class OnnxTranslator:
             options = ort.SessionOptions()
             options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
             self.sessions[threads] = tuple(
-                ort.InferenceSession(str(self.folder / name), options, providers=["CPUExecutionProvider"]) for name in (ENCODER, STEP)
+                ort.InferenceSession(self._graph(name), options, providers=["CPUExecutionProvider"]) for name in (ENCODER, STEP)
             )
         return self.sessions[threads]
+
+    def _graph(self, name: str) -> str | bytes:
+        """The graph ONNX Runtime loads: its file here."""
+        return str(self.folder / name)
 
     def translate(self, sources: Sequence[str], batch_size: int, threads: int) -> list[str]:
         tok, shape = self.tokenizer, self.shape

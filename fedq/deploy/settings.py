@@ -22,6 +22,7 @@ VARIANTS = {
     "lowrank-int8": "fedq.deploy.lowrank:LowRankInt8",
     "onnx": "fedq.deploy.onnx_runtime:Onnx",
     "onnx-int8": "fedq.deploy.onnx_runtime:OnnxInt8",
+    "onnx-nbits": "fedq.deploy.onnx_nbits:OnnxNBits",
     "ct2": "fedq.deploy.ctranslate:CT2",
     "ct2-int8": "fedq.deploy.ctranslate:CT2Int8",
 }

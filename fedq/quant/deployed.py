@@ -169,14 +169,28 @@ def _slice(payload: memoryview, span: list[int], name: str, path: Path) -> memor
     return payload[begin : begin + length]
 
 
-def _decode(entry: dict, payload: memoryview, path: Path) -> torch.Tensor:
+@dataclass
+class PackedTensor:
+    """A quantized weight as its file stores it: int8 codes ``[out, in]`` and fp16 scales ``[out]``."""
+
+    method: str
+    bits: int
+    codes: np.ndarray
+    scales: np.ndarray
+
+    def dequantize(self) -> torch.Tensor:
+        """Exactly the floats the fake-quantized model used."""
+        return QUANTIZERS[self.method].dequantize(torch.from_numpy(self.codes), torch.from_numpy(self.scales))
+
+
+def _decode(entry: dict, payload: memoryview, path: Path) -> np.ndarray | PackedTensor:
     name, shape = entry["name"], tuple(entry["shape"])
     count = int(np.prod(shape))
     if entry["kind"] == "fp32":
         data = _slice(payload, entry["data"], name, path)
         if len(data) != 4 * count:
             raise DeployedFormatError(f"{path}: tensor {name} has {len(data)} bytes, its shape {shape} needs {4 * count}")
-        return torch.from_numpy(np.frombuffer(data, dtype="<f4").astype(np.float32).reshape(shape))
+        return np.frombuffer(data, dtype="<f4").astype(np.float32).reshape(shape)
     if entry["kind"] != "packed" or entry.get("method") not in QUANTIZERS:
         raise DeployedFormatError(f"{path}: tensor {name} has unknown kind {entry['kind']!r}/{entry.get('method')!r}")
     codes_data = _slice(payload, entry["codes"], name, path)
@@ -185,7 +199,18 @@ def _decode(entry: dict, payload: memoryview, path: Path) -> torch.Tensor:
         raise DeployedFormatError(f"{path}: tensor {name} has the wrong number of bytes for its shape {shape}")
     codes = unpack_codes(np.frombuffer(codes_data, dtype=np.uint8), entry["bits"], count).reshape(shape)
     scales = np.frombuffer(scales_data, dtype="<f2").astype(np.float16)
-    return QUANTIZERS[entry["method"]].dequantize(torch.from_numpy(codes), torch.from_numpy(scales))
+    return PackedTensor(entry["method"], entry["bits"], codes, scales)
+
+
+def read_deployed_tensors(raw: bytes, path: str | Path = "<memory>") -> tuple[dict, dict[str, np.ndarray | PackedTensor]]:
+    """A deployed file's header and its tensors as stored: fp32 arrays, and codes + scales of quantized weights
+    (for engines that run the codes themselves, ``fedq.deploy.onnx_nbits``)."""
+    path = Path(path)
+    header, payload = _read_header(raw, path)
+    try:
+        return header, {entry["name"]: _decode(entry, payload, path) for entry in header["tensors"]}
+    except (KeyError, TypeError) as err:
+        raise DeployedFormatError(f"{path} has an incomplete header ({type(err).__name__}: {err})") from None
 
 
 def load_deployed(path: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, dict]:
@@ -205,11 +230,11 @@ def load_deployed(path: str | Path, device: str | torch.device = "cpu") -> tuple
 def load_deployed_bytes(raw: bytes, path: str | Path = "<memory>", device: str | torch.device = "cpu") -> tuple[Transformer, dict]:
     """:func:`load_deployed` of a file's bytes (``path`` names them in errors)."""
     path = Path(path)
-    header, payload = _read_header(raw, path)
+    header, tensors = read_deployed_tensors(raw, path)
     try:
         model = Transformer.from_shape_dict(header["shape"])
         table = header["tensors"]
-        state = {entry["name"]: _decode(entry, payload, path) for entry in table}
+        state = {name: t.dequantize() if isinstance(t, PackedTensor) else torch.from_numpy(t) for name, t in tensors.items()}
         model.load_state_dict(state, strict=True)
     except (KeyError, TypeError) as err:
         raise DeployedFormatError(f"{path} has an incomplete header ({type(err).__name__}: {err})") from None

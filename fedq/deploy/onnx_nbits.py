@@ -1,0 +1,254 @@
+"""``onnx-nbits``: the QAT model's own codes in ONNX Runtime's low-bit matmul (``MatMulNBits``), nothing re-quantized.
+
+Every weight grid fedq trains is an integer k times a per-row scale t, bit for bit:
+
+- ``lsq``/``maxabs``/``percentile`` and ``ternary``: k = c, t = s;
+- ``seq`` (levels (c + ½)·s): k = 2c + 1, t = s/2 (2 bits: k in {-3, -1, 1, 3});
+- ``binary`` ((2c + 1)·s): k = 2c + 1 in {-1, 1}, t = s.
+
+``MatMulNBits`` dequantizes (q - z)·t with q unsigned at 2, 4 or 8 bits and z its
+default zero point 2^(bits-1), so q = k + z holds the trained weight exactly at the
+narrowest of those widths that fits the grid (2-bit ``seq`` and 3/4-bit ``lsq``: 4;
+binary, ternary and 2-bit ``lsq``: 2; 8-bit ``lsq`` and 4-bit ``seq``: 8). The per-row
+scale is repeated over the kernel's blocks along the input. ``accuracy_level`` 1:
+activations stay fp32 (the kernel's int8-activation path would re-quantize them).
+
+The folder a device downloads is the checkpoint's packed file (``model.fedq``, its
+checksum checked at load) plus the two graphs without their weights and
+``weights.json`` (which graph tensor is which file tensor). At load every weight is
+expanded from the packed file: quantized ones to the kernel's codes and scales,
+the rest (embedding, norms, biases) as fp32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedq.checkpoint import DEPLOYED
+from fedq.deploy.onnx_runtime import ENCODER, MAX_LOGIT_ERROR, STEP, Onnx, OnnxTranslator, check_step_graph, export
+from fedq.deploy.variant import Source, Translator, VariantError
+from fedq.files import atomic_write
+from fedq.model.transformer import sinusoidal_positions
+from fedq.quant.deployed import PackedTensor, read_deployed_tensors
+from fedq.quant.quantizers import QUANTIZERS
+
+KERNEL_BITS = (2, 4, 8)  # the widths MatMulNBits runs on CPU
+ACCURACY_LEVEL = 1  # fp32 activations and accumulation
+WEIGHTS = "weights.json"
+POSITIONS = "positions"  # not in the file: computed from its model shape
+
+
+@dataclass
+class KernelWeight:
+    """A ``[N, K]`` weight in MatMulNBits' layout: ``codes`` ``[N, blocks, block·bits/8]`` uint8, ``scales``
+    ``[N·blocks]`` fp32."""
+
+    bits: int
+    block_size: int
+    n: int
+    k: int
+    codes: np.ndarray
+    scales: np.ndarray
+
+    def dequantize(self) -> np.ndarray:
+        """(q - 2^(bits-1))·t, as the kernel computes it: the ``[N, K]`` fp32 weight."""
+        per_byte = 8 // self.bits
+        shifts = np.arange(per_byte, dtype=np.uint8) * self.bits
+        q = (self.codes[..., None] >> shifts) & ((1 << self.bits) - 1)
+        q = q.reshape(self.n, -1)[:, : self.k].astype(np.float32) - (1 << (self.bits - 1))
+        blocks = self.scales.reshape(self.n, -1)
+        return q * np.repeat(blocks, self.block_size, axis=1)[:, : self.k]
+
+
+def grid_integers(method: str, bits: int) -> tuple[int, np.ndarray]:
+    """(m, k): the multiplier m (1 or 2) that makes every level of the grid an integer k = m·level/scale,
+    over all its codes; a grid with no such m is refused."""
+    codes = torch.arange(-(1 << (bits - 1)), 1 << (bits - 1), dtype=torch.int8)[None]
+    levels = QUANTIZERS[method].dequantize(codes, torch.ones(1, dtype=torch.float16))[0].numpy().astype(np.float64)
+    for multiplier in (1, 2):
+        if np.array_equal(multiplier * levels, np.round(multiplier * levels)):
+            return multiplier, np.round(multiplier * levels).astype(np.int64)
+    raise VariantError(f"the {bits}-bit {method} grid has levels that are not integer or half-integer multiples of its scale")
+
+
+def kernel_weight(name: str, weight: PackedTensor) -> KernelWeight:
+    """The trained codes of ``weight`` in the kernel's layout; refused with one line naming the grid when the
+    kernel cannot hold them exactly, and checked: the kernel's dequantized weight equals the QAT weight bit for bit."""
+    multiplier, levels = grid_integers(weight.method, weight.bits)
+    bits = next((b for b in KERNEL_BITS if -(1 << (b - 1)) <= levels.min() and levels.max() < 1 << (b - 1)), None)
+    if bits is None:
+        raise VariantError(f"{name}: the {weight.bits}-bit {weight.method} grid needs integers {levels.min()}..{levels.max()}, "
+                           f"beyond MatMulNBits' {max(KERNEL_BITS)}-bit codes")
+    n, k = weight.codes.shape
+    block = int(min(128, max(16, 1 << (k - 1).bit_length())))
+    blocks = -(-k // block)
+    q = np.full((n, blocks * block), 1 << (bits - 1), np.uint8)  # padding holds the zero point: weight 0
+    q[:, :k] = levels[weight.codes.astype(np.int64) + (1 << (weight.bits - 1))] + (1 << (bits - 1))
+    per_byte = 8 // bits
+    grouped = q.reshape(n, blocks, block // per_byte, per_byte).astype(np.uint8)
+    packed = np.zeros(grouped.shape[:-1], np.uint8)
+    for i in range(per_byte):
+        packed |= grouped[..., i] << (i * bits)
+    scales = weight.scales.astype(np.float32) / np.float32(multiplier)
+    kernel = KernelWeight(bits, block, n, k, packed, np.repeat(scales, blocks))
+    if not np.array_equal(kernel.dequantize(), weight.dequantize().numpy()):
+        raise VariantError(f"{name}: the {weight.bits}-bit {weight.method} weights are not exact in {bits}-bit MatMulNBits codes "
+                           "(a scale too small to halve in fp32)")
+    return kernel
+
+
+def _key(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array, np.float32).tobytes()).hexdigest()
+
+
+def read_weights(path: Path) -> dict[str, np.ndarray | PackedTensor]:
+    """The packed file's tensors (its checksum checked) and the position table its model shape implies."""
+    header, tensors = read_deployed_tensors(path.read_bytes(), path)
+    shape = header["shape"]
+    tensors[POSITIONS] = sinusoidal_positions(shape["max_positions"], shape["d_model"]).numpy()
+    return tensors
+
+
+def rewrite(path: Path, tensors: dict[str, np.ndarray | PackedTensor]) -> tuple[dict[str, list], set[str]]:
+    """Turn every MatMul of a quantized weight in the graph at ``path`` into MatMulNBits, take every weight of the
+    packed file out of the graph, and return which graph tensor is which file tensor and the weights converted."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph_model = onnx.load(str(path))
+    graph = graph_model.graph
+    _shorten_names(graph)
+    by_value: dict[str, tuple[str, bool]] = {}
+    for name, tensor in tensors.items():
+        dense = tensor.dequantize().numpy() if isinstance(tensor, PackedTensor) else tensor
+        by_value.setdefault(_key(dense), (name, False))
+        if dense.ndim == 2:
+            by_value.setdefault(_key(dense.T), (name, True))
+    initializers = {init.name: init for init in graph.initializer}
+    layout: dict[str, list] = {}  # graph tensor -> [file tensor, part (fp32, fp32.T, codes, scales), shape]
+    converted: set[str] = set()
+    for index, node in enumerate(list(graph.node)):
+        if node.op_type != "MatMul" or node.input[1] not in initializers:
+            continue
+        name, transposed = by_value.get(_key(numpy_helper.to_array(initializers[node.input[1]])), ("", False))
+        if not (transposed and isinstance(tensors.get(name), PackedTensor)):
+            continue
+        n, k = tensors[name].codes.shape
+        kernel = kernel_weight(name, tensors[name])
+        codes, scales = f"q{len(converted)}", f"s{len(converted)}"
+        layout[codes], layout[scales] = [name, "codes"], [name, "scales"]
+        graph.node.remove(node)
+        graph.node.insert(index, helper.make_node(
+            "MatMulNBits", [node.input[0], codes, scales], list(node.output),
+            domain="com.microsoft", K=k, N=n, bits=kernel.bits, block_size=kernel.block_size, accuracy_level=ACCURACY_LEVEL))
+        converted.add(name)
+    for node in list(graph.node):  # a weight the exporter folded into a Constant (the position table) is one too
+        if node.op_type == "Constant" and node.attribute[0].name == "value" and node.attribute[0].t.data_type == onnx.TensorProto.FLOAT:
+            value = numpy_helper.to_array(node.attribute[0].t)
+            if value.size > 1 and _key(value) in by_value:
+                graph.node.remove(node)
+                graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+    used = {name for node in graph.node for name in node.input}
+    for init in list(graph.initializer):
+        graph.initializer.remove(init)
+        if init.name not in used:
+            continue
+        value = numpy_helper.to_array(init)
+        match = by_value.get(_key(value)) if init.data_type == onnx.TensorProto.FLOAT and value.size > 1 else None
+        if match is None or isinstance(tensors[match[0]], PackedTensor):
+            graph.initializer.append(init)  # a constant of the graph, not a weight of the file
+        else:
+            layout[init.name] = [match[0], "fp32.T" if match[1] else "fp32", list(value.shape)]
+    graph_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    atomic_write(path, graph_model.SerializeToString())
+    return layout, converted
+
+
+def _shorten_names(graph) -> None:
+    """Number the graph's inner values and drop its node names: the exporter's long names were most of the
+    bytes of a small model's graph without weights."""
+    keep = {value.name for value in [*graph.input, *graph.output]}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        return name if not name or name in keep else names.setdefault(name, f"v{len(names)}")
+
+    for init in graph.initializer:
+        init.name = short(init.name)
+    for node in graph.node:
+        node.name = ""
+        node.input[:] = [short(name) for name in node.input]
+        node.output[:] = [short(name) for name in node.output]
+    del graph.value_info[:]
+
+
+def filled_graph(path: Path, layout: dict, tensors: dict[str, np.ndarray | PackedTensor]) -> bytes:
+    """The graph at ``path`` with its weights put back from the packed file's tensors."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph_model = onnx.load(str(path))
+    kernels: dict[str, KernelWeight] = {}
+    for init_name, (name, part, *shape) in layout.items():
+        tensor = tensors[name]
+        if part in ("fp32", "fp32.T"):
+            value = np.ascontiguousarray(tensor.T if part == "fp32.T" else tensor, np.float32).reshape(shape[0])
+        else:
+            kernel = kernels.setdefault(name, kernel_weight(name, tensor))  # type: ignore[arg-type]
+            value = kernel.codes if part == "codes" else kernel.scales
+        graph_model.graph.initializer.append(numpy_helper.from_array(value, init_name))
+    return graph_model.SerializeToString()
+
+
+class NBitsTranslator(OnnxTranslator):
+    """ONNX Runtime sessions of the graphs filled at load from the packed file."""
+
+    def __init__(self, folder: Path, source: Source) -> None:
+        super().__init__(folder, source)
+        tensors = read_weights(folder / DEPLOYED)
+        layouts = json.loads((folder / WEIGHTS).read_text())
+        self.graphs = {name: filled_graph(folder / name, layouts[name], tensors) for name in (ENCODER, STEP)}
+
+    def _graph(self, name: str) -> str | bytes:
+        return self.graphs[name]
+
+
+class OnnxNBits(Onnx):
+    name = "onnx-nbits"
+
+    def check(self, source: Source) -> None:
+        super().check(source)
+        _, tensors = read_deployed_tensors(source.checkpoint.deployed_path.read_bytes(), source.checkpoint.deployed_path)
+        packed = {name: t for name, t in tensors.items() if isinstance(t, PackedTensor)}
+        if not packed:
+            raise VariantError(f"variant {self.name} runs a QAT model's codes; this checkpoint has no quantized weights (use onnx)")
+        for name, tensor in packed.items():
+            kernel_weight(name, tensor)
+
+    def build(self, source: Source, folder: Path) -> None:
+        atomic_write(folder / DEPLOYED, source.checkpoint.deployed_path.read_bytes())
+        tensors = read_weights(folder / DEPLOYED)
+        export(source.model, folder)
+        layouts, converted = {}, set()
+        for name in (ENCODER, STEP):
+            layouts[name], done = rewrite(folder / name, tensors)
+            converted |= done
+        missing = sorted(name for name, t in tensors.items() if isinstance(t, PackedTensor) and name not in converted)
+        if missing:
+            raise VariantError(f"variant {self.name}: no MatMul in the exported graphs multiplies by {', '.join(missing[:3])}")
+        atomic_write(folder / WEIGHTS, json.dumps(layouts, separators=(",", ":")))
+        step = folder / f"filled-{STEP}"
+        atomic_write(step, filled_graph(folder / STEP, layouts[STEP], tensors))
+        try:  # the step graph as loaded against the packed model's own logits
+            check_step_graph(source.model, step, MAX_LOGIT_ERROR)
+        finally:
+            step.unlink()
+
+    def load(self, folder: Path, source: Source) -> Translator:
+        return NBitsTranslator(folder, source)
