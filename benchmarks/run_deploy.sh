@@ -4,9 +4,12 @@
 #   demo_w8   the same with 8-bit QAT (through int8 and ct2-int8)
 #   fourier   the same model with FNet mixing in the encoder (model.mixer=fourier), 800 steps
 #   multi30k  model=small on Multi30k, the README's centralized baseline recipe (40 minutes; MULTI30K_MINUTES=N for less)
+#   codes     QAT checkpoints run as trained (onnx-nbits, ct2-codes) beside the engines that re-quantize them: the tiny
+#             model at 2-bit seq, 8-bit LSQ, ternary and binary, 800 steps each
+# PARTS picks parts (default: all, in this order).
 # lowrank rows without and with a fine-tune (deploy.finetune_steps) come from a second deploy of the same checkpoint;
 # the engines measured slower than fp32 eager (fp32-compiled, int8-torchao) are measured on the demo model.
-#   bash benchmarks/run_deploy.sh [OUT_DIR]     (Multi30k files in ../shared/data/multi30k, or MULTI30K=DIR)
+#   [PARTS="demo codes"] bash benchmarks/run_deploy.sh [OUT_DIR]     (Multi30k files in ../shared/data/multi30k, or MULTI30K=DIR)
 set -euo pipefail
 out=${1:-outputs/deploy}
 mkdir -p "$out"
@@ -16,24 +19,38 @@ all="deploy.variants=[fp32,int8,packed,lowrank,lowrank-int8,onnx,onnx-int8,ct2,c
 # the engines measured slower than fp32 eager, on 200 sentences (int8-torchao decodes about 2 sentences/s at batch 32)
 slow="deploy.variants=[fp32,fp32-compiled,int8,int8-torchao] deploy.test_sentences=200"
 
-train demo train.max_steps=800
-deploy demo "$all"
-cp "$out/demo/deploy/table.md" "$out/demo.table.md"
-deploy demo $slow
-cp "$out/demo/deploy/table.md" "$out/demo.engines.table.md"
-deploy demo "deploy.variants=[fp32,lowrank,lowrank-int8]" deploy.finetune_steps=300
-cp "$out/demo/deploy/table.md" "$out/demo.lowrank-finetuned.table.md"
+codes="deploy.variants=[fp32,packed,onnx,onnx-int8,onnx-nbits,ct2,ct2-codes,ct2-int8]"
 
-train demo_w8 train.max_steps=800 quant=w8
-deploy demo_w8 "deploy.variants=[fp32,packed,int8,ct2-int8]"
-cp "$out/demo_w8/deploy/table.md" "$out/demo_w8.table.md"
-
-train fourier train.max_steps=800 model.mixer=fourier
-deploy fourier "deploy.variants=[fp32,int8,packed,lowrank,ct2]"
-cp "$out/fourier/deploy/table.md" "$out/fourier.table.md"
-
-train multi30k +experiment=multi30k_small train.max_minutes=${MULTI30K_MINUTES:-40} data.dir="${MULTI30K:-../shared/data/multi30k}"
-deploy multi30k "$all"
-cp "$out/multi30k/deploy/table.md" "$out/multi30k.table.md"
-deploy multi30k "deploy.variants=[fp32,lowrank,lowrank-int8]" deploy.finetune_steps=300
-cp "$out/multi30k/deploy/table.md" "$out/multi30k.lowrank-finetuned.table.md"
+for part in ${PARTS:-demo fourier multi30k codes}; do
+  case $part in
+    demo)
+      train demo train.max_steps=800
+      deploy demo "$all"
+      cp "$out/demo/deploy/table.md" "$out/demo.table.md"
+      deploy demo $slow
+      cp "$out/demo/deploy/table.md" "$out/demo.engines.table.md"
+      deploy demo "deploy.variants=[fp32,lowrank,lowrank-int8]" deploy.finetune_steps=300
+      cp "$out/demo/deploy/table.md" "$out/demo.lowrank-finetuned.table.md"
+      train demo_w8 train.max_steps=800 quant=w8
+      deploy demo_w8 "deploy.variants=[fp32,packed,int8,ct2-int8]"
+      cp "$out/demo_w8/deploy/table.md" "$out/demo_w8.table.md" ;;
+    fourier)
+      train fourier train.max_steps=800 model.mixer=fourier
+      deploy fourier "deploy.variants=[fp32,int8,packed,lowrank,ct2]"
+      cp "$out/fourier/deploy/table.md" "$out/fourier.table.md" ;;
+    multi30k)
+      train multi30k +experiment=multi30k_small train.max_minutes=${MULTI30K_MINUTES:-40} data.dir="${MULTI30K:-../shared/data/multi30k}"
+      deploy multi30k "$all"
+      cp "$out/multi30k/deploy/table.md" "$out/multi30k.table.md"
+      deploy multi30k "deploy.variants=[fp32,lowrank,lowrank-int8]" deploy.finetune_steps=300
+      cp "$out/multi30k/deploy/table.md" "$out/multi30k.lowrank-finetuned.table.md" ;;
+    codes)
+      for quant in w2 w8 ternary binary; do
+        train "codes_$quant" train.max_steps=800 quant=$quant
+        deploy "codes_$quant" "$codes"
+        cp "$out/codes_$quant/deploy/table.md" "$out/codes_$quant.table.md"
+        grep -E "^\| (fp32|packed|onnx|ct2)" "$out/codes_$quant.table.md"
+      done ;;
+    *) echo "unknown part $part (demo, fourier, multi30k, codes)"; exit 2 ;;
+  esac
+done

@@ -186,9 +186,11 @@ def test_onnx_nbits_runs_the_packed_codes_from_a_download_the_size_of_the_packed
     from fedq.quant.deployed import PackedTensor, load_deployed
 
     ckpt, extra = qat_checkpoint
-    cfg = compose_config(extra + [f"ckpt={ckpt}", "deploy.variants=[packed,onnx-nbits]", "deploy.latency_sentences=1", "device=cpu"])
+    cfg = compose_config(extra + [f"ckpt={ckpt}", "deploy.variants=[packed,onnx-nbits,ct2-codes]", "deploy.latency_sentences=1",
+                                  "device=cpu"])
     rows = {row["variant"]: row for row in deploy(cfg)}
     assert rows["onnx-nbits"]["identical_pct"] == 100  # fp32 here is the packed model's own weights
+    assert rows["ct2-codes"]["identical_pct"] >= 80  # int8 activations: close, not exact
     assert rows["onnx-nbits"]["file_bytes"] <= 1.1 * rows["packed"]["file_bytes"]
     folder = ckpt / "deploy" / "onnx-nbits"
     step = onnx.load(str(folder / STEP))
@@ -199,8 +201,9 @@ def test_onnx_nbits_runs_the_packed_codes_from_a_download_the_size_of_the_packed
     layout, tensors = json.loads((folder / WEIGHTS).read_text())[STEP], read_weights(folder / "model.fedq")
     (folder / "check.onnx").write_bytes(filled_graph(folder / STEP, layout, tensors))
     assert check_step_graph(model, folder / "check.onnx", 1e-3) < 1e-4
-    weight = next(t for t in tensors.values() if isinstance(t, PackedTensor))
-    weight.codes[0, 0] = -weight.codes[0, 0] - 1  # another level of the grid
+    weight = tensors["decoder_layers.0.self_attn.v_proj.weight"]
+    assert isinstance(weight, PackedTensor)
+    weight.codes[0] = -weight.codes[0] - 1  # one row mirrored: other levels of the same grid
     (folder / "check.onnx").write_bytes(filled_graph(folder / STEP, layout, tensors))
     with pytest.raises(FedqError, match="differs from PyTorch"):
         check_step_graph(model, folder / "check.onnx", 1e-3)
@@ -215,3 +218,23 @@ def test_onnx_nbits_runs_the_packed_codes_from_a_download_the_size_of_the_packed
     assert [row["variant"] for row in deploy(fp32_cfg)] == ["fp32"]
     notes = json.loads((folder.parent / "fp32" / "table.json").read_text())[-1]["notes"]
     assert notes == ["onnx-nbits: variant onnx-nbits runs a QAT model's codes; this checkpoint has no quantized weights (use onnx)"]
+
+
+def test_ct2_codes_gives_ctranslate2_the_trained_codes_as_its_int8_weights(qat_checkpoint):
+    from fedq.checkpoint import read_checkpoint
+    from fedq.deploy.ctranslate import CT2Codes, model_spec
+    from fedq.deploy.variant import Source
+    from fedq.quant.deployed import load_deployed
+
+    checkpoint = read_checkpoint(qat_checkpoint[0])
+    model, _ = load_deployed(checkpoint.deployed_path)
+    source = Source(checkpoint, model, checkpoint.tokenizer, compose_config([]).decode)
+    exact = CT2Codes().exact_weights(source)
+    spec = model_spec(model, checkpoint.tokenizer.pieces(), exact)
+    fused = spec.decoder.layer[1].self_attention.linear[0]  # q, k and v fused along the outputs
+    names = [f"decoder_layers.1.self_attn.{p}_proj.weight" for p in "qkv"]
+    np.testing.assert_array_equal(fused.weight, np.concatenate([exact[n].values for n in names]))
+    assert set(np.unique(fused.weight)) <= {-3, -1, 1, 3}  # 2-bit seq: its four levels, not re-quantized
+    dequantized = fused.weight.astype(np.float32) / fused.weight_scale[:, None]  # as CTranslate2 reads it
+    expected = torch.cat([model.get_parameter(n) for n in names]).detach().numpy()
+    np.testing.assert_allclose(dequantized, expected, rtol=1e-6, atol=0)  # 1/t rounded to fp32: within an ulp

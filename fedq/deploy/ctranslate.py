@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedq.deploy.exact import IntegerWeight, integer_weight
 from fedq.deploy.variant import Source, Translator, Variant, VariantError
 from fedq.model.transformer import Transformer
+from fedq.quant.deployed import PackedTensor, read_deployed_tensors
 from fedq.scoring import translate_batched
 
 
@@ -31,24 +33,28 @@ def _np(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().float().cpu().numpy()
 
 
-def _linear(spec, linear: torch.nn.Linear) -> None:
-    spec.weight = _np(linear.weight)
-    if linear.bias is not None:
-        spec.bias = _np(linear.bias)
-
-
-def _fused(spec, layers: Sequence[torch.nn.Linear]) -> None:
-    spec.weight = np.concatenate([_np(layer.weight) for layer in layers])
-    spec.bias = np.concatenate([_np(layer.bias) for layer in layers])
+def _linear(spec, layers: Sequence[torch.nn.Linear], names: dict[int, str], exact: dict[str, IntegerWeight]) -> None:
+    """One CTranslate2 linear layer from fedq's (several: fused along the outputs); with the trained codes of
+    ``exact`` as its int8 weights where it has them (CTranslate2 dequantizes q / weight_scale)."""
+    integers = [exact.get(f"{names[id(layer)]}.weight") for layer in layers]
+    if all(integers):
+        spec.weight = np.concatenate([w.values for w in integers]).astype(np.int8)  # type: ignore[union-attr]
+        spec.weight_scale = np.float32(1) / np.concatenate([w.scales for w in integers])  # type: ignore[union-attr]
+    else:
+        spec.weight = np.concatenate([_np(layer.weight) for layer in layers])
+    if layers[0].bias is not None:
+        spec.bias = np.concatenate([_np(layer.bias) for layer in layers])
 
 
 def _norm(spec, norm: torch.nn.LayerNorm) -> None:
     spec.gamma, spec.beta = _np(norm.weight), _np(norm.bias)
 
 
-def model_spec(model: Transformer, pieces: list[str]):
-    """A CTranslate2 TransformerSpec holding ``model``'s weights."""
+def model_spec(model: Transformer, pieces: list[str], exact: dict[str, IntegerWeight] | None = None):
+    """A CTranslate2 TransformerSpec holding ``model``'s weights (those in ``exact`` as their trained int8 codes)."""
     from ctranslate2.specs import TransformerSpec
+
+    names, exact = {id(module): name for name, module in model.named_modules()}, exact or {}
 
     shape = model.shape
     spec = TransformerSpec.from_config((shape.enc_layers, shape.dec_layers), shape.n_heads, pre_norm=True)
@@ -62,17 +68,17 @@ def model_spec(model: Transformer, pieces: list[str]):
         _norm(stack.layer_norm, norm)
         for layer_spec, layer in zip(stack.layer, layers):
             attn = layer.self_attn
-            _fused(layer_spec.self_attention.linear[0], [attn.q_proj, attn.k_proj, attn.v_proj])
-            _linear(layer_spec.self_attention.linear[1], attn.out_proj)
+            _linear(layer_spec.self_attention.linear[0], [attn.q_proj, attn.k_proj, attn.v_proj], names, exact)
+            _linear(layer_spec.self_attention.linear[1], [attn.out_proj], names, exact)
             _norm(layer_spec.self_attention.layer_norm, layer.self_attn_norm)
             if hasattr(layer, "cross_attn"):
                 cross = layer.cross_attn
-                _linear(layer_spec.attention.linear[0], cross.q_proj)
-                _fused(layer_spec.attention.linear[1], [cross.k_proj, cross.v_proj])
-                _linear(layer_spec.attention.linear[2], cross.out_proj)
+                _linear(layer_spec.attention.linear[0], [cross.q_proj], names, exact)
+                _linear(layer_spec.attention.linear[1], [cross.k_proj, cross.v_proj], names, exact)
+                _linear(layer_spec.attention.linear[2], [cross.out_proj], names, exact)
                 _norm(layer_spec.attention.layer_norm, layer.cross_attn_norm)
-            _linear(layer_spec.ffn.linear_0, layer.ffn.fc1)
-            _linear(layer_spec.ffn.linear_1, layer.ffn.fc2)
+            _linear(layer_spec.ffn.linear_0, [layer.ffn.fc1], names, exact)
+            _linear(layer_spec.ffn.linear_1, [layer.ffn.fc2], names, exact)
             _norm(layer_spec.ffn.layer_norm, layer.ffn_norm)
     spec.decoder.projection.weight = embedding
     spec.register_source_vocabulary(pieces)
@@ -116,7 +122,8 @@ class CT2Translator:
 class CT2(Variant):
     name = "ct2"
     engine = "ctranslate2"
-    quantization: str | None = None
+    quantization: str | None = None  # CTranslate2's own quantization of the fp32 weights when it saves them
+    compute_type: str | None = None  # the type it runs in, when not the quantization's
 
     def check(self, source: Source) -> None:
         super().check(source)
@@ -127,15 +134,40 @@ class CT2(Variant):
             raise VariantError(f"variant {self.name}: CTranslate2 cannot fake-quantize activations as this QAT model does")
 
     def build(self, source: Source, folder: Path) -> None:
-        spec = model_spec(source.model, source.tokenizer.pieces())
+        spec = model_spec(source.model, source.tokenizer.pieces(), self.exact_weights(source))
         spec.validate()
         spec.optimize(quantization=self.quantization)
         spec.save(str(folder))
 
+    def exact_weights(self, source: Source) -> dict[str, IntegerWeight]:
+        """The weights given to CTranslate2 as their trained codes (none: every weight as fp32)."""
+        return {}
+
     def load(self, folder: Path, source: Source) -> Translator:
-        return CT2Translator(folder, source, self.quantization or "float32")
+        return CT2Translator(folder, source, self.compute_type or self.quantization or "float32")
 
 
 class CT2Int8(CT2):
     name = "ct2-int8"
     quantization = "int8"
+
+
+class CT2Codes(CT2):
+    """The QAT model's own codes as CTranslate2's int8 weights, not re-quantized (``fedq.deploy.exact``): CTranslate2
+    keeps int8 weights as given, with weight_scale = 1/t in fp32 (its int8 matmuls quantize the activations to
+    int8; the fp32 embedding and output projection it quantizes itself at load, as for ct2-int8)."""
+
+    name = "ct2-codes"
+    compute_type = "int8"
+
+    def check(self, source: Source) -> None:
+        super().check(source)
+        self.exact_weights(source)
+
+    def exact_weights(self, source: Source) -> dict[str, IntegerWeight]:
+        path = source.checkpoint.deployed_path
+        _, tensors = read_deployed_tensors(path.read_bytes(), path)
+        packed = {name: t for name, t in tensors.items() if isinstance(t, PackedTensor)}
+        if not packed:
+            raise VariantError(f"variant {self.name} runs a QAT model's codes; this checkpoint has no quantized weights (use ct2-int8)")
+        return {name: integer_weight(name, t, (8,), "CTranslate2") for name, t in packed.items()}

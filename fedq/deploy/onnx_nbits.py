@@ -1,12 +1,7 @@
 """``onnx-nbits``: the QAT model's own codes in ONNX Runtime's low-bit matmul (``MatMulNBits``), nothing re-quantized.
 
-Every weight grid fedq trains is an integer k times a per-row scale t, bit for bit:
-
-- ``lsq``/``maxabs``/``percentile`` and ``ternary``: k = c, t = s;
-- ``seq`` (levels (c + ½)·s): k = 2c + 1, t = s/2 (2 bits: k in {-3, -1, 1, 3});
-- ``binary`` ((2c + 1)·s): k = 2c + 1 in {-1, 1}, t = s.
-
-``MatMulNBits`` dequantizes (q - z)·t with q unsigned at 2, 4 or 8 bits and z its
+Every weight grid fedq trains is an integer k times a per-row scale t, bit for bit
+(``fedq.deploy.exact``). ``MatMulNBits`` dequantizes (q - z)·t with q unsigned at 2, 4 or 8 bits and z its
 default zero point 2^(bits-1), so q = k + z holds the trained weight exactly at the
 narrowest of those widths that fits the grid (2-bit ``seq`` and 3/4-bit ``lsq``: 4;
 binary, ternary and 2-bit ``lsq``: 2; 8-bit ``lsq`` and 4-bit ``seq``: 8). The per-row
@@ -28,15 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from fedq.checkpoint import DEPLOYED
+from fedq.deploy.exact import integer_weight
 from fedq.deploy.onnx_runtime import ENCODER, MAX_LOGIT_ERROR, STEP, Onnx, OnnxTranslator, check_step_graph, export
 from fedq.deploy.variant import Source, Translator, VariantError
 from fedq.files import atomic_write
 from fedq.model.transformer import sinusoidal_positions
 from fedq.quant.deployed import PackedTensor, read_deployed_tensors
-from fedq.quant.quantizers import QUANTIZERS
 
 KERNEL_BITS = (2, 4, 8)  # the widths MatMulNBits runs on CPU
 ACCURACY_LEVEL = 1  # fp32 activations and accumulation
@@ -66,40 +60,23 @@ class KernelWeight:
         return q * np.repeat(blocks, self.block_size, axis=1)[:, : self.k]
 
 
-def grid_integers(method: str, bits: int) -> tuple[int, np.ndarray]:
-    """(m, k): the multiplier m (1 or 2) that makes every level of the grid an integer k = m·level/scale,
-    over all its codes; a grid with no such m is refused."""
-    codes = torch.arange(-(1 << (bits - 1)), 1 << (bits - 1), dtype=torch.int8)[None]
-    levels = QUANTIZERS[method].dequantize(codes, torch.ones(1, dtype=torch.float16))[0].numpy().astype(np.float64)
-    for multiplier in (1, 2):
-        if np.array_equal(multiplier * levels, np.round(multiplier * levels)):
-            return multiplier, np.round(multiplier * levels).astype(np.int64)
-    raise VariantError(f"the {bits}-bit {method} grid has levels that are not integer or half-integer multiples of its scale")
-
-
 def kernel_weight(name: str, weight: PackedTensor) -> KernelWeight:
-    """The trained codes of ``weight`` in the kernel's layout; refused with one line naming the grid when the
-    kernel cannot hold them exactly, and checked: the kernel's dequantized weight equals the QAT weight bit for bit."""
-    multiplier, levels = grid_integers(weight.method, weight.bits)
-    bits = next((b for b in KERNEL_BITS if -(1 << (b - 1)) <= levels.min() and levels.max() < 1 << (b - 1)), None)
-    if bits is None:
-        raise VariantError(f"{name}: the {weight.bits}-bit {weight.method} grid needs integers {levels.min()}..{levels.max()}, "
-                           f"beyond MatMulNBits' {max(KERNEL_BITS)}-bit codes")
-    n, k = weight.codes.shape
+    """The trained codes of ``weight`` in the kernel's layout (exact: ``fedq.deploy.exact``), checked as the kernel
+    dequantizes them: equal to the QAT weight bit for bit."""
+    exact = integer_weight(name, weight, KERNEL_BITS, "MatMulNBits")
+    bits, (n, k) = exact.bits, exact.values.shape
     block = int(min(128, max(16, 1 << (k - 1).bit_length())))
     blocks = -(-k // block)
     q = np.full((n, blocks * block), 1 << (bits - 1), np.uint8)  # padding holds the zero point: weight 0
-    q[:, :k] = levels[weight.codes.astype(np.int64) + (1 << (weight.bits - 1))] + (1 << (bits - 1))
+    q[:, :k] = exact.values + (1 << (bits - 1))
     per_byte = 8 // bits
-    grouped = q.reshape(n, blocks, block // per_byte, per_byte).astype(np.uint8)
+    grouped = q.reshape(n, blocks, block // per_byte, per_byte)
     packed = np.zeros(grouped.shape[:-1], np.uint8)
     for i in range(per_byte):
         packed |= grouped[..., i] << (i * bits)
-    scales = weight.scales.astype(np.float32) / np.float32(multiplier)
-    kernel = KernelWeight(bits, block, n, k, packed, np.repeat(scales, blocks))
+    kernel = KernelWeight(bits, block, n, k, packed, np.repeat(exact.scales, blocks))
     if not np.array_equal(kernel.dequantize(), weight.dequantize().numpy()):
-        raise VariantError(f"{name}: the {weight.bits}-bit {weight.method} weights are not exact in {bits}-bit MatMulNBits codes "
-                           "(a scale too small to halve in fp32)")
+        raise VariantError(f"{name}: MatMulNBits' {bits}-bit layout does not give back the {weight.method} weights")
     return kernel
 
 

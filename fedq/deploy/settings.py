@@ -24,6 +24,7 @@ VARIANTS = {
     "onnx-int8": "fedq.deploy.onnx_runtime:OnnxInt8",
     "onnx-nbits": "fedq.deploy.onnx_nbits:OnnxNBits",
     "ct2": "fedq.deploy.ctranslate:CT2",
+    "ct2-codes": "fedq.deploy.ctranslate:CT2Codes",
     "ct2-int8": "fedq.deploy.ctranslate:CT2Int8",
 }
 
@@ -32,9 +33,10 @@ VARIANTS = {
 class DeployConfig:
     """fedq.deploy: which CPU variants to build from a checkpoint, and how to measure them."""
 
-    # fp32-compiled (no faster at batch 1, compiles at load) and int8-torchao (slower here) can be named too (docs/results.md)
+    # fp32-compiled (no faster at batch 1, compiles at load) and int8-torchao (slower here) can be named too (docs/results.md);
+    # onnx-nbits and ct2-codes run a QAT checkpoint's own codes (an fp32 checkpoint has none: one note each)
     variants: list[str] = field(default_factory=lambda: [
-        "fp32", "int8", "packed", "lowrank", "lowrank-int8", "onnx", "onnx-int8", "ct2", "ct2-int8"])
+        "fp32", "int8", "packed", "lowrank", "lowrank-int8", "onnx", "onnx-int8", "onnx-nbits", "ct2", "ct2-codes", "ct2-int8"])
     out_dir: Optional[str] = None  # where the variants and the table go; None: CHECKPOINT/deploy
     rank_ratio: float = 0.5  # lowrank: each factorized layer keeps this fraction of its parameters
     energy: float = 0.0  # lowrank: instead, the smallest rank keeping this fraction of the squared singular values
