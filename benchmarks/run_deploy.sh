@@ -6,7 +6,7 @@
 #   multi30k  model=small on Multi30k, the README's centralized baseline recipe (40 minutes; MULTI30K_MINUTES=N for less)
 #   codes     QAT checkpoints run as trained (onnx-nbits, ct2-codes) beside the engines that re-quantize them: the tiny
 #             model at 2-bit seq, 8-bit LSQ, ternary and binary, 800 steps each
-# PARTS picks parts (default: all, in this order).
+# PARTS picks parts (default: all, in this order); CODES picks the codes part's checkpoints (default: w2 w8 ternary binary).
 # lowrank rows without and with a fine-tune (deploy.finetune_steps) come from a second deploy of the same checkpoint;
 # the engines measured slower than fp32 eager (fp32-compiled, int8-torchao) are measured on the demo model.
 #   [PARTS="demo codes"] bash benchmarks/run_deploy.sh [OUT_DIR]     (Multi30k files in ../shared/data/multi30k, or MULTI30K=DIR)
@@ -26,29 +26,29 @@ for part in ${PARTS:-demo fourier multi30k codes}; do
     demo)
       train demo train.max_steps=800
       deploy demo "$all"
-      cp "$out/demo/deploy/table.md" "$out/demo.table.md"
+      cp "$out/demo/checkpoint/deploy/table.md" "$out/demo.table.md"
       deploy demo $slow
-      cp "$out/demo/deploy/table.md" "$out/demo.engines.table.md"
+      cp "$out/demo/checkpoint/deploy/table.md" "$out/demo.engines.table.md"
       deploy demo "deploy.variants=[fp32,lowrank,lowrank-int8]" deploy.finetune_steps=300
-      cp "$out/demo/deploy/table.md" "$out/demo.lowrank-finetuned.table.md"
+      cp "$out/demo/checkpoint/deploy/table.md" "$out/demo.lowrank-finetuned.table.md"
       train demo_w8 train.max_steps=800 quant=w8
       deploy demo_w8 "deploy.variants=[fp32,packed,int8,ct2-int8]"
-      cp "$out/demo_w8/deploy/table.md" "$out/demo_w8.table.md" ;;
+      cp "$out/demo_w8/checkpoint/deploy/table.md" "$out/demo_w8.table.md" ;;
     fourier)
       train fourier train.max_steps=800 model.mixer=fourier
       deploy fourier "deploy.variants=[fp32,int8,packed,lowrank,ct2]"
-      cp "$out/fourier/deploy/table.md" "$out/fourier.table.md" ;;
+      cp "$out/fourier/checkpoint/deploy/table.md" "$out/fourier.table.md" ;;
     multi30k)
       train multi30k +experiment=multi30k_small train.max_minutes=${MULTI30K_MINUTES:-40} data.dir="${MULTI30K:-../shared/data/multi30k}"
       deploy multi30k "$all"
-      cp "$out/multi30k/deploy/table.md" "$out/multi30k.table.md"
+      cp "$out/multi30k/checkpoint/deploy/table.md" "$out/multi30k.table.md"
       deploy multi30k "deploy.variants=[fp32,lowrank,lowrank-int8]" deploy.finetune_steps=300
-      cp "$out/multi30k/deploy/table.md" "$out/multi30k.lowrank-finetuned.table.md" ;;
+      cp "$out/multi30k/checkpoint/deploy/table.md" "$out/multi30k.lowrank-finetuned.table.md" ;;
     codes)
-      for quant in w2 w8 ternary binary; do
+      for quant in ${CODES:-w2 w8 ternary binary}; do
         train "codes_$quant" train.max_steps=800 quant=$quant
         deploy "codes_$quant" "$codes"
-        cp "$out/codes_$quant/deploy/table.md" "$out/codes_$quant.table.md"
+        cp "$out/codes_$quant/checkpoint/deploy/table.md" "$out/codes_$quant.table.md"
         grep -E "^\| (fp32|packed|onnx|ct2)" "$out/codes_$quant.table.md"
       done ;;
     *) echo "unknown part $part (demo, fourier, multi30k, codes)"; exit 2 ;;
