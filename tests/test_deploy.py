@@ -141,8 +141,8 @@ def test_deploy_without_a_checkpoint_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("method, bits, kernel_bits", [
-    ("seq", 2, 4), ("seq", 3, 4), ("seq", 4, 8), ("lsq", 2, 2), ("lsq", 4, 4), ("lsq", 8, 8), ("maxabs", 4, 4),
-    ("binary", 1, 2), ("ternary", 2, 2)])
+    ("seq", 2, 4), ("seq", 3, 4), ("seq", 4, 8), ("lsq", 2, 4), ("lsq", 4, 4), ("lsq", 8, 8), ("maxabs", 4, 4),
+    ("binary", 1, 4), ("ternary", 2, 4)])
 def test_every_grid_runs_in_the_low_bit_kernel_as_trained_bit_for_bit(method, bits, kernel_bits):
     from fedq.deploy.onnx_nbits import kernel_weight
     from fedq.quant.deployed import PackedTensor
