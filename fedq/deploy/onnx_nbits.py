@@ -178,8 +178,9 @@ def filled_graph(path: Path, layout: dict, tensors: dict[str, np.ndarray | Packe
         if part in ("fp32", "fp32.T"):
             value = np.ascontiguousarray(tensor.T if part == "fp32.T" else tensor, np.float32).reshape(shape[0])
         else:
-            kernel = kernels.setdefault(name, kernel_weight(name, tensor))  # type: ignore[arg-type]
-            value = kernel.codes if part == "codes" else kernel.scales
+            if name not in kernels:  # its codes and its scales are two graph tensors
+                kernels[name] = kernel_weight(name, tensor)  # type: ignore[arg-type]
+            value = kernels[name].codes if part == "codes" else kernels[name].scales
         graph_model.graph.initializer.append(numpy_helper.from_array(value, init_name))
     return graph_model.SerializeToString()
 
