@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedq.deploy.exact import IntegerWeight, integer_weight
+from fedq.deploy.exact import IntegerWeight, integer_weight, packed_weights
 from fedq.deploy.variant import Source, Translator, Variant, VariantError
 from fedq.model.transformer import Transformer
-from fedq.quant.deployed import PackedTensor, read_deployed_tensors
 from fedq.scoring import translate_batched
 
 
@@ -165,9 +164,5 @@ class CT2Codes(CT2):
         self.exact_weights(source)
 
     def exact_weights(self, source: Source) -> dict[str, IntegerWeight]:
-        path = source.checkpoint.deployed_path
-        _, tensors = read_deployed_tensors(path.read_bytes(), path)
-        packed = {name: t for name, t in tensors.items() if isinstance(t, PackedTensor)}
-        if not packed:
-            raise VariantError(f"variant {self.name} runs a QAT model's codes; this checkpoint has no quantized weights (use ct2-int8)")
+        packed = packed_weights(source, self.name, "ct2-int8")
         return {name: integer_weight(name, t, (8,), "CTranslate2") for name, t in packed.items()}

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedq.deploy.variant import VariantError
-from fedq.quant.deployed import PackedTensor
+from fedq.deploy.variant import Source, VariantError
+from fedq.quant.deployed import PackedTensor, read_deployed_tensors
 from fedq.quant.quantizers import QUANTIZERS
 
 
@@ -58,3 +58,14 @@ def integer_weight(name: str, weight: PackedTensor, widths: tuple[int, ...], eng
         raise VariantError(f"{name}: the {weight.bits}-bit {weight.method} weights are not exact as integers times fp32 scales "
                            "(a scale too small to halve)")
     return IntegerWeight(bits, values, scales)
+
+
+def packed_weights(source: Source, variant: str, instead: str) -> dict[str, PackedTensor]:
+    """The quantized weights of the checkpoint's packed file, as stored; a checkpoint without any is refused for
+    ``variant`` with one line naming the variant to use ``instead``."""
+    path = source.checkpoint.deployed_path
+    _, tensors = read_deployed_tensors(path.read_bytes(), path)
+    packed = {name: t for name, t in tensors.items() if isinstance(t, PackedTensor)}
+    if not packed:
+        raise VariantError(f"variant {variant} runs a QAT model's codes; this checkpoint has no quantized weights (use {instead})")
+    return packed

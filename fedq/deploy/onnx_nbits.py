@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from fedq.checkpoint import DEPLOYED
-from fedq.deploy.exact import integer_weight
+from fedq.deploy.exact import integer_weight, packed_weights
 from fedq.deploy.onnx_runtime import ENCODER, MAX_LOGIT_ERROR, STEP, Onnx, OnnxTranslator, check_step_graph, export
 from fedq.deploy.variant import Source, Translator, VariantError
 from fedq.files import atomic_write
@@ -203,11 +203,7 @@ class OnnxNBits(Onnx):
 
     def check(self, source: Source) -> None:
         super().check(source)
-        _, tensors = read_deployed_tensors(source.checkpoint.deployed_path.read_bytes(), source.checkpoint.deployed_path)
-        packed = {name: t for name, t in tensors.items() if isinstance(t, PackedTensor)}
-        if not packed:
-            raise VariantError(f"variant {self.name} runs a QAT model's codes; this checkpoint has no quantized weights (use onnx)")
-        for name, tensor in packed.items():
+        for name, tensor in packed_weights(source, self.name, "onnx").items():
             kernel_weight(name, tensor)
 
     def build(self, source: Source, folder: Path) -> None:
