@@ -1,7 +1,7 @@
 """Configuration: the composed schema, composing it, mapping Flower's run config, YAML I/O, validation.
 
 Each package owns its settings and their checks (``fedq.data.settings``,
-``fedq.model.transformer.ModelConfig``, ``fedq.quant.settings``,
+``fedq.model.transformer.ModelConfig``, ``fedq.quant.settings``, ``fedq.model.adapters``,
 ``fedq.engine.TrainConfig``, ``fedq.model.decoding.DecodeConfig``,
 ``fedq.comm.settings``, ``fedq.fl.settings``,
 ``fedq.deploy.settings``); this module only composes them into one
@@ -42,6 +42,7 @@ from fedq.deploy.settings import DeployConfig, validate_deploy_config
 from fedq.engine import TrainConfig, validate_train_config
 from fedq.errors import ConfigError
 from fedq.fl.settings import FLConfig, validate_fl_config
+from fedq.model.adapters import AdapterConfig, validate_adapter_config
 from fedq.model.decoding import DecodeConfig, validate_decode_config
 from fedq.model.transformer import ModelConfig, validate_model_config
 from fedq.quant.settings import QuantConfig, validate_quant_config, with_resolved_method
@@ -55,6 +56,7 @@ class FedqConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     comm: CommConfig = field(default_factory=CommConfig)
@@ -221,6 +223,7 @@ def validate_config(cfg: FedqConfig) -> None:
     validate_partition(cfg.partition, cfg.data.name)
     validate_model_config(cfg.model)
     validate_quant_config(cfg.quant)
+    validate_adapter_config(cfg.adapter, (cfg.model.d_model, cfg.model.ffn_dim))
     validate_train_config(cfg.train)
     validate_decode_config(cfg.decode)
     validate_fl_config(cfg.fl)
@@ -233,6 +236,11 @@ def validate_config(cfg: FedqConfig) -> None:
         raise ConfigError(f"threads={cfg.threads} must be >= 0 (0 = torch's default)")
     if cfg.seed < 0:
         raise ConfigError(f"seed={cfg.seed} must be >= 0")
+    if cfg.adapter.rank and not cfg.init_from:
+        raise ConfigError(f"adapter.rank={cfg.adapter.rank}: adapters train over a frozen pre-trained base; give init_from=CHECKPOINT")
+    if cfg.adapter.rank and cfg.quant.act_bits is not None:
+        raise ConfigError("adapter.rank with quant.act_bits: the adapter path is not activation-quantized; "
+                          "use quant.act_bits=null with adapters")
     if cfg.model.max_positions <= cfg.data.max_len:
         raise ConfigError(
             f"model.max_positions={cfg.model.max_positions} cannot hold the pairs of up to data.max_len={cfg.data.max_len} "

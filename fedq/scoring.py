@@ -25,7 +25,6 @@ from fedq.quant.deployed import (
     DeployedFormatError,
     DeployedSize,
     load_deployed,
-    load_deployed_bytes,
 )
 
 
@@ -118,14 +117,6 @@ def score_file(
     if meta.get("tokenizer_fingerprint") not in (None, tokenizer.fingerprint):
         raise DeployedFormatError(f"{path} was packed for another vocabulary than the tokenizer given")
     return score_model(model, tokenizer, splits, decode, device, out_dir)
-
-
-def score_packed_bytes(
-    data: bytes, tokenizer: SubwordTokenizer, pairs: Sequence[tuple[str, str]], decode: DecodeConfig, device: torch.device
-) -> BleuResult:
-    """BLEU of a deployed file held in memory (what the file would score, without writing it)."""
-    model, _ = load_deployed_bytes(data, "<the global model>", device)
-    return score_model(model, tokenizer, {"valid": pairs}, decode, device)["valid"]
 
 
 def score_model(

@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedq.checkpoint import CheckpointError, load_weights_into, read_checkpoint
+from fedq.checkpoint import TOKENIZER, CheckpointError, load_weights_into, read_checkpoint
 from fedq.config import FedqConfig
 from fedq.data.corpora import load_corpus
 from fedq.data.corpus import ParallelCorpus
-from fedq.data.tokenizer import SubwordTokenizer, load_or_train_tokenizer
+from fedq.data.tokenizer import SubwordTokenizer, load_or_train_tokenizer, pieces_per_word
 from fedq.errors import ConfigError
 from fedq.files import FileWriteError
+from fedq.model.adapters import add_adapters
 from fedq.model.transformer import Transformer
 from fedq.quant import quantize_model
 
@@ -49,22 +50,32 @@ def configure_threads(threads: int) -> None:
 
 
 def build_model(cfg: FedqConfig, tokenizer: SubwordTokenizer, init_from: str | None = None) -> Transformer:
-    """The Transformer of ``cfg.model`` with the QAT layers of ``cfg.quant`` swapped in.
+    """The Transformer of ``cfg.model`` with the QAT layers of ``cfg.quant`` swapped in, and the adapters of
+    ``cfg.adapter`` (which freeze everything else).
 
-    ``init_from`` (a checkpoint) gives the starting weights; they are loaded before
-    the QAT layers are swapped in, so learned quantizer steps start from them.
+    ``init_from`` (a checkpoint) gives the starting weights: they are loaded before the QAT layers are swapped
+    in, so a quantizer the checkpoint has no state for starts from them; quantizer state of the same setting
+    (learned steps) is loaded after, so a QAT checkpoint starts as the model its packed file holds.
     """
     model = Transformer(cfg.model, tokenizer.vocab_size, tokenizer.pad_id)
-    if init_from:
-        source = read_checkpoint(init_from)
+    source = read_checkpoint(init_from) if init_from else None
+    if source is not None:
         if source.tokenizer.fingerprint != tokenizer.fingerprint:
             raise CheckpointError(
-                f"init_from={init_from} was trained with another vocabulary "
-                f"({source.tokenizer.vocab_size} pieces) than this run ({tokenizer.vocab_size}); use the same data settings"
+                f"init_from={init_from} was trained with tokenizer {source.tokenizer.fingerprint[:12]} "
+                f"({source.tokenizer.vocab_size} pieces), this run's is {tokenizer.fingerprint[:12]} "
+                f"({tokenizer.vocab_size} pieces); use data.tokenizer={source.folder / TOKENIZER}"
             )
-        skipped = load_weights_into(model, source.state_dict(), f"init_from={init_from}")
-        print(f"initialised from {source.folder}" + (f" ({len(skipped)} quantizer tensors not used)" if skipped else ""), flush=True)
-    return quantize_model(model, cfg.quant)
+        state = source.state_dict()
+        skipped = load_weights_into(model, state, f"init_from={init_from}")
+    model = quantize_model(model, cfg.quant)
+    if source is not None:
+        own = model.state_dict()
+        steps = {key: state[key] for key in skipped if key in own and own[key].shape == state[key].shape}
+        model.load_state_dict(steps, strict=False)
+        unused = len(skipped) - len(steps)
+        print(f"initialised from {source.folder}" + (f" ({unused} tensors not used)" if unused else ""), flush=True)
+    return add_adapters(model, cfg.adapter, cfg.seed)
 
 
 def cache_dir(cfg: FedqConfig) -> Path:
@@ -82,7 +93,8 @@ class TranslationTask:
         c = self.corpus
         return (
             f"corpus {c.name} {c.src_lang}->{c.tgt_lang}: {len(c.train)} train / {len(c.valid)} valid / "
-            f"{len(c.test)} test pairs; vocabulary {self.tokenizer.vocab_size}"
+            f"{len(c.test)} test pairs; vocabulary {self.tokenizer.vocab_size} "
+            f"({pieces_per_word(self.tokenizer, c.train):.2f} pieces per source word on the training split)"
         )
 
 
@@ -90,10 +102,13 @@ def load_task(cfg: FedqConfig) -> TranslationTask:
     """The corpus and its tokenizer; a cache that cannot be written names the setting to change."""
     try:
         corpus = load_corpus(cfg.data)
-        tokenizer = load_or_train_tokenizer(corpus, cfg.data.vocab_size, cache_dir(cfg))
+        if cfg.data.tokenizer:
+            tokenizer = SubwordTokenizer.load(Path(cfg.data.tokenizer).expanduser())
+        else:
+            tokenizer = load_or_train_tokenizer(corpus, cfg.data.vocab_size, cache_dir(cfg))
     except FileWriteError as err:
         raise FileWriteError(f"data.cache_dir={cfg.data.cache_dir}: {err}") from None
-    if tokenizer.vocab_size < cfg.data.vocab_size:
+    if not cfg.data.tokenizer and tokenizer.vocab_size < cfg.data.vocab_size:
         print(f"note: the tokenizer has {tokenizer.vocab_size:,} pieces, fewer than data.vocab_size={cfg.data.vocab_size:,}: "
               "the training split gives no more", flush=True)
     return TranslationTask(corpus, tokenizer)

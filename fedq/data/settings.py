@@ -30,7 +30,8 @@ class DataConfig:
     valid_splits: list[str] = field(default_factory=lambda: ["tst2014"])
     test_splits: list[str] = field(default_factory=lambda: ["tst2015", "tst2016", "tst2017"])
     cache_dir: str = "~/.cache/fedq"
-    vocab_size: int = 2000
+    vocab_size: int = 2000  # pieces of the tokenizer trained on the training split (not used with data.tokenizer)
+    tokenizer: Optional[str] = None  # a SentencePiece model to use instead (a pre-trained checkpoint's tokenizer.model)
     max_tokens: int = 4096  # token budget per batch (source + target tokens)
     max_len: int = 128  # pairs with a side longer than this (in subword tokens) are not trained on
     max_train_pairs: int = 0  # 0 = all; else keep the first N training pairs
@@ -55,6 +56,7 @@ class PartitionConfig:
     label: str = "length"  # dirichlet label: length | talk | topic
     length_buckets: int = 8
     shard_size: int = 0  # pairs per client (iid: exactly; others: at most); 0 = the whole training split is shared out
+    holdout: float = 0.0  # fraction of each client's pairs kept from training and scored as its own text (its last ones)
 
 
 def validate_data_config(cfg: DataConfig) -> None:
@@ -92,6 +94,8 @@ def validate_partition(cfg: PartitionConfig, corpus: str) -> None:
         raise PartitionError(f"partition.length_buckets={cfg.length_buckets} must be >= 1")
     if cfg.shard_size < 0:
         raise PartitionError(f"partition.shard_size={cfg.shard_size} must be >= 0 (0 = share out the whole training split)")
+    if not 0.0 <= cfg.holdout < 1.0:
+        raise PartitionError(f"partition.holdout={cfg.holdout} must be in [0, 1) (a fraction of each client's pairs)")
     if uses_talks(cfg.scheme, cfg.label) and corpus not in CORPORA_WITH_TALKS:
         raise PartitionError(
             f"partition.scheme={cfg.scheme} partition.label={cfg.label} needs talk ids; corpus {corpus} has none "

@@ -78,6 +78,14 @@ class SubwordTokenizer:
         atomic_write(path, self._proto)
 
 
+def pieces_per_word(tokenizer: SubwordTokenizer, pairs: Sequence[tuple[str, str]], limit: int = 2000) -> float:
+    """Subword pieces per whitespace word of the source side of (the first ``limit``) ``pairs``: what a
+    tokenizer trained on other text costs on this one."""
+    sources = [src for src, _ in pairs[:limit]]
+    words = sum(len(src.split()) for src in sources)
+    return sum(len(tokenizer.encode(src)) for src in sources) / max(words, 1)
+
+
 def load_or_train_tokenizer(corpus: ParallelCorpus, vocab_size: int, cache_dir: str | Path) -> SubwordTokenizer:
     """The tokenizer for this corpus and size: from ``cache_dir/tokenizers`` if there, else trained now."""
     key = json.dumps(

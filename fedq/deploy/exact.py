@@ -64,7 +64,10 @@ def packed_weights(source: Source, variant: str, instead: str) -> dict[str, Pack
     """The quantized weights of the checkpoint's packed file, as stored; a checkpoint without any is refused for
     ``variant`` with one line naming the variant to use ``instead``."""
     path = source.checkpoint.deployed_path
-    _, tensors = read_deployed_tensors(path.read_bytes(), path)
+    header, tensors = read_deployed_tensors(path.read_bytes(), path)
+    if "adapter_scale" in header:
+        raise VariantError(f"variant {variant} runs the codes as trained; this checkpoint adds fp32 adapters to them "
+                           f"(use {instead}, which runs the merged weights)")
     packed = {name: t for name, t in tensors.items() if isinstance(t, PackedTensor)}
     if not packed:
         raise VariantError(f"variant {variant} runs a QAT model's codes; this checkpoint has no quantized weights (use {instead})")

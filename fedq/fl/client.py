@@ -28,6 +28,7 @@ from fedq.fl.faults import training_flops
 from fedq.fl.federation import Federation
 from fedq.fl.protocol import NoUpdate, Reply, TrainReply, TrainRequest
 from fedq.fl.weights import model_to_vector, vector_to_model
+from fedq.quant.swap import hold_base_as_codes
 
 
 class ClientRun:
@@ -63,8 +64,11 @@ class ClientRun:
 
 def client_federation(cfg: FedqConfig) -> Federation:
     """What a client process builds once per run. A client on the CPU gets ``fl.num_cpus`` torch threads,
-    not the whole machine: Ray runs several clients side by side."""
+    not the whole machine: Ray runs several clients side by side. A client that trains adapters holds the frozen
+    low-bit base as its codes."""
     federation = Federation(cfg)
+    if cfg.adapter.rank:
+        hold_base_as_codes(federation.model)
     if federation.device.type == "cpu":
         torch.set_num_threads(max(1, int(cfg.fl.num_cpus)))
     return federation
@@ -153,7 +157,7 @@ def client_round(federation: Federation, request: TrainRequest, store: ClientSto
     }
     device = federation.faults.device(partition)
     if device is not None:
-        flops = training_flops(federation.parameters, stats.tokens + stats.src_tokens)
+        flops = training_flops(federation.parameters, stats.tokens + stats.src_tokens, federation.frozen)
         metrics[protocol.SIM_SECONDS] = device.round_seconds(downlink.nbytes, flops, payload_bytes(arrays))
     return TrainReply(arrays, metrics)
 

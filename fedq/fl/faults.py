@@ -76,9 +76,10 @@ class DeviceProfile:
         )
 
 
-def training_flops(parameters: int, tokens: int) -> float:
-    """Forward + backward of ``tokens`` (source and target) through a model of ``parameters``: 6 N T."""
-    return 6.0 * parameters * tokens
+def training_flops(parameters: int, tokens: int, frozen: int = 0) -> float:
+    """Forward + backward of ``tokens`` (source and target) through a model of ``parameters``: 6 N T, less
+    the weight gradients of the ``frozen`` ones (2 per token each: a frozen base under adapters)."""
+    return (6.0 * parameters - 2.0 * frozen) * tokens
 
 
 # Orders of magnitude, not measurements. Bandwidths: the medians speed-test indices report

@@ -40,9 +40,12 @@ class Federation:
         self.downlink = downlink_codec(cfg.comm)
         self.faults = Faults(cfg.fl, cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.model: Transformer = build_model(cfg, self.tokenizer).to(self.device)
+        # With adapters the frozen base is init_from's, in every process: it never travels.
+        base = cfg.init_from if cfg.adapter.rank else None
+        self.model: Transformer = build_model(cfg, self.tokenizer, base).to(self.device)
         self.numel = sum(self.model.state_dict()[name].numel() for name in float_state_names(self.model))
-        self.parameters = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.parameters = sum(p.numel() for p in self.model.parameters())
+        self.frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
         # What every process builds from the seed, taken before any round trains self.model: the model each
         # client holds before its first downlink delta (fedq.comm.downlink), so it is never sent.
         self.seeded = SeededModel.of(model_to_vector(self.model))

@@ -24,9 +24,9 @@ from fedq.fl.settings import clients_per_round
 from fedq.fl.state import ServerState, save_state
 from fedq.fl.weights import vector_to_model
 from fedq.quant import describe_quantization
-from fedq.quant.deployed import pack_deployed
-from fedq.report.run_log import PLOT_FILE, RunLog, plot_run, summarize_traffic
-from fedq.scoring import BleuResult, score_checkpoint, score_packed_bytes
+from fedq.quant.deployed import load_deployed_bytes, pack_deployed
+from fedq.report.run_log import PLOT_FILE, RunLog, min_median_max_bleu, plot_run, summarize_traffic
+from fedq.scoring import BleuResult, score_checkpoint, score_model
 
 
 def format_ratio(ratio: float | None) -> str:
@@ -43,10 +43,27 @@ class GlobalModelScorer:
 
     def valid_bleu(self, vector: np.ndarray) -> BleuResult:
         """Valid BLEU of what the packed file of ``vector`` would hold (packed and loaded back in memory)."""
+        return self._deployed(vector, {"valid": self.federation.task.corpus.valid})["valid"]
+
+    def start_and_end(self, initial: np.ndarray, final: np.ndarray) -> dict[str, Any]:
+        """What adaptation changed, for a run that starts from ``init_from`` or holds text out of each client
+        (``partition.holdout``): the start's test BLEU, and both models' BLEU on each client's held-out pairs."""
+        fed, scores = self.federation, {}
+        if fed.cfg.init_from:
+            scores["initial_test_bleu"] = self._deployed(initial, {"test": fed.task.corpus.test})["test"].score
+        train = fed.task.corpus.train
+        own = {str(c): [train[i] for i in fed.data.held_out(c)] for c in range(len(fed.data))}
+        if any(own.values()):
+            scores["own_text_bleu"] = {when: [r.score for r in self._deployed(vector, own).values()]
+                                       for when, vector in (("initial", initial), ("final", final))}
+        return scores
+
+    def _deployed(self, vector: np.ndarray, splits: dict[str, list[tuple[str, str]]]) -> dict[str, BleuResult]:
         fed = self.federation
         vector_to_model(fed.model, vector)
         data, _ = pack_deployed(fed.model, deployed_metadata(fed.cfg, fed.tokenizer))
-        return score_packed_bytes(data, fed.tokenizer, fed.task.corpus.valid, fed.cfg.decode, fed.device)
+        model, _ = load_deployed_bytes(data, "<the global model>", fed.device)
+        return score_model(model, fed.tokenizer, splits, fed.cfg.decode, fed.device)
 
     def final(self, vector: np.ndarray, meta: dict) -> dict:
         """Checkpoint + packed file of the final global model, scored on valid and test."""
@@ -82,7 +99,10 @@ class RoundReporter:
             f"downlink {federation.downlink.name}",
             flush=True,
         )
-        print(f"model: {federation.numel / 1e6:.2f}M values on the wire; {describe_quantization(federation.model)}", flush=True)
+        adapters = (f"; rank-{cfg.adapter.rank} adapters on every linear layer over the frozen base of init_from"
+                    if cfg.adapter.rank else "")
+        print(f"model: {federation.numel / 1e6:.2f}M values on the wire; {describe_quantization(federation.model)}{adapters}",
+              flush=True)
         print(f"shards: {federation.data.describe()}", flush=True)
 
     def start(self, vector: np.ndarray) -> None:
@@ -155,6 +175,7 @@ class RoundReporter:
 
     def finish(self, vector: np.ndarray) -> dict[str, Any]:
         """Checkpoint and score the final global model once; write summary.json and the plot."""
+        changed = self.scorer.start_and_end(self.federation.initial_vector(), vector)
         final = self.scorer.final(vector, {"rounds": len(self.log.rows)})
         summary = {
             "run_dir": str(self.out_dir.resolve()),
@@ -167,6 +188,7 @@ class RoundReporter:
             "deployed_size": final["deployed_size"],
             "checkpoint": final["checkpoint"],
             "deployed_file": final["deployed_file"],
+            **changed,
             "wall_seconds": time.perf_counter() - self.started,
             "config": self.config_yaml,
         }
@@ -201,4 +223,10 @@ class RoundReporter:
             f"(initial: {s['initial_valid_bleu']:.2f}); {s['bleu_signature']}",
             flush=True,
         )
+        if "initial_test_bleu" in s:
+            print(f"test BLEU of the start (init_from): {s['initial_test_bleu']:.2f}", flush=True)
+        if "own_text_bleu" in s:
+            print("BLEU on each client's held-out pairs, min/median/max over clients: "
+                  + "; ".join(f"{when} {min_median_max_bleu(s['own_text_bleu'][when])}" for when in ("initial", "final")),
+                  flush=True)
         print(f"results: {self.out_dir} (metrics.jsonl, summary.json, {PLOT_FILE}, checkpoint/)", flush=True)

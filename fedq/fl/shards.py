@@ -10,6 +10,9 @@ writes one folder, ``data.cache_dir/shards/KEY/``:
     pairs.npy         per pair: its first token and its source length (int64, [pairs, 2])
     clients.npy       per client: its first pair ([clients + 1], int64)
     talks.npy         per client: how many distinct talks it holds (corpora with talks)
+    held.npy          the training-split indices of the pairs held out from training (partition.holdout),
+                      client after client: each client's last ones, scored as its own text
+    held_clients.npy  per client: its first held-out pair ([clients + 1], int64)
     done.json         written last: the folder is complete
 
 Later processes memory-map the arrays and read a client's shard when it is
@@ -41,8 +44,8 @@ from fedq.engine import budget_note, within_length
 from fedq.files import atomic_write
 from fedq.task import TranslationTask, cache_dir, load_task
 
-FORMAT = 3  # 3: a folder of memory-mapped arrays, one shard read at a time
-ARRAYS = ("tokens", "pairs", "clients", "talks")
+FORMAT = 4  # 3: a folder of memory-mapped arrays, one shard read at a time; 4: held-out pairs
+ARRAYS = ("tokens", "pairs", "clients", "talks", "held", "held_clients")
 
 
 @dataclass
@@ -54,6 +57,8 @@ class ClientShards:
     pairs: np.ndarray
     clients: np.ndarray
     talks_per_client: np.ndarray | None = None  # for a corpus with talks (TED): how many distinct talks each holds
+    held: np.ndarray | None = None  # training-split indices held out from training, client after client
+    held_clients: np.ndarray | None = None  # per client: its first entry of ``held``
 
     def __len__(self) -> int:
         return len(self.clients) - 1
@@ -74,10 +79,18 @@ class ClientShards:
         bounds = [int(s) - int(starts[0]) for s in starts] + [end - int(starts[0])]
         return [(ids[a : a + int(n)], ids[a + int(n) : b]) for a, n, b in zip(bounds[:-1], sources, bounds[1:])]
 
+    def held_out(self, client: int) -> list[int]:
+        """The training-split indices of the pairs ``client`` holds but does not train on (its own test text)."""
+        if self.held is None or self.held_clients is None:
+            return []
+        return np.asarray(self.held[int(self.held_clients[client]) : int(self.held_clients[client + 1])]).tolist()
+
     def describe(self) -> str:
         line = f"{len(self)} clients, {int(self.sizes.sum())} pairs, shard size min/median/max = {min_median_max(self.sizes)}"
         if self.talks_per_client is not None:
             line += f", talks per client min/median/max = {min_median_max(self.talks_per_client)}"
+        if self.held_clients is not None and self.held_clients[-1]:
+            line += f", held out per client min/median/max = {min_median_max(np.diff(self.held_clients))}"
         return line
 
 
@@ -123,12 +136,23 @@ def build_shards(cfg: FedqConfig, task: TranslationTask) -> ClientShards:
     split = partition_indices(len(kept), cfg.fl.clients, p.scheme, alpha=p.alpha, labels=labels, seed=cfg.seed,
                               shard_size=p.shard_size)
     talks_per_client = np.array([len({talks[kept[i]] for i in shard}) for shard in split]) if talks is not None else None
+    held = [shard[len(shard) - held_count(len(shard), p.holdout):] for shard in split]
+    split = [shard[: len(shard) - len(out)] for shard, out in zip(split, held)]
     ordered = [encoded[kept[i]] for shard in split for i in shard]
     lengths = np.array([[len(src), len(tgt)] for src, tgt in ordered], np.int64).reshape(-1, 2)
     starts = np.concatenate([[0], np.cumsum(lengths.sum(axis=1))[:-1]]) if len(ordered) else np.zeros(0, np.int64)
     tokens = np.fromiter((t for src, tgt in ordered for t in (*src, *tgt)), np.int32, count=int(lengths.sum()))
     clients = np.concatenate([[0], np.cumsum([len(shard) for shard in split])]).astype(np.int64)
-    return ClientShards(task.tokenizer, tokens, np.stack([starts, lengths[:, 0]], axis=1), clients, talks_per_client)
+    held_indices = np.array([kept[i] for out in held for i in out], np.int64)
+    held_clients = np.concatenate([[0], np.cumsum([len(out) for out in held])]).astype(np.int64)
+    return ClientShards(task.tokenizer, tokens, np.stack([starts, lengths[:, 0]], axis=1), clients, talks_per_client,
+                        held_indices, held_clients)
+
+
+def held_count(size: int, holdout: float) -> int:
+    """How many of a client's ``size`` pairs ``partition.holdout`` keeps from training: at least one when it is
+    set, never all of them."""
+    return min(size - 1, max(1, round(holdout * size))) if holdout > 0 and size > 1 else 0
 
 
 def _source_files(cfg: FedqConfig) -> list[tuple[str, int, int]]:
@@ -143,6 +167,7 @@ def _source_files(cfg: FedqConfig) -> list[tuple[str, int, int]]:
         roots = [Path(d).expanduser() for d in str(data.dir).split(os.pathsep) if d]
     else:
         roots = [cache_dir(cfg) / data.name]
+    roots += [Path(data.tokenizer).expanduser()] if data.tokenizer else []
     files = sorted(f for root in roots for f in ([root] if root.is_file() else root.rglob("*") if root.is_dir() else []) if f.is_file())
     return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
 
@@ -156,14 +181,17 @@ def _npy(array: np.ndarray) -> bytes:
 def _write(folder: Path, data: ClientShards) -> None:
     atomic_write(folder / "tokenizer.model", data.tokenizer.proto)
     talks = data.talks_per_client if data.talks_per_client is not None else np.zeros(0, np.int64)
-    for name, array in zip(ARRAYS, (data.tokens, data.pairs, data.clients, talks)):
+    held = data.held if data.held is not None else np.zeros(0, np.int64)
+    held_clients = data.held_clients if data.held_clients is not None else np.zeros(len(data) + 1, np.int64)
+    for name, array in zip(ARRAYS, (data.tokens, data.pairs, data.clients, talks, held, held_clients)):
         atomic_write(folder / f"{name}.npy", _npy(np.asarray(array)))
     atomic_write(folder / "done.json", json.dumps({"format": FORMAT, "clients": len(data), "pairs": int(len(data.pairs))}))
 
 
 def _read(folder: Path) -> ClientShards:
     tokenizer = SubwordTokenizer((folder / "tokenizer.model").read_bytes())
-    tokens, pairs, clients, talks = (np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in ARRAYS)
+    tokens, pairs, clients, talks, held, held_clients = (np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in ARRAYS)
     if json.loads((folder / "done.json").read_text()).get("clients") != len(clients) - 1:
         raise ValueError(f"{folder} does not match its done.json")
-    return ClientShards(tokenizer, tokens, pairs, np.asarray(clients), np.asarray(talks) if talks.size else None)
+    return ClientShards(tokenizer, tokens, pairs, np.asarray(clients), np.asarray(talks) if talks.size else None,
+                        held, np.asarray(held_clients))

@@ -1,7 +1,9 @@
 """The model's weights as one flat float32 vector: the form they travel and are aggregated in.
 
 The vector holds the model's floating-point state (latent QAT weights and
-quantizer steps included) in state-dict order. It is the only flatten /
+quantizer steps included) in state-dict order; for a model with adapters
+(``fedq.model.adapters``), only the adapters' trained factors: the frozen base
+never travels. It is the only flatten /
 unflatten pair in fedq: codecs encode it, Flower averages it (as one array),
 and clients load it back into their model.
 """
@@ -12,10 +14,13 @@ import numpy as np
 import torch
 
 from fedq.errors import FedqError
+from fedq.model.adapters import B_NAME
 
 
 def float_state_names(model: torch.nn.Module) -> list[str]:
-    return [name for name, tensor in model.state_dict().items() if tensor.is_floating_point()]
+    """The names of the tensors the vector holds, in state-dict order."""
+    names = [name for name, tensor in model.state_dict().items() if tensor.is_floating_point()]
+    return [name for name in names if name.endswith("." + B_NAME)] or names
 
 
 def model_to_vector(model: torch.nn.Module) -> np.ndarray:

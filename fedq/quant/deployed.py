@@ -15,7 +15,9 @@ A quantized weight is stored as its integer codes packed at the quantizer's bit
 width (binary 1, ternary 2) plus one fp16 scale per output channel. Biases,
 layer norms and unquantized weights stay fp32: they are small, and the size
 report counts them separately. Loading dequantizes the codes into exactly the
-floats the fake-quantized model used, so the logits match.
+floats the fake-quantized model used, so the logits match. A model with
+adapters (``fedq.model.adapters``) stores them fp32 beside the codes, with
+their scale in the header; loading merges them into the dequantized weights.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from torch import nn
 
 from fedq.errors import FedqError
 from fedq.files import atomic_write
+from fedq.model.adapters import A_NAME, B_NAME, adapter_scale, merge_adapters
 from fedq.model.transformer import Transformer
 from fedq.quant.layers import ActQuantLinear
 from fedq.quant.packing import codes_nbytes, pack_codes, unpack_codes
@@ -122,6 +125,8 @@ def pack_deployed(model: Transformer, metadata: dict) -> tuple[bytes, DeployedSi
         "metadata": metadata,
         "tensors": table,
     }
+    if (scale := adapter_scale(model)) is not None:
+        header["adapter_scale"] = scale  # the fp32 adapters beside the codes, merged at load
     header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     body = b"".join([header_bytes, *chunks])
     data = b"".join([MAGIC, _LENGTH.pack(len(header_bytes)), hashlib.sha256(body).digest(), body])
@@ -235,7 +240,10 @@ def load_deployed_bytes(raw: bytes, path: str | Path = "<memory>", device: str |
         model = Transformer.from_shape_dict(header["shape"])
         table = header["tensors"]
         state = {name: t.dequantize() if isinstance(t, PackedTensor) else torch.from_numpy(t) for name, t in tensors.items()}
+        adapters = {name: state.pop(name) for name in list(state) if name.endswith((f".{A_NAME}", f".{B_NAME}"))}
         model.load_state_dict(state, strict=True)
+        if adapters:
+            merge_adapters(model, adapters, float(header["adapter_scale"]))
     except (KeyError, TypeError) as err:
         raise DeployedFormatError(f"{path} has an incomplete header ({type(err).__name__}: {err})") from None
     except RuntimeError as err:

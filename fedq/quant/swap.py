@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from fedq.model.adapters import A_NAME, B_NAME, attach
 from fedq.model.transformer import TiedEmbedding
-from fedq.quant.layers import QUANT_LAYERS, QuantLinear, QuantTiedEmbedding
+from fedq.quant.layers import QUANT_LAYERS, FrozenCodesLinear, QuantLinear, QuantTiedEmbedding
 from fedq.quant.quantizers import ActQuantizer, make_weight_quantizer
 from fedq.quant.settings import OFF_BITS, QuantConfig, validate_quant_config
 
@@ -52,6 +53,19 @@ def quantize_model(model: nn.Module, cfg: QuantConfig) -> nn.Module:
             new = QuantLinear(module, quantizer, act)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, new)
+    return model
+
+
+def hold_base_as_codes(model: nn.Module) -> nn.Module:
+    """Replace each QAT linear layer that carries an adapter by its frozen codes (:class:`FrozenCodesLinear`), the
+    adapter moved over, in place: what a device that trains only adapters holds. The model no longer packs or
+    trains as a whole; it computes the same outputs."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QuantLinear) and hasattr(module, B_NAME):
+            frozen = FrozenCodesLinear(module)
+            attach(frozen, getattr(module, A_NAME), module.lora_b.data, module.lora_scale)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, frozen)
     return model
 
 

@@ -24,7 +24,7 @@ from fedq.config import FedqConfig, config_from_yaml, read_config_file, settings
 from fedq.errors import FedqError
 from fedq.files import atomic_write
 from fedq.quant import resolve_method
-from fedq.report.run_log import FAILURE_FILE, SUMMARY_FILE, read_failure, read_rows
+from fedq.report.run_log import FAILURE_FILE, SUMMARY_FILE, min_median_max_bleu, read_failure, read_rows
 
 REPORT_FILES = ("report.md", "report.json", "report.png")
 
@@ -150,6 +150,7 @@ def report_rows(runs: list[Run], target_bleu: float | None = None) -> list[dict[
                 total_ratio=s["total_ratio"], uplink_ratio=s["uplink_ratio"], test_bleu=s["final_test_bleu"],
                 valid_bleu=s["final_valid_bleu"], minutes=s["wall_seconds"] / 60,
                 sim_hours=s["sim_seconds"] / 3600 if s.get("sim_seconds") is not None else None,
+                start_test_bleu=s.get("initial_test_bleu"), own_text=s.get("own_text_bleu"),
             )
         else:
             m = run.meta or {}
@@ -167,6 +168,8 @@ def markdown(rows: list[dict[str, Any]], target_bleu: float | None = None) -> st
         return "-" if value is None else fmt.format(value)
 
     extra = [f"round reaching valid BLEU {target_bleu:g}", "simulated hours to it", "MB to it"] if target_bleu is not None else []
+    adapted = any(r.get("start_test_bleu") is not None or r.get("own_text") for r in rows)  # runs from init_from
+    extra += ["test BLEU of the start", "own-text BLEU before (min/median/max)", "after"] if adapted else []
     header = ["setting", "training", "QAT", "uplink", "downlink", "up MB", "down MB", "total ratio", "test BLEU",
               "Δ vs fp32", "valid BLEU", "simulated hours", "minutes", *extra]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -178,6 +181,9 @@ def markdown(rows: list[dict[str, Any]], target_bleu: float | None = None) -> st
         if target_bleu is not None:
             reached = r.get("to_target") or {}
             cells += [cell(reached.get("round")), cell(reached.get("sim_hours"), "{:.2f}"), cell(reached.get("mb"), "{:.1f}")]
+        if adapted:
+            own = r.get("own_text") or {}
+            cells += [cell(r.get("start_test_bleu"), "{:.2f}")] + [min_median_max_bleu(own[k]) if own else "-" for k in ("initial", "final")]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 

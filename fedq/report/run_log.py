@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,11 @@ def read_rows(out_dir: str | Path) -> list[dict[str, Any]]:
             if number < len(lines):
                 raise
     return rows
+
+
+def min_median_max_bleu(scores: list[float]) -> str:
+    """Per-client BLEU as tables and progress lines show it: ``min/median/max``."""
+    return f"{min(scores):.2f}/{statistics.median(scores):.2f}/{max(scores):.2f}"
 
 
 def summarize_traffic(rows: list[dict[str, Any]]) -> dict[str, Any]:
