@@ -22,7 +22,7 @@ from fedq.data.corpus import ParallelCorpus
 from fedq.data.tokenizer import SubwordTokenizer, load_or_train_tokenizer, pieces_per_word
 from fedq.errors import ConfigError
 from fedq.files import FileWriteError
-from fedq.model.adapters import add_adapters
+from fedq.model.adapters import B_NAME, add_adapters
 from fedq.model.transformer import Transformer
 from fedq.quant import quantize_model
 
@@ -55,7 +55,8 @@ def build_model(cfg: FedqConfig, tokenizer: SubwordTokenizer, init_from: str | N
 
     ``init_from`` (a checkpoint) gives the starting weights: they are loaded before the QAT layers are swapped
     in, so a quantizer the checkpoint has no state for starts from them; quantizer state of the same setting
-    (learned steps) is loaded after, so a QAT checkpoint starts as the model its packed file holds.
+    (learned steps) and adapters of the same rank are loaded after, so a QAT checkpoint starts as the model its
+    packed file holds.
     """
     model = Transformer(cfg.model, tokenizer.vocab_size, tokenizer.pad_id)
     source = read_checkpoint(init_from) if init_from else None
@@ -68,14 +69,17 @@ def build_model(cfg: FedqConfig, tokenizer: SubwordTokenizer, init_from: str | N
             )
         state = source.state_dict()
         skipped = load_weights_into(model, state, f"init_from={init_from}")
-    model = quantize_model(model, cfg.quant)
+    model = add_adapters(quantize_model(model, cfg.quant), cfg.adapter, cfg.seed)
     if source is not None:
         own = model.state_dict()
-        steps = {key: state[key] for key in skipped if key in own and own[key].shape == state[key].shape}
-        model.load_state_dict(steps, strict=False)
-        unused = len(skipped) - len(steps)
+        carried = {key: state[key] for key in skipped if key in own and own[key].shape == state[key].shape}
+        if lost := [key for key in skipped if key.endswith("." + B_NAME) and key not in carried]:
+            raise CheckpointError(f"init_from={init_from} holds adapters of another rank ({lost[0]}: {tuple(state[lost[0]].shape)}) "
+                                  f"than adapter.rank={cfg.adapter.rank}; continue with the rank they were trained with")
+        model.load_state_dict(carried, strict=False)
+        unused = len(skipped) - len(carried)
         print(f"initialised from {source.folder}" + (f" ({unused} tensors not used)" if unused else ""), flush=True)
-    return add_adapters(model, cfg.adapter, cfg.seed)
+    return model
 
 
 def cache_dir(cfg: FedqConfig) -> Path:

@@ -196,3 +196,10 @@ def test_federated_adapters_end_to_end_with_flower_and_ray(pretrained, tmp_path)
     _, base = read_deployed_tensors(read_checkpoint(checkpoint).deployed_path.read_bytes())
     assert all(np.array_equal(final[n].codes, t.codes) for n, t in base.items() if hasattr(t, "codes"))
     assert any(n.endswith("lora_b") and np.abs(t).max() > 0 for n, t in final.items())
+    # a run from this checkpoint continues its adapters; one without adapters cannot take them
+    again = compose_config([o for o in run[:-1] if not o.startswith("init_from=")] + [f"init_from={out / 'checkpoint'}"])
+    model = build_model(again, load_task(again).tokenizer, again.init_from)
+    assert all(np.array_equal(model.state_dict()[n].numpy(), t) for n, t in final.items() if n.endswith("lora_b"))
+    without = compose_config([o for o in run[:-1] if not o.startswith(("init_from=", "adapter."))] + [f"init_from={out / 'checkpoint'}"])
+    with pytest.raises(ValueError, match="holds adapters of another rank"):
+        build_model(without, load_task(without).tokenizer, without.init_from)
