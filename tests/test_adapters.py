@@ -18,11 +18,13 @@ from fedq.fl.client import client_federation, client_round
 from fedq.fl.client_state import ClientStore
 from fedq.fl.federation import Federation
 from fedq.fl.protocol import TrainRequest
+from fedq.fl.reporting import GlobalModelScorer
 from fedq.fl.shards import held_count
 from fedq.fl.weights import model_to_vector, vector_to_model
 from fedq.model.adapters import AdapterConfig, add_adapters
 from fedq.model.transformer import ModelConfig, Transformer
 from fedq.quant.deployed import load_deployed_bytes, pack_deployed, read_deployed_tensors
+from fedq.scoring import evaluate_bleu
 from fedq.task import build_model, load_task
 from fedq.train import train
 
@@ -35,7 +37,7 @@ def pretrained(tmp_path_factory) -> tuple[Path, list[str]]:
     """A 2-bit QAT checkpoint trained centrally (the server's start), and the settings of the clients' data."""
     folder = tmp_path_factory.mktemp("adapt")
     data = DEMO + [f"data.cache_dir={folder / 'cache'}"]
-    train(compose_config(data + ["train.max_steps=30", "train.log_every=100"]), folder / "start")
+    train(compose_config(data + ["train.max_steps=150", "train.log_every=100"]), folder / "start")
     checkpoint = folder / "start" / "checkpoint"
     return checkpoint, data + [f"init_from={checkpoint}", f"data.tokenizer={checkpoint / 'tokenizer.model'}"]
 
@@ -143,6 +145,25 @@ def test_each_client_holds_out_its_last_pairs_and_never_trains_on_them(pretraine
     assert len(held_all) + len(all_trained) <= len(train_pairs)
     assert "held out per client" in shards.describe()
     assert held_count(1, 0.5) == 0 and held_count(2, 0.01) == 1 and held_count(4, 0.99) == 3
+
+
+def test_each_clients_own_text_score_is_its_held_out_pairs_only(pretrained, tmp_path):
+    _, overrides = pretrained
+    federation = Federation(compose_config(overrides + ["clients=3", "partition.holdout=0.25", "adapter.rank=4"]))
+    vector = np.random.default_rng(2).normal(0, 0.2, federation.numel).astype(np.float32)
+    scores = GlobalModelScorer(federation, tmp_path).start_and_end(federation.initial_vector(), vector)
+    train_pairs = federation.task.corpus.train
+    for when, weights in (("initial", federation.initial_vector()), ("final", vector)):
+        vector_to_model(federation.model, weights)
+        merged, _ = load_deployed_bytes(pack_deployed(federation.model, {})[0])
+        for client in range(3):
+            own = [train_pairs[i] for i in federation.data.held_out(client)]
+            expected, _ = evaluate_bleu(merged, federation.tokenizer, own, federation.cfg.decode, torch.device("cpu"))
+            assert scores["own_text_bleu"][when][client] == pytest.approx(expected.score)
+    assert len({round(x, 6) for x in scores["own_text_bleu"]["initial"]}) == 3  # three different texts, told apart
+    assert scores["initial_test_bleu"] == pytest.approx(
+        evaluate_bleu(load_deployed_bytes(pack_deployed(build_model(federation.cfg, federation.tokenizer, federation.cfg.init_from), {})[0])[0],
+                      federation.tokenizer, federation.task.corpus.test, federation.cfg.decode, torch.device("cpu"))[0].score)
 
 
 @pytest.mark.parametrize(
