@@ -24,6 +24,8 @@ from fedq.fl.weights import model_to_vector, vector_to_model
 from fedq.model.adapters import AdapterConfig, add_adapters
 from fedq.model.transformer import ModelConfig, Transformer
 from fedq.quant.deployed import load_deployed_bytes, pack_deployed, read_deployed_tensors
+from fedq.report.compare import write_report
+from fedq.report.run_log import min_median_max_bleu
 from fedq.scoring import evaluate_bleu
 from fedq.task import build_model, load_task
 from fedq.train import train
@@ -213,6 +215,8 @@ def test_federated_adapters_end_to_end_with_flower_and_ray(pretrained, tmp_path)
     own = summary["own_text_bleu"]
     assert len(own["initial"]) == len(own["final"]) == 3
     assert "BLEU on each client's held-out pairs" in result.stdout
+    table = write_report([out], tmp_path / "report")["markdown"]
+    assert "own-text BLEU before (min/median/max)" in table and min_median_max_bleu(own["final"]) in table
     _, final = read_deployed_tensors((out / "checkpoint" / "model.fedq").read_bytes())
     _, base = read_deployed_tensors(read_checkpoint(checkpoint).deployed_path.read_bytes())
     assert all(np.array_equal(final[n].codes, t.codes) for n, t in base.items() if hasattr(t, "codes"))

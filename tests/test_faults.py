@@ -56,6 +56,7 @@ def send(partition: int, update: np.ndarray, sim: float | None = None, tokens: f
 def test_virtual_clock_of_a_round_is_download_plus_training_plus_upload():
     # 5 MB down at 40 Mbit/s = 1 s; 6 x 1M parameters x 5,000 tokens = 30 GFLOP at 5 GFLOP/s = 6 s; 1 MB up at 8 Mbit/s = 1 s
     assert PHONE.round_seconds(5e6, training_flops(1_000_000, 5_000), 1e6) == pytest.approx(1.0 + 6.0 + 1.0)
+    assert training_flops(1_000_000, 5_000, frozen=1_000_000) == pytest.approx(4 / 6 * training_flops(1_000_000, 5_000))
 
 
 def test_the_round_waits_for_the_slowest_client_it_accepts_or_until_the_deadline():
