@@ -10,7 +10,7 @@
 #           20 % of pairs out of training and is scored on them (partition.holdout=0.2):
 #           whole     every weight trains and travels (the base's latent weights and steps, lr WHOLE_LR)
 #           adapter   rank-ADAPTER_RANK FFA-LoRA adapters over the frozen 2-bit base; only they travel (lr ADAPTER_LR)
-#           for seeds SEEDS (default "1 2"), and the topic partition for seed 1
+#           for seeds SEEDS (default "1 2"); the topic partition with adapters for SEEDS, with whole updates for seed 1
 # Results: $OUT/NAME/ (default outputs/ted); the table is python -m fedq.report over the rows ($OUT/report.md).
 set -euo pipefail
 out=${OUT:-outputs/ted}
@@ -53,13 +53,15 @@ declare -A row=(
   [whole_iid]="partition=iid $whole"
   [adapter_natural]="partition=natural $adapter"
   [adapter_iid]="partition=iid $adapter"
+  [whole_topic]="partition=dirichlet partition.label=topic $whole"
   [adapter_topic]="partition=dirichlet partition.label=topic $adapter"
 )
 names=()
 for seed in ${SEEDS:-1 2}; do
   for kind in ${KINDS:-whole adapter}; do for partition in natural iid; do names+=("${kind}_${partition}_s$seed"); done; done
 done
-names+=(adapter_topic_s1)
+for seed in ${SEEDS:-1 2}; do names+=("adapter_topic_s$seed"); done
+names+=(whole_topic_s1)
 for name in ${ROWS:-${names[@]}}; do
   key=${name%_s*}; seed=${name##*_s}
   if [ ! -f "$out/$name/summary.json" ]; then
