@@ -44,10 +44,10 @@ def pretrained(tmp_path_factory) -> tuple[Path, list[str]]:
     return checkpoint, data + [f"init_from={checkpoint}", f"data.tokenizer={checkpoint / 'tokenizer.model'}"]
 
 
-def small_model(rank: int, seed: int = 3, torch_seed: int = 0) -> Transformer:
+def small_model(rank: int, seed: int = 3, torch_seed: int = 0, alpha: float = 8.0) -> Transformer:
     torch.manual_seed(torch_seed)
     model = Transformer(ModelConfig(d_model=16, n_heads=2, ffn_dim=24, enc_layers=1, dec_layers=1, dropout=0.0), 50, 0)
-    return add_adapters(model, AdapterConfig(rank=rank, alpha=8.0), seed).eval()
+    return add_adapters(model, AdapterConfig(rank=rank, alpha=alpha), seed).eval()
 
 
 def test_averaging_the_b_factors_is_averaging_the_clients_low_rank_updates():
@@ -79,6 +79,15 @@ def test_only_the_adapters_train_and_travel_and_a_packed_file_merges_them():
         assert not torch.allclose(model(src, tgt), plain(src, tgt), atol=1e-3)  # the adapters change the output
         merged, _ = load_deployed_bytes(pack_deployed(model, {})[0])
         torch.testing.assert_close(merged(src, tgt), model(src, tgt), rtol=1e-4, atol=1e-4)
+    # the adapter path is scaled by alpha / rank: twice the alpha, twice the change of a layer's output
+    doubled = small_model(2, alpha=16.0)
+    vector_to_model(doubled, model_to_vector(model))
+    x = torch.randn(3, 16)
+    layer, twice = model.encoder_layers[0].self_attn.q_proj, doubled.encoder_layers[0].self_attn.q_proj
+    with torch.no_grad():
+        base = torch.nn.functional.linear(x, layer.weight, layer.bias)
+        torch.testing.assert_close(twice(x) - base, 2 * (layer(x) - base))
+        assert (layer(x) - base).abs().max() > 0
 
 
 def test_a_device_holds_the_frozen_base_as_its_codes_and_computes_what_the_servers_model_computes(pretrained):
@@ -163,6 +172,11 @@ def test_each_clients_own_text_score_is_its_held_out_pairs_only(pretrained, tmp_
             expected, _ = evaluate_bleu(merged, federation.tokenizer, own, federation.cfg.decode, torch.device("cpu"))
             assert scores["own_text_bleu"][when][client] == pytest.approx(expected.score)
     assert len({round(x, 6) for x in scores["own_text_bleu"]["initial"]}) == 3  # three different texts, told apart
+    shards = federation.data  # a client that holds nothing out (one pair) is left out of the scores, not a crash
+    first = int(shards.held_clients[1])
+    shards.held, shards.held_clients = shards.held[first:], np.maximum(shards.held_clients - first, 0)
+    fewer = GlobalModelScorer(federation, tmp_path).start_and_end(federation.initial_vector(), vector)["own_text_bleu"]
+    assert fewer["initial"] == scores["own_text_bleu"]["initial"][1:] and fewer["final"] == scores["own_text_bleu"]["final"][1:]
     assert scores["initial_test_bleu"] == pytest.approx(
         evaluate_bleu(load_deployed_bytes(pack_deployed(build_model(federation.cfg, federation.tokenizer, federation.cfg.init_from), {})[0])[0],
                       federation.tokenizer, federation.task.corpus.test, federation.cfg.decode, torch.device("cpu"))[0].score)

@@ -47,15 +47,18 @@ class GlobalModelScorer:
 
     def start_and_end(self, initial: np.ndarray, final: np.ndarray) -> dict[str, Any]:
         """What adaptation changed, for a run that starts from ``init_from`` or holds text out of each client
-        (``partition.holdout``): the start's test BLEU, and both models' BLEU on each client's held-out pairs."""
+        (``partition.holdout``): the start's test BLEU, and both models' BLEU on the held-out pairs of each client
+        that holds any."""
         fed, scores = self.federation, {}
         if fed.cfg.init_from:
             scores["initial_test_bleu"] = self._deployed(initial, {"test": fed.task.corpus.test})["test"].score
-        train = fed.task.corpus.train
-        own = {str(c): [train[i] for i in fed.data.held_out(c)] for c in range(len(fed.data))}
-        if any(own.values()):
-            scores["own_text_bleu"] = {when: [r.score for r in self._deployed(vector, own).values()]
-                                       for when, vector in (("initial", initial), ("final", final))}
+        if fed.cfg.partition.holdout:
+            train = fed.task.corpus.train
+            held = ((c, [train[i] for i in fed.data.held_out(c)]) for c in range(len(fed.data)))
+            own = {str(c): pairs for c, pairs in held if pairs}  # a one-pair client holds nothing out
+            if own:
+                scores["own_text_bleu"] = {when: [r.score for r in self._deployed(vector, own).values()]
+                                           for when, vector in (("initial", initial), ("final", final))}
         return scores
 
     def _deployed(self, vector: np.ndarray, splits: dict[str, list[tuple[str, str]]]) -> dict[str, BleuResult]:
