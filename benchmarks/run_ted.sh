@@ -10,7 +10,11 @@
 #           20 % of pairs out of training and is scored on them (partition.holdout=0.2):
 #           whole     every weight trains and travels (the base's latent weights and steps, lr WHOLE_LR)
 #           adapter   rank-ADAPTER_RANK FFA-LoRA adapters over the frozen 2-bit base; only they travel (lr ADAPTER_LR)
-#           for seeds SEEDS (default "1 2"); the topic partition with adapters for SEEDS, with whole updates for seed 1
+#           for seeds SEEDS (default "1 2"); the topic partition with adapters for SEEDS, with whole updates for seed 1;
+#           after the last round each client trains PERSONAL_STEPS (default 8) more local steps on its own pairs and is
+#           scored on its held-out pairs again (fl.personal_steps: its personal model, kept on the device)
+# START_STEPS trains the start for that many steps instead of START_MINUTES (the same start again: its meta.json
+# says how many steps a timed start took).
 # Results: $OUT/NAME/ (default outputs/ted); the table is python -m fedq.report over the rows ($OUT/report.md).
 set -euo pipefail
 out=${OUT:-outputs/ted}
@@ -19,6 +23,7 @@ server_sets=${SERVER_SETS:-tst2011 tst2012}
 client_sets=${CLIENT_SETS:-dev2010,tst2010,tst2013}
 mkdir -p "$out"
 start=$out/start
+start_minutes=${START_MINUTES:-15}; if [ -n "${START_STEPS:-}" ]; then start_minutes=0; fi
 if [ ! -f "$start/checkpoint/meta.json" ]; then
   # What the server holds: Multi30k's training pairs and the talks of SERVER_SETS (repeated TED_REPEAT times, default
   # 4); valid and test are Multi30k's. No client holds those talks; they are not in valid (tst2014) or test.
@@ -38,14 +43,15 @@ for side, lang in enumerate(("de", "en")):
 print(f"server corpus: {len(pairs) - len(talks) * repeat} Multi30k pairs + {len(talks)} TED pairs x {repeat} ({' '.join(sets)})")
 PY
   python -m fedq.train data=textdir data.dir="$out/server_corpus" data.vocab_size=8000 model=tiny quant.bits=2 \
-    train.max_minutes="${START_MINUTES:-15}" train.max_steps=100000 train.warmup_steps=400 train.log_every=200 \
+    train.max_minutes="$start_minutes" train.max_steps="${START_STEPS:-100000}" \
+    train.warmup_steps=400 train.log_every=200 \
     data.max_eval_pairs=500 hydra.run.dir="$start" > "$out/start.log" 2>&1
   grep -E "^test|^valid" "$out/start.log"
 fi
 ckpt=$(cd "$start/checkpoint" && pwd)
 common="data=ted data.dir=$ted_dirs data.train_splits=[$client_sets] data.tokenizer=$ckpt/tokenizer.model init_from=$ckpt
         model=tiny quant.bits=2 clients=${CLIENTS:-35} fl.clients_per_round=10 fl.rounds=${ROUNDS:-12} fl.local_steps=8
-        data.max_tokens=1024 fl.warmup_steps=8 fl.eval_every=0 partition.holdout=0.2"
+        data.max_tokens=1024 fl.warmup_steps=8 fl.eval_every=0 partition.holdout=0.2 fl.personal_steps=${PERSONAL_STEPS:-8}"
 whole="fl.local_lr=${WHOLE_LR:-5e-4}"
 adapter="adapter.rank=${ADAPTER_RANK:-8} fl.local_lr=${ADAPTER_LR:-5e-3}"
 declare -A row=(

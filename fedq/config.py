@@ -241,6 +241,9 @@ def validate_config(cfg: FedqConfig) -> None:
     if cfg.adapter.rank and cfg.quant.act_bits is not None:
         raise ConfigError("adapter.rank with quant.act_bits: the adapter path is not activation-quantized; "
                           "use quant.act_bits=null with adapters")
+    if cfg.fl.personal_steps and not cfg.partition.holdout:
+        raise ConfigError(f"fl.personal_steps={cfg.fl.personal_steps} scores each client on its held-out pairs after "
+                          "training on its own: set partition.holdout (e.g. 0.2)")
     if cfg.model.max_positions <= cfg.data.max_len:
         raise ConfigError(
             f"model.max_positions={cfg.model.max_positions} cannot hold the pairs of up to data.max_len={cfg.data.max_len} "

@@ -182,9 +182,33 @@ def test_each_clients_own_text_score_is_its_held_out_pairs_only(pretrained, tmp_
                       federation.tokenizer, federation.task.corpus.test, federation.cfg.decode, torch.device("cpu"))[0].score)
 
 
+def test_a_personal_score_is_the_clients_next_round_kept_on_the_device_and_scored_on_its_held_out_pairs(pretrained, tmp_path):
+    """fl.personal_steps: what a client's round after the last would train from the final model (fp32 both ways, so
+    the server sees that model exactly), scored on the client's held-out pairs, per client."""
+    _, overrides = pretrained
+    cfg = compose_config(overrides + ["clients=3", "partition.holdout=0.25", "adapter.rank=4", "fl.rounds=1",
+                                      "fl.local_steps=4", "fl.personal_steps=4", "fl.local_lr=0.05", "comm=fp32"])
+    federation = Federation(cfg)
+    final = np.random.default_rng(2).normal(0, 0.05, federation.numel).astype(np.float32)
+    own = GlobalModelScorer(federation, tmp_path).start_and_end(federation.initial_vector(), final)["own_text_bleu"]
+    client = client_federation(cfg)
+    train_pairs = federation.task.corpus.train
+    for c in range(3):
+        request = TrainRequest(c, 2, Broadcaster(client.downlink, client.seeded).message_for(c, final, 2))
+        local = final + client.uplink.decode(client_round(client, request, ClientStore(None)).arrays, final.size)
+        vector_to_model(federation.model, local)
+        merged, _ = load_deployed_bytes(pack_deployed(federation.model, {})[0])
+        held = [train_pairs[i] for i in federation.data.held_out(c)]
+        expected, _ = evaluate_bleu(merged, federation.tokenizer, held, cfg.decode, torch.device("cpu"))
+        assert own["personal"][c] == pytest.approx(expected.score)
+    assert own["personal"] != own["final"]  # four steps at this lr change what some client translates
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
+        (["fl.personal_steps=3"], "fl.personal_steps=3 scores each client on its held-out pairs"),
+        (["fl.personal_steps=-1", "partition.holdout=0.2"], "fl.personal_steps=-1 must be >= 0"),
         (["adapter.rank=40"], "adapter.rank=40 is larger than the narrowest linear layer (32 wide)"),
         (["adapter.rank=-1"], "adapter.rank=-1 must be >= 0"),
         (["partition.holdout=1.0"], "partition.holdout=1.0 must be in [0, 1)"),
@@ -215,7 +239,7 @@ def test_federated_adapters_end_to_end_with_flower_and_ray(pretrained, tmp_path)
     checkpoint, overrides = pretrained
     out = tmp_path / "run"
     run = [*overrides, "clients=3", "fl.clients_per_round=2", "fl.rounds=2", "fl.local_steps=3", "fl.local_lr=0.01",
-           "adapter.rank=4", "partition.holdout=0.2", f"hydra.run.dir={out}"]
+           "adapter.rank=4", "partition.holdout=0.2", "fl.personal_steps=2", f"hydra.run.dir={out}"]
     result = subprocess.run([sys.executable, "-m", "fedq.simulate", *run], capture_output=True, text=True, timeout=420)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -227,10 +251,11 @@ def test_federated_adapters_end_to_end_with_flower_and_ray(pretrained, tmp_path)
     assert summary["fp32_uplink_bytes"] == 2 * 2 * 4 * numel  # 2 rounds x 2 clients x the B factors in fp32
     assert summary["initial_test_bleu"] == pytest.approx(start["test_bleu"])  # round 0 is the pre-trained model
     own = summary["own_text_bleu"]
-    assert len(own["initial"]) == len(own["final"]) == 3
-    assert "BLEU on each client's held-out pairs" in result.stdout
+    assert len(own["initial"]) == len(own["final"]) == len(own["personal"]) == 3
+    assert "BLEU on each client's held-out pairs" in result.stdout and "; personal " in result.stdout
     table = write_report([out], tmp_path / "report")["markdown"]
     assert "own-text BLEU before (min/median/max)" in table and min_median_max_bleu(own["final"]) in table
+    assert "after personal steps" in table and min_median_max_bleu(own["personal"]) in table
     _, final = read_deployed_tensors((out / "checkpoint" / "model.fedq").read_bytes())
     _, base = read_deployed_tensors(read_checkpoint(checkpoint).deployed_path.read_bytes())
     assert all(np.array_equal(final[n].codes, t.codes) for n, t in base.items() if hasattr(t, "codes"))

@@ -15,6 +15,7 @@ from fedq.comm.error_feedback import encode_with_feedback
 from fedq.config import CLIENT_POOL_KEY, FedqConfig, config_from_run_config, results_dir
 from fedq.engine import (
     StepSettings,
+    TrainStats,
     batch_stream,
     inverse_sqrt_schedule,
     make_optimizer,
@@ -96,6 +97,22 @@ def correlated_dither(seed: int, request: TrainRequest, rng: np.random.Generator
     return np.minimum(dither, np.float32(1.0 - 2**-24))  # float32 rounding may reach 1.0
 
 
+def train_on_shard(federation: Federation, partition: int, server_round: int, seed: int,
+                   steps: int | None = None) -> TrainStats:
+    """Train ``federation.model`` in place on the client's shard as round ``server_round`` does: ``steps`` local
+    steps (default ``fl.local_steps`` or ``fl.local_epochs``) at that round's point of the lr schedule."""
+    cfg = federation.cfg
+    shard = federation.data.shard(partition)
+    torch.manual_seed(seed)
+    stream = batch_stream(shard, cfg.data.max_tokens, federation.tokenizer, seed)
+    planned = planned_steps(cfg.fl.local_steps, cfg.fl.local_epochs, shard, cfg.data.max_tokens, federation.tokenizer)
+    optimizer = make_optimizer(federation.model, cfg.fl.local_lr, cfg.train.betas, cfg.train.weight_decay,
+                               kind=cfg.fl.local_optimizer)
+    settings = StepSettings(federation.device, federation.tokenizer.pad_id, cfg.train.label_smoothing, cfg.train.clip_norm)
+    return train_steps(federation.model, stream, optimizer, planned if steps is None else steps, settings,
+                       scheduler=client_lr_schedule(optimizer, cfg, server_round, planned))
+
+
 def client_round(federation: Federation, request: TrainRequest, store: ClientStore) -> TrainReply:
     """Rebuild the model the request describes, train, encode ``local - start`` and keep what the client keeps.
 
@@ -119,19 +136,9 @@ def client_round(federation: Federation, request: TrainRequest, store: ClientSto
         raise NoUpdate(f"{protocol.RESYNC}: {err}") from None
     vector_to_model(federation.model, start_vector)
 
-    shard = federation.data.shard(partition)
     seed = cfg.seed + 1000 * server_round + partition
-    torch.manual_seed(seed)
-    stream = batch_stream(shard, cfg.data.max_tokens, federation.tokenizer, seed)
-    steps = planned_steps(cfg.fl.local_steps, cfg.fl.local_epochs, shard, cfg.data.max_tokens, federation.tokenizer)
-    optimizer = make_optimizer(federation.model, cfg.fl.local_lr, cfg.train.betas, cfg.train.weight_decay,
-                               kind=cfg.fl.local_optimizer)
-    settings = StepSettings(federation.device, federation.tokenizer.pad_id, cfg.train.label_smoothing, cfg.train.clip_norm)
     start = time.perf_counter()
-    stats = train_steps(
-        federation.model, stream, optimizer, steps, settings,
-        scheduler=client_lr_schedule(optimizer, cfg, server_round, steps),
-    )
+    stats = train_on_shard(federation, partition, server_round, seed)
     train_seconds = time.perf_counter() - start
 
     start = time.perf_counter()

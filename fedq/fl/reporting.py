@@ -18,11 +18,12 @@ import numpy as np
 from fedq.checkpoint import DEPLOYED, deployed_metadata, save_checkpoint, update_meta
 from fedq.cli import format_seconds
 from fedq.config import FedqConfig, config_to_yaml
+from fedq.fl.client import train_on_shard
 from fedq.fl.federation import Federation
 from fedq.fl.rounds import RoundOutcome
 from fedq.fl.settings import clients_per_round
 from fedq.fl.state import ServerState, save_state
-from fedq.fl.weights import vector_to_model
+from fedq.fl.weights import model_to_vector, vector_to_model
 from fedq.quant import describe_quantization
 from fedq.quant.deployed import load_deployed_bytes, pack_deployed
 from fedq.report.run_log import PLOT_FILE, RunLog, min_median_max_bleu, plot_run, summarize_traffic
@@ -48,7 +49,7 @@ class GlobalModelScorer:
     def start_and_end(self, initial: np.ndarray, final: np.ndarray) -> dict[str, Any]:
         """What adaptation changed, for a run that starts from ``init_from`` or holds text out of each client
         (``partition.holdout``): the start's test BLEU, and both models' BLEU on the held-out pairs of each client
-        that holds any."""
+        that holds any; with ``fl.personal_steps`` also each such client's own fine-tune of the final model."""
         fed, scores = self.federation, {}
         if fed.cfg.init_from:
             scores["initial_test_bleu"] = self._deployed(initial, {"test": fed.task.corpus.test})["test"].score
@@ -59,7 +60,18 @@ class GlobalModelScorer:
             if own:
                 scores["own_text_bleu"] = {when: [r.score for r in self._deployed(vector, own).values()]
                                            for when, vector in (("initial", initial), ("final", final))}
+                if fed.cfg.fl.personal_steps:
+                    scores["own_text_bleu"]["personal"] = [self._personal(final, int(c), pairs) for c, pairs in own.items()]
         return scores
+
+    def _personal(self, final: np.ndarray, client: int, held: list[tuple[str, str]]) -> float:
+        """BLEU on ``client``'s held-out pairs of the final model after ``fl.personal_steps`` more local steps on
+        its own training pairs (a round after the last, as the client would train it; nothing is sent)."""
+        fed = self.federation
+        vector_to_model(fed.model, final)
+        rounds = fed.cfg.fl.rounds + 1
+        train_on_shard(fed, client, rounds, fed.cfg.seed + 1000 * rounds + client, steps=fed.cfg.fl.personal_steps)
+        return self._deployed(model_to_vector(fed.model), {"own": held})["own"].score
 
     def _deployed(self, vector: np.ndarray, splits: dict[str, list[tuple[str, str]]]) -> dict[str, BleuResult]:
         fed = self.federation
@@ -230,6 +242,6 @@ class RoundReporter:
             print(f"test BLEU of the start (init_from): {s['initial_test_bleu']:.2f}", flush=True)
         if "own_text_bleu" in s:
             print("BLEU on each client's held-out pairs, min/median/max over clients: "
-                  + "; ".join(f"{when} {min_median_max_bleu(s['own_text_bleu'][when])}" for when in ("initial", "final")),
+                  + "; ".join(f"{when} {min_median_max_bleu(scores)}" for when, scores in s["own_text_bleu"].items()),
                   flush=True)
         print(f"results: {self.out_dir} (metrics.jsonl, summary.json, {PLOT_FILE}, checkpoint/)", flush=True)

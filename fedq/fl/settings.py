@@ -45,6 +45,10 @@ class FLConfig:
     # global step count: round r's local step i is step (r-1)*local_steps + i.
     warmup_steps: int = 200
     local_optimizer: str = "adam"  # adam | sgd
+    # Personalisation, scored after the last round: each client that holds pairs out (partition.holdout) trains the
+    # final global model (its adapters, with adapter.rank) this many more local steps on its own pairs, keeps it,
+    # and is scored on its held-out pairs again. 0 = off.
+    personal_steps: int = 0
     strategy: str = "fedavg"  # fedavg | fedadam | fedmedian | fedtrimmedavg | krum | multikrum | bulyan (Flower's)
     server_lr: float = 1.0  # global += server_lr * (aggregate - global); fedadam: Adam's eta
     trim_beta: float = 0.2  # fedtrimmedavg: the fraction of updates cut at each end, per coordinate
@@ -115,7 +119,7 @@ def validate_fl_config(fl: FLConfig) -> None:
     if k > fl.clients:
         raise ConfigError(f"fl.clients_per_round={k} is more than clients={fl.clients}")
     for name, low in (("rounds", 1), ("local_steps", 1), ("local_epochs", 0), ("warmup_steps", 0), ("eval_every", 0),
-                      ("checkpoint_every", 1), ("num_cpus", 1), ("num_gpus", 0), ("byzantine", 0),
+                      ("personal_steps", 0), ("checkpoint_every", 1), ("num_cpus", 1), ("num_gpus", 0), ("byzantine", 0),
                       ("round_deadline", 0), ("max_update_norm", 0), ("reply_timeout", 0)):
         _at_least(getattr(fl, name), low, name)
     for name in ("local_lr", "server_lr", "node_wait_seconds"):

@@ -169,7 +169,9 @@ def markdown(rows: list[dict[str, Any]], target_bleu: float | None = None) -> st
 
     extra = [f"round reaching valid BLEU {target_bleu:g}", "simulated hours to it", "MB to it"] if target_bleu is not None else []
     adapted = any(r.get("start_test_bleu") is not None or r.get("own_text") for r in rows)  # runs from init_from
+    personal = any("personal" in (r.get("own_text") or {}) for r in rows)
     extra += ["test BLEU of the start", "own-text BLEU before (min/median/max)", "after"] if adapted else []
+    extra += ["after personal steps"] if personal else []
     header = ["setting", "training", "QAT", "uplink", "downlink", "up MB", "down MB", "total ratio", "test BLEU",
               "Δ vs fp32", "valid BLEU", "simulated hours", "minutes", *extra]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -183,7 +185,8 @@ def markdown(rows: list[dict[str, Any]], target_bleu: float | None = None) -> st
             cells += [cell(reached.get("round")), cell(reached.get("sim_hours"), "{:.2f}"), cell(reached.get("mb"), "{:.1f}")]
         if adapted:
             own = r.get("own_text") or {}
-            cells += [cell(r.get("start_test_bleu"), "{:.2f}")] + [min_median_max_bleu(own[k]) if own else "-" for k in ("initial", "final")]
+            kinds = ("initial", "final", "personal") if personal else ("initial", "final")
+            cells += [cell(r.get("start_test_bleu"), "{:.2f}")] + [min_median_max_bleu(own[k]) if k in own else "-" for k in kinds]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
