@@ -36,7 +36,7 @@ def test_every_variant_loads_from_its_files_and_translates_like_fp32(checkpoint)
     ckpt, extra = checkpoint
     variants = ["fp32", *EXACT, *LOSSY]
     cfg = compose_config(extra + [f"ckpt={ckpt}", f"deploy.variants=[{','.join(variants)}]", "deploy.latency_sentences=2",
-                                  "deploy.rank_ratio=0.8", "deploy.finetune_steps=30", "device=cpu"])
+                                  "deploy.rank_ratio=0.8", "deploy.finetune_steps=30", "device=cpu", "deploy.memory=false"])
     rows = {row["variant"]: row for row in deploy(cfg)}
     assert set(rows) == set(variants)
     assert rows["fp32"]["test_bleu"] > 20  # the model learned something, so agreement means something
@@ -51,7 +51,7 @@ def test_every_variant_loads_from_its_files_and_translates_like_fp32(checkpoint)
     assert rows["ct2-int8"]["file_bytes"] < 0.5 * rows["ct2"]["file_bytes"]
     assert rows["lowrank"]["file_bytes"] < rows["fp32"]["file_bytes"]
     table = (deploy_dir / "table.md").read_text()
-    assert table.startswith("| variant | file MB") and "| ct2-int8 |" in table
+    assert table.startswith("| variant | file MB") and "| ct2-int8 |" in table and "peak memory" not in table
     assert "sentences/s at batch 32 (2 threads)" in table  # deploy.batch_size and the machine's cores, as measured
     assert len(json.loads((deploy_dir / "table.json").read_text())) == len(variants) + 1
 
@@ -102,7 +102,7 @@ def test_a_missing_engine_is_one_note_and_the_other_variants_go_on(checkpoint, m
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ctranslate2" else real(name, *a))
     rows = deploy(compose_config(extra + [f"ckpt={ckpt}", "deploy.variants=[fp32,ct2]", "deploy.latency_sentences=2",
-                                          "deploy.test_sentences=5", "device=cpu"]))
+                                          "deploy.test_sentences=5", "device=cpu", "deploy.memory=false"]))
     assert [row["variant"] for row in rows] == ["fp32"]
     notes = (ckpt / "deploy" / "table.md").read_text()
     assert 'ct2: variant ct2 needs ctranslate2, which is not installed: pip install -e ".[deploy]"' in notes
@@ -129,8 +129,13 @@ def test_deploy_settings_act_or_are_refused(checkpoint, tmp_path):
         deploy(compose_config(base + ["decode.beam=4"]))
     with pytest.raises(FedqError, match="resume= is not used by fedq.deploy"):
         deploy(compose_config(base + [f"resume={tmp_path}"]))
-    deploy(compose_config(base + ["threads=1", "deploy.batch_size=4", f"deploy.out_dir={tmp_path / 'elsewhere'}"]))
-    assert "sentences/s at batch 4 (1 thread)" in (tmp_path / "elsewhere" / "table.md").read_text()
+    rows = deploy(compose_config(base + ["threads=1", "deploy.batch_size=4", "deploy.variants=[fp32,packed]",
+                                         f"deploy.out_dir={tmp_path / 'elsewhere'}"]))
+    table = (tmp_path / "elsewhere" / "table.md").read_text()
+    assert "sentences/s at batch 4 (1 thread)" in table
+    for row in rows:  # deploy.memory (on by default): each variant's peak, measured in a process of its own
+        assert 0 < row["above_floor_mb"] < row["peak_mb"], row
+        assert f"| {row['peak_mb']:.0f} ({row['above_floor_mb']:.0f}) |" in table
 
 
 def test_deploy_without_a_checkpoint_is_one_line(tmp_path):
@@ -187,7 +192,7 @@ def test_onnx_nbits_runs_the_packed_codes_from_a_download_the_size_of_the_packed
 
     ckpt, extra = qat_checkpoint
     cfg = compose_config(extra + [f"ckpt={ckpt}", "deploy.variants=[packed,onnx-nbits,ct2-codes]", "deploy.latency_sentences=1",
-                                  "device=cpu"])
+                                  "device=cpu", "deploy.memory=false"])
     rows = {row["variant"]: row for row in deploy(cfg)}
     assert rows["onnx-nbits"]["identical_pct"] == 100  # fp32 here is the packed model's own weights
     assert rows["ct2-codes"]["identical_pct"] >= 80  # int8 activations: close, not exact
@@ -224,11 +229,10 @@ def test_ct2_codes_gives_ctranslate2_the_trained_codes_as_its_int8_weights(qat_c
     from fedq.checkpoint import read_checkpoint
     from fedq.deploy.ctranslate import CT2Codes, model_spec
     from fedq.deploy.variant import Source
-    from fedq.quant.deployed import load_deployed
 
     checkpoint = read_checkpoint(qat_checkpoint[0])
-    model, _ = load_deployed(checkpoint.deployed_path)
-    source = Source(checkpoint, model, checkpoint.tokenizer, compose_config([]).decode)
+    source = Source(checkpoint, compose_config([]).decode)
+    model = source.model
     exact = CT2Codes().exact_weights(source)
     spec = model_spec(model, checkpoint.tokenizer.pieces(), exact)
     fused = spec.decoder.layer[1].self_attention.linear[0]  # q, k and v fused along the outputs

@@ -7,7 +7,9 @@ loads it back from those files, and measures, on the same test sentences:
 - batch-1 latency: ms per sentence, greedy, one at a time, one thread;
 - throughput: sentences/s at batch ``deploy.batch_size`` on all cores;
 - test BLEU (sacreBLEU), its difference to fp32, and the share of outputs
-  identical to fp32's.
+  identical to fp32's;
+- peak resident memory of translating the test sentences, each variant in a
+  process of its own (``deploy.memory``, ``fedq.deploy.memory``).
 
 Prints the table and writes ``deploy/table.md`` and ``deploy/table.json``.
 A variant that cannot be built here (its engine is not installed) or cannot
@@ -32,11 +34,12 @@ from fedq.checkpoint import CheckpointError, read_checkpoint
 from fedq.cli import refuse_unused, run_entry_point, run_with_user_errors
 from fedq.config import CONFIG_SOURCE, FedqConfig, register_configs
 from fedq.data.corpora import load_corpus
+from fedq.deploy.memory import measurable as memory_measurable
+from fedq.deploy.memory import peak_memory
 from fedq.deploy.registry import make_variant
 from fedq.deploy.variant import Source, Translator, VariantError
 from fedq.errors import ConfigError
 from fedq.files import atomic_write
-from fedq.quant.deployed import load_deployed
 from fedq.scoring import corpus_bleu
 
 
@@ -102,17 +105,18 @@ def add_latency(rows: list[dict[str, Any]], translators: list[Translator], sourc
 
 
 def table(rows: list[dict[str, Any]], notes: list[str], batch_size: int, threads: int) -> str:
-    lines = [
-        "| variant | file MB | × smaller than fp32 | batch-1 latency, ms/sentence (1 thread) | × faster | "
-        f"sentences/s at batch {batch_size} ({threads} thread{'s' if threads != 1 else ''}) | test BLEU | Δ BLEU vs fp32 | outputs identical to fp32 |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    memory = bool(rows) and "peak_mb" in rows[0]
+    header = ["variant", "file MB", "× smaller than fp32", "batch-1 latency, ms/sentence (1 thread)", "× faster",
+              f"sentences/s at batch {batch_size} ({threads} thread{'s' if threads != 1 else ''})", "test BLEU",
+              "Δ BLEU vs fp32", "outputs identical to fp32"]
+    header += ["peak memory MB (above the shared floor)"] if memory else []
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        lines.append(
-            f"| {r['variant']} | {r['file_mb']:.2f} | {r.get('smaller_than_fp32', 1.0):.2f} | {r['latency_ms']:.1f} | "
-            f"{r.get('latency_speedup', 1.0):.2f} | {r['sentences_per_s']:.1f} | {r['test_bleu']:.2f} | "
-            f"{r.get('delta_bleu', 0.0):+.2f} | {r.get('identical_pct', 100.0):.0f}% |"
-        )
+        cells = [r["variant"], f"{r['file_mb']:.2f}", f"{r.get('smaller_than_fp32', 1.0):.2f}", f"{r['latency_ms']:.1f}",
+                 f"{r.get('latency_speedup', 1.0):.2f}", f"{r['sentences_per_s']:.1f}", f"{r['test_bleu']:.2f}",
+                 f"{r.get('delta_bleu', 0.0):+.2f}", f"{r.get('identical_pct', 100.0):.0f}%"]
+        cells += [f"{r['peak_mb']:.0f} ({r['above_floor_mb']:.0f})"] if memory else []
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines + [f"\n- {note}" for note in notes]) + "\n"
 
 
@@ -125,8 +129,8 @@ def deploy(cfg: FedqConfig) -> list[dict[str, Any]]:
     checkpoint = read_checkpoint(cfg.ckpt)
     if not checkpoint.deployed_path.is_file():
         raise CheckpointError(f"{checkpoint.folder} has no deployed file {checkpoint.deployed_path.name}")
-    model, _ = load_deployed(checkpoint.deployed_path)
-    source = Source(checkpoint, model, checkpoint.tokenizer, cfg.decode)
+    source = Source(checkpoint, cfg.decode)
+    model = source.model
     test = load_corpus(checkpoint.config.data).test
     test = test[: cfg.deploy.test_sentences or None]
     sources, references = [s for s, _ in test], [t for _, t in test]
@@ -162,6 +166,13 @@ def deploy(cfg: FedqConfig) -> list[dict[str, Any]]:
               f"{cfg.deploy.batch_size}, test BLEU {row['test_bleu']:.2f}", flush=True)
     print(f"batch-1 latency: {LATENCY_ROUNDS} passes of {cfg.deploy.latency_sentences} sentences, interleaved", flush=True)
     add_latency(rows, translators, sources[: cfg.deploy.latency_sentences])
+    if cfg.deploy.memory and not memory_measurable():
+        notes.append("peak memory: not measured (it is read from Linux's /proc)")
+    elif cfg.deploy.memory:
+        print(f"peak memory: each variant translating the {len(sources)} sentences in a process of its own", flush=True)
+        for row in rows:
+            row.update(peak_memory(checkpoint.folder, row["variant"], out / row["variant"], len(sources),
+                                   cfg.deploy.batch_size, throughput_threads(cfg)))
     torch.set_num_threads(throughput_threads(cfg))
     text = table(rows, notes, cfg.deploy.batch_size, throughput_threads(cfg))
     atomic_write(out / "table.md", text)

@@ -44,6 +44,7 @@ class DeployConfig:
     test_sentences: int = 0  # test pairs scored (0 = the whole test split)
     latency_sentences: int = 30  # sentences timed one at a time on one thread
     batch_size: int = 32  # the batch of the throughput measurement (all cores, or `threads`)
+    memory: bool = True  # peak resident memory of each variant translating the test set, in a process of its own
 
 
 def validate_deploy_config(cfg: DeployConfig) -> None:

@@ -11,6 +11,7 @@ import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import ClassVar, Protocol
 
@@ -23,6 +24,7 @@ from fedq.deploy.settings import DeployConfig
 from fedq.errors import FedqError
 from fedq.model.decoding import DecodeConfig
 from fedq.model.transformer import Transformer
+from fedq.quant.deployed import load_deployed
 from fedq.scoring import translate
 
 INSTALL_HINT = 'pip install -e ".[deploy]"'
@@ -34,12 +36,19 @@ class VariantError(FedqError):
 
 @dataclass
 class Source:
-    """What every variant is built from."""
+    """What every variant is built from (a variant's ``load`` needs only its tokenizer and decoding settings)."""
 
     checkpoint: Checkpoint
-    model: Transformer  # the deployed weights (dequantized where QAT packed them), fp32, eval mode
-    tokenizer: SubwordTokenizer
     decode: DecodeConfig
+
+    @cached_property
+    def model(self) -> Transformer:
+        """The deployed weights (dequantized where QAT packed them), fp32, eval mode; read on first use."""
+        return load_deployed(self.checkpoint.deployed_path)[0]
+
+    @property
+    def tokenizer(self) -> SubwordTokenizer:
+        return self.checkpoint.tokenizer
 
     @property
     def cfg(self) -> FedqConfig:
