@@ -97,6 +97,11 @@ def correlated_dither(seed: int, request: TrainRequest, rng: np.random.Generator
     return np.minimum(dither, np.float32(1.0 - 2**-24))  # float32 rounding may reach 1.0
 
 
+def round_seed(cfg: FedqConfig, server_round: int, partition: int) -> int:
+    """The seed of a client's round: its batches, its torch draws and its codec's randomness."""
+    return cfg.seed + 1000 * server_round + partition
+
+
 def train_on_shard(federation: Federation, partition: int, server_round: int, seed: int,
                    steps: int | None = None) -> TrainStats:
     """Train ``federation.model`` in place on the client's shard as round ``server_round`` does: ``steps`` local
@@ -136,7 +141,7 @@ def client_round(federation: Federation, request: TrainRequest, store: ClientSto
         raise NoUpdate(f"{protocol.RESYNC}: {err}") from None
     vector_to_model(federation.model, start_vector)
 
-    seed = cfg.seed + 1000 * server_round + partition
+    seed = round_seed(cfg, server_round, partition)
     start = time.perf_counter()
     stats = train_on_shard(federation, partition, server_round, seed)
     train_seconds = time.perf_counter() - start

@@ -18,12 +18,12 @@ import numpy as np
 from fedq.checkpoint import DEPLOYED, deployed_metadata, save_checkpoint, update_meta
 from fedq.cli import format_seconds
 from fedq.config import FedqConfig, config_to_yaml
-from fedq.fl.client import train_on_shard
+from fedq.fl.client import round_seed, train_on_shard
 from fedq.fl.federation import Federation
 from fedq.fl.rounds import RoundOutcome
 from fedq.fl.settings import clients_per_round
 from fedq.fl.state import ServerState, save_state
-from fedq.fl.weights import model_to_vector, vector_to_model
+from fedq.fl.weights import vector_to_model
 from fedq.quant import describe_quantization
 from fedq.quant.deployed import load_deployed_bytes, pack_deployed
 from fedq.report.run_log import PLOT_FILE, RunLog, min_median_max_bleu, plot_run, summarize_traffic
@@ -70,12 +70,16 @@ class GlobalModelScorer:
         fed = self.federation
         vector_to_model(fed.model, final)
         rounds = fed.cfg.fl.rounds + 1
-        train_on_shard(fed, client, rounds, fed.cfg.seed + 1000 * rounds + client, steps=fed.cfg.fl.personal_steps)
-        return self._deployed(model_to_vector(fed.model), {"own": held})["own"].score
+        train_on_shard(fed, client, rounds, round_seed(fed.cfg, rounds, client), steps=fed.cfg.fl.personal_steps)
+        return self._packed_scores({"own": held})["own"].score
 
     def _deployed(self, vector: np.ndarray, splits: dict[str, list[tuple[str, str]]]) -> dict[str, BleuResult]:
+        vector_to_model(self.federation.model, vector)
+        return self._packed_scores(splits)
+
+    def _packed_scores(self, splits: dict[str, list[tuple[str, str]]]) -> dict[str, BleuResult]:
+        """BLEU of what the packed file of the federation's model as it is now would hold."""
         fed = self.federation
-        vector_to_model(fed.model, vector)
         data, _ = pack_deployed(fed.model, deployed_metadata(fed.cfg, fed.tokenizer))
         model, _ = load_deployed_bytes(data, "<the global model>", fed.device)
         return score_model(model, fed.tokenizer, splits, fed.cfg.decode, fed.device)
