@@ -4,16 +4,24 @@
 #   demo_w8   the same with 8-bit QAT (through int8 and ct2-int8)
 #   fourier   the same model with FNet mixing in the encoder (model.mixer=fourier), 800 steps
 #   multi30k  model=small on Multi30k, the README's centralized baseline recipe (40 minutes; MULTI30K_MINUTES=N for less)
+#   multi30k_codes  2-bit seq QAT fine-tuned from the multi30k checkpoint (+experiment=multi30k_qat, 3 minutes), run as
+#             trained (onnx-nbits, ct2-codes) beside the engines that re-quantize it (needs the multi30k part's checkpoint)
 #   codes     QAT checkpoints run as trained (onnx-nbits, ct2-codes) beside the engines that re-quantize them: the tiny
 #             model at 2-bit seq, 8-bit LSQ, ternary and binary, 800 steps each
-# PARTS picks parts (default: all, in this order); CODES picks the codes part's checkpoints (default: w2 w8 ternary binary).
+# Every table has each variant's peak memory translating the test set (deploy.memory, a process per variant).
+# PARTS picks parts (default: all, in this order); CODES picks the codes part's checkpoints (default: w2 w8 ternary binary);
+# REUSE=1 deploys the checkpoints already in OUT_DIR again instead of retraining them.
 # lowrank rows without and with a fine-tune (deploy.finetune_steps) come from a second deploy of the same checkpoint;
 # the engines measured slower than fp32 eager (fp32-compiled, int8-torchao) are measured on the demo model.
 #   [PARTS="demo codes"] bash benchmarks/run_deploy.sh [OUT_DIR]     (Multi30k files in ../shared/data/multi30k, or MULTI30K=DIR)
 set -euo pipefail
 out=${1:-outputs/deploy}
 mkdir -p "$out"
-train() { name=$1; shift; python -m fedq.train "$@" hydra.run.dir="$out/$name" > "$out/$name.train.log" 2>&1; }
+train() {  # REUSE=1: a checkpoint already trained in $out/NAME is deployed again, not retrained
+  name=$1; shift
+  if [ "${REUSE:-0}" = 1 ] && [ -f "$out/$name/checkpoint/model.fedq" ]; then echo "reusing $out/$name/checkpoint"; return; fi
+  python -m fedq.train "$@" hydra.run.dir="$out/$name" > "$out/$name.train.log" 2>&1
+}
 deploy() { name=$1; shift; python -m fedq.deploy ckpt="$out/$name/checkpoint" "$@" hydra.run.dir="$out/$name/deploy-run" > "$out/$name.deploy.log" 2>&1; }
 all="deploy.variants=[fp32,int8,packed,lowrank,lowrank-int8,onnx,onnx-int8,ct2,ct2-int8]"
 # the engines measured slower than fp32 eager, on 200 sentences (int8-torchao decodes about 2 sentences/s at batch 32)
@@ -21,7 +29,7 @@ slow="deploy.variants=[fp32,fp32-compiled,int8,int8-torchao] deploy.test_sentenc
 
 codes="deploy.variants=[fp32,packed,onnx,onnx-int8,onnx-nbits,ct2,ct2-codes,ct2-int8]"
 
-for part in ${PARTS:-demo fourier multi30k codes}; do
+for part in ${PARTS:-demo fourier multi30k multi30k_codes codes}; do
   case $part in
     demo)
       train demo train.max_steps=800
@@ -44,6 +52,10 @@ for part in ${PARTS:-demo fourier multi30k codes}; do
       cp "$out/multi30k/checkpoint/deploy/table.md" "$out/multi30k.table.md"
       deploy multi30k "deploy.variants=[fp32,lowrank,lowrank-int8]" deploy.finetune_steps=300
       cp "$out/multi30k/checkpoint/deploy/table.md" "$out/multi30k.lowrank-finetuned.table.md" ;;
+    multi30k_codes)
+      train multi30k_w2 +experiment=multi30k_qat init_from="$out/multi30k/checkpoint" quant=w2 data.dir="${MULTI30K:-../shared/data/multi30k}"
+      deploy multi30k_w2 "$codes"
+      cp "$out/multi30k_w2/checkpoint/deploy/table.md" "$out/multi30k_w2.table.md" ;;
     codes)
       for quant in ${CODES:-w2 w8 ternary binary}; do
         train "codes_$quant" train.max_steps=800 quant=$quant
@@ -51,6 +63,6 @@ for part in ${PARTS:-demo fourier multi30k codes}; do
         cp "$out/codes_$quant/checkpoint/deploy/table.md" "$out/codes_$quant.table.md"
         grep -E "^\| (fp32|packed|onnx|ct2)" "$out/codes_$quant.table.md"
       done ;;
-    *) echo "unknown part $part (demo, fourier, multi30k, codes)"; exit 2 ;;
+    *) echo "unknown part $part (demo, fourier, multi30k, multi30k_codes, codes)"; exit 2 ;;
   esac
 done

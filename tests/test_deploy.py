@@ -12,10 +12,18 @@ import numpy as np
 import pytest
 import torch
 
+from fedq.checkpoint import read_checkpoint
 from fedq.config import compose_config, validate_config
 from fedq.deploy.__main__ import deploy
 from fedq.deploy.factorized import FactorizedLinear, choose_rank, factorize
+from fedq.deploy.fp32 import Fp32
+from fedq.deploy.memory import measurable as memory_measurable
+from fedq.deploy.memory import measure
+from fedq.deploy.registry import make_variant
+from fedq.deploy.settings import DeployConfig
+from fedq.deploy.variant import Source, TorchTranslator
 from fedq.errors import FedqError
+from fedq.model.decoding import DecodeConfig
 from fedq.train import train
 
 EXACT = ("packed", "onnx", "ct2")  # the fp32 weights, another engine: the same greedy outputs
@@ -136,6 +144,41 @@ def test_deploy_settings_act_or_are_refused(checkpoint, tmp_path):
     for row in rows:  # deploy.memory (on by default): each variant's peak, measured in a process of its own
         assert 0 < row["above_floor_mb"] < row["peak_mb"], row
         assert f"| {row['peak_mb']:.0f} ({row['above_floor_mb']:.0f}) |" in table
+
+
+@pytest.mark.skipif(not memory_measurable(), reason="peak memory is read from Linux's /proc")
+def test_the_memory_process_loads_and_translates_with_the_runs_settings(checkpoint, tmp_path, monkeypatch):
+    ckpt, _ = checkpoint
+    Fp32().build(Source(read_checkpoint(ckpt), DecodeConfig()), tmp_path)
+    seen = []
+    real = TorchTranslator.translate
+
+    def spy(self, sources, batch_size, threads):
+        outputs = real(self, sources, batch_size, threads)
+        seen.append((batch_size, threads, outputs))
+        return outputs
+
+    monkeypatch.setattr(TorchTranslator, "translate", spy)
+    result = measure(ckpt, "fp32", tmp_path, 4, 1, DeployConfig(batch_size=3), DecodeConfig(max_len_a=0, max_len_b=1))
+    (batch_size, threads, outputs), = seen
+    assert (batch_size, threads, len(outputs)) == (3, 1, 4)
+    assert all(len(text.split()) <= 1 for text in outputs)  # decode.max_len_b=1: one piece a sentence
+    assert 0 < result["above_floor_mb"] < result["peak_mb"]
+
+
+@pytest.mark.parametrize("name", ["onnx", "ct2"])
+def test_an_engine_variant_loads_and_translates_without_reading_the_fp32_weights(checkpoint, tmp_path, monkeypatch, name):
+    ckpt, _ = checkpoint
+    built = Source(read_checkpoint(ckpt), DecodeConfig())
+    make_variant(name, DeployConfig()).build(built, tmp_path)
+    expected = make_variant(name, DeployConfig()).load(tmp_path, built).translate(["ein hund", "zwei katzen"], 2, 1)
+
+    def refuse(*args):
+        raise AssertionError("the fp32 weights were read")
+
+    monkeypatch.setattr("fedq.deploy.variant.load_deployed", refuse)  # what a peak-memory process must not hold
+    source = Source(read_checkpoint(ckpt), DecodeConfig())
+    assert make_variant(name, DeployConfig()).load(tmp_path, source).translate(["ein hund", "zwei katzen"], 2, 1) == expected
 
 
 def test_deploy_without_a_checkpoint_is_one_line(tmp_path):

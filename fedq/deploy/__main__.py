@@ -172,7 +172,7 @@ def deploy(cfg: FedqConfig) -> list[dict[str, Any]]:
         print(f"peak memory: each variant translating the {len(sources)} sentences in a process of its own", flush=True)
         for row in rows:
             row.update(peak_memory(checkpoint.folder, row["variant"], out / row["variant"], len(sources),
-                                   cfg.deploy.batch_size, throughput_threads(cfg)))
+                                   throughput_threads(cfg), cfg.deploy, cfg.decode))
     torch.set_num_threads(throughput_threads(cfg))
     text = table(rows, notes, cfg.deploy.batch_size, throughput_threads(cfg))
     atomic_write(out / "table.md", text)

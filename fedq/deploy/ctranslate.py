@@ -95,7 +95,7 @@ class CT2Translator:
         self.tokenizer, self.decode = source.tokenizer, source.decode
         self.pieces = source.tokenizer.pieces()
         self.ids = {piece: i for i, piece in enumerate(self.pieces)}
-        self.max_src = source.model.shape.max_positions
+        self.max_src = source.shape.max_positions
         self.translators: dict[int, object] = {}
 
     def _translator(self, threads: int):

@@ -18,6 +18,7 @@ import argparse
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from fedq.checkpoint import read_checkpoint
@@ -25,6 +26,7 @@ from fedq.data.corpora import load_corpus
 from fedq.deploy.registry import make_variant
 from fedq.deploy.settings import DeployConfig
 from fedq.deploy.variant import Source
+from fedq.model.decoding import DecodeConfig
 
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")  # writing 5 resets the peak (VmHWM) to the resident memory now
@@ -41,10 +43,12 @@ def status_mb(field: str) -> float:
     return int(line.split()[1]) / 1024  # kB
 
 
-def peak_memory(ckpt: Path, variant: str, folder: Path, sentences: int, batch_size: int, threads: int) -> dict[str, float]:
+def peak_memory(ckpt: Path, variant: str, folder: Path, sentences: int, threads: int, deploy: DeployConfig,
+                decode: DecodeConfig) -> dict[str, float]:
     """``{"peak_mb", "above_floor_mb"}`` of ``variant`` (built in ``folder``) in a fresh process."""
+    settings = json.dumps({"deploy": asdict(deploy), "decode": asdict(decode)})
     command = [sys.executable, "-m", "fedq.deploy.memory", str(ckpt), variant, str(folder), str(sentences),
-               str(batch_size), str(threads)]
+               str(threads), settings]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
@@ -52,15 +56,16 @@ def peak_memory(ckpt: Path, variant: str, folder: Path, sentences: int, batch_si
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def measure(ckpt: Path, variant: str, folder: Path, sentences: int, batch_size: int, threads: int) -> dict[str, float]:
+def measure(ckpt: Path, variant: str, folder: Path, sentences: int, threads: int, deploy: DeployConfig,
+            decode: DecodeConfig) -> dict[str, float]:
     """This process's peak memory for loading ``variant`` and translating the first ``sentences`` test pairs."""
     checkpoint = read_checkpoint(ckpt)
-    source = Source(checkpoint, checkpoint.config.decode)
+    source = Source(checkpoint, decode)
     test = [s for s, _ in load_corpus(checkpoint.config.data).test][: sentences or None]
     CLEAR_REFS.write_text("5")
     floor = status_mb("VmRSS")
-    translator = make_variant(variant, DeployConfig()).load(folder, source)
-    translator.translate(test, batch_size, threads)
+    translator = make_variant(variant, deploy).load(folder, source)
+    translator.translate(test, deploy.batch_size, threads)
     peak = status_mb("VmHWM")
     return {"peak_mb": peak, "above_floor_mb": peak - floor}
 
@@ -71,10 +76,11 @@ def main() -> None:
     p.add_argument("variant")
     p.add_argument("folder", type=Path)
     p.add_argument("sentences", type=int, help="test pairs translated (0 = all)")
-    p.add_argument("batch_size", type=int)
     p.add_argument("threads", type=int)
+    p.add_argument("settings", type=json.loads, help='the run\'s settings: {"deploy": {...}, "decode": {...}}')
     args = p.parse_args()
-    print(json.dumps(measure(args.ckpt, args.variant, args.folder, args.sentences, args.batch_size, args.threads)))
+    deploy, decode = DeployConfig(**args.settings["deploy"]), DecodeConfig(**args.settings["decode"])
+    print(json.dumps(measure(args.ckpt, args.variant, args.folder, args.sentences, args.threads, deploy, decode)))
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ def check_step_graph(model: Transformer, path: Path, tolerance: float) -> float:
 class OnnxTranslator:
     def __init__(self, folder: Path, source: Source) -> None:
         self.folder = folder
-        self.tokenizer, self.decode, self.shape = source.tokenizer, source.decode, source.model.shape
+        self.tokenizer, self.decode, self.shape = source.tokenizer, source.decode, source.shape
         self.sessions: dict[int, tuple] = {}
 
     def _sessions(self, threads: int) -> tuple:

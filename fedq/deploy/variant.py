@@ -23,7 +23,7 @@ from fedq.data.tokenizer import SubwordTokenizer
 from fedq.deploy.settings import DeployConfig
 from fedq.errors import FedqError
 from fedq.model.decoding import DecodeConfig
-from fedq.model.transformer import Transformer
+from fedq.model.transformer import ModelConfig, Transformer
 from fedq.quant.deployed import load_deployed
 from fedq.scoring import translate
 
@@ -45,6 +45,12 @@ class Source:
     def model(self) -> Transformer:
         """The deployed weights (dequantized where QAT packed them), fp32, eval mode; read on first use."""
         return load_deployed(self.checkpoint.deployed_path)[0]
+
+    @property
+    def shape(self) -> ModelConfig:
+        """The model's shape from the checkpoint's meta.json: what a variant's ``load`` needs, without the weights
+        (a variant loaded for its peak memory must not hold the fp32 model beside its own)."""
+        return Transformer.shape_from_dict(self.checkpoint.meta["shape"])
 
     @property
     def tokenizer(self) -> SubwordTokenizer:

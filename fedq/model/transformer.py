@@ -279,11 +279,15 @@ class Transformer(nn.Module):
         """The shape with the vocabulary, as checkpoints and deployed files store it."""
         return {**asdict(self.shape), "vocab_size": self.vocab_size, "pad_id": self.pad_id}
 
+    @staticmethod
+    def shape_from_dict(values: dict) -> ModelConfig:
+        """The :class:`ModelConfig` part of a :meth:`shape_dict` (a missing or unknown key is a KeyError or TypeError)."""
+        return ModelConfig(**{k: v for k, v in values.items() if k not in ("vocab_size", "pad_id")})
+
     @classmethod
     def from_shape_dict(cls, values: dict) -> Transformer:
-        """The inverse of :meth:`shape_dict` (a missing or unknown key is a KeyError or TypeError)."""
-        shape = ModelConfig(**{k: v for k, v in values.items() if k not in ("vocab_size", "pad_id")})
-        return cls(shape, int(values["vocab_size"]), int(values["pad_id"]))
+        """The inverse of :meth:`shape_dict`."""
+        return cls(cls.shape_from_dict(values), int(values["vocab_size"]), int(values["pad_id"]))
 
     def new_cache(self) -> DecoderCache:
         return [{} for _ in self.decoder_layers]
