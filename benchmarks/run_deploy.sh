@@ -22,7 +22,11 @@ train() {  # REUSE=1: a checkpoint already trained in $out/NAME is deployed agai
   if [ "${REUSE:-0}" = 1 ] && [ -f "$out/$name/checkpoint/model.fedq" ]; then echo "reusing $out/$name/checkpoint"; return; fi
   python -m fedq.train "$@" hydra.run.dir="$out/$name" > "$out/$name.train.log" 2>&1
 }
-deploy() { name=$1; shift; python -m fedq.deploy ckpt="$out/$name/checkpoint" "$@" hydra.run.dir="$out/$name/deploy-run" > "$out/$name.deploy.log" 2>&1; }
+deploy() {  # deploy NAME TABLE ARGS...: NAME's checkpoint, the table and log kept as $out/TABLE.{table.md,deploy.log}
+  name=$1 table=$2; shift 2
+  python -m fedq.deploy ckpt="$out/$name/checkpoint" "$@" hydra.run.dir="$out/$name/deploy-run" > "$out/$table.deploy.log" 2>&1
+  cp "$out/$name/checkpoint/deploy/table.md" "$out/$table.table.md"
+}
 all="deploy.variants=[fp32,int8,packed,lowrank,lowrank-int8,onnx,onnx-int8,ct2,ct2-int8]"
 # the engines measured slower than fp32 eager, on 200 sentences (int8-torchao decodes about 2 sentences/s at batch 32)
 slow="deploy.variants=[fp32,fp32-compiled,int8,int8-torchao] deploy.test_sentences=200"
@@ -33,34 +37,25 @@ for part in ${PARTS:-demo fourier multi30k multi30k_codes codes}; do
   case $part in
     demo)
       train demo train.max_steps=800
-      deploy demo "$all"
-      cp "$out/demo/checkpoint/deploy/table.md" "$out/demo.table.md"
-      deploy demo $slow
-      cp "$out/demo/checkpoint/deploy/table.md" "$out/demo.engines.table.md"
-      deploy demo "deploy.variants=[fp32,lowrank,lowrank-int8]" deploy.finetune_steps=300
-      cp "$out/demo/checkpoint/deploy/table.md" "$out/demo.lowrank-finetuned.table.md"
+      deploy demo demo "$all"
+      deploy demo demo.engines $slow
+      deploy demo demo.lowrank-finetuned "deploy.variants=[fp32,lowrank,lowrank-int8]" deploy.finetune_steps=300
       train demo_w8 train.max_steps=800 quant=w8
-      deploy demo_w8 "deploy.variants=[fp32,packed,int8,ct2-int8]"
-      cp "$out/demo_w8/checkpoint/deploy/table.md" "$out/demo_w8.table.md" ;;
+      deploy demo_w8 demo_w8 "deploy.variants=[fp32,packed,int8,ct2-int8]" ;;
     fourier)
       train fourier train.max_steps=800 model.mixer=fourier
-      deploy fourier "deploy.variants=[fp32,int8,packed,lowrank,ct2]"
-      cp "$out/fourier/checkpoint/deploy/table.md" "$out/fourier.table.md" ;;
+      deploy fourier fourier "deploy.variants=[fp32,int8,packed,lowrank,ct2]" ;;
     multi30k)
       train multi30k +experiment=multi30k_small train.max_minutes=${MULTI30K_MINUTES:-40} data.dir="${MULTI30K:-../shared/data/multi30k}"
-      deploy multi30k "$all"
-      cp "$out/multi30k/checkpoint/deploy/table.md" "$out/multi30k.table.md"
-      deploy multi30k "deploy.variants=[fp32,lowrank,lowrank-int8]" deploy.finetune_steps=300
-      cp "$out/multi30k/checkpoint/deploy/table.md" "$out/multi30k.lowrank-finetuned.table.md" ;;
+      deploy multi30k multi30k "$all"
+      deploy multi30k multi30k.lowrank-finetuned "deploy.variants=[fp32,lowrank,lowrank-int8]" deploy.finetune_steps=300 ;;
     multi30k_codes)
       train multi30k_w2 +experiment=multi30k_qat init_from="$out/multi30k/checkpoint" quant=w2 data.dir="${MULTI30K:-../shared/data/multi30k}"
-      deploy multi30k_w2 "$codes"
-      cp "$out/multi30k_w2/checkpoint/deploy/table.md" "$out/multi30k_w2.table.md" ;;
+      deploy multi30k_w2 multi30k_w2 "$codes" ;;
     codes)
       for quant in ${CODES:-w2 w8 ternary binary}; do
         train "codes_$quant" train.max_steps=800 quant=$quant
-        deploy "codes_$quant" "$codes"
-        cp "$out/codes_$quant/checkpoint/deploy/table.md" "$out/codes_$quant.table.md"
+        deploy "codes_$quant" "codes_$quant" "$codes"
         grep -E "^\| (fp32|packed|onnx|ct2)" "$out/codes_$quant.table.md"
       done ;;
     *) echo "unknown part $part (demo, fourier, multi30k, multi30k_codes, codes)"; exit 2 ;;

@@ -65,18 +65,18 @@ def test_every_variant_loads_from_its_files_and_translates_like_fp32(checkpoint)
 
 
 def test_the_onnx_decoder_step_matches_pytorch_logits_and_a_wrong_graph_is_refused(checkpoint, tmp_path):
-    from fedq.deploy.onnx_runtime import STEP, check_step_graph, export
+    from fedq.deploy.onnx_runtime import STEP, check_step_graph, cpu_session, export
     from fedq.deploy.variant import VariantError
     from fedq.quant.deployed import load_deployed
 
     model, _ = load_deployed(checkpoint[0] / "model.fedq")
     export(model, tmp_path)
-    assert check_step_graph(model, tmp_path / STEP, 1e-3) < 1e-4  # caches of length 0, 1 and 4
+    assert check_step_graph(model, cpu_session(tmp_path / STEP, 1), 1e-3) < 1e-4  # caches of length 0, 1 and 4
     other, _ = load_deployed(checkpoint[0] / "model.fedq")
     with torch.no_grad():
         other.decoder_layers[0].self_attn.v_proj.weight.mul_(1.5)  # a graph that is not this model's
     with pytest.raises(VariantError, match="differs from PyTorch"):
-        check_step_graph(other, tmp_path / STEP, 1e-3)
+        check_step_graph(other, cpu_session(tmp_path / STEP, 1), 1e-3)
 
 
 def test_svd_at_full_rank_reproduces_the_layer():
@@ -229,8 +229,8 @@ def qat_checkpoint(tmp_path_factory) -> tuple[Path, list[str]]:
 def test_onnx_nbits_runs_the_packed_codes_from_a_download_the_size_of_the_packed_file(qat_checkpoint, checkpoint):
     import onnx
 
-    from fedq.deploy.onnx_nbits import WEIGHTS, filled_graph, read_weights
-    from fedq.deploy.onnx_runtime import STEP, check_step_graph
+    from fedq.deploy.onnx_nbits import WEIGHTS, read_weights, weight_arrays
+    from fedq.deploy.onnx_runtime import STEP, check_step_graph, cpu_session
     from fedq.quant.deployed import PackedTensor, load_deployed
 
     ckpt, extra = qat_checkpoint
@@ -241,20 +241,21 @@ def test_onnx_nbits_runs_the_packed_codes_from_a_download_the_size_of_the_packed
     assert rows["ct2-codes"]["identical_pct"] >= 80  # int8 activations: close, not exact
     assert rows["onnx-nbits"]["file_bytes"] <= 1.1 * rows["packed"]["file_bytes"]
     folder = ckpt / "deploy" / "onnx-nbits"
-    step = onnx.load(str(folder / STEP))
-    assert not step.graph.initializer  # every weight comes from the packed file at load
+    step = onnx.load(str(folder / STEP), load_external_data=False)
+    # every weight comes from the packed file at load: the graph's initializers are external, without data
+    assert step.graph.initializer and all(init.data_location == onnx.TensorProto.EXTERNAL and not init.raw_data
+                                          for init in step.graph.initializer)
     assert {(a.name, a.i) for n in step.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"} == {("bits", 4)}
-    # the filled step graph's logits are the packed model's; a flipped code is caught
+    # the step graph's logits with the weights expanded from the packed file are the packed model's; a flipped code
+    # is caught
     model, _ = load_deployed(ckpt / "model.fedq")
     layout, tensors = json.loads((folder / WEIGHTS).read_text())[STEP], read_weights(folder / "model.fedq")
-    (folder / "check.onnx").write_bytes(filled_graph(folder / STEP, layout, tensors))
-    assert check_step_graph(model, folder / "check.onnx", 1e-3) < 1e-4
+    assert check_step_graph(model, cpu_session(folder / STEP, 1, weight_arrays(layout, tensors, {})), 1e-3) < 1e-4
     weight = tensors["decoder_layers.0.self_attn.v_proj.weight"]
     assert isinstance(weight, PackedTensor)
     weight.codes[0] = -weight.codes[0] - 1  # one row mirrored: other levels of the same grid
-    (folder / "check.onnx").write_bytes(filled_graph(folder / STEP, layout, tensors))
     with pytest.raises(FedqError, match="differs from PyTorch"):
-        check_step_graph(model, folder / "check.onnx", 1e-3)
+        check_step_graph(model, cpu_session(folder / STEP, 1, weight_arrays(layout, tensors, {})), 1e-3)
     # a downloaded file whose bytes changed is refused at load; an fp32 checkpoint has no codes to run
     data = bytearray((folder / "model.fedq").read_bytes())
     data[-1] ^= 1

@@ -8,10 +8,13 @@ scale is repeated over the kernel's blocks along the input. ``accuracy_level`` 1
 activations stay fp32 (the kernel's int8-activation path would re-quantize them).
 
 The folder a device downloads is the checkpoint's packed file (``model.fedq``, its
-checksum checked at load) plus the two graphs without their weights and
-``weights.json`` (which graph tensor is which file tensor). At load every weight is
-expanded from the packed file: quantized ones to the kernel's codes and scales,
-the rest (embedding, norms, biases) as fp32.
+checksum checked at load) plus the two graphs, whose weights are external
+initializers without data, and ``weights.json`` (which graph tensor is which file
+tensor). At load every weight is expanded from the packed file once (quantized
+ones to the kernel's codes and scales, the rest as fp32; the embedding the two
+graphs share is one array) and handed to ONNX Runtime as in-memory external
+initializers: no graph with its weights is ever serialized, so the loaded model
+holds no second copy of them.
 """
 
 from __future__ import annotations
@@ -25,7 +28,16 @@ import numpy as np
 
 from fedq.checkpoint import DEPLOYED
 from fedq.deploy.exact import integer_weight, packed_weights
-from fedq.deploy.onnx_runtime import ENCODER, MAX_LOGIT_ERROR, STEP, Onnx, OnnxTranslator, check_step_graph, export
+from fedq.deploy.onnx_runtime import (
+    ENCODER,
+    MAX_LOGIT_ERROR,
+    STEP,
+    Onnx,
+    OnnxTranslator,
+    check_step_graph,
+    cpu_session,
+    export,
+)
 from fedq.deploy.variant import Source, Translator, VariantError
 from fedq.files import atomic_write
 from fedq.model.transformer import sinusoidal_positions
@@ -37,6 +49,7 @@ KERNEL_BITS = (4, 8)
 ACCURACY_LEVEL = 1  # fp32 activations and accumulation
 WEIGHTS = "weights.json"
 POSITIONS = "positions"  # not in the file: computed from its model shape
+EXPANDED = f"expanded-at-load-from-{DEPLOYED}"  # the location of every weight in the graphs: no such file exists
 
 
 @dataclass
@@ -94,8 +107,9 @@ def read_weights(path: Path) -> dict[str, np.ndarray | PackedTensor]:
 
 
 def rewrite(path: Path, tensors: dict[str, np.ndarray | PackedTensor]) -> tuple[dict[str, list], set[str]]:
-    """Turn every MatMul of a quantized weight in the graph at ``path`` into MatMulNBits, take every weight of the
-    packed file out of the graph, and return which graph tensor is which file tensor and the weights converted."""
+    """Turn every MatMul of a quantized weight in the graph at ``path`` into MatMulNBits, make every weight of the
+    packed file an external initializer without data, and return which graph tensor is which file tensor and the
+    weights converted."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -143,6 +157,8 @@ def rewrite(path: Path, tensors: dict[str, np.ndarray | PackedTensor]) -> tuple[
             graph.initializer.append(init)  # a constant of the graph, not a weight of the file
         else:
             layout[init.name] = [match[0], "fp32.T" if match[1] else "fp32", list(value.shape)]
+    for name, array in weight_arrays(layout, tensors, {}).items():
+        graph.initializer.append(_external(name, array))
     graph_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     atomic_write(path, graph_model.SerializeToString())
     return layout, converted
@@ -166,36 +182,46 @@ def _shorten_names(graph) -> None:
     del graph.value_info[:]
 
 
-def filled_graph(path: Path, layout: dict, tensors: dict[str, np.ndarray | PackedTensor]) -> bytes:
-    """The graph at ``path`` with its weights put back from the packed file's tensors."""
-    import onnx
-    from onnx import numpy_helper
+def _external(name: str, array: np.ndarray):
+    """A graph initializer of ``array``'s shape and type whose data is supplied at load (from the packed file)."""
+    from onnx import TensorProto
+    from onnx.helper import np_dtype_to_tensor_dtype
 
-    graph_model = onnx.load(str(path))
-    kernels: dict[str, KernelWeight] = {}
+    tensor = TensorProto(name=name, dims=array.shape, data_type=np_dtype_to_tensor_dtype(array.dtype),
+                         data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", EXPANDED), ("offset", "0"), ("length", str(array.nbytes))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def weight_arrays(layout: dict, tensors: dict[str, np.ndarray | PackedTensor], cache: dict) -> dict[str, np.ndarray]:
+    """A graph's weights (graph tensor -> array) expanded from the packed file's tensors; ``cache`` lets the two
+    graphs share an array (the embedding is in both)."""
+    arrays = {}
     for init_name, (name, part, *shape) in layout.items():
-        tensor = tensors[name]
-        if part in ("fp32", "fp32.T"):
-            value = np.ascontiguousarray(tensor.T if part == "fp32.T" else tensor, np.float32).reshape(shape[0])
-        else:
-            if name not in kernels:  # its codes and its scales are two graph tensors
-                kernels[name] = kernel_weight(name, tensor)  # type: ignore[arg-type]
-            value = kernels[name].codes if part == "codes" else kernels[name].scales
-        graph_model.graph.initializer.append(numpy_helper.from_array(value, init_name))
-    return graph_model.SerializeToString()
+        if (name, part) not in cache:
+            tensor = tensors[name]
+            if part in ("fp32", "fp32.T"):
+                cache[name, part] = np.ascontiguousarray(tensor.T if part == "fp32.T" else tensor, np.float32)
+            else:  # its codes and its scales are two graph tensors
+                kernel = kernel_weight(name, tensor)  # type: ignore[arg-type]
+                cache[name, "codes"], cache[name, "scales"] = kernel.codes, kernel.scales
+        arrays[init_name] = cache[name, part].reshape(shape[0]) if shape else cache[name, part]
+    return arrays
 
 
 class NBitsTranslator(OnnxTranslator):
-    """ONNX Runtime sessions of the graphs filled at load from the packed file."""
+    """ONNX Runtime sessions of the graphs with their weights expanded at load from the packed file."""
 
     def __init__(self, folder: Path, source: Source) -> None:
         super().__init__(folder, source)
         tensors = read_weights(folder / DEPLOYED)
-        layouts = json.loads((folder / WEIGHTS).read_text())
-        self.graphs = {name: filled_graph(folder / name, layouts[name], tensors) for name in (ENCODER, STEP)}
+        layouts, cache = json.loads((folder / WEIGHTS).read_text()), {}
+        self.weights = {name: weight_arrays(layouts[name], tensors, cache) for name in (ENCODER, STEP)}
 
-    def _graph(self, name: str) -> str | bytes:
-        return self.graphs[name]
+    def _session(self, name: str, threads: int):
+        return cpu_session(self.folder / name, threads, self.weights[name])
 
 
 class OnnxNBits(Onnx):
@@ -218,12 +244,8 @@ class OnnxNBits(Onnx):
         if missing:
             raise VariantError(f"variant {self.name}: no MatMul in the exported graphs multiplies by {', '.join(missing[:3])}")
         atomic_write(folder / WEIGHTS, json.dumps(layouts, separators=(",", ":")))
-        step = folder / f"filled-{STEP}"
-        atomic_write(step, filled_graph(folder / STEP, layouts[STEP], tensors))
-        try:  # the step graph as loaded against the packed model's own logits
-            check_step_graph(source.model, step, MAX_LOGIT_ERROR)
-        finally:
-            step.unlink()
+        # the step graph as it is loaded, against the packed model's own logits
+        check_step_graph(source.model, cpu_session(folder / STEP, 1, weight_arrays(layouts[STEP], tensors, {})), MAX_LOGIT_ERROR)
 
     def load(self, folder: Path, source: Source) -> Translator:
         return NBitsTranslator(folder, source)

@@ -94,12 +94,21 @@ def export(model: Transformer, folder: Path) -> None:
                                         "new_self_v": {1: "batch", 3: "steps"}})
 
 
-def check_step_graph(model: Transformer, path: Path, tolerance: float) -> float:
-    """The largest logit difference between the ONNX step graph and PyTorch over random inputs with caches
-    of several lengths; a graph past ``tolerance`` is refused."""
+def cpu_session(path: Path, threads: int, weights: dict[str, np.ndarray] | None = None):
+    """An ONNX Runtime session of the graph at ``path`` on ``threads`` CPU threads; ``weights`` supplies the
+    graph's external initializers from memory (ONNX Runtime uses the arrays as they are: keep them alive)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    if weights:
+        options.add_external_initializers(list(weights), [ort.OrtValue.ortvalue_from_numpy(a) for a in weights.values()])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_step_graph(model: Transformer, session, tolerance: float) -> float:
+    """The largest logit difference between the ONNX step graph's ``session`` and PyTorch over random inputs with
+    caches of several lengths; a graph past ``tolerance`` is refused."""
     shape, generator = model.shape, torch.Generator().manual_seed(0)
     worst = 0.0
     for batch, src_len, past in ((1, 4, 0), (2, 3, 1), (3, 5, 4)):
@@ -124,19 +133,13 @@ class OnnxTranslator:
         self.sessions: dict[int, tuple] = {}
 
     def _sessions(self, threads: int) -> tuple:
-        import onnxruntime as ort
-
         if threads not in self.sessions:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-            self.sessions[threads] = tuple(
-                ort.InferenceSession(self._graph(name), options, providers=["CPUExecutionProvider"]) for name in (ENCODER, STEP)
-            )
+            self.sessions[threads] = tuple(self._session(name, threads) for name in (ENCODER, STEP))
         return self.sessions[threads]
 
-    def _graph(self, name: str) -> str | bytes:
-        """The graph ONNX Runtime loads: its file here."""
-        return str(self.folder / name)
+    def _session(self, name: str, threads: int):
+        """The session of graph ``name``: its file here, weights included."""
+        return cpu_session(self.folder / name, threads)
 
     def translate(self, sources: Sequence[str], batch_size: int, threads: int) -> list[str]:
         tok, shape = self.tokenizer, self.shape
@@ -181,7 +184,7 @@ class Onnx(Variant):
 
     def build(self, source: Source, folder: Path) -> None:
         export(source.model, folder)
-        check_step_graph(source.model, folder / STEP, MAX_LOGIT_ERROR)
+        check_step_graph(source.model, cpu_session(folder / STEP, 1), MAX_LOGIT_ERROR)
         if self.int8:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
