@@ -217,7 +217,7 @@ class NBitsTranslator(OnnxTranslator):
     def __init__(self, folder: Path, source: Source) -> None:
         super().__init__(folder, source)
         tensors = read_weights(folder / DEPLOYED)
-        layouts, cache = json.loads((folder / WEIGHTS).read_text()), {}
+        layouts, cache = json.loads((folder / WEIGHTS).read_text()), {}  # one array of what the graphs share
         self.weights = {name: weight_arrays(layouts[name], tensors, cache) for name in (ENCODER, STEP)}
 
     def _session(self, name: str, threads: int):

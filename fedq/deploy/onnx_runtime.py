@@ -96,14 +96,16 @@ def export(model: Transformer, folder: Path) -> None:
 
 def cpu_session(path: Path, threads: int, weights: dict[str, np.ndarray] | None = None):
     """An ONNX Runtime session of the graph at ``path`` on ``threads`` CPU threads; ``weights`` supplies the
-    graph's external initializers from memory (ONNX Runtime uses the arrays as they are: keep them alive)."""
+    graph's external initializers from memory."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     if weights:
         options.add_external_initializers(list(weights), [ort.OrtValue.ortvalue_from_numpy(a) for a in weights.values()])
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session.fedq_weights = weights  # ONNX Runtime runs on the arrays' own memory: they live as long as the session
+    return session
 
 
 def check_step_graph(model: Transformer, session, tolerance: float) -> float:
