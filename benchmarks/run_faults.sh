@@ -11,7 +11,7 @@
 #               centered clipping; no dropouts, no deadline
 #   both        the faults and ALIE together, with over-selection and centered clipping
 # ROWS picks rows (default: all, in this order). Results: $OUT/NAME/ (default outputs/faults); the tables are
-# python -m fedq.report over each table's rows, printed at the end and written to $OUT/{late_work,attacks,both}/.
+# python -m fedq.report over each table's rows, printed at the end and written to $OUT/tables/{late_work,attacks,both}/.
 set -euo pipefail
 out=${OUT:-outputs/faults}
 mkdir -p "$out"
@@ -42,10 +42,10 @@ for name in ${ROWS:-$order}; do
   python -m fedq.simulate $common ${row[$name]} hydra.run.dir="$out/$name" > "$out/$name.log" 2>&1 || echo "$name failed"
   grep -E "^traffic|^final" "$out/$name.log" || true
 done
-table() {  # table NAME ROW...: the finished rows' table, written to $out/NAME/report.md
+table() {  # table NAME ROW...: the finished rows' table, written to $out/tables/NAME/report.md (not a row's folder)
   name=$1; shift; dirs=()
   for d in "$@"; do if [ -f "$out/$d/summary.json" ]; then dirs+=("$out/$d"); fi; done
-  if [ ${#dirs[@]} -gt 0 ]; then python -m fedq.report "${dirs[@]}" --out "$out/$name"; fi
+  if [ ${#dirs[@]} -gt 0 ]; then python -m fedq.report "${dirs[@]}" --out "$out/tables/$name"; fi
 }
 table late_work clean faults_deadline faults_overselect faults_async
 table attacks clean alie_fedavg alie_trimmedavg alie_median alie_krum alie_cclip alie_nnm alie_bucketing ipm_fedavg ipm_cclip \
