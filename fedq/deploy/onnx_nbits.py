@@ -106,10 +106,10 @@ def read_weights(path: Path) -> dict[str, np.ndarray | PackedTensor]:
     return tensors
 
 
-def rewrite(path: Path, tensors: dict[str, np.ndarray | PackedTensor]) -> tuple[dict[str, list], set[str]]:
+def rewrite(path: Path, tensors: dict[str, np.ndarray | PackedTensor], cache: dict) -> tuple[dict[str, list], set[str]]:
     """Turn every MatMul of a quantized weight in the graph at ``path`` into MatMulNBits, make every weight of the
     packed file an external initializer without data, and return which graph tensor is which file tensor and the
-    weights converted."""
+    weights converted (``cache``: as for :func:`weight_arrays`)."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -157,7 +157,7 @@ def rewrite(path: Path, tensors: dict[str, np.ndarray | PackedTensor]) -> tuple[
             graph.initializer.append(init)  # a constant of the graph, not a weight of the file
         else:
             layout[init.name] = [match[0], "fp32.T" if match[1] else "fp32", list(value.shape)]
-    for name, array in weight_arrays(layout, tensors, {}).items():
+    for name, array in weight_arrays(layout, tensors, cache).items():
         graph.initializer.append(_external(name, array))
     graph_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     atomic_write(path, graph_model.SerializeToString())
@@ -236,16 +236,16 @@ class OnnxNBits(Onnx):
         atomic_write(folder / DEPLOYED, source.checkpoint.deployed_path.read_bytes())
         tensors = read_weights(folder / DEPLOYED)
         export(source.model, folder)
-        layouts, converted = {}, set()
+        layouts, converted, cache = {}, set(), {}  # one expansion of each weight for both graphs and the check
         for name in (ENCODER, STEP):
-            layouts[name], done = rewrite(folder / name, tensors)
+            layouts[name], done = rewrite(folder / name, tensors, cache)
             converted |= done
         missing = sorted(name for name, t in tensors.items() if isinstance(t, PackedTensor) and name not in converted)
         if missing:
             raise VariantError(f"variant {self.name}: no MatMul in the exported graphs multiplies by {', '.join(missing[:3])}")
         atomic_write(folder / WEIGHTS, json.dumps(layouts, separators=(",", ":")))
         # the step graph as it is loaded, against the packed model's own logits
-        check_step_graph(source.model, cpu_session(folder / STEP, 1, weight_arrays(layouts[STEP], tensors, {})), MAX_LOGIT_ERROR)
+        check_step_graph(source.model, cpu_session(folder / STEP, 1, weight_arrays(layouts[STEP], tensors, cache)), MAX_LOGIT_ERROR)
 
     def load(self, folder: Path, source: Source) -> Translator:
         return NBitsTranslator(folder, source)
