@@ -244,6 +244,10 @@ def validate_config(cfg: FedqConfig) -> None:
     if cfg.fl.personal_steps and not cfg.partition.holdout:
         raise ConfigError(f"fl.personal_steps={cfg.fl.personal_steps} scores each client on its held-out pairs after "
                           "training on its own: set partition.holdout (e.g. 0.2)")
+    if cfg.comm.uplink.name == "mask" and cfg.fl.strategy in ("fedmedian", "fedtrimmedavg", "bulyan"):
+        raise ConfigError(f"comm.uplink.name=mask with fl.strategy={cfg.fl.strategy}: most updates hold the server's last "
+                          "step where their client sent nothing, so a coordinate-wise median or trimmed mean keeps it "
+                          "there; use fedavg, fedadam, krum, multikrum or an fl.defence")
     if cfg.model.max_positions <= cfg.data.max_len:
         raise ConfigError(
             f"model.max_positions={cfg.model.max_positions} cannot hold the pairs of up to data.max_len={cfg.data.max_len} "

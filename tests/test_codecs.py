@@ -11,6 +11,7 @@ from fedq.comm import (
     make_codec,
     payload_bytes,
 )
+from fedq.comm.codecs import fill_from_senders
 from fedq.comm.downlink import DELTA, FULL, Broadcaster, SeededModel, receive
 from fedq.comm.indexcode import decode_sorted_indices, encode_sorted_indices
 
@@ -264,6 +265,47 @@ def test_ten_million_values_encode_and_decode_fast(name, bits):
     assert time.perf_counter() - start < 1.0
 
 
+def test_mask_sends_a_seeded_subset_without_indices_and_the_server_fills_the_rest_from_its_reference():
+    n, density = 50_000, 0.15
+    codec = make_codec("mask", density=density, bits=8)
+    x, reference = normal(n, 0), normal(n, 5)
+    first, second = codec.encode(x, np.random.default_rng(1)), codec.encode(x, np.random.default_rng(2))
+    sent = [codec.decode_update(arrays, n, reference) != reference for arrays in (first, second)]
+    for arrays, kept in zip((first, second), sent):
+        assert abs(kept.mean() - density) < 0.01
+        k = int(kept.sum())  # no index is sent: an 8-byte seed, the count, the codes and one scale per block of them
+        assert payload_bytes(arrays) == 12 + k + 2 * math.ceil(k / 1024)
+        update = codec.decode_update(arrays, n, reference)
+        np.testing.assert_array_equal(update[~kept], reference[~kept])  # unsent: the reference, exactly
+        assert np.abs(update[kept] - x[kept]).max() <= 2 * np.abs(x).max() / 255 + 1e-6  # sent: within one level
+        np.testing.assert_array_equal(codec.decode(arrays, n)[~kept], 0.0)
+    assert abs((sent[0] & sent[1]).mean() - density**2) < 0.005  # each client draws its own subset
+    assert [codec.sent_mask(arrays, n).tolist() for arrays in (first, second)] == [m.tolist() for m in sent]
+
+
+def test_a_round_averages_a_masked_value_over_the_clients_that_sent_it():
+    reference = np.full(4, 9.0, np.float32)
+    updates = [np.array([1.0, 2.0, 9.0, 9.0], np.float32), np.array([3.0, 9.0, 9.0, 5.0], np.float32),
+               np.array([7.0, 7.0, 7.0, 7.0], np.float32)]
+    sent = [np.array([True, True, False, False]), np.array([True, False, False, True]), None]  # the third sent all
+    filled = fill_from_senders(updates, sent, [1.0, 3.0, 0.0])  # the third weighs nothing: only 1 and 2 count
+    average = sum(w * u for w, u in zip([1.0, 3.0, 0.0], filled)) / 4.0
+    np.testing.assert_allclose(average, [(1 + 9) / 4, 2.0, reference[2], 5.0])  # value 2: nobody with weight sent it
+    np.testing.assert_array_equal(filled[2], updates[2])
+    assert fill_from_senders(updates[2:], [None], [1.0])[0] is updates[2]
+
+
+def test_a_mask_payload_whose_seed_or_density_is_not_the_servers_is_rejected():
+    n = 20_000
+    arrays = make_codec("mask", density=0.1).encode(normal(n), np.random.default_rng(0))
+    with pytest.raises(CodecError, match="density 0.2, but it says it carries"):
+        make_codec("mask", density=0.2).decode(arrays, n)
+    damaged = [arrays[0].copy(), *arrays[1:]]
+    damaged[0][0] ^= 1
+    with pytest.raises(CodecError, match="its seed draws .* a damaged seed"):
+        make_codec("mask", density=0.1).decode(damaged, n)
+
+
 # --- bad settings and malformed payloads --------------------------------------
 
 
@@ -298,9 +340,9 @@ def test_encode_rejects_non_finite_and_out_of_range_updates():
         make_codec("fp32").encode(np.zeros((2, 2), np.float32), np.random.default_rng(0))
 
 
-@pytest.mark.parametrize("name", ["fp32", "fp16", "uniform", "sign", "topk"])
+@pytest.mark.parametrize("name", ["fp32", "fp16", "uniform", "sign", "topk", "mask"])
 def test_decode_rejects_wrong_count_dtype_and_length(name):
-    codec = make_codec(name, density=0.1 if name == "topk" else None)
+    codec = make_codec(name, density=0.1 if name in ("topk", "mask") else None)
     n = 1000
     arrays = codec.encode(normal(n), np.random.default_rng(0))
     with pytest.raises(CodecError, match="arrays, expected"):

@@ -40,7 +40,7 @@ def admission(codec=None, n: int = 64, **fl: object) -> tuple[Admission, np.ndar
 def admit(replies: list[Reply], **fl: object) -> tuple[list, RoundOutcome]:
     checks, vector = admission(**fl)
     outcome = RoundOutcome()
-    return checks.admit(replies, vector, outcome), outcome
+    return checks.admit(replies, vector, np.zeros_like(vector), outcome), outcome
 
 
 def aggregate(strategy: str, replies: list[Reply], *overrides: str) -> np.ndarray:

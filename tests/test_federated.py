@@ -18,7 +18,7 @@ from fedq.fl.client_state import ClientState, ClientStore
 from fedq.fl.federation import Federation
 from fedq.fl.protocol import TrainRequest
 from fedq.fl.reporting import RoundReporter
-from fedq.fl.rounds import RoundOutcome
+from fedq.fl.rounds import CENTER, Coordinator, RoundOutcome
 from fedq.fl.run import run_federation
 from fedq.fl.shards import client_shards, shards_key
 from fedq.fl.weights import model_to_vector, vector_to_model
@@ -87,6 +87,22 @@ def test_unbiased_uplink_keeps_no_residual(cache, tmp_path):
     client_round(federation, first_request(federation, federation.initial_vector()), store)
     assert stored(store, 0).residual is None
     assert federation.uplink.name == "uniform" and federation.uplink.bits == 4  # the uplink's bits follow quant.bits
+
+
+def test_a_mask_uplink_moves_what_no_client_sent_by_the_last_step_and_keeps_that_step_for_resume(cache):
+    cfg = compose_config(TINY + [cache, "comm.uplink.name=mask", "comm.uplink.density=0.3"])
+    federation = Federation(cfg)
+    server = Coordinator(federation, FlowerAggregator(cfg))
+    exchange = LocalExchange(federation, ClientStore(None))  # stateless: the clients keep nothing between rounds
+    start = federation.initial_vector()
+    first = server.run_round(1, start, exchange)[0]
+    second = server.run_round(2, first, exchange)[0]
+    step, next_step = first - start, second - first
+    # two clients a round, each sending its own 30 %: about 0.7**2 of the values were sent by neither
+    assert abs(np.mean(step == 0) - 0.49) < 0.03  # round 1's reference is no step: those values did not move
+    held = np.isclose(next_step, step, rtol=1e-5, atol=1e-9) & (step != 0)
+    assert abs(np.mean(held) - 0.49 * 0.51) < 0.03  # round 2 moved them as round 1 moved them (where round 1 did)
+    np.testing.assert_array_equal(server.state_arrays()[CENTER], next_step)  # the reference a resumed run fills from
 
 
 def test_shards_cover_the_training_set_once(cache):

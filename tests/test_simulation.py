@@ -112,7 +112,8 @@ def test_server_rejects_a_malformed_payload_and_averages_the_rest(federation):
     good = codec.encode(np.full(n, 0.5, np.float32), np.random.default_rng(0))
     truncated = [good[0][:-3]] + good[1:]
     outcome = RoundOutcome()
-    admitted = admission.admit([reply(0, good, 10.0, 7), reply(1, truncated, 1000.0, 7)], np.zeros(n, np.float32), outcome)
+    admitted = admission.admit([reply(0, good, 10.0, 7), reply(1, truncated, 1000.0, 7)], np.zeros(n, np.float32),
+                               np.zeros(n, np.float32), outcome)
     assert outcome.rejected == 1 and outcome.clients == 1 and [a.partition for a in admitted] == [0]
     assert "client 1: uniform payload: codes has" in outcome.rejections[0]
     np.testing.assert_allclose(admitted[0].update, 0.5, atol=0.01)  # only the good update is kept
@@ -125,7 +126,7 @@ def test_server_refuses_a_client_with_another_tokenizer(federation):
     outcome = RoundOutcome()
     admitted = admission.admit([reply(0, codec.encode(np.ones(16, np.float32), None), 10.0, 7),
                                 reply(1, codec.encode(np.full(16, 9.0, np.float32), None), 10.0, 0xABC)],
-                               np.zeros(16, np.float32), outcome)
+                               np.zeros(16, np.float32), np.zeros(16, np.float32), outcome)
     assert outcome.rejected == 1 and [a.partition for a in admitted] == [0]
     assert "fingerprint 000000000000abc" in outcome.rejections[0] and "server's (000000000000007)" in outcome.rejections[0]
 
@@ -135,7 +136,8 @@ def test_round_metrics_are_the_loss_weighted_by_tokens_and_the_times_of_the_slow
     outcome = RoundOutcome()
     update = codec.encode(np.zeros(8, np.float32), None)
     Admission(federation.cfg.fl, codec, 7, federation.faults).admit(
-        [reply(0, update, 100.0, 7, loss=2.0), reply(1, update, 300.0, 7, loss=4.0)], np.zeros(8, np.float32), outcome)
+        [reply(0, update, 100.0, 7, loss=2.0), reply(1, update, 300.0, 7, loss=4.0)], np.zeros(8, np.float32),
+        np.zeros(8, np.float32), outcome)
     assert outcome.train_loss == pytest.approx((2 * 100 + 4 * 300) / 400)
     assert outcome.client_train_seconds == pytest.approx(3.0)  # the slower client's
 
@@ -213,6 +215,9 @@ def test_every_strategy_name_is_a_flower_strategy():
         (["comm=fp32", "comm.downlink.bits=4"], "comm.downlink: codec fp32 does not use bits"),
         (["comm.downlink.cache_mb=-1"], "cache_mb=-1"),
         (["comm.downlink.name=grid", "comm.downlink.step=4"], "comm.downlink.step=4 must be <= 2"),
+        (["comm.downlink.name=mask"], "comm.downlink.name=mask: its unsent values are filled from the server's last step"),
+        (["comm.uplink.name=mask", "fl.strategy=fedmedian"], "mask with fl.strategy=fedmedian: most updates hold"),
+        (["comm.uplink.name=mask", "comm.uplink.density=0"], r"codec mask: density must be in \(0, 1\]"),
         (["model.max_positions=16"], "model.max_positions=16 cannot hold"),
         (["seed=-1"], "seed=-1 must be >= 0"),
     ],
@@ -258,5 +263,5 @@ def test_an_update_that_decodes_to_nan_is_rejected_and_never_applied(federation)
     outcome = RoundOutcome()
     admitted = Admission(federation.cfg.fl, codec, 7, federation.faults).admit(
         [reply(0, [bad], 1000.0, 7), reply(1, codec.encode(np.full(8, 0.25, np.float32), None), 1.0, 7)],
-        np.zeros(8, np.float32), outcome)
+        np.zeros(8, np.float32), np.zeros(8, np.float32), outcome)
     assert outcome.rejected == 1 and "NaN" in outcome.rejections[0] and [a.partition for a in admitted] == [1]

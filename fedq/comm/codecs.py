@@ -49,6 +49,15 @@ class UpdateCodec(ABC):
     def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
         """Decode a payload into a float32 vector of shape ``(numel,)``; raise CodecError if malformed."""
 
+    def decode_update(self, arrays: Sequence[np.ndarray], numel: int, reference: np.ndarray) -> np.ndarray:
+        """The update a payload stands for on the server, which holds ``reference`` (its last step): only a codec
+        that sends part of the values (``mask``) fills the rest from it; the others decode what was sent."""
+        return self.decode(arrays, numel)
+
+    def sent_mask(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray | None:
+        """Which values a payload carries, for a codec that sends part of them (``mask``); None: all of them."""
+        return None
+
 
 @dataclass(frozen=True)
 class Fp32Codec(UpdateCodec):
@@ -283,8 +292,108 @@ class GridCodec(UpdateCodec):
         return _finite(self.name, (_blocks(codes, self.block_size) * steps.astype(np.float32)[:, None]).ravel()[:numel])
 
 
+@dataclass(frozen=True)
+class MaskCodec(UpdateCodec):
+    """A random ``density`` of the values, quantized like ``uniform``; the server fills in the rest.
+
+    The client draws its mask from a seed it sends (8 bytes: no index is sent), so the
+    codec keeps no state and a client that never took part sends a valid update.
+    :meth:`decode_update` is the server's reading of one payload: the sent values, and
+    ``reference`` (the server's last step) elsewhere. A round then fills each update's
+    unsent values with the mean of what the round's other clients sent there
+    (:func:`fill_from_senders`), so that the round's average of a value is the
+    average of the clients that sent it (not divided by those that did not), and a
+    value that no client sent moves as it moved last round (a shared reference, which
+    CAFe, Ortega et al. 2025, has its clients compress against; here the server
+    holds it, so the client needs none).
+    Payload: ``[header uint32 [seed low, seed high, count], codes (uint8, bits-packed),
+    scales (float16, one per block of the sent values)]``.
+    """
+
+    density: float = 0.15
+    bits: int = 2
+    block_size: int = 1024
+    name: ClassVar[str] = "mask"
+    stochastic: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.density <= 1.0:
+            raise CodecError(f"codec {self.name}: density must be in (0, 1], got {self.density}")
+        _check_bits(self.name, self.bits)
+        _check_block_size(self.name, self.block_size)
+
+    @property
+    def bits_per_value(self) -> float:
+        return self.density * self.bits
+
+    def sent(self, seed: int, numel: int) -> np.ndarray:
+        """The indices a payload with ``seed`` carries, in order."""
+        return np.flatnonzero(np.random.default_rng(seed).random(numel, dtype=np.float32) < self.density)
+
+    def encode(self, vector: np.ndarray, rng: np.random.Generator, dither: np.ndarray | None = None) -> list[np.ndarray]:
+        x = _as_update(vector)
+        seed = int(rng.integers(2**63))
+        kept = self.sent(seed, x.size)
+        codes, scales = _quantize(x[kept], self.bits, self.block_size, rng, dither[kept] if dither is not None else None)
+        header = np.array([seed & 0xFFFFFFFF, seed >> 32, kept.size], np.uint32)
+        return [header, pack_bits(codes, self.bits), scales]
+
+    def _sent_values(self, arrays: Sequence[np.ndarray], numel: int) -> tuple[np.ndarray, np.ndarray]:
+        header, packed, scales = _check_payload(self.name, arrays, [
+            ("header", np.uint32, 3), ("codes", np.uint8, None), ("scales", np.float16, None)])
+        kept = self.sent(int(header[0]) | int(header[1]) << 32, numel)
+        if int(header[2]) != kept.size:
+            raise CodecError(f"{self.name} payload: its seed draws {kept.size} of {numel} values at density "
+                             f"{self.density:g}, but it says it carries {int(header[2])} (another density or a damaged seed)")
+        _check_length(self.name, "codes", packed, packed_nbytes(kept.size, self.bits))
+        _check_length(self.name, "scales", scales, _num_blocks(kept.size, self.block_size))
+        _check_scales(self.name, scales)
+        values = _dequantize(unpack_bits(packed, self.bits, kept.size), scales, self.bits, self.block_size)
+        return kept, _finite(self.name, values)
+
+    def sent_mask(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
+        """Which values a (checked) payload carries."""
+        mask = np.zeros(numel, bool)
+        mask[self.sent(int(arrays[0][0]) | int(arrays[0][1]) << 32, numel)] = True
+        return mask
+
+    def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
+        """The sent values in place, zeros elsewhere (the server reads a payload with :meth:`decode_update`)."""
+        return self.decode_update(arrays, numel, np.zeros(numel, np.float32))
+
+    def decode_update(self, arrays: Sequence[np.ndarray], numel: int, reference: np.ndarray) -> np.ndarray:
+        kept, values = self._sent_values(arrays, numel)
+        update = np.array(reference, np.float32, copy=True)
+        update[kept] = values
+        return update
+
+
+def fill_from_senders(updates: list[np.ndarray], sent: list[np.ndarray | None], weights: list[float]) -> list[np.ndarray]:
+    """A round's updates with each value a client did not send replaced by the weighted mean of the clients that
+    sent it (where one did), so that any weighted average of the round averages only what was sent there."""
+    if all(mask is None for mask in sent):
+        return updates
+    total = np.zeros_like(updates[0], dtype=np.float64)
+    weight = np.zeros(updates[0].size, np.float64)
+    for update, mask, w in zip(updates, sent, weights):
+        chosen = np.ones(update.size, bool) if mask is None else mask
+        total[chosen] += w * update[chosen]
+        weight[chosen] += w
+    mean = (total / np.maximum(weight, 1e-300)).astype(np.float32)
+    filled = []
+    for update, mask in zip(updates, sent):
+        if mask is None:
+            filled.append(update)
+            continue
+        missing = ~mask & (weight > 0)
+        update = update.copy()
+        update[missing] = mean[missing]
+        filled.append(update)
+    return filled
+
+
 CODECS: dict[str, type[UpdateCodec]] = {
-    cls.name: cls for cls in (Fp32Codec, Fp16Codec, UniformCodec, SignCodec, TopKCodec, GridCodec)}
+    cls.name: cls for cls in (Fp32Codec, Fp16Codec, UniformCodec, SignCodec, TopKCodec, GridCodec, MaskCodec)}
 CODEC_NAMES = tuple(CODECS)
 
 

@@ -22,10 +22,10 @@ DOWNLINK_GRID_STEP, DOWNLINK_GRID_MAX_STEP = 1.0, 2.0
 
 @dataclass
 class UplinkConfig:
-    name: str = "uniform"  # fp32 | fp16 | uniform | sign | topk | grid
+    name: str = "uniform"  # fp32 | fp16 | uniform | sign | topk | grid | mask
     bits: Optional[int] = None  # value bits (uniform, topk); None = quant.bits (8 when QAT is off, 2 for binary)
     block_size: Optional[int] = None  # values per scale (uniform, sign, topk, grid); None = 1024
-    density: Optional[float] = None  # topk: the fraction of values sent; None = 0.01
+    density: Optional[float] = None  # topk, mask: the fraction of values sent; None = 0.01 (topk), 0.15 (mask)
     step: Optional[float] = None  # grid: the grid step in units of the block's RMS; None = 4
     entropy_coding: Optional[bool] = None  # uniform: ANS-code the codes instead of packing them; None = off
     error_feedback: Optional[bool] = None  # biased codecs (sign, topk): keep what was not sent for the next round; None = on
@@ -75,7 +75,7 @@ def uplink_codec(comm: CommConfig, quant_bits: int) -> UpdateCodec:
     if up.error_feedback is not None and not codec.biased:
         raise CodecError(f"comm.uplink.error_feedback applies to biased codecs (sign, topk), not to {up.name}")
     if up.correlated and not codec.stochastic:
-        raise CodecError(f"comm.uplink.correlated applies to codecs that round stochastically (uniform, topk, grid), not to {up.name}")
+        raise CodecError(f"comm.uplink.correlated applies to codecs that round stochastically (uniform, topk, grid, mask), not to {up.name}")
     return codec
 
 
@@ -89,6 +89,9 @@ def downlink_codec(comm: CommConfig) -> UpdateCodec:
     settings = {k: v for k, v in asdict(down).items() if k not in ("name", "cache_mb")}
     if down.cache_mb < 0:
         raise CodecError(f"comm.downlink.cache_mb={down.cache_mb:g} must be >= 0 (0: the server remembers no client)")
+    if down.name == "mask":
+        raise CodecError("comm.downlink.name=mask: its unsent values are filled from the server's last step, which a "
+                         "client does not hold; use uniform, grid or topk deltas")
     if down.name == "grid":
         settings["step"] = DOWNLINK_GRID_STEP if down.step is None else down.step
         if settings["step"] > DOWNLINK_GRID_MAX_STEP:

@@ -32,6 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from fedq.comm import CodecError, UpdateCodec, payload_bytes
+from fedq.comm.codecs import fill_from_senders
 from fedq.comm.downlink import Broadcaster, cache_capacity
 from fedq.errors import FedqError
 from fedq.fl import protocol
@@ -41,7 +42,7 @@ from fedq.fl.federation import Federation
 from fedq.fl.protocol import Reply, TrainRequest
 from fedq.fl.settings import FLConfig, clients_per_round, clients_sampled
 
-CENTER = "cclip_center"  # the run state's name of centered clipping's center
+CENTER = "cclip_center"  # the run state's name of the last round's step (kept for cclip and mask)
 
 
 class Exchange(Protocol):
@@ -121,6 +122,7 @@ class _Admitted:
     update: np.ndarray
     norm: float
     metrics: dict[str, float]
+    sent: np.ndarray | None  # which values the client sent (mask); None: all
 
 
 class Admission:
@@ -132,10 +134,11 @@ class Admission:
         self.fingerprint = fingerprint
         self.faults = faults
 
-    def admit(self, replies: Sequence[Reply], vector: np.ndarray, outcome: RoundOutcome,
+    def admit(self, replies: Sequence[Reply], vector: np.ndarray, reference: np.ndarray, outcome: RoundOutcome,
               waits_for_missing: bool = True) -> list[_Admitted]:
         """Decode and check every reply (see the module docstring); fill ``outcome``'s counts and clock
-        (``waits_for_missing``: the server waits for a client that never replies, until the deadline)."""
+        (``reference``: the server's last step, which fills what a ``mask`` payload did not send;
+        ``waits_for_missing``: the server waits for a client that never replies, until the deadline)."""
         fl = self.fl
         decoded: list[_Admitted] = []
         waited = [0.0]  # virtual clock: until when the server waited for each client
@@ -155,11 +158,12 @@ class Admission:
             outcome.fp32_uplink_bytes += vector.nbytes
             clock = float(metrics.get(protocol.SIM_SECONDS, 0.0))
             waited.append(self.faults.waited(clock))
-            reason, update = self._check(reply, vector.size)
+            reason, update = self._check(reply, reference)
             if reason is not None:
                 self._reject(reply.partition, reason, outcome)
                 continue
-            decoded.append(_Admitted(reply.partition, update, float(np.linalg.norm(update)), metrics))
+            decoded.append(_Admitted(reply.partition, update, float(np.linalg.norm(update)), metrics,
+                                     self.uplink.sent_mask(reply.reply.arrays, vector.size)))
         admitted = decoded
         if fl.max_update_norm_ratio and decoded:
             median = float(np.median([a.norm for a in decoded]))
@@ -181,7 +185,7 @@ class Admission:
             outcome.client_encode_seconds = max(a.metrics.get(protocol.ENCODE_SECONDS, 0.0) for a in admitted)
         return admitted
 
-    def _check(self, reply: Reply, numel: int) -> tuple[str | None, np.ndarray]:
+    def _check(self, reply: Reply, reference: np.ndarray) -> tuple[str | None, np.ndarray]:
         """(why the update is refused or None, the decoded update)."""
         metrics, arrays = reply.reply.metrics, reply.reply.arrays  # type: ignore[union-attr]
         fingerprint = metrics.get(protocol.FINGERPRINT)
@@ -193,7 +197,7 @@ class Admission:
         if late is not None:
             return late, np.zeros(0)
         try:
-            update = self.uplink.decode(arrays, numel)
+            update = self.uplink.decode_update(arrays, reference.size, reference)
         except CodecError as err:
             return str(err), np.zeros(0)
         max_norm = self.fl.max_update_norm
@@ -223,7 +227,9 @@ class Coordinator:
         capacity = cache_capacity(cfg.comm.downlink.cache_mb, federation.numel)
         self.broadcaster = Broadcaster(federation.downlink, federation.seeded, capacity)
         self.server_lr = 1.0 if aggregator.steps_itself else cfg.fl.server_lr
-        self.center = np.zeros(federation.numel, np.float32)  # the last round's step (centered clipping's center)
+        # the last round's step: centered clipping clips around it, and it fills what a mask payload did not send
+        self.center = np.zeros(federation.numel, np.float32)
+        self.keeps_center = cfg.fl.defence == "cclip" or cfg.comm.uplink.name == "mask"
         self.unreachable: set[int] = set()  # clients whose node stopped answering, until it is seen again
 
     def candidates(self, server_round: int, busy: Iterable[int] = ()) -> np.ndarray:
@@ -265,10 +271,10 @@ class Coordinator:
         waits = True
         if fl.overselect:
             replies, waits = self.first_arrivals(replies, clients_per_round(fl), outcome)
-        admitted = self.admission.admit(replies, vector, outcome, waits_for_missing=waits)
+        admitted = self.admission.admit(replies, vector, self.center, outcome, waits_for_missing=waits)
         if len(admitted) < fl.min_replies:
             raise self._failure(server_round, replies, outcome)
-        return self.step(server_round, vector, [a.update for a in admitted], [a.metrics[protocol.NUM_TOKENS] for a in admitted]), outcome
+        return self.step(server_round, vector, admitted, [a.update for a in admitted]), outcome
 
     def send(self, server_round: int, vector: np.ndarray, partitions: list[int], exchange: Exchange,
              outcome: RoundOutcome, slots: int | None = None) -> list[Reply]:
@@ -305,7 +311,7 @@ class Coordinator:
         for reply in replies:
             if reply.reply is not None and reply.partition not in self.faults.attackers:
                 try:
-                    honest.append(uplink.decode(reply.reply.arrays, self.federation.numel))
+                    honest.append(uplink.decode_update(reply.reply.arrays, self.federation.numel, self.center))
                 except CodecError:
                     pass
         if not attackers or not honest:
@@ -328,9 +334,13 @@ class Coordinator:
         outcome.dropped[protocol.NOT_NEEDED] = len(cut)
         return [r for r in replies if r.partition not in cut], False
 
-    def step(self, server_round: int, vector: np.ndarray, updates: list[np.ndarray], weights: list[float]) -> np.ndarray:
-        """The defence (``fl.defence``), Flower's strategy, and ``global += fl.server_lr x (aggregate - global)``."""
+    def step(self, server_round: int, vector: np.ndarray, admitted: list[_Admitted], updates: list[np.ndarray]) -> np.ndarray:
+        """``updates`` (the ``admitted`` ones, perhaps scaled) with what a client did not send filled from the
+        round's other clients (``mask``), the defence (``fl.defence``), Flower's strategy, and
+        ``global += fl.server_lr x (aggregate - global)``."""
         fl = self.cfg.fl
+        weights = [a.metrics[protocol.NUM_TOKENS] for a in admitted]
+        updates = fill_from_senders(updates, [a.sent for a in admitted], weights)
         if fl.defence == "nnm":
             updates = nearest_neighbour_mixing(updates, fl.byzantine)
         elif fl.defence == "bucketing":
@@ -340,7 +350,7 @@ class Coordinator:
         aggregate = self.aggregator(server_round, vector, updates, weights)
         if self.server_lr != 1.0:
             aggregate = vector + self.server_lr * (aggregate - vector)
-        self.center = aggregate - vector  # centered clipping clips around the last round's step
+        self.center = aggregate - vector  # the last round's step: centered clipping's center, mask's reference
         return aggregate
 
     def _failure(self, server_round: int, replies: Sequence[Reply], outcome: RoundOutcome) -> RoundFailedError:
@@ -355,7 +365,7 @@ class Coordinator:
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         arrays = self.aggregator.state_arrays()
-        return {**arrays, CENTER: self.center} if self.cfg.fl.defence == "cclip" else arrays
+        return {**arrays, CENTER: self.center} if self.keeps_center else arrays
 
     def restore_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         arrays = dict(arrays)
