@@ -58,6 +58,7 @@ CODECS = [
     ("grid step 8", dict(name="grid", step=8.0), None),
     ("grid step 16", dict(name="grid", step=16.0), None),
     ("mask 15% 2-bit", dict(name="mask", density=0.15, bits=2), 100.0),
+    ("mask 24% 2-bit, ANS-coded", dict(name="mask", density=0.24, bits=2, entropy_coding=True), None),
 ]
 DOWNLINKS = [
     ("uniform 8-bit deltas", dict(name="uniform", bits=8)),

@@ -171,14 +171,16 @@ def test_topk_handles_clustered_and_full_density():
 # --- codecs built for rare participation: unbiased, entropy-coded, correlated across a round's clients ----
 
 
-def test_entropy_coding_sends_the_same_codes_in_fewer_bytes():
+@pytest.mark.parametrize("name,words", [("uniform", 2), ("mask", 3)])
+def test_entropy_coding_sends_the_same_codes_in_fewer_bytes(name, words):
     x = normal(200_000) * np.where(np.arange(200_000) % 10 == 0, 20, 1).astype(np.float32)  # a few large values
-    packed = make_codec("uniform", bits=4)
-    coded = make_codec("uniform", bits=4, entropy_coding=True)
+    settings = dict(bits=4, density=0.5) if name == "mask" else dict(bits=4)
+    packed = make_codec(name, **settings)
+    coded = make_codec(name, **settings, entropy_coding=True)
     a, b = packed.encode(x, np.random.default_rng(0)), coded.encode(x, np.random.default_rng(0))
     np.testing.assert_array_equal(packed.decode(a, x.size), coded.decode(b, x.size))  # lossless: the same values
     assert payload_bytes(b) < 0.8 * payload_bytes(a)  # the codes' entropy is below 4 bits here
-    b[2] = b[2][:-3]  # a truncated stream is refused, never decoded into other values
+    b[words] = b[words][:-3]  # a truncated stream is refused, never decoded into other values
     with pytest.raises(CodecError, match="entropy-coded stream"):
         coded.decode(b, x.size)
 

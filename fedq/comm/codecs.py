@@ -120,21 +120,13 @@ class UniformCodec(UpdateCodec):
 
     def encode(self, vector: np.ndarray, rng: np.random.Generator, dither: np.ndarray | None = None) -> list[np.ndarray]:
         codes, scales = _quantize(_as_update(vector), self.bits, self.block_size, rng, dither)
-        return [*ans_encode(codes), scales] if self.entropy_coding else [pack_bits(codes, self.bits), scales]
+        return [*_code_arrays(codes, self.bits, self.entropy_coding), scales]
 
     def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
-        scales_spec = ("scales", np.float16, _num_blocks(numel, self.block_size))
-        if self.entropy_coding:
-            header, counts, words, scales = _check_payload(
-                self.name, arrays, [("header", np.int32, 2), ("counts", np.uint32, None), ("words", np.uint32, None), scales_spec])
-            codes = ans_decode(header, counts, words, numel, self.name)
-            if codes.size and (codes.min() < 0 or codes.max() >= 2**self.bits):
-                raise CodecError(f"{self.name} payload: a code outside 0..{2**self.bits - 1}")
-        else:
-            packed, scales = _check_payload(
-                self.name, arrays, [("codes", np.uint8, packed_nbytes(numel, self.bits)), scales_spec])
-            codes = unpack_bits(packed, self.bits, numel)
+        *coded, scales = _check_payload(self.name, arrays, [
+            *_code_spec(self.bits, numel, self.entropy_coding), ("scales", np.float16, _num_blocks(numel, self.block_size))])
         _check_scales(self.name, scales)
+        codes = _codes(self.name, coded, numel, self.bits, self.entropy_coding)
         return _finite(self.name, _dequantize(codes, scales, self.bits, self.block_size))
 
 
@@ -307,12 +299,14 @@ class MaskCodec(UpdateCodec):
     CAFe, Ortega et al. 2025, has its clients compress against; here the server
     holds it, so the client needs none).
     Payload: ``[header uint32 [seed low, seed high, count], codes (uint8, bits-packed),
-    scales (float16, one per block of the sent values)]``.
+    scales (float16, one per block of the sent values)]``; with ``entropy_coding`` the codes
+    are ANS-coded as in ``uniform``.
     """
 
     density: float = 0.15
     bits: int = 2
     block_size: int = 1024
+    entropy_coding: bool = False
     name: ClassVar[str] = "mask"
     stochastic: ClassVar[bool] = True
 
@@ -336,20 +330,21 @@ class MaskCodec(UpdateCodec):
         kept = self.sent(seed, x.size)
         codes, scales = _quantize(x[kept], self.bits, self.block_size, rng, dither[kept] if dither is not None else None)
         header = np.array([seed & 0xFFFFFFFF, seed >> 32, kept.size], np.uint32)
-        return [header, pack_bits(codes, self.bits), scales]
+        return [header, *_code_arrays(codes, self.bits, self.entropy_coding), scales]
 
     def _sent_values(self, arrays: Sequence[np.ndarray], numel: int) -> tuple[np.ndarray, np.ndarray]:
-        header, packed, scales = _check_payload(self.name, arrays, [
-            ("header", np.uint32, 3), ("codes", np.uint8, None), ("scales", np.float16, None)])
+        header, *coded, scales = _check_payload(self.name, arrays, [
+            ("header", np.uint32, 3), *_code_spec(self.bits, None, self.entropy_coding), ("scales", np.float16, None)])
         kept = self.sent(int(header[0]) | int(header[1]) << 32, numel)
         if int(header[2]) != kept.size:
             raise CodecError(f"{self.name} payload: its seed draws {kept.size} of {numel} values at density "
                              f"{self.density:g}, but it says it carries {int(header[2])} (another density or a damaged seed)")
-        _check_length(self.name, "codes", packed, packed_nbytes(kept.size, self.bits))
+        if not self.entropy_coding:
+            _check_length(self.name, "codes", coded[0], packed_nbytes(kept.size, self.bits))
         _check_length(self.name, "scales", scales, _num_blocks(kept.size, self.block_size))
         _check_scales(self.name, scales)
-        values = _dequantize(unpack_bits(packed, self.bits, kept.size), scales, self.bits, self.block_size)
-        return kept, _finite(self.name, values)
+        codes = _codes(self.name, coded, kept.size, self.bits, self.entropy_coding)
+        return kept, _finite(self.name, _dequantize(codes, scales, self.bits, self.block_size))
 
     def sent_mask(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
         """Which values a (checked) payload carries."""
@@ -492,6 +487,28 @@ def _quantize(
     position += _blocks(dither.astype(np.float32), block_size) if dither is not None else rng.random(position.shape, dtype=np.float32)
     codes = np.clip(np.floor(position), 0, 2**bits - 1).astype(np.uint8)
     return codes.ravel()[: x.size], scales
+
+
+def _code_arrays(codes: np.ndarray, bits: int, entropy_coding: bool) -> list[np.ndarray]:
+    """The wire arrays of quantized codes: packed ``bits`` each, or ANS-coded (``[header, counts, words]``)."""
+    return ans_encode(codes) if entropy_coding else [pack_bits(codes, bits)]
+
+
+def _code_spec(bits: int, count: int | None, entropy_coding: bool) -> list[tuple[str, type, int | None]]:
+    """The payload spec (see :func:`_check_payload`) of :func:`_code_arrays`' arrays for ``count`` codes (None: any)."""
+    if entropy_coding:
+        return [("header", np.int32, 2), ("counts", np.uint32, None), ("words", np.uint32, None)]
+    return [("codes", np.uint8, None if count is None else packed_nbytes(count, bits))]
+
+
+def _codes(codec: str, arrays: Sequence[np.ndarray], count: int, bits: int, entropy_coding: bool) -> np.ndarray:
+    """The ``count`` codes of :func:`_code_arrays`' (checked) arrays."""
+    if not entropy_coding:
+        return unpack_bits(arrays[0], bits, count)
+    codes = ans_decode(*arrays, count, codec)
+    if codes.size and (codes.min() < 0 or codes.max() >= 2**bits):
+        raise CodecError(f"{codec} payload: a code outside 0..{2**bits - 1}")
+    return codes
 
 
 def _dequantize(codes: np.ndarray, scales: np.ndarray, bits: int, block_size: int) -> np.ndarray:

@@ -27,7 +27,7 @@ class UplinkConfig:
     block_size: Optional[int] = None  # values per scale (uniform, sign, topk, grid); None = 1024
     density: Optional[float] = None  # topk, mask: the fraction of values sent; None = 0.01 (topk), 0.15 (mask)
     step: Optional[float] = None  # grid: the grid step in units of the block's RMS; None = 4
-    entropy_coding: Optional[bool] = None  # uniform: ANS-code the codes instead of packing them; None = off
+    entropy_coding: Optional[bool] = None  # uniform, mask: ANS-code the codes instead of packing them; None = off
     error_feedback: Optional[bool] = None  # biased codecs (sign, topk): keep what was not sent for the next round; None = on
     # stochastic codecs (uniform, topk, grid): the clients of a round round with stratified dithers, so that their
     # rounding errors partly cancel in the average (correlated quantization, Suresh et al. 2022); each stays unbiased
