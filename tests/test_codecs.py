@@ -11,7 +11,7 @@ from fedq.comm import (
     make_codec,
     payload_bytes,
 )
-from fedq.comm.codecs import fill_from_senders
+from fedq.comm.codecs import Stratum, fill_from_senders
 from fedq.comm.downlink import DELTA, FULL, Broadcaster, SeededModel, receive
 from fedq.comm.indexcode import decode_sorted_indices, encode_sorted_indices
 
@@ -214,10 +214,6 @@ def test_grid_is_unbiased_within_one_step_and_costs_less_at_coarser_steps(step):
 
 
 def test_correlated_dithers_keep_each_client_unbiased_and_cancel_in_the_average():
-    from fedq.comm.downlink import Downlink
-    from fedq.fl.client import correlated_dither
-    from fedq.fl.protocol import TrainRequest
-
     codec = make_codec("grid", step=4.0, block_size=4096)
     updates = [normal(4096, seed=10) + 0.3 * normal(4096, seed=20 + k) for k in range(5)]
     mean = np.mean(updates, axis=0)
@@ -227,16 +223,29 @@ def test_correlated_dithers_keep_each_client_unbiased_and_cancel_in_the_average(
             decoded = []
             for slot, update in enumerate(updates):
                 rng = np.random.default_rng([trial, slot])
-                request = TrainRequest(slot, trial + 1, Downlink([], "delta", 0), slot=slot, slots=5)
-                dither = correlated_dither(1, request, rng, update.size) if kind == "correlated" else None
-                decoded.append(codec.decode(codec.encode(update, rng, dither), update.size))
+                stratum = Stratum(1, trial + 1, slot, 5) if kind == "correlated" else None
+                decoded.append(codec.decode(codec.encode(update, rng, stratum), update.size))
             errors[kind].append(np.mean((np.mean(decoded, axis=0) - mean) ** 2))
     assert np.mean(errors["correlated"]) < 0.6 * np.mean(errors["independent"])  # about half, measured
-    one = [codec.decode(codec.encode(updates[0], np.random.default_rng(t), correlated_dither(
-        1, TrainRequest(0, t, Downlink([], "delta", 0), slot=2, slots=5), np.random.default_rng(t), 4096)), 4096)
-        for t in range(1500)]
+    one = [codec.decode(codec.encode(updates[0], np.random.default_rng(t), Stratum(1, t, 2, 5)), 4096) for t in range(1500)]
     step = 4.0 * np.sqrt(np.mean(updates[0] ** 2))  # each client stays unbiased: its mean error shrinks as 1/sqrt(draws)
     assert np.abs(np.mean(one, axis=0) - updates[0]).mean() < step / math.sqrt(1500)
+
+
+def test_stratified_masks_send_every_value_from_about_density_x_slots_clients_and_stay_random_per_client():
+    n, codec = 40_000, make_codec("mask", density=0.24, bits=8)
+    x = normal(n)
+    senders = {}
+    for kind in ("independent", "stratified"):
+        masks = [codec.sent_mask(codec.encode(x, np.random.default_rng(slot), Stratum(3, 7, slot, 5) if kind == "stratified"
+                                              else None), n) for slot in range(5)]
+        assert all(abs(m.mean() - 0.24) < 0.01 for m in masks)  # each client still sends its density
+        senders[kind] = np.sum(masks, axis=0)
+    assert abs(np.mean(senders["independent"] == 0) - 0.76**5) < 0.01  # about a quarter sent by none
+    assert set(np.unique(senders["stratified"])) == {1, 2}  # 0.24 x 5 = 1.2: one or two senders, never none
+    other_round = codec.sent_mask(codec.encode(x, np.random.default_rng(0), Stratum(3, 8, 0, 5)), n)
+    assert abs(np.mean(other_round & codec.sent_mask(codec.encode(x, np.random.default_rng(0), Stratum(3, 7, 0, 5)), n))
+               - 0.24**2) < 0.01  # a slot's mask changes from round to round
 
 
 @pytest.mark.parametrize("bits", [8, 4, 2])
@@ -275,8 +284,8 @@ def test_mask_sends_a_seeded_subset_without_indices_and_the_server_fills_the_res
     sent = [codec.decode_update(arrays, n, reference) != reference for arrays in (first, second)]
     for arrays, kept in zip((first, second), sent):
         assert abs(kept.mean() - density) < 0.01
-        k = int(kept.sum())  # no index is sent: an 8-byte seed, the count, the codes and one scale per block of them
-        assert payload_bytes(arrays) == 12 + k + 2 * math.ceil(k / 1024)
+        k = int(kept.sum())  # no index is sent: a 40-byte header (seed, round, count, slot), the codes and one scale per block of them
+        assert payload_bytes(arrays) == 40 + k + 2 * math.ceil(k / 1024)
         update = codec.decode_update(arrays, n, reference)
         np.testing.assert_array_equal(update[~kept], reference[~kept])  # unsent: the reference, exactly
         assert np.abs(update[kept] - x[kept]).max() <= 2 * np.abs(x).max() / 255 + 1e-6  # sent: within one level
@@ -305,6 +314,10 @@ def test_a_mask_payload_whose_seed_or_density_is_not_the_servers_is_rejected():
     damaged = [arrays[0].copy(), *arrays[1:]]
     damaged[0][0] ^= 1
     with pytest.raises(CodecError, match="its seed draws .* a damaged seed"):
+        make_codec("mask", density=0.1).decode(damaged, n)
+    damaged[0] = arrays[0].copy()
+    damaged[0][3] = damaged[0][4]  # a slot outside the round's slots
+    with pytest.raises(CodecError, match="slot 1 of 1 slots"):
         make_codec("mask", density=0.1).decode(damaged, n)
 
 

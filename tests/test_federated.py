@@ -89,8 +89,9 @@ def test_unbiased_uplink_keeps_no_residual(cache, tmp_path):
     assert federation.uplink.name == "uniform" and federation.uplink.bits == 4  # the uplink's bits follow quant.bits
 
 
-def test_a_mask_uplink_moves_what_no_client_sent_by_the_last_step_and_keeps_that_step_for_resume(cache):
-    cfg = compose_config(TINY + [cache, "comm.uplink.name=mask", "comm.uplink.density=0.3"])
+@pytest.mark.parametrize("correlated,unsent", [(False, 0.7**2), (True, 1 - 2 * 0.3)])
+def test_a_mask_uplink_moves_what_no_client_sent_by_the_last_step_and_keeps_that_step_for_resume(cache, correlated, unsent):
+    cfg = compose_config(TINY + [cache, "comm.uplink.name=mask", "comm.uplink.density=0.3", f"comm.uplink.correlated={correlated}"])
     federation = Federation(cfg)
     server = Coordinator(federation, FlowerAggregator(cfg))
     exchange = LocalExchange(federation, ClientStore(None))  # stateless: the clients keep nothing between rounds
@@ -98,10 +99,10 @@ def test_a_mask_uplink_moves_what_no_client_sent_by_the_last_step_and_keeps_that
     first = server.run_round(1, start, exchange)[0]
     second = server.run_round(2, first, exchange)[0]
     step, next_step = first - start, second - first
-    # two clients a round, each sending its own 30 %: about 0.7**2 of the values were sent by neither
-    assert abs(np.mean(step == 0) - 0.49) < 0.03  # round 1's reference is no step: those values did not move
+    # two clients a round, each sending 30 %: 0.7**2 of the values were sent by neither, or 0.4 with stratified masks
+    assert abs(np.mean(step == 0) - unsent) < 0.03  # round 1's reference is no step: those values did not move
     held = np.isclose(next_step, step, rtol=1e-5, atol=1e-9) & (step != 0)
-    assert abs(np.mean(held) - 0.49 * 0.51) < 0.03  # round 2 moved them as round 1 moved them (where round 1 did)
+    assert abs(np.mean(held) - unsent * (1 - unsent)) < 0.03  # round 2 moved them as round 1 moved them (where it did)
     np.testing.assert_array_equal(server.state_arrays()[CENTER], next_step)  # the reference a resumed run fills from
 
 

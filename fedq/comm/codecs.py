@@ -26,6 +26,29 @@ from fedq.comm.indexcode import decode_sorted_indices, encode_sorted_indices
 
 QUANT_BITS = range(2, 9)
 FP16_MAX = float(np.finfo(np.float16).max)
+DITHER, MASK = 0xD17, 0x3A5  # the tags of the round's shared uniforms: rounding dithers, masks
+
+
+@dataclass(frozen=True)
+class Stratum:
+    """A client's place in its round's shared randomness (``comm.uplink.correlated``): the uniforms that ``seed`` and
+    ``round`` draw are the round's, and this client is ``slot`` of ``slots``."""
+
+    seed: int
+    round: int
+    slot: int
+    slots: int
+
+    def shared(self, size: int, tag: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.round, tag]).random(size, dtype=np.float32)
+
+    def dither(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """The client's uniform dither, frac(a + (slot + v) / slots) with ``a`` the round's and ``v`` the client's
+        own. Each client's dither is uniform, so its rounding stays unbiased, and at every value the round's
+        dithers fall one into each 1/slots of [0, 1), so that their rounding errors partly cancel in the average
+        (Suresh et al., 2022, correlated quantization)."""
+        dither = np.mod(self.shared(size, DITHER) + (self.slot + rng.random(size, dtype=np.float32)) / self.slots, np.float32(1.0))
+        return np.minimum(dither, np.float32(1.0 - 2**-24))  # float32 rounding may reach 1.0
 
 
 class UpdateCodec(ABC):
@@ -41,9 +64,9 @@ class UpdateCodec(ABC):
         """Nominal bits per model parameter, for reports (payload_bytes is the real count)."""
 
     @abstractmethod
-    def encode(self, vector: np.ndarray, rng: np.random.Generator, dither: np.ndarray | None = None) -> list[np.ndarray]:
+    def encode(self, vector: np.ndarray, rng: np.random.Generator, stratum: Stratum | None = None) -> list[np.ndarray]:
         """Encode a 1-D float vector into the arrays that are sent. A codec that rounds stochastically draws its
-        uniform dither from ``rng``, or takes ``dither`` (one value in [0, 1) per entry: correlated rounding)."""
+        uniform dither from ``rng``, stratified across the round's clients with a ``stratum`` (correlated rounding)."""
 
     @abstractmethod
     def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
@@ -67,7 +90,7 @@ class Fp32Codec(UpdateCodec):
     def bits_per_value(self) -> float:
         return 32.0
 
-    def encode(self, vector: np.ndarray, rng: np.random.Generator, dither: np.ndarray | None = None) -> list[np.ndarray]:
+    def encode(self, vector: np.ndarray, rng: np.random.Generator, stratum: Stratum | None = None) -> list[np.ndarray]:
         return [_as_update(vector).copy()]
 
     def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
@@ -83,7 +106,7 @@ class Fp16Codec(UpdateCodec):
     def bits_per_value(self) -> float:
         return 16.0
 
-    def encode(self, vector: np.ndarray, rng: np.random.Generator, dither: np.ndarray | None = None) -> list[np.ndarray]:
+    def encode(self, vector: np.ndarray, rng: np.random.Generator, stratum: Stratum | None = None) -> list[np.ndarray]:
         x = _as_update(vector)
         _check_fp16_range(_max(np.abs(x)))
         return [x.astype(np.float16)]
@@ -118,8 +141,9 @@ class UniformCodec(UpdateCodec):
     def bits_per_value(self) -> float:
         return float(self.bits)
 
-    def encode(self, vector: np.ndarray, rng: np.random.Generator, dither: np.ndarray | None = None) -> list[np.ndarray]:
-        codes, scales = _quantize(_as_update(vector), self.bits, self.block_size, rng, dither)
+    def encode(self, vector: np.ndarray, rng: np.random.Generator, stratum: Stratum | None = None) -> list[np.ndarray]:
+        x = _as_update(vector)
+        codes, scales = _quantize(x, self.bits, self.block_size, rng, stratum.dither(rng, x.size) if stratum else None)
         return [*_code_arrays(codes, self.bits, self.entropy_coding), scales]
 
     def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
@@ -148,7 +172,7 @@ class SignCodec(UpdateCodec):
     def bits_per_value(self) -> float:
         return 1.0
 
-    def encode(self, vector: np.ndarray, rng: np.random.Generator, dither: np.ndarray | None = None) -> list[np.ndarray]:
+    def encode(self, vector: np.ndarray, rng: np.random.Generator, stratum: Stratum | None = None) -> list[np.ndarray]:
         x = _as_update(vector)
         abs_blocks = _blocks(np.abs(x), self.block_size)
         counts = np.full(len(abs_blocks), self.block_size, np.float32)
@@ -203,8 +227,9 @@ class TopKCodec(UpdateCodec):
     def num_kept(self, numel: int) -> int:
         return math.ceil(self.density * numel)
 
-    def encode(self, vector: np.ndarray, rng: np.random.Generator, dither: np.ndarray | None = None) -> list[np.ndarray]:
+    def encode(self, vector: np.ndarray, rng: np.random.Generator, stratum: Stratum | None = None) -> list[np.ndarray]:
         x = _as_update(vector)
+        dither = stratum.dither(rng, x.size) if stratum else None
         k = self.num_kept(x.size)
         kept = np.sort(np.argpartition(np.abs(x), x.size - k)[x.size - k :]) if k else np.zeros(0, np.intp)
         rice_bits, unary, remainders = encode_sorted_indices(kept)
@@ -264,8 +289,9 @@ class GridCodec(UpdateCodec):
     def bits_per_value(self) -> float:
         return 1.0  # nominal: the coded size depends on the update (payload_bytes is the real count)
 
-    def encode(self, vector: np.ndarray, rng: np.random.Generator, dither: np.ndarray | None = None) -> list[np.ndarray]:
+    def encode(self, vector: np.ndarray, rng: np.random.Generator, stratum: Stratum | None = None) -> list[np.ndarray]:
         x = _as_update(vector)
+        dither = stratum.dither(rng, x.size) if stratum else None
         blocks = _blocks(x, self.block_size)
         rms = np.sqrt(np.square(blocks, dtype=np.float64).sum(axis=1) / np.maximum(_block_counts(x.size, self.block_size), 1))
         _check_fp16_range(_max(self.step * rms))
@@ -288,8 +314,12 @@ class GridCodec(UpdateCodec):
 class MaskCodec(UpdateCodec):
     """A random ``density`` of the values, quantized like ``uniform``; the server fills in the rest.
 
-    The client draws its mask from a seed it sends (8 bytes: no index is sent), so the
-    codec keeps no state and a client that never took part sends a valid update.
+    The client draws its mask from a seed it sends (a 40-byte header: no index is sent),
+    so the codec keeps no state and a client that never took part sends a valid update.
+    With a :class:`Stratum` (``comm.uplink.correlated``) the round's clients draw their
+    masks from the round's shared uniforms, each from its own slot, so that every value
+    is sent by about ``density x slots`` of them (at least one when that is >= 1) instead
+    of by none with probability (1 - density) ** slots.
     :meth:`decode_update` is the server's reading of one payload: the sent values, and
     ``reference`` (the server's last step) elsewhere. A round then fills each update's
     unsent values with the mean of what the round's other clients sent there
@@ -298,7 +328,7 @@ class MaskCodec(UpdateCodec):
     value that no client sent moves as it moved last round (a shared reference, which
     CAFe, Ortega et al. 2025, has its clients compress against; here the server
     holds it, so the client needs none).
-    Payload: ``[header uint32 [seed low, seed high, count], codes (uint8, bits-packed),
+    Payload: ``[header uint64 [seed, round, count, slot, slots], codes (uint8, bits-packed),
     scales (float16, one per block of the sent values)]``; with ``entropy_coding`` the codes
     are ANS-coded as in ``uniform``.
     """
@@ -320,22 +350,28 @@ class MaskCodec(UpdateCodec):
     def bits_per_value(self) -> float:
         return self.density * self.bits
 
-    def sent(self, seed: int, numel: int) -> np.ndarray:
-        """The indices a payload with ``seed`` carries, in order."""
-        return np.flatnonzero(np.random.default_rng(seed).random(numel, dtype=np.float32) < self.density)
+    def sent(self, header: np.ndarray, numel: int) -> np.ndarray:
+        """The indices a payload with ``header`` carries, in order: where frac(u + slot / slots) < density, with u
+        the uniforms of the header's seed and round (the client's own, or its round's with a stratum)."""
+        seed, server_round, _, slot, slots = (int(v) for v in header)
+        uniforms = Stratum(seed, server_round, slot, slots).shared(numel, MASK)
+        return np.flatnonzero(np.mod(uniforms + np.float32(slot / slots), np.float32(1.0)) < self.density)
 
-    def encode(self, vector: np.ndarray, rng: np.random.Generator, dither: np.ndarray | None = None) -> list[np.ndarray]:
+    def encode(self, vector: np.ndarray, rng: np.random.Generator, stratum: Stratum | None = None) -> list[np.ndarray]:
         x = _as_update(vector)
-        seed = int(rng.integers(2**63))
-        kept = self.sent(seed, x.size)
-        codes, scales = _quantize(x[kept], self.bits, self.block_size, rng, dither[kept] if dither is not None else None)
-        header = np.array([seed & 0xFFFFFFFF, seed >> 32, kept.size], np.uint32)
+        where = stratum or Stratum(int(rng.integers(2**63)), 0, 0, 1)
+        header = np.array([where.seed, where.round, 0, where.slot, where.slots], np.uint64)
+        kept = self.sent(header, x.size)
+        header[2] = kept.size
+        codes, scales = _quantize(x[kept], self.bits, self.block_size, rng)  # its own dither: a stratum's is not uniform on the kept values
         return [header, *_code_arrays(codes, self.bits, self.entropy_coding), scales]
 
     def _sent_values(self, arrays: Sequence[np.ndarray], numel: int) -> tuple[np.ndarray, np.ndarray]:
         header, *coded, scales = _check_payload(self.name, arrays, [
-            ("header", np.uint32, 3), *_code_spec(self.bits, None, self.entropy_coding), ("scales", np.float16, None)])
-        kept = self.sent(int(header[0]) | int(header[1]) << 32, numel)
+            ("header", np.uint64, 5), *_code_spec(self.bits, None, self.entropy_coding), ("scales", np.float16, None)])
+        if not int(header[3]) < int(header[4]):
+            raise CodecError(f"{self.name} payload: slot {int(header[3])} of {int(header[4])} slots")
+        kept = self.sent(header, numel)
         if int(header[2]) != kept.size:
             raise CodecError(f"{self.name} payload: its seed draws {kept.size} of {numel} values at density "
                              f"{self.density:g}, but it says it carries {int(header[2])} (another density or a damaged seed)")
@@ -349,7 +385,7 @@ class MaskCodec(UpdateCodec):
     def sent_mask(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
         """Which values a (checked) payload carries."""
         mask = np.zeros(numel, bool)
-        mask[self.sent(int(arrays[0][0]) | int(arrays[0][1]) << 32, numel)] = True
+        mask[self.sent(arrays[0], numel)] = True
         return mask
 
     def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:

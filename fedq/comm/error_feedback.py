@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedq.comm.codecs import UpdateCodec
+from fedq.comm.codecs import Stratum, UpdateCodec
 from fedq.comm.errors import CodecError
 
 
 def encode_with_feedback(
     codec: UpdateCodec, vector: np.ndarray, residual: np.ndarray | None, rng: np.random.Generator,
-    dither: np.ndarray | None = None,
+    stratum: Stratum | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Encode ``vector + residual``; return the payload and the new residual (what was not sent)."""
     corrected = np.asarray(vector, np.float32)
@@ -24,5 +24,5 @@ def encode_with_feedback(
                 f"error-feedback residual has shape {residual.shape}, update has {corrected.shape}"
             )
         corrected = corrected + residual
-    arrays = codec.encode(corrected, rng, dither)
+    arrays = codec.encode(corrected, rng, stratum)
     return arrays, corrected - codec.decode(arrays, corrected.size)

@@ -30,7 +30,8 @@ class UplinkConfig:
     entropy_coding: Optional[bool] = None  # uniform, mask: ANS-code the codes instead of packing them; None = off
     error_feedback: Optional[bool] = None  # biased codecs (sign, topk): keep what was not sent for the next round; None = on
     # stochastic codecs (uniform, topk, grid): the clients of a round round with stratified dithers, so that their
-    # rounding errors partly cancel in the average (correlated quantization, Suresh et al. 2022); each stays unbiased
+    # rounding errors partly cancel in the average (correlated quantization, Suresh et al. 2022); each stays unbiased.
+    # mask: the round's clients draw stratified masks, so that every value is sent by about density x clients of them
     correlated: bool = False
 
 

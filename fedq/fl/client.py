@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from fedq.comm import payload_bytes
+from fedq.comm.codecs import Stratum
 from fedq.comm.downlink import NotHeldError, cache_capacity, receive
 from fedq.comm.error_feedback import encode_with_feedback
 from fedq.config import CLIENT_POOL_KEY, FedqConfig, config_from_run_config, results_dir
@@ -87,16 +88,6 @@ def client_lr_schedule(
     return inverse_sqrt_schedule(optimizer, cfg.fl.warmup_steps, start_step=(server_round - 1) * local_steps)
 
 
-def correlated_dither(seed: int, request: TrainRequest, rng: np.random.Generator, size: int) -> np.ndarray:
-    """The client's uniform dither, stratified across the round's clients: frac(a + (slot + v) / slots) with ``a``
-    shared by the round (its seed) and ``v`` the client's own. Each client's dither is uniform, so its rounding
-    stays unbiased, and at every coordinate the round's dithers fall one into each 1/slots of [0, 1), so that
-    their rounding errors partly cancel in the average (Suresh et al., 2022, correlated quantization)."""
-    shared = np.random.default_rng([seed, request.server_round, 0xD17]).random(size, dtype=np.float32)
-    dither = np.mod(shared + (request.slot + rng.random(size, dtype=np.float32)) / request.slots, np.float32(1.0))
-    return np.minimum(dither, np.float32(1.0 - 2**-24))  # float32 rounding may reach 1.0
-
-
 def round_seed(cfg: FedqConfig, server_round: int, partition: int) -> int:
     """The seed of a client's round: its batches, its torch draws and its codec's randomness."""
     return cfg.seed + 1000 * server_round + partition
@@ -149,11 +140,11 @@ def client_round(federation: Federation, request: TrainRequest, store: ClientSto
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     update = federation.faults.tamper(partition, model_to_vector(federation.model) - start_vector, rng)
-    dither = correlated_dither(cfg.seed, request, rng, update.size) if cfg.comm.uplink.correlated else None
+    stratum = Stratum(cfg.seed, server_round, request.slot, request.slots) if cfg.comm.uplink.correlated else None
     if federation.error_feedback:
-        arrays, residual = encode_with_feedback(federation.uplink, update, state.residual, rng, dither)
+        arrays, residual = encode_with_feedback(federation.uplink, update, state.residual, rng, stratum)
     else:
-        arrays, residual = federation.uplink.encode(update, rng, dither), None
+        arrays, residual = federation.uplink.encode(update, rng, stratum), None
     encode_seconds = time.perf_counter() - start
     store.save(partition, server_round, downlink.base_round, start_vector if request.keep else None, residual)
 
