@@ -215,8 +215,7 @@ class TopKCodec(UpdateCodec):
     biased: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.density <= 1.0:
-            raise CodecError(f"codec {self.name}: density must be in (0, 1], got {self.density}")
+        _check_density(self.name, self.density)
         _check_bits(self.name, self.bits)
         _check_block_size(self.name, self.block_size)
 
@@ -341,8 +340,7 @@ class MaskCodec(UpdateCodec):
     stochastic: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.density <= 1.0:
-            raise CodecError(f"codec {self.name}: density must be in (0, 1], got {self.density}")
+        _check_density(self.name, self.density)
         _check_bits(self.name, self.bits)
         _check_block_size(self.name, self.block_size)
 
@@ -454,6 +452,11 @@ def payload_bytes(arrays: Sequence[np.ndarray]) -> int:
 def _check_bits(name: str, bits: int) -> None:
     if bits not in QUANT_BITS:
         raise CodecError(f"codec {name}: bits must be one of 2..8 (1 bit: use codec sign), got {bits}")
+
+
+def _check_density(name: str, density: float) -> None:
+    if not 0.0 < density <= 1.0:
+        raise CodecError(f"codec {name}: density must be in (0, 1], got {density}")
 
 
 def _check_block_size(name: str, block_size: int) -> None:
