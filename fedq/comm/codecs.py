@@ -47,7 +47,8 @@ class Stratum:
         own. Each client's dither is uniform, so its rounding stays unbiased, and at every value the round's
         dithers fall one into each 1/slots of [0, 1), so that their rounding errors partly cancel in the average
         (Suresh et al., 2022, correlated quantization)."""
-        dither = np.mod(self.shared(size, DITHER) + (self.slot + rng.random(size, dtype=np.float32)) / self.slots, np.float32(1.0))
+        own = rng.random(size, dtype=np.float32)
+        dither = np.mod(self.shared(size, DITHER) + (self.slot + own) / self.slots, np.float32(1.0))
         return np.minimum(dither, np.float32(1.0 - 2**-24))  # float32 rounding may reach 1.0
 
 
@@ -361,7 +362,8 @@ class MaskCodec(UpdateCodec):
         header = np.array([where.seed, where.round, 0, where.slot, where.slots], np.uint64)
         kept = self.sent(header, x.size)
         header[2] = kept.size
-        codes, scales = _quantize(x[kept], self.bits, self.block_size, rng)  # its own dither: a stratum's is not uniform on the kept values
+        # rounded with its own dither: a stratum's dither is not uniform on the values its mask keeps
+        codes, scales = _quantize(x[kept], self.bits, self.block_size, rng)
         return [header, *_code_arrays(codes, self.bits, self.entropy_coding), scales]
 
     def _sent_values(self, arrays: Sequence[np.ndarray], numel: int) -> tuple[np.ndarray, np.ndarray]:

@@ -76,7 +76,8 @@ def uplink_codec(comm: CommConfig, quant_bits: int) -> UpdateCodec:
     if up.error_feedback is not None and not codec.biased:
         raise CodecError(f"comm.uplink.error_feedback applies to biased codecs (sign, topk), not to {up.name}")
     if up.correlated and not codec.stochastic:
-        raise CodecError(f"comm.uplink.correlated applies to codecs that round stochastically (uniform, topk, grid, mask), not to {up.name}")
+        raise CodecError("comm.uplink.correlated applies to codecs that round stochastically or draw masks "
+                         f"(uniform, topk, grid, mask), not to {up.name}")
     return codec
 
 
