@@ -72,6 +72,15 @@ def test_the_reference_row_is_fp32_training_and_traffic_else_fp32_traffic_at_the
     assert fp32_reference([qat_default]) is None
 
 
+def test_a_row_is_labelled_by_the_settings_that_differ_but_not_by_deploy_settings_a_run_never_used():
+    from fedq.config import compose_config
+    from fedq.report.compare import Run, differing_settings
+
+    runs = [Run(Path(str(i)), compose_config(overrides), {}, None) for i, overrides in enumerate(
+        [["fl.attack=ipm", "deploy.variants=[fp32]"], ["fl.attack=sign_flip"]])]
+    assert differing_settings(runs) == ["fl.attack=ipm", "fl.attack=sign_flip"]
+
+
 def test_a_codec_is_labelled_as_it_ran():
     from fedq.config import compose_config
     from fedq.report.compare import codec_label
