@@ -232,19 +232,24 @@ def test_correlated_dithers_keep_each_client_unbiased_and_cancel_in_the_average(
     assert np.abs(np.mean(one, axis=0) - updates[0]).mean() < step / math.sqrt(1500)
 
 
+def sent_by(codec, arrays, n: int) -> np.ndarray:
+    """Which values a mask payload carries, as the server reads it."""
+    return codec.decode_update(arrays, n, np.zeros(n, np.float32)).sent
+
+
 def test_stratified_masks_send_every_value_from_about_density_x_slots_clients_and_stay_random_per_client():
     n, codec = 40_000, make_codec("mask", density=0.24, bits=8)
     x = normal(n)
     senders = {}
     for kind in ("independent", "stratified"):
-        masks = [codec.sent_mask(codec.encode(x, np.random.default_rng(slot), Stratum(3, 7, slot, 5) if kind == "stratified"
-                                              else None), n) for slot in range(5)]
+        masks = [sent_by(codec, codec.encode(x, np.random.default_rng(slot), Stratum(3, 7, slot, 5) if kind == "stratified"
+                                             else None), n) for slot in range(5)]
         assert all(abs(m.mean() - 0.24) < 0.01 for m in masks)  # each client still sends its density
         senders[kind] = np.sum(masks, axis=0)
     assert abs(np.mean(senders["independent"] == 0) - 0.76**5) < 0.01  # about a quarter sent by none
     assert set(np.unique(senders["stratified"])) == {1, 2}  # 0.24 x 5 = 1.2: one or two senders, never none
-    other_round = codec.sent_mask(codec.encode(x, np.random.default_rng(0), Stratum(3, 8, 0, 5)), n)
-    assert abs(np.mean(other_round & codec.sent_mask(codec.encode(x, np.random.default_rng(0), Stratum(3, 7, 0, 5)), n))
+    other_round = sent_by(codec, codec.encode(x, np.random.default_rng(0), Stratum(3, 8, 0, 5)), n)
+    assert abs(np.mean(other_round & sent_by(codec, codec.encode(x, np.random.default_rng(0), Stratum(3, 7, 0, 5)), n))
                - 0.24**2) < 0.01  # a slot's mask changes from round to round
 
 
@@ -281,17 +286,17 @@ def test_mask_sends_a_seeded_subset_without_indices_and_the_server_fills_the_res
     codec = make_codec("mask", density=density, bits=8)
     x, reference = normal(n, 0), normal(n, 5)
     first, second = codec.encode(x, np.random.default_rng(1)), codec.encode(x, np.random.default_rng(2))
-    sent = [codec.decode_update(arrays, n, reference) != reference for arrays in (first, second)]
+    sent = [codec.decode_update(arrays, n, reference).values != reference for arrays in (first, second)]
     for arrays, kept in zip((first, second), sent):
         assert abs(kept.mean() - density) < 0.01
         k = int(kept.sum())  # no index is sent: a 40-byte header (seed, round, count, slot), the codes and one scale per block of them
         assert payload_bytes(arrays) == 40 + k + 2 * math.ceil(k / 1024)
-        update = codec.decode_update(arrays, n, reference)
+        update = codec.decode_update(arrays, n, reference).values
         np.testing.assert_array_equal(update[~kept], reference[~kept])  # unsent: the reference, exactly
         assert np.abs(update[kept] - x[kept]).max() <= 2 * np.abs(x).max() / 255 + 1e-6  # sent: within one level
         np.testing.assert_array_equal(codec.decode(arrays, n)[~kept], 0.0)
     assert abs((sent[0] & sent[1]).mean() - density**2) < 0.005  # each client draws its own subset
-    assert [codec.sent_mask(arrays, n).tolist() for arrays in (first, second)] == [m.tolist() for m in sent]
+    assert [sent_by(codec, arrays, n).tolist() for arrays in (first, second)] == [m.tolist() for m in sent]
 
 
 def test_a_round_averages_a_masked_value_over_the_clients_that_sent_it():

@@ -15,7 +15,7 @@ import dataclasses
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar, NamedTuple, Sequence
 
 import numpy as np
 
@@ -52,6 +52,13 @@ class Stratum:
         return np.minimum(dither, np.float32(1.0 - 2**-24))  # float32 rounding may reach 1.0
 
 
+class ServerUpdate(NamedTuple):
+    """A payload as the server reads it: the update, and which of its values the payload carried (None: all)."""
+
+    values: np.ndarray
+    sent: np.ndarray | None
+
+
 class UpdateCodec(ABC):
     """Turns a flat float32 update into wire arrays and back."""
 
@@ -73,14 +80,10 @@ class UpdateCodec(ABC):
     def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
         """Decode a payload into a float32 vector of shape ``(numel,)``; raise CodecError if malformed."""
 
-    def decode_update(self, arrays: Sequence[np.ndarray], numel: int, reference: np.ndarray) -> np.ndarray:
+    def decode_update(self, arrays: Sequence[np.ndarray], numel: int, reference: np.ndarray) -> ServerUpdate:
         """The update a payload stands for on the server, which holds ``reference`` (its last step): only a codec
         that sends part of the values (``mask``) fills the rest from it; the others decode what was sent."""
-        return self.decode(arrays, numel)
-
-    def sent_mask(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray | None:
-        """Which values a payload carries, for a codec that sends part of them (``mask``); None: all of them."""
-        return None
+        return ServerUpdate(self.decode(arrays, numel), None)
 
 
 @dataclass(frozen=True)
@@ -382,21 +385,17 @@ class MaskCodec(UpdateCodec):
         codes = _codes(self.name, coded, kept.size, self.bits, self.entropy_coding)
         return kept, _finite(self.name, _dequantize(codes, scales, self.bits, self.block_size))
 
-    def sent_mask(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
-        """Which values a (checked) payload carries."""
-        mask = np.zeros(numel, bool)
-        mask[self.sent(arrays[0], numel)] = True
-        return mask
-
     def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
         """The sent values in place, zeros elsewhere (the server reads a payload with :meth:`decode_update`)."""
-        return self.decode_update(arrays, numel, np.zeros(numel, np.float32))
+        return self.decode_update(arrays, numel, np.zeros(numel, np.float32)).values
 
-    def decode_update(self, arrays: Sequence[np.ndarray], numel: int, reference: np.ndarray) -> np.ndarray:
+    def decode_update(self, arrays: Sequence[np.ndarray], numel: int, reference: np.ndarray) -> ServerUpdate:
         kept, values = self._sent_values(arrays, numel)
         update = np.array(reference, np.float32, copy=True)
         update[kept] = values
-        return update
+        sent = np.zeros(numel, bool)
+        sent[kept] = True
+        return ServerUpdate(update, sent)
 
 
 def fill_from_senders(updates: list[np.ndarray], sent: list[np.ndarray | None], weights: list[float]) -> list[np.ndarray]:

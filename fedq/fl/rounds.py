@@ -32,7 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from fedq.comm import CodecError, UpdateCodec, payload_bytes
-from fedq.comm.codecs import fill_from_senders
+from fedq.comm.codecs import ServerUpdate, fill_from_senders
 from fedq.comm.downlink import Broadcaster, cache_capacity
 from fedq.errors import FedqError
 from fedq.fl import protocol
@@ -162,8 +162,7 @@ class Admission:
             if reason is not None:
                 self._reject(reply.partition, reason, outcome)
                 continue
-            decoded.append(_Admitted(reply.partition, update, float(np.linalg.norm(update)), metrics,
-                                     self.uplink.sent_mask(reply.reply.arrays, vector.size)))
+            decoded.append(_Admitted(reply.partition, update.values, float(np.linalg.norm(update.values)), metrics, update.sent))
         admitted = decoded
         if fl.max_update_norm_ratio and decoded:
             median = float(np.median([a.norm for a in decoded]))
@@ -185,23 +184,23 @@ class Admission:
             outcome.client_encode_seconds = max(a.metrics.get(protocol.ENCODE_SECONDS, 0.0) for a in admitted)
         return admitted
 
-    def _check(self, reply: Reply, reference: np.ndarray) -> tuple[str | None, np.ndarray]:
-        """(why the update is refused or None, the decoded update)."""
+    def _check(self, reply: Reply, reference: np.ndarray) -> tuple[str | None, ServerUpdate | None]:
+        """(why the update is refused or None, the decoded update when it was decoded)."""
         metrics, arrays = reply.reply.metrics, reply.reply.arrays  # type: ignore[union-attr]
         fingerprint = metrics.get(protocol.FINGERPRINT)
         if fingerprint != self.fingerprint:
             theirs = f"{int(fingerprint):015x}" if fingerprint is not None else "none"
             return (f"its tokenizer (fingerprint {theirs}) is not the server's ({self.fingerprint:015x}); "
-                    "every node must build the same vocabulary (same data.* settings and corpus files)"), np.zeros(0)
+                    "every node must build the same vocabulary (same data.* settings and corpus files)"), None
         late = self.faults.late(float(metrics.get(protocol.SIM_SECONDS, 0.0)))
         if late is not None:
-            return late, np.zeros(0)
+            return late, None
         try:
             update = self.uplink.decode_update(arrays, reference.size, reference)
         except CodecError as err:
-            return str(err), np.zeros(0)
+            return str(err), None
         max_norm = self.fl.max_update_norm
-        norm = float(np.linalg.norm(update))
+        norm = float(np.linalg.norm(update.values))
         if max_norm and norm > max_norm:
             return f"update norm {norm:.3g} is above fl.max_update_norm={max_norm:g}", update
         return None, update
@@ -311,7 +310,7 @@ class Coordinator:
         for reply in replies:
             if reply.reply is not None and reply.partition not in self.faults.attackers:
                 try:
-                    honest.append(uplink.decode_update(reply.reply.arrays, self.federation.numel, self.center))
+                    honest.append(uplink.decode_update(reply.reply.arrays, self.federation.numel, self.center).values)
                 except CodecError:
                     pass
         if not attackers or not honest:
