@@ -1,6 +1,7 @@
 """The federated run: a real Flower + Ray simulation end to end, and the server's payload checks."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 from fedq.cli import check_overrides
 from fedq.comm import make_codec, payload_bytes
 from fedq.config import compose_config, validate_config
-from fedq.errors import FedqError
+from fedq.errors import ConfigError, FedqError
 from fedq.fl import protocol
 from fedq.fl.rounds import Admission, Coordinator, RoundOutcome
 from fedq.fl.settings import STRATEGIES
@@ -254,6 +255,32 @@ def test_fedadam_server_optimizer_steps_along_the_decoded_update():
     again = FlowerAggregator(compose_config(["fl.strategy=fedadam", "fl.server_lr=0.1"]))
     again.restore_state_arrays(saved)
     np.testing.assert_array_equal(again(2, step, [update], [5.0]), aggregator(2, step, [update], [5.0]))
+
+
+def test_fedavgm_steps_with_heavy_ball_momentum_and_resumes_it():
+    settings = ["fl.strategy=fedavgm", "fl.server_lr=0.5", "fl.server_momentum=0.8"]
+    aggregator = FlowerAggregator(compose_config(settings))
+    first, second = np.linspace(-1, 1, 8).astype(np.float32), np.linspace(2, 0, 8).astype(np.float32)
+    start = np.full(8, 3.0, np.float32)
+    after_one = aggregator(1, start, [first], [5.0])
+    np.testing.assert_allclose(after_one, start + 0.5 * first, rtol=1e-6)  # m = g: the first step is lr x update
+    saved = aggregator.state_arrays()
+    again = FlowerAggregator(compose_config(settings))
+    again.restore_state_arrays(saved)
+    expected = after_one + 0.5 * (second + 0.8 * first)  # m = 0.8 m + g
+    np.testing.assert_allclose(aggregator(2, after_one, [second], [5.0]), expected, rtol=1e-5)
+    np.testing.assert_allclose(again(2, after_one, [second], [5.0]), expected, rtol=1e-5)  # the momentum was saved
+    fresh = FlowerAggregator(compose_config(settings))
+    np.testing.assert_allclose(fresh(2, after_one, [second], [5.0]), after_one + 0.5 * second, rtol=1e-6)
+
+
+@pytest.mark.parametrize("settings,error", [
+    (["fl.server_momentum=0.9"], "fl.server_momentum=0.9 applies to fl.strategy=fedavgm only, not fedavg"),
+    (["fl.strategy=fedavgm", "fl.server_momentum=1.0"], "fl.server_momentum=1.0 must be in [0, 1)"),
+])
+def test_server_momentum_is_refused_where_it_does_not_apply(settings, error):
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        validate_config(compose_config(settings))
 
 
 def test_an_update_that_decodes_to_nan_is_rejected_and_never_applied(federation):

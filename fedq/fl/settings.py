@@ -11,7 +11,7 @@ from fedq.fl.defences import DEFENCES
 from fedq.fl.faults import ATTACKS, COLLUSIVE, validate_fleet
 
 # Flower's strategies (flwr.serverapp.strategy), by the name fl.strategy takes
-STRATEGIES = ("fedavg", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
 LOCAL_OPTIMIZERS = ("adam", "sgd")
 MODES = ("sync", "async")
 
@@ -49,8 +49,9 @@ class FLConfig:
     # final global model (its adapters, with adapter.rank) this many more local steps on its own pairs, keeps it,
     # and is scored on its held-out pairs again. 0 = off.
     personal_steps: int = 0
-    strategy: str = "fedavg"  # fedavg | fedadam | fedmedian | fedtrimmedavg | krum | multikrum | bulyan (Flower's)
-    server_lr: float = 1.0  # global += server_lr * (aggregate - global); fedadam: Adam's eta
+    strategy: str = "fedavg"  # fedavg | fedavgm | fedadam | fedmedian | fedtrimmedavg | krum | multikrum | bulyan (Flower's)
+    server_lr: float = 1.0  # global += server_lr * (aggregate - global); fedadam: Adam's eta; fedavgm: its server lr
+    server_momentum: float = 0.0  # fedavgm (Hsu et al. 2019): heavy-ball momentum of the server's steps
     trim_beta: float = 0.2  # fedtrimmedavg: the fraction of updates cut at each end, per coordinate
     byzantine: int = 0  # krum, multikrum, bulyan: attackers per round the aggregator must tolerate
     min_replies: int = 1  # a round needs this many accepted updates, else the run stops with the reasons
@@ -125,6 +126,10 @@ def validate_fl_config(fl: FLConfig) -> None:
     for name in ("local_lr", "server_lr", "node_wait_seconds"):
         _above(getattr(fl, name), 0, name)
     _choice(fl.strategy, STRATEGIES, "strategy")
+    if not 0.0 <= fl.server_momentum < 1.0:
+        raise ConfigError(f"fl.server_momentum={fl.server_momentum} must be in [0, 1)")
+    if fl.server_momentum and fl.strategy != "fedavgm":
+        raise ConfigError(f"fl.server_momentum={fl.server_momentum} applies to fl.strategy=fedavgm only, not {fl.strategy}")
     _choice(fl.local_optimizer, LOCAL_OPTIMIZERS, "local_optimizer")
     _validate_faults(fl, k)
     _validate_late_work(fl, k)
