@@ -299,6 +299,21 @@ def test_mask_sends_a_seeded_subset_without_indices_and_the_server_fills_the_res
     assert [sent_by(codec, arrays, n).tolist() for arrays in (first, second)] == [m.tolist() for m in sent]
 
 
+@pytest.mark.parametrize("carry", [0.0, 0.5])
+def test_mask_carry_scales_what_an_unsent_value_moves(carry):
+    n = 20_000
+    codec, full = make_codec("mask", density=0.2, bits=8, carry=carry), make_codec("mask", density=0.2, bits=8)
+    x, reference = normal(n, 0), normal(n, 5)
+    arrays = codec.encode(x, np.random.default_rng(3))
+    update, sent = codec.decode_update(arrays, n, reference)
+    np.testing.assert_array_equal(update[~sent], np.float32(carry) * reference[~sent])
+    np.testing.assert_array_equal(update[sent], full.decode_update(arrays, n, reference).values[sent])
+    with pytest.raises(CodecError, match=r"carry must be in \[0, 1\], got 1.5"):
+        make_codec("mask", carry=1.5)
+    with pytest.raises(CodecError, match="codec uniform does not use carry"):
+        make_codec("uniform", carry=0.5)
+
+
 def test_a_round_averages_a_masked_value_over_the_clients_that_sent_it():
     reference = np.full(4, 9.0, np.float32)
     updates = [np.array([1.0, 2.0, 9.0, 9.0], np.float32), np.array([3.0, 9.0, 9.0, 5.0], np.float32),

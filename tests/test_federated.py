@@ -89,9 +89,10 @@ def test_unbiased_uplink_keeps_no_residual(cache, tmp_path):
     assert federation.uplink.name == "uniform" and federation.uplink.bits == 4  # the uplink's bits follow quant.bits
 
 
-@pytest.mark.parametrize("correlated,unsent", [(False, 0.7**2), (True, 1 - 2 * 0.3)])
-def test_a_mask_uplink_moves_what_no_client_sent_by_the_last_step_and_keeps_that_step_for_resume(cache, correlated, unsent):
-    cfg = compose_config(TINY + [cache, "comm.uplink.name=mask", "comm.uplink.density=0.3", f"comm.uplink.correlated={correlated}"])
+@pytest.mark.parametrize("correlated,carry,unsent", [(False, 1.0, 0.7**2), (True, 1.0, 1 - 2 * 0.3), (False, 0.0, 0.7**2)])
+def test_a_mask_uplink_moves_what_no_client_sent_by_the_last_step_and_keeps_that_step_for_resume(cache, correlated, carry, unsent):
+    cfg = compose_config(TINY + [cache, "comm.uplink.name=mask", "comm.uplink.density=0.3", f"comm.uplink.correlated={correlated}",
+                                 f"comm.uplink.carry={carry}"])
     federation = Federation(cfg)
     server = Coordinator(federation, FlowerAggregator(cfg))
     exchange = LocalExchange(federation, ClientStore(None))  # stateless: the clients keep nothing between rounds
@@ -102,7 +103,9 @@ def test_a_mask_uplink_moves_what_no_client_sent_by_the_last_step_and_keeps_that
     # two clients a round, each sending 30 %: 0.7**2 of the values were sent by neither, or 0.4 with stratified masks
     assert abs(np.mean(step == 0) - unsent) < 0.03  # round 1's reference is no step: those values did not move
     held = np.isclose(next_step, step, rtol=1e-5, atol=1e-9) & (step != 0)
-    assert abs(np.mean(held) - unsent * (1 - unsent)) < 0.03  # round 2 moved them as round 1 moved them (where it did)
+    # round 2 moved them by carry x how round 1 moved them (where it did)
+    assert abs(np.mean(held) - carry * unsent * (1 - unsent)) < 0.03
+    assert abs(np.mean(next_step == 0) - (unsent if carry == 0 else unsent**2)) < 0.03
     np.testing.assert_array_equal(server.state_arrays()[CENTER], next_step)  # the reference a resumed run fills from
 
 

@@ -222,6 +222,8 @@ class TopKCodec(UpdateCodec):
         _check_density(self.name, self.density)
         _check_bits(self.name, self.bits)
         _check_block_size(self.name, self.block_size)
+        if not 0.0 <= self.carry <= 1.0:
+            raise CodecError(f"codec {self.name}: carry must be in [0, 1], got {self.carry}")
 
     @property
     def bits_per_value(self) -> float:
@@ -328,9 +330,9 @@ class MaskCodec(UpdateCodec):
     unsent values with the mean of what the round's other clients sent there
     (:func:`fill_from_senders`), so that the round's average of a value is the
     average of the clients that sent it (not divided by those that did not), and a
-    value that no client sent moves as it moved last round (a shared reference, which
-    CAFe, Ortega et al. 2025, has its clients compress against; here the server
-    holds it, so the client needs none).
+    value that no client sent moves by ``carry`` x what it moved last round (1: as it
+    moved, the shared reference CAFe, Ortega et al. 2025, has its clients compress
+    against, here held by the server so the client needs none; 0: it stays).
     Payload: ``[header uint64 [seed, round, count, slot, slots], codes (uint8, bits-packed),
     scales (float16, one per block of the sent values)]``; with ``entropy_coding`` the codes
     are ANS-coded as in ``uniform``.
@@ -340,6 +342,7 @@ class MaskCodec(UpdateCodec):
     bits: int = 2
     block_size: int = 1024
     entropy_coding: bool = False
+    carry: float = 1.0
     name: ClassVar[str] = "mask"
     stochastic: ClassVar[bool] = True
 
@@ -347,6 +350,8 @@ class MaskCodec(UpdateCodec):
         _check_density(self.name, self.density)
         _check_bits(self.name, self.bits)
         _check_block_size(self.name, self.block_size)
+        if not 0.0 <= self.carry <= 1.0:
+            raise CodecError(f"codec {self.name}: carry must be in [0, 1], got {self.carry}")
 
     @property
     def bits_per_value(self) -> float:
@@ -391,7 +396,7 @@ class MaskCodec(UpdateCodec):
 
     def decode_update(self, arrays: Sequence[np.ndarray], numel: int, reference: np.ndarray) -> ServerUpdate:
         kept, values = self._sent_values(arrays, numel)
-        update = np.array(reference, np.float32, copy=True)
+        update = np.asarray(reference, np.float32) * np.float32(self.carry)
         update[kept] = values
         sent = np.zeros(numel, bool)
         sent[kept] = True

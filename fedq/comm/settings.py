@@ -28,6 +28,8 @@ class UplinkConfig:
     density: Optional[float] = None  # topk, mask: the fraction of values sent; None = 0.01 (topk), 0.15 (mask)
     step: Optional[float] = None  # grid: the grid step in units of the block's RMS; None = 4
     entropy_coding: Optional[bool] = None  # uniform, mask: ANS-code the codes instead of packing them; None = off
+    # mask: a value no client of the round sent moves by carry x what it moved last round; None = 1 (0: it stays)
+    carry: Optional[float] = None
     error_feedback: Optional[bool] = None  # biased codecs (sign, topk): keep what was not sent for the next round; None = on
     # stochastic codecs (uniform, topk, grid): the clients of a round round with stratified dithers, so that their
     # rounding errors partly cancel in the average (correlated quantization, Suresh et al. 2022); each stays unbiased.
