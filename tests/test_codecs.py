@@ -299,6 +299,33 @@ def test_mask_sends_a_seeded_subset_without_indices_and_the_server_fills_the_res
     assert [sent_by(codec, arrays, n).tolist() for arrays in (first, second)] == [m.tolist() for m in sent]
 
 
+def test_mask_of_grid_values_sends_the_seeded_subset_on_a_grid_within_one_step():
+    n = 50_000
+    codec = make_codec("mask", density=0.2, step=1.5)
+    x = normal(n, 0)
+    arrays = codec.encode(x, np.random.default_rng(4))
+    update, sent = codec.decode_update(arrays, n, np.zeros(n, np.float32))
+    assert abs(sent.mean() - 0.2) < 0.01 and not update[~sent].any()
+    kept, steps = x[sent], arrays[-1].astype(np.float64)  # a grid step per block of the sent values
+    counts = np.minimum(1024, kept.size - 1024 * np.arange(steps.size))
+    np.testing.assert_allclose(steps, 1.5 * np.sqrt(np.sum(_blocks_of(kept, 1024) ** 2, axis=1) / counts), rtol=2e-3)
+    assert np.all(np.abs(_blocks_of(update[sent] - kept, 1024)) <= steps[:, None])
+    assert 4 * n / payload_bytes(arrays) > 60  # about 1.6 bits per sent value, ANS-coded
+    with pytest.raises(CodecError, match="takes bits .uniform values. or step .grid values., not both"):
+        make_codec("mask", bits=2, step=1.5)
+    with pytest.raises(CodecError, match="entropy_coding applies to bits"):
+        make_codec("mask", step=1.5, entropy_coding=True)
+    damaged = [*arrays[:-1], arrays[-1][:-1]]
+    with pytest.raises(CodecError, match="mask payload's values: grid payload: steps has"):
+        codec.decode(damaged, n)
+
+
+def _blocks_of(values: np.ndarray, size: int) -> np.ndarray:
+    padded = np.zeros(-(-values.size // size) * size, np.float64)
+    padded[: values.size] = values
+    return padded.reshape(-1, size)
+
+
 @pytest.mark.parametrize("carry", [0.0, 0.5])
 def test_mask_carry_scales_what_an_unsent_value_moves(carry):
     n = 20_000

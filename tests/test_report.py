@@ -88,5 +88,9 @@ def test_a_codec_is_labelled_as_it_ran():
     grid = compose_config(["quant.bits=2", "comm.uplink.name=grid", "comm.uplink.step=8", "comm.uplink.correlated=true",
                            "comm.downlink.entropy_coding=true"])
     assert (codec_label(grid, "uplink"), codec_label(grid, "downlink")) == ("grid step 8 correlated", "uniform 4-bit ANS deltas")
+    mask = compose_config(["quant.bits=2", "comm.uplink.name=mask", "comm.uplink.density=0.2", "comm.uplink.step=1.5",
+                           "comm.uplink.carry=0"])
+    assert codec_label(mask, "uplink") == "mask 0.2 step 1.5 carry 0"  # grid values: no bits
+    assert codec_label(compose_config(["quant.bits=4", "comm.uplink.name=mask"]), "uplink") == "mask 4-bit 0.15"
     default = compose_config(["quant.bits=2"])
     assert (codec_label(default, "uplink"), codec_label(default, "downlink")) == ("uniform 2-bit", "uniform 4-bit deltas")

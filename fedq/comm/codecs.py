@@ -222,8 +222,6 @@ class TopKCodec(UpdateCodec):
         _check_density(self.name, self.density)
         _check_bits(self.name, self.bits)
         _check_block_size(self.name, self.block_size)
-        if not 0.0 <= self.carry <= 1.0:
-            raise CodecError(f"codec {self.name}: carry must be in [0, 1], got {self.carry}")
 
     @property
     def bits_per_value(self) -> float:
@@ -317,7 +315,8 @@ class GridCodec(UpdateCodec):
 
 @dataclass(frozen=True)
 class MaskCodec(UpdateCodec):
-    """A random ``density`` of the values, quantized like ``uniform``; the server fills in the rest.
+    """A random ``density`` of the values, coded like ``uniform`` (``bits``) or like ``grid`` (``step``); the server
+    fills in the rest.
 
     The client draws its mask from a seed it sends (a 40-byte header: no index is sent),
     so the codec keeps no state and a client that never took part sends a valid update.
@@ -333,13 +332,13 @@ class MaskCodec(UpdateCodec):
     value that no client sent moves by ``carry`` x what it moved last round (1: as it
     moved, the shared reference CAFe, Ortega et al. 2025, has its clients compress
     against, here held by the server so the client needs none; 0: it stays).
-    Payload: ``[header uint64 [seed, round, count, slot, slots], codes (uint8, bits-packed),
-    scales (float16, one per block of the sent values)]``; with ``entropy_coding`` the codes
-    are ANS-coded as in ``uniform``.
+    Payload: ``[header uint64 [seed, round, count, slot, slots], *the sent values' payload]``
+    (``uniform``'s: codes, packed or ANS-coded, and a float16 scale per block; or ``grid``'s).
     """
 
     density: float = 0.15
-    bits: int = 2
+    bits: int | None = None  # uniform values at these bits (2 when neither bits nor step is given)
+    step: float | None = None  # grid values at this step (block RMS units)
     block_size: int = 1024
     entropy_coding: bool = False
     carry: float = 1.0
@@ -348,14 +347,26 @@ class MaskCodec(UpdateCodec):
 
     def __post_init__(self) -> None:
         _check_density(self.name, self.density)
-        _check_bits(self.name, self.bits)
-        _check_block_size(self.name, self.block_size)
+        if self.bits is not None and self.step is not None:
+            raise CodecError(f"codec {self.name}: takes bits (uniform values) or step (grid values), not both")
+        if self.step is not None and self.entropy_coding:
+            raise CodecError(f"codec {self.name}: entropy_coding applies to bits; grid values (step) are always ANS-coded")
+        if self.bits is None and self.step is None:
+            object.__setattr__(self, "bits", 2)
         if not 0.0 <= self.carry <= 1.0:
             raise CodecError(f"codec {self.name}: carry must be in [0, 1], got {self.carry}")
+        self.values  # checks bits, step and block_size
+
+    @property
+    def values(self) -> UpdateCodec:
+        """The codec of the sent values."""
+        if self.step is not None:
+            return GridCodec(step=self.step, block_size=self.block_size)
+        return UniformCodec(bits=self.bits, block_size=self.block_size, entropy_coding=self.entropy_coding)  # type: ignore[arg-type]
 
     @property
     def bits_per_value(self) -> float:
-        return self.density * self.bits
+        return self.density * self.values.bits_per_value
 
     def sent(self, header: np.ndarray, numel: int) -> np.ndarray:
         """The indices a payload with ``header`` carries, in order: where frac(u + slot / slots) < density, with u
@@ -371,24 +382,22 @@ class MaskCodec(UpdateCodec):
         kept = self.sent(header, x.size)
         header[2] = kept.size
         # rounded with its own dither: a stratum's dither is not uniform on the values its mask keeps
-        codes, scales = _quantize(x[kept], self.bits, self.block_size, rng)
-        return [header, *_code_arrays(codes, self.bits, self.entropy_coding), scales]
+        return [header, *self.values.encode(x[kept], rng)]
 
     def _sent_values(self, arrays: Sequence[np.ndarray], numel: int) -> tuple[np.ndarray, np.ndarray]:
-        header, *coded, scales = _check_payload(self.name, arrays, [
-            ("header", np.uint64, 5), *_code_spec(self.bits, None, self.entropy_coding), ("scales", np.float16, None)])
+        if len(arrays) < 1:
+            raise CodecError(f"{self.name} payload has no arrays")
+        (header,) = _check_payload(self.name, arrays[:1], [("header", np.uint64, 5)])
         if not int(header[3]) < int(header[4]):
             raise CodecError(f"{self.name} payload: slot {int(header[3])} of {int(header[4])} slots")
         kept = self.sent(header, numel)
         if int(header[2]) != kept.size:
             raise CodecError(f"{self.name} payload: its seed draws {kept.size} of {numel} values at density "
                              f"{self.density:g}, but it says it carries {int(header[2])} (another density or a damaged seed)")
-        if not self.entropy_coding:
-            _check_length(self.name, "codes", coded[0], packed_nbytes(kept.size, self.bits))
-        _check_length(self.name, "scales", scales, _num_blocks(kept.size, self.block_size))
-        _check_scales(self.name, scales)
-        codes = _codes(self.name, coded, kept.size, self.bits, self.entropy_coding)
-        return kept, _finite(self.name, _dequantize(codes, scales, self.bits, self.block_size))
+        try:
+            return kept, self.values.decode(arrays[1:], kept.size)
+        except CodecError as err:
+            raise CodecError(f"{self.name} payload's values: {err}") from None
 
     def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
         """The sent values in place, zeros elsewhere (the server reads a payload with :meth:`decode_update`)."""

@@ -23,10 +23,10 @@ DOWNLINK_GRID_STEP, DOWNLINK_GRID_MAX_STEP = 1.0, 2.0
 @dataclass
 class UplinkConfig:
     name: str = "uniform"  # fp32 | fp16 | uniform | sign | topk | grid | mask
-    bits: Optional[int] = None  # value bits (uniform, topk); None = quant.bits (8 when QAT is off, 2 for binary)
+    bits: Optional[int] = None  # value bits (uniform, topk, mask); None = quant.bits (8 when QAT is off, 2 for binary)
     block_size: Optional[int] = None  # values per scale (uniform, sign, topk, grid); None = 1024
     density: Optional[float] = None  # topk, mask: the fraction of values sent; None = 0.01 (topk), 0.15 (mask)
-    step: Optional[float] = None  # grid: the grid step in units of the block's RMS; None = 4
+    step: Optional[float] = None  # grid (None = 4), mask (its values on a grid; None = uniform at bits): step in block RMS units
     entropy_coding: Optional[bool] = None  # uniform, mask: ANS-code the codes instead of packing them; None = off
     # mask: a value no client of the round sent moves by carry x what it moved last round; None = 1 (0: it stays)
     carry: Optional[float] = None
@@ -63,7 +63,8 @@ def default_uplink_bits(quant_bits: int) -> int:
 
 
 def _codec(direction: str, name: str, default_bits: int, **settings: object) -> UpdateCodec:
-    if "bits" in codec_settings(name) and settings.get("bits") is None:
+    grid_values = name == "mask" and settings.get("step") is not None  # a mask of grid values takes no bits
+    if "bits" in codec_settings(name) and settings.get("bits") is None and not grid_values:
         settings["bits"] = default_bits
     try:
         return make_codec(name, **settings)

@@ -88,16 +88,18 @@ def quant_label(cfg: FedqConfig) -> str:
 
 
 def codec_label(cfg: FedqConfig, direction: str) -> str:
-    """'uniform 2-bit', 'uniform 2-bit ANS', 'topk 4-bit 0.01', 'grid step 8 correlated', 'uniform 4-bit deltas',
-    'fp32': the codec as it ran."""
+    """'uniform 2-bit', 'uniform 2-bit ANS', 'topk 4-bit 0.01', 'grid step 8 correlated', 'mask 0.2 step 1.5 carry 0',
+    'uniform 4-bit deltas', 'fp32': the codec as it ran."""
     codec = uplink_codec(cfg.comm, cfg.quant.bits) if direction == "uplink" else downlink_codec(cfg.comm)
-    label = codec.name + (f" {codec.bits}-bit" if hasattr(codec, "bits") else "")
+    label = codec.name + (f" {codec.bits}-bit" if getattr(codec, "bits", None) is not None else "")
     if hasattr(codec, "density"):
         label += f" {codec.density:g}"
-    if hasattr(codec, "step"):
+    if getattr(codec, "step", None) is not None:
         label += f" step {codec.step:g}"
     if getattr(codec, "entropy_coding", False):
         label += " ANS"
+    if getattr(codec, "carry", 1.0) != 1.0:
+        label += f" carry {codec.carry:g}"
     if direction == "uplink" and cfg.comm.uplink.correlated:
         label += " correlated"
     return label + (" deltas" if direction == "downlink" and codec.name not in FULL_MODEL_CODECS else "")
