@@ -27,11 +27,16 @@ declare -A scheme=(
   [mask24_ans_corr]="comm.uplink.name=mask comm.uplink.density=0.24 comm.uplink.entropy_coding=true comm.uplink.correlated=true"
   [mask24_ans_corr_m0.5]="comm.uplink.name=mask comm.uplink.density=0.24 comm.uplink.entropy_coding=true comm.uplink.correlated=true fl.strategy=fedavgm fl.server_momentum=0.5"
   [mask24_ans_corr_m0.7]="comm.uplink.name=mask comm.uplink.density=0.24 comm.uplink.entropy_coding=true comm.uplink.correlated=true fl.strategy=fedavgm fl.server_momentum=0.7"
+  [mask20_grid1.6_corr]="comm.uplink.name=mask comm.uplink.density=0.2 comm.uplink.step=1.6 comm.uplink.correlated=true"
+  [mask20_grid1.6_corr_m0.5]="comm.uplink.name=mask comm.uplink.density=0.2 comm.uplink.step=1.6 comm.uplink.correlated=true fl.strategy=fedavgm fl.server_momentum=0.5"
+  [mask50_grid1.6_corr]="comm.uplink.name=mask comm.uplink.density=0.5 comm.uplink.step=1.6 comm.uplink.correlated=true"
+  [mask24_ans_corr_carry0]="comm.uplink.name=mask comm.uplink.density=0.24 comm.uplink.entropy_coding=true comm.uplink.correlated=true comm.uplink.carry=0"
   [uniform2_m0.5]="fl.strategy=fedavgm fl.server_momentum=0.5"
   [mask24_ans_down_grid1.5]="comm.uplink.name=mask comm.uplink.density=0.24 comm.uplink.entropy_coding=true comm.downlink.name=grid comm.downlink.step=1.5"
 )
 for name in ${SCHEMES:-fp32 uniform2 uniform2_ans grid4 grid8_corr grid12_corr grid16_corr grid4_down_grid1 grid8_corr_down_grid1.5 mask15
-            mask24_ans mask24_ans_corr mask24_ans_corr_m0.5 mask24_ans_corr_m0.7 uniform2_m0.5 mask24_ans_down_grid1.5}; do
+            mask24_ans mask24_ans_corr mask24_ans_corr_m0.5 mask24_ans_corr_m0.7 mask20_grid1.6_corr
+            mask20_grid1.6_corr_m0.5 uniform2_m0.5 mask24_ans_down_grid1.5}; do
   # shellcheck disable=SC2086
   python -m fedq.simulate $base quant.bits=2 seed=1 fl.eval_every=2 ${scheme[$name]} hydra.run.dir="$out/$name" \
     > "$out/$name.log" 2>&1 || echo "$name failed"

@@ -150,6 +150,11 @@ class UniformCodec(UpdateCodec):
         codes, scales = _quantize(x, self.bits, self.block_size, rng, stratum.dither(rng, x.size) if stratum else None)
         return [*_code_arrays(codes, self.bits, self.entropy_coding), scales]
 
+    def encode_dithered(self, vector: np.ndarray, dither: np.ndarray) -> list[np.ndarray]:
+        """:meth:`encode` with the given uniform dither, one per value."""
+        codes, scales = _quantize(_as_update(vector), self.bits, self.block_size, None, dither)
+        return [*_code_arrays(codes, self.bits, self.entropy_coding), scales]
+
     def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
         *coded, scales = _check_payload(self.name, arrays, [
             *_code_spec(self.bits, numel, self.entropy_coding), ("scales", np.float16, _num_blocks(numel, self.block_size))])
@@ -294,13 +299,19 @@ class GridCodec(UpdateCodec):
 
     def encode(self, vector: np.ndarray, rng: np.random.Generator, stratum: Stratum | None = None) -> list[np.ndarray]:
         x = _as_update(vector)
-        dither = stratum.dither(rng, x.size) if stratum else None
+        return self._encode(x, stratum.dither(rng, x.size) if stratum else None, rng)
+
+    def encode_dithered(self, vector: np.ndarray, dither: np.ndarray) -> list[np.ndarray]:
+        """:meth:`encode` with the given uniform dither, one per value."""
+        return self._encode(_as_update(vector), dither, None)
+
+    def _encode(self, x: np.ndarray, dither: np.ndarray | None, rng: np.random.Generator | None) -> list[np.ndarray]:
         blocks = _blocks(x, self.block_size)
         rms = np.sqrt(np.square(blocks, dtype=np.float64).sum(axis=1) / np.maximum(_block_counts(x.size, self.block_size), 1))
         _check_fp16_range(_max(self.step * rms))
         steps = _fp16_ceil((self.step * rms).astype(np.float32))
         safe = np.where(steps > 0, steps.astype(np.float32), np.float32(1.0))
-        noise = _blocks(dither, self.block_size) if dither is not None else rng.random(blocks.shape, dtype=np.float32)
+        noise = _blocks(dither, self.block_size) if dither is not None else rng.random(blocks.shape, dtype=np.float32)  # type: ignore[union-attr]
         codes = np.floor(blocks / safe[:, None] + noise).astype(np.int64).ravel()[: x.size]
         return [*ans_encode(codes), steps]
 
@@ -358,7 +369,7 @@ class MaskCodec(UpdateCodec):
         self.values  # checks bits, step and block_size
 
     @property
-    def values(self) -> UpdateCodec:
+    def values(self) -> UniformCodec | GridCodec:
         """The codec of the sent values."""
         if self.step is not None:
             return GridCodec(step=self.step, block_size=self.block_size)
@@ -371,18 +382,45 @@ class MaskCodec(UpdateCodec):
     def sent(self, header: np.ndarray, numel: int) -> np.ndarray:
         """The indices a payload with ``header`` carries, in order: where frac(u + slot / slots) < density, with u
         the uniforms of the header's seed and round (the client's own, or its round's with a stratum)."""
+        return self._draw(header, numel)[1]
+
+    def _draw(self, header: np.ndarray, numel: int) -> tuple[np.ndarray, np.ndarray]:
+        """(the uniforms u, the sent indices)."""
         seed, server_round, _, slot, slots = (int(v) for v in header)
         uniforms = Stratum(seed, server_round, slot, slots).shared(numel, MASK)
-        return np.flatnonzero(np.mod(uniforms + np.float32(slot / slots), np.float32(1.0)) < self.density)
+        return uniforms, np.flatnonzero(np.mod(uniforms + np.float32(slot / slots), np.float32(1.0)) < self.density)
 
     def encode(self, vector: np.ndarray, rng: np.random.Generator, stratum: Stratum | None = None) -> list[np.ndarray]:
         x = _as_update(vector)
         where = stratum or Stratum(int(rng.integers(2**63)), 0, 0, 1)
         header = np.array([where.seed, where.round, 0, where.slot, where.slots], np.uint64)
-        kept = self.sent(header, x.size)
+        uniforms, kept = self._draw(header, x.size)
         header[2] = kept.size
-        # rounded with its own dither: a stratum's dither is not uniform on the values its mask keeps
-        return [header, *self.values.encode(x[kept], rng)]
+        if stratum is None:
+            return [header, *self.values.encode(x[kept], rng)]
+        dither = self._co_sender_dither(uniforms[kept], kept, x.size, stratum, rng)
+        return [header, *self.values.encode_dithered(x[kept], dither)]
+
+    def _co_sender_dither(self, uniforms: np.ndarray, kept: np.ndarray, numel: int, stratum: Stratum,
+                          rng: np.random.Generator) -> np.ndarray:
+        """A dither for the sent values, stratified across the clients that send the same value.
+
+        The slots that send a value are those whose point frac(u + slot / slots) falls below ``density``; the points
+        sit 1 / slots apart from first = u mod 1 / slots up. So every sender of a value knows how many send it
+        (``count``) and its own place among them (``rank``, its point's), and rounds with
+        frac(b + (rank + v) / count), ``b`` the round's shared uniform for the value and ``v`` its own: uniform for
+        each client (each stays unbiased), one in each 1 / count of [0, 1) across the value's senders (their
+        rounding errors partly cancel in the round's mean, as ``correlated`` does for codecs that send every value).
+        """
+        slots = stratum.slots
+        u = uniforms.astype(np.float64)
+        first = np.mod(u, 1.0 / slots)
+        point = np.mod(u + stratum.slot / slots, 1.0)
+        count = np.maximum(np.ceil((self.density - first) * slots), 1.0)
+        rank = np.minimum(np.rint((point - first) * slots), count - 1)
+        shared = stratum.shared(numel, DITHER)[kept].astype(np.float64)
+        dither = np.mod(shared + (rank + rng.random(kept.size)) / count, 1.0).astype(np.float32)
+        return np.minimum(dither, np.float32(1.0 - 2**-24))  # float32 rounding may reach 1.0
 
     def _sent_values(self, arrays: Sequence[np.ndarray], numel: int) -> tuple[np.ndarray, np.ndarray]:
         if len(arrays) < 1:
@@ -527,10 +565,10 @@ def _block_counts(numel: int, block_size: int) -> np.ndarray:
 
 
 def _quantize(
-    x: np.ndarray, bits: int, block_size: int, rng: np.random.Generator, dither: np.ndarray | None = None
+    x: np.ndarray, bits: int, block_size: int, rng: np.random.Generator | None, dither: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stochastic rounding of each block to codes 0..2**bits-1 for levels -s + code * 2s/(2**bits-1)
-    (the dither drawn from ``rng``, or the given one)."""
+    (the given dither, or one drawn from ``rng``)."""
     blocks = _blocks(x, block_size)
     max_abs = np.abs(blocks).max(axis=1) if blocks.size else np.zeros(0, np.float32)
     _check_fp16_range(_max(max_abs))
@@ -538,7 +576,7 @@ def _quantize(
     half = np.float32((2**bits - 1) / 2)
     safe = np.where(scales > 0, scales.astype(np.float32), np.float32(1.0))
     position = blocks * (half / safe)[:, None] + half  # in [0, 2**bits - 1]
-    position += _blocks(dither.astype(np.float32), block_size) if dither is not None else rng.random(position.shape, dtype=np.float32)
+    position += _blocks(dither.astype(np.float32), block_size) if dither is not None else rng.random(position.shape, dtype=np.float32)  # type: ignore[union-attr]
     codes = np.clip(np.floor(position), 0, 2**bits - 1).astype(np.uint8)
     return codes.ravel()[: x.size], scales
 
