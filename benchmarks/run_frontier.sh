@@ -31,6 +31,8 @@ declare -A scheme=(
   [mask20_grid1.6_corr_m0.5]="comm.uplink.name=mask comm.uplink.density=0.2 comm.uplink.step=1.6 comm.uplink.correlated=true fl.strategy=fedavgm fl.server_momentum=0.5"
   [mask50_grid1.6_corr]="comm.uplink.name=mask comm.uplink.density=0.5 comm.uplink.step=1.6 comm.uplink.correlated=true"
   [mask24_ans_corr_carry0]="comm.uplink.name=mask comm.uplink.density=0.24 comm.uplink.entropy_coding=true comm.uplink.correlated=true comm.uplink.carry=0"
+  [mask20_grid1.5_corr_m0.5]="comm.uplink.name=mask comm.uplink.density=0.2 comm.uplink.step=1.5 comm.uplink.correlated=true fl.strategy=fedavgm fl.server_momentum=0.5"
+  [mask20_grid1.6_corr_m0.5_down_grid1.5]="comm.uplink.name=mask comm.uplink.density=0.2 comm.uplink.step=1.6 comm.uplink.correlated=true fl.strategy=fedavgm fl.server_momentum=0.5 comm.downlink.name=grid comm.downlink.step=1.5"
   [uniform2_m0.5]="fl.strategy=fedavgm fl.server_momentum=0.5"
   [mask24_ans_down_grid1.5]="comm.uplink.name=mask comm.uplink.density=0.24 comm.uplink.entropy_coding=true comm.downlink.name=grid comm.downlink.step=1.5"
 )
