@@ -2,8 +2,8 @@
 # The compression frontier of the main job (built-in corpus, tiny model, 2-bit QAT, 20 clients, 5 per round,
 # 20 rounds, seed 1), every scheme side by side with fp32 both ways: which schemes keep BLEU, at how many bytes
 # (up, down, total), and how many MB each needs to first reach valid BLEU 80 (every 2nd round scored).
-# SCHEMES picks rows (default: all); PARTICIPATION=rare runs the same rows at 1 % participation
-# (200 clients, 2 per round) instead. Results: $OUT/NAME/ (default outputs/frontier[_rare]);
+# SCHEMES picks rows (default: the main setting's; mask50_grid1.6_corr and mask20_grid1.6_corr_carry0 are for
+# PARTICIPATION=rare, which runs the rows at 1 % participation: 200 clients, 2 per round). Results: $OUT/NAME/ (default outputs/frontier[_rare]);
 # the table is python -m fedq.report $OUT --target-bleu 80.
 set -euo pipefail
 if [ "${PARTICIPATION:-}" = rare ]; then
@@ -22,7 +22,6 @@ declare -A scheme=(
   [grid16_corr]="comm.uplink.name=grid comm.uplink.step=16 comm.uplink.correlated=true"
   [grid4_down_grid1]="comm.uplink.name=grid comm.uplink.step=4 comm.downlink.name=grid comm.downlink.step=1"
   [grid8_corr_down_grid1.5]="comm.uplink.name=grid comm.uplink.step=8 comm.uplink.correlated=true comm.downlink.name=grid comm.downlink.step=1.5"
-  [mask15]="comm.uplink.name=mask comm.uplink.density=0.15"
   [mask24_ans]="comm.uplink.name=mask comm.uplink.density=0.24 comm.uplink.entropy_coding=true"
   [mask24_ans_corr]="comm.uplink.name=mask comm.uplink.density=0.24 comm.uplink.entropy_coding=true comm.uplink.correlated=true"
   [mask24_ans_corr_m0.5]="comm.uplink.name=mask comm.uplink.density=0.24 comm.uplink.entropy_coding=true comm.uplink.correlated=true fl.strategy=fedavgm fl.server_momentum=0.5"
@@ -30,15 +29,13 @@ declare -A scheme=(
   [mask20_grid1.6_corr]="comm.uplink.name=mask comm.uplink.density=0.2 comm.uplink.step=1.6 comm.uplink.correlated=true"
   [mask20_grid1.6_corr_m0.5]="comm.uplink.name=mask comm.uplink.density=0.2 comm.uplink.step=1.6 comm.uplink.correlated=true fl.strategy=fedavgm fl.server_momentum=0.5"
   [mask50_grid1.6_corr]="comm.uplink.name=mask comm.uplink.density=0.5 comm.uplink.step=1.6 comm.uplink.correlated=true"
-  [mask24_ans_corr_carry0]="comm.uplink.name=mask comm.uplink.density=0.24 comm.uplink.entropy_coding=true comm.uplink.correlated=true comm.uplink.carry=0"
-  [mask20_grid1.5_corr_m0.5]="comm.uplink.name=mask comm.uplink.density=0.2 comm.uplink.step=1.5 comm.uplink.correlated=true fl.strategy=fedavgm fl.server_momentum=0.5"
-  [mask20_grid1.6_corr_m0.5_down_grid1.5]="comm.uplink.name=mask comm.uplink.density=0.2 comm.uplink.step=1.6 comm.uplink.correlated=true fl.strategy=fedavgm fl.server_momentum=0.5 comm.downlink.name=grid comm.downlink.step=1.5"
+  [mask20_grid1.6_corr_carry0]="comm.uplink.name=mask comm.uplink.density=0.2 comm.uplink.step=1.6 comm.uplink.correlated=true comm.uplink.carry=0"
+  [mask20_grid1.6_corr_down_grid1.5]="comm.uplink.name=mask comm.uplink.density=0.2 comm.uplink.step=1.6 comm.uplink.correlated=true comm.downlink.name=grid comm.downlink.step=1.5"
   [uniform2_m0.5]="fl.strategy=fedavgm fl.server_momentum=0.5"
-  [mask24_ans_down_grid1.5]="comm.uplink.name=mask comm.uplink.density=0.24 comm.uplink.entropy_coding=true comm.downlink.name=grid comm.downlink.step=1.5"
 )
-for name in ${SCHEMES:-fp32 uniform2 uniform2_ans grid4 grid8_corr grid12_corr grid16_corr grid4_down_grid1 grid8_corr_down_grid1.5 mask15
-            mask24_ans mask24_ans_corr mask24_ans_corr_m0.5 mask24_ans_corr_m0.7 mask20_grid1.6_corr
-            mask20_grid1.6_corr_m0.5 uniform2_m0.5 mask24_ans_down_grid1.5}; do
+for name in ${SCHEMES:-fp32 uniform2 uniform2_ans grid4 grid8_corr grid12_corr grid16_corr grid4_down_grid1 grid8_corr_down_grid1.5
+            mask24_ans mask24_ans_corr mask24_ans_corr_m0.5 mask24_ans_corr_m0.7 mask20_grid1.6_corr mask20_grid1.6_corr_m0.5
+            uniform2_m0.5 mask20_grid1.6_corr_down_grid1.5}; do
   # shellcheck disable=SC2086
   python -m fedq.simulate $base quant.bits=2 seed=1 fl.eval_every=2 ${scheme[$name]} hydra.run.dir="$out/$name" \
     > "$out/$name.log" 2>&1 || echo "$name failed"

@@ -423,8 +423,6 @@ class MaskCodec(UpdateCodec):
         return np.minimum(dither, np.float32(1.0 - 2**-24))  # float32 rounding may reach 1.0
 
     def _sent_values(self, arrays: Sequence[np.ndarray], numel: int) -> tuple[np.ndarray, np.ndarray]:
-        if len(arrays) < 1:
-            raise CodecError(f"{self.name} payload has no arrays")
         (header,) = _check_payload(self.name, arrays[:1], [("header", np.uint64, 5)])
         if not int(header[3]) < int(header[4]):
             raise CodecError(f"{self.name} payload: slot {int(header[3])} of {int(header[4])} slots")
