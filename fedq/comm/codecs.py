@@ -147,12 +147,14 @@ class UniformCodec(UpdateCodec):
 
     def encode(self, vector: np.ndarray, rng: np.random.Generator, stratum: Stratum | None = None) -> list[np.ndarray]:
         x = _as_update(vector)
-        codes, scales = _quantize(x, self.bits, self.block_size, rng, stratum.dither(rng, x.size) if stratum else None)
-        return [*_code_arrays(codes, self.bits, self.entropy_coding), scales]
+        return self._encode(x, stratum.dither(rng, x.size) if stratum else None, rng)
 
     def encode_dithered(self, vector: np.ndarray, dither: np.ndarray) -> list[np.ndarray]:
         """:meth:`encode` with the given uniform dither, one per value."""
-        codes, scales = _quantize(_as_update(vector), self.bits, self.block_size, None, dither)
+        return self._encode(_as_update(vector), dither, None)
+
+    def _encode(self, x: np.ndarray, dither: np.ndarray | None, rng: np.random.Generator | None) -> list[np.ndarray]:
+        codes, scales = _quantize(x, self.bits, self.block_size, rng, dither)
         return [*_code_arrays(codes, self.bits, self.entropy_coding), scales]
 
     def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
