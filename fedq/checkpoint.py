@@ -3,7 +3,8 @@
     model.safetensors   latent (QAT) weights and quantizer parameters
     config.yaml         the resolved run config
     tokenizer.model     the SentencePiece model the weights were trained with
-    meta.json           shape, tokenizer fingerprint, SHA-256 of the weights, deployed size, scores
+    meta.json           shape, tokenizer fingerprint, SHA-256 of the weights, deployed size, scores, the
+                        environment it was trained in (fedq.environment)
     model.fedq          the packed deployed form (what evaluation runs; carries its own checksum)
 
 Every file is written atomically, and every checkpoint (mid-run, interrupted
@@ -25,6 +26,7 @@ from safetensors.torch import load, save
 
 from fedq.config import FedqConfig, config_to_yaml, read_config_file
 from fedq.data.tokenizer import SubwordTokenizer
+from fedq.environment import describe_environment
 from fedq.errors import FedqError
 from fedq.files import atomic_write
 from fedq.model.transformer import Transformer
@@ -71,6 +73,7 @@ def save_checkpoint(
         "tokenizer_fingerprint": tokenizer.fingerprint,
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
         "deployed_size": deployed_size,
+        "environment": describe_environment(cfg),
     }
     full_meta.update(meta or {})
     atomic_write(folder / META, json.dumps(full_meta, indent=2))
@@ -138,13 +141,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     return checkpoint
 
 
-def load_weights_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
-    """Load ``state`` into ``model``; shape mismatches are a clear error.
-
-    Keys the model does not have (e.g. quantizer steps of a QAT checkpoint loaded
-    into another setting) are skipped and returned; missing keys are an error.
-    """
-    own = model.state_dict()
+def check_weights_fit(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> None:
+    """Every tensor of a model (``own``: its state dict, on any device, ``meta`` included) is in ``state`` with its
+    shape; else a clear error."""
     missing = [key for key in own if key not in state]
     if missing:
         raise CheckpointError(f"{source} lacks {len(missing)} tensors of this model (first: {missing[0]})")
@@ -154,6 +153,15 @@ def load_weights_into(model: torch.nn.Module, state: dict[str, torch.Tensor], so
                 f"{source}: tensor {key} has shape {tuple(state[key].shape)}, this model expects {tuple(tensor.shape)}"
                 " (different model preset or vocabulary?)"
             )
+
+
+def load_weights_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Load ``state`` into ``model``; shape mismatches are a clear error.
+
+    Keys the model does not have (e.g. quantizer steps of a QAT checkpoint loaded
+    into another setting) are skipped and returned; missing keys are an error.
+    """
+    own = model.state_dict()
+    check_weights_fit(own, state, source)
     model.load_state_dict({key: state[key] for key in own}, strict=True)
     return [key for key in state if key not in own]
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import tempfile
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedq.config import CONFIG_MODULE, FedqConfig, compose_config, settings_by_key, validate_config
 from fedq.errors import ConfigError, FedqError
 from fedq.files import describe_write_error
+from fedq.run_folder import LOCK_FILE, refuse_overwrite
 
 
 def config_groups() -> set[str]:
@@ -42,7 +44,10 @@ def check_overrides(arguments: Sequence[str]) -> None:
             raise ConfigError(f"{key} is not a fedq setting (see --help for the groups, --cfg job for every setting)")
         value = next(iter(override.sweep_string_iterator())) if override.is_sweep_override() else override.get_value_element_as_str()
         plain.append(f"{'+' if override.is_add() else ''}{key}={value}")
-    compose_config(plain)
+    cfg = compose_config(plain)
+    if "fl.fraction" in [o.key_or_group for o in parsed] and cfg.fl.clients_per_round > 0:
+        raise ConfigError(f"fl.fraction={cfg.fl.fraction:g} is not used: fl.clients_per_round={cfg.fl.clients_per_round} "
+                          "sets the round's size (give one of them)")
 
 
 def to_config(cfg: DictConfig) -> FedqConfig:
@@ -66,7 +71,9 @@ def run_with_user_errors(main: Callable[[FedqConfig], object], cfg: DictConfig) 
 
     A user error (any :class:`FedqError`) is one line on stderr and exit status 2;
     any other exception is a bug and keeps its traceback. SIGTERM is handled like
-    Ctrl-C: the entry point saves what it has and exits with status 130.
+    Ctrl-C: the entry point saves what it has and exits with status 130. A results
+    folder this command created and left with nothing but Hydra's own files (a
+    refused run, a ``resume=`` that wrote into the run's folder) is removed.
     """
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -79,7 +86,29 @@ def run_with_user_errors(main: Callable[[FedqConfig], object], cfg: DictConfig) 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        if not _RUN_DIR_EXISTED:
+            discard_if_unused(run_dir())
 
+
+_RUN_DIR_EXISTED = True  # whether the results folder existed before this command (run_entry_point says)
+HYDRA_OWN = (".hydra", LOCK_FILE)  # with Hydra's job log (NAME.log): what a folder holds that holds no results
+
+
+def discard_if_unused(folder: Path) -> None:
+    """Remove ``folder`` if it holds only Hydra's own files, and the empty folders above it up to ./outputs."""
+    try:
+        entries = list(folder.iterdir())
+        if any(entry.name not in HYDRA_OWN and not (entry.is_file() and entry.suffix == ".log") for entry in entries):
+            return
+        shutil.rmtree(folder)
+        outputs = Path.cwd() / "outputs"
+        for parent in folder.parents:
+            if not parent.is_relative_to(outputs) or any(parent.iterdir()):
+                break
+            parent.rmdir()
+    except OSError:
+        pass  # a folder that cannot be inspected or removed stays: nothing is lost
 
 ENTRY_POINT_SETTINGS = {  # the top-level settings each entry point uses; another one given is refused
     "train": ("init_from",),
@@ -109,10 +138,16 @@ def check_run_dir(arguments: Sequence[str]) -> None:
         raise ConfigError(f"{describe_write_error(err, target / 'metrics.jsonl')} (choose another with hydra.run.dir=PATH)") from None
 
 
-def run_entry_point(hydra_main: Callable[[], None]) -> None:
+def run_entry_point(hydra_main: Callable[[], None], writes_run: bool = False) -> None:
     """Check the command line (one line and exit 2 on a bad override or an unwritable results folder), then hand it
-    to Hydra."""
+    to Hydra. ``writes_run``: the command writes a run into its folder (fedq.simulate), so a ``hydra.run.dir`` that
+    holds a run already is refused before Hydra writes its own files there (``resume=`` continues a run instead)."""
+    global _RUN_DIR_EXISTED
+    given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("hydra.run.dir=")]
+    _RUN_DIR_EXISTED = bool(given) and Path(given[-1]).expanduser().exists()
     try:
+        if writes_run and given and not any(a.startswith("resume=") for a in sys.argv[1:]):
+            refuse_overwrite(Path(given[-1]).expanduser().absolute())
         check_overrides(sys.argv[1:])
         if not any(a in ("--help", "-h", "--cfg", "-c", "--info") for a in sys.argv[1:]):
             check_run_dir(sys.argv[1:])

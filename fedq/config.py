@@ -93,7 +93,8 @@ RUN_CONFIG_KEYS = {
 # saved config (YAML, what fedq.simulate sends); the results folder; continue a saved run; a pool
 # of N nodes that play any client (fedq.simulate: the clients of a round, not the whole fleet).
 CLIENT_POOL_KEY = "client-pool"
-RUN_CONFIG_EXTRA_KEYS = ("overrides", "config", "out-dir", "resume", CLIENT_POOL_KEY)
+LOCK_HOLDER_KEY = "lock-holder"  # the pid of fedq's driver, which holds the run folder's lock for the ServerApp
+RUN_CONFIG_EXTRA_KEYS = ("overrides", "config", "out-dir", "resume", CLIENT_POOL_KEY, LOCK_HOLDER_KEY)
 
 
 def compose_config(overrides: Sequence[str] = ()) -> FedqConfig:

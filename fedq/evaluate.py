@@ -10,7 +10,7 @@ its own tokenizer. What it is scored on:
 - ``eval.src=FILE eval.ref=FILE`` scores your own parallel files.
 
 Settings that cannot apply to a trained model (``model.*``, ``quant.*``, training and
-federation settings) are named in a warning and ignored.
+federation settings) are refused with one line, as every setting a command would ignore.
 """
 
 from __future__ import annotations
@@ -77,9 +77,9 @@ def evaluate(cfg: FedqConfig, overrides: Sequence[str] = ()) -> dict[str, float]
     checkpoint = read_checkpoint(cfg.ckpt)
     if not checkpoint.deployed_path.is_file():
         raise CheckpointError(f"{checkpoint.folder} has no deployed file {checkpoint.deployed_path.name}")
-    ignored = ignored_overrides(overrides)
-    if ignored:
-        print(f"warning: ignoring {' '.join(ignored)}: the checkpoint fixes the model, its quantization and training", flush=True)
+    if ignored := ignored_overrides(overrides):
+        raise ConfigError(f"fedq.evaluate does not use {' '.join(ignored)}: the checkpoint fixes the model, its "
+                          "quantization and training (it takes ckpt=, data.*, eval.*, decode.*, device, threads)")
     description, sets = evaluation_sets(cfg, checkpoint.config.data, overrides)
     print(f"scoring {checkpoint.deployed_path} on {description}", flush=True)
     results = score_file(checkpoint.deployed_path, checkpoint.tokenizer, sets, cfg.decode, resolve_device(cfg.device))

@@ -11,14 +11,17 @@ compared with the machine.
 
 Results go to the Hydra run directory (absolute, printed at start and end):
 metrics.jsonl, summary.json, bleu_vs_uplink.png, checkpoint/, and state/ after
-every ``fl.checkpoint_every`` rounds. Ctrl-C or SIGTERM stops the simulation
-and Ray within seconds; ``python -m fedq.simulate resume=RUN_DIR`` continues it.
+every ``fl.checkpoint_every`` rounds, and client_state/ (what the simulated
+devices keep, so that a finished run can be extended). Ctrl-C or SIGTERM stops
+the simulation and Ray within seconds; ``python -m fedq.simulate resume=RUN_DIR``
+continues it, and ``resume=RUN_DIR fl.rounds=N`` extends it to N rounds. The
+folder has one writer at a time (``fedq.run_folder``).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import time
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -29,27 +32,30 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fedq.checkpoint import read_checkpoint
 from fedq.cli import format_seconds, refuse_unused, run_dir, run_entry_point, run_with_user_errors
 from fedq.config import (
     CLIENT_POOL_KEY,
     CONFIG_SOURCE,
+    LOCK_HOLDER_KEY,
     FedqConfig,
     config_to_yaml,
     register_configs,
+    settings_by_key,
     validate_config,
 )
 from fedq.errors import ConfigError, FedqError
-from fedq.fl.client_state import CLIENT_STATE_DIR
 from fedq.fl.federation import Federation
 from fedq.fl.footprint import check_fits
+from fedq.fl.reporting import progress_line
 from fedq.fl.settings import clients_sampled
 from fedq.fl.state import load_state, saved_config
 from fedq.report.run_log import SUMMARY_FILE, read_failure, read_rows
+from fedq.run_folder import RunFolderLock, refuse_overwrite
 from fedq.superlink import LocalSuperLink, write_app_dir
-from fedq.task import load_task, resolve_device
+from fedq.task import check_init_from, load_task, resolve_device
 
 RAY_ADDRESS_VARIABLE = "FEDQ_RAY_ADDRESS"
+_PROGRESS = re.compile(r"^round (\d+)/\d+ \|")
 
 
 def machine_resources(ray_address: str | None) -> tuple[float, float, str]:
@@ -81,15 +87,31 @@ def check_client_resources(cfg: FedqConfig, cpus: float, gpus: float, where: str
         raise ConfigError(f"fl.num_gpus={fl.num_gpus:g} but {where} has {gpus:g} GPUs: no client could ever start")
 
 
+def override_keys(overrides: Sequence[str]) -> list[str]:
+    """The settings (or groups) a command line names, without Hydra's own and ``resume``."""
+    keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides if "=" in o]
+    return [key for key in keys if key != "resume" and not key.startswith("hydra")]
+
+
 def resumed_config(cfg: FedqConfig, overrides: Sequence[str]) -> tuple[FedqConfig, Path]:
-    """The saved config of the run to resume, and its folder; other overrides cannot change a run."""
+    """The saved config of the run to resume, and its folder. A run continues with its own settings: a setting the
+    command line gives that differs from the run's is refused, except ``fl.rounds``, which may extend the run (a
+    finished one too) but not cut it below the rounds done. A finished run resumed as it is is scored again."""
     folder = Path(str(cfg.resume)).expanduser().resolve()
-    others = [o for o in overrides if not o.startswith(("resume=", "hydra."))]
-    if others:
-        print(f"warning: resume uses the run's saved config; ignoring {' '.join(others)}", flush=True)
     saved = saved_config(folder)
     validate_config(saved)
-    load_state(folder)  # every saved file is checked now, before any corpus, tokenizer or Ray work
+    state = load_state(folder)  # every saved file is checked now, before any corpus, tokenizer or Ray work
+    given, kept, named = settings_by_key(cfg), settings_by_key(saved), override_keys(overrides)
+    differ = [f"{key}={given[key]} (the run has {kept.get(key)})" for key in given if key != "fl.rounds"
+              and any(key == name or key.startswith(name + ".") for name in named) and given[key] != kept.get(key)]
+    if differ:
+        raise ConfigError(f"resume= continues {folder} with its own settings, and these differ from them: {'; '.join(differ)}; "
+                          "start a new run to change them (fl.rounds=N may extend the run)")
+    if "fl.rounds" in named:
+        if cfg.fl.rounds < state.rounds:
+            raise ConfigError(f"fl.rounds={cfg.fl.rounds}: {folder} has run {state.rounds} of its {saved.fl.rounds} rounds; "
+                              "a run can be extended, not shortened")
+        saved.fl.rounds = cfg.fl.rounds
     return saved, folder
 
 
@@ -99,10 +121,18 @@ def simulate(cfg: FedqConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
     if resume:
         cfg, out_dir = resumed_config(cfg, overrides)
     out_dir = out_dir.resolve()
+    with RunFolderLock(out_dir):
+        if not resume:
+            refuse_overwrite(out_dir)
+        return _simulate(cfg, out_dir, resume)
+
+
+def _simulate(cfg: FedqConfig, out_dir: Path, resume: bool) -> dict:
+    """The run, with ``out_dir`` held by this process."""
     ray_address = os.environ.get(RAY_ADDRESS_VARIABLE) or None
     check_client_resources(cfg, *machine_resources(ray_address))
     if cfg.init_from:
-        read_checkpoint(cfg.init_from)  # fail now, not after the SuperLink started
+        check_init_from(cfg)  # fail now, not after the corpus, the tokenizer and the SuperLink
     device = resolve_device(cfg.device)
     if device.type == "cuda" and cfg.fl.num_gpus <= 0:
         print("note: CUDA is available but fl.num_gpus=0: clients train on CPU (set fl.num_gpus=0.5 to share the GPU)")
@@ -113,42 +143,51 @@ def simulate(cfg: FedqConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
     print(task.describe(), flush=True)
 
     started = time.perf_counter()
-    with LocalSuperLink(ray_address, verbose=cfg.fl.verbose) as link:
-        app_dir = write_app_dir(link.home / "app", _fedq_version())
-        pool = clients_sampled(cfg.fl)
-        run_config = {"config": config_to_yaml(cfg), "out-dir": str(out_dir), "resume": resume, CLIENT_POOL_KEY: pool}
-        simulation = {
-            "num_supernodes": pool,
-            "client_resources_num_cpus": cfg.fl.num_cpus,
-            "client_resources_num_gpus": float(cfg.fl.num_gpus),
-            "init_args_logging_level": "ERROR",
-            "init_args_log_to_driver": True,
-            "verbose": cfg.fl.verbose,
-        }
-        errors: list[str] = []  # the ServerApp's own one-line errors, for when failure.json could not be written
+    errors: list[str] = []  # the ServerApp's own one-line errors, for when failure.json could not be written
+    shown = [0]  # the last round whose progress line came through
 
-        def show(line: str) -> None:
-            print(line, flush=True)
-            if line.startswith("error: "):
-                errors.append(line.removeprefix("error: "))
+    def show(line: str) -> None:
+        if line.startswith("error: "):  # the driver prints the run's one error line when the run has ended
+            errors.append(line.removeprefix("error: "))
+            return
+        print(line, flush=True)
+        if match := _PROGRESS.match(line):
+            shown[0] = int(match[1])
 
-        try:
+    try:
+        with LocalSuperLink(ray_address, verbose=cfg.fl.verbose) as link:
+            app_dir = write_app_dir(link.home / "app", _fedq_version())
+            pool = clients_sampled(cfg.fl)
+            run_config = {"config": config_to_yaml(cfg), "out-dir": str(out_dir), "resume": resume, CLIENT_POOL_KEY: pool,
+                          LOCK_HOLDER_KEY: os.getpid()}
+            simulation = {
+                "num_supernodes": pool,
+                "client_resources_num_cpus": cfg.fl.num_cpus,
+                "client_resources_num_gpus": float(cfg.fl.num_gpus),
+                "init_args_logging_level": "ERROR",
+                "init_args_log_to_driver": True,
+                "verbose": cfg.fl.verbose,
+            }
             code = link.run(app_dir, run_config, simulation, on_line=show)
-        except KeyboardInterrupt:
-            _print_resume_hint(out_dir)
-            raise
+    except KeyboardInterrupt:  # every process of the run has ended here: its rows are final
+        _print_resume_hint(out_dir, shown[0], cfg.fl.rounds)
+        raise
     failure = read_failure(out_dir) or (errors[-1] if errors else None)
     if failure is not None and not (out_dir / SUMMARY_FILE).exists():
         raise FedqError(failure)
     if code != 0 or not (out_dir / SUMMARY_FILE).exists():
         raise FedqError(f"the simulation ended without results (flwr run exit code {code}); see the log above")
-    shutil.rmtree(out_dir / CLIENT_STATE_DIR, ignore_errors=True)  # the simulated devices' storage: a finished run needs none
     print(f"simulation wall time {format_seconds(time.perf_counter() - started)}; results in {out_dir}", flush=True)
     return {"out_dir": str(out_dir)}
 
 
-def _print_resume_hint(out_dir: Path) -> None:
+def _print_resume_hint(out_dir: Path, shown: int, planned: int) -> None:
+    """After Ctrl-C: the progress lines of the rounds that ended but whose lines had not come through Flower's log
+    stream yet (from metrics.jsonl), then how to continue."""
     rows = read_rows(out_dir)
+    for number, row in enumerate(rows):
+        if row["round"] > shown:
+            print(progress_line(row, rows[: number + 1], planned), flush=True)
     done = f"after round {rows[-1]['round']}" if rows else "before the first round ended"
     saved = (out_dir / "state").is_dir()
     hint = f"; continue with: python -m fedq.simulate resume={out_dir}" if saved else ""
@@ -171,4 +210,4 @@ def main(cfg: DictConfig) -> None:
 register_configs()
 
 if __name__ == "__main__":
-    run_entry_point(main)
+    run_entry_point(main, writes_run=True)

@@ -50,6 +50,7 @@ _FLOWER_NOISE = re.compile(
     r"^INFO\b|default simulated SuperNodes changed|Manually terminating ClientAppActor"
     r"|fraction_evaluate is set to 0\.0|^Successfully (installed|started)|^Using SuperLink|^Flower App configuration"
     r"|^- Recommended property|Exit Code: \d+|^An unhandled exception occurred|^For more information, visit"
+    r"|^ERROR :\s+Simulation raised an exception"  # the ServerApp's own error line, or its traceback, says which
 )
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the colours of Flower's log lines
 # The last line of a traceback of a fedq error: the ServerApp printed it as one "error: ..." line already.

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedq.checkpoint import TOKENIZER, CheckpointError, load_weights_into, read_checkpoint
+from fedq.checkpoint import TOKENIZER, CheckpointError, check_weights_fit, load_weights_into, read_checkpoint
 from fedq.config import FedqConfig
 from fedq.data.corpora import load_corpus
 from fedq.data.corpus import ParallelCorpus
@@ -80,6 +80,15 @@ def build_model(cfg: FedqConfig, tokenizer: SubwordTokenizer, init_from: str | N
         unused = len(skipped) - len(carried)
         print(f"initialised from {source.folder}" + (f" ({unused} tensors not used)" if unused else ""), flush=True)
     return model
+
+
+def check_init_from(cfg: FedqConfig) -> None:
+    """``init_from`` read, and its weights' shapes checked against ``cfg.model`` (built on the meta device, with the
+    checkpoint's vocabulary, which the run must share), before any corpus, tokenizer or Ray work."""
+    source = read_checkpoint(str(cfg.init_from))
+    with torch.device("meta"):
+        model = Transformer(cfg.model, source.tokenizer.vocab_size, source.tokenizer.pad_id)
+    check_weights_fit(model.state_dict(), source.state_dict(), f"init_from={cfg.init_from}")
 
 
 def cache_dir(cfg: FedqConfig) -> Path:

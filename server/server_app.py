@@ -14,13 +14,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
-from fedq.config import CLIENT_POOL_KEY, changed_settings, config_from_run_config, results_dir, validate_config
+from fedq.config import CLIENT_POOL_KEY, LOCK_HOLDER_KEY, changed_settings, config_from_run_config, results_dir, validate_config
 from fedq.errors import FedqError
 from fedq.fl import protocol
 from fedq.fl.protocol import Reply, TrainReply, TrainRequest
 from fedq.fl.rounds import FederationMismatchError, nodes_by_partition, too_few_nodes
 from fedq.fl.run import run_federation
 from fedq.report.run_log import write_failure
+from fedq.run_folder import RunFolderBusyError
 from server.aggregation import FlowerAggregator
 
 REPLY_TIMEOUT_SECONDS = 24 * 3600.0  # Flower's default of one hour is too short for a long local round
@@ -109,7 +110,8 @@ def main(grid: Grid, context: Context) -> None:
         pool = int(run_config.get(CLIENT_POOL_KEY) or 0)
         nodes = node_ids(grid, pool or cfg.fl.clients, cfg.fl.node_wait_seconds)
         by_client = nodes[:pool] if pool else nodes_by_partition(ask_partitions(grid, nodes, max(cfg.fl.node_wait_seconds, 60.0)), cfg.fl.clients)
-        run_federation(cfg, out_dir, GridExchange(grid, by_client, cfg.fl.reply_timeout), FlowerAggregator(cfg), bool(run_config.get("resume", False)))
+        run_federation(cfg, out_dir, GridExchange(grid, by_client, cfg.fl.reply_timeout), FlowerAggregator(cfg),
+                       bool(run_config.get("resume", False)), folder_held=bool(run_config.get(LOCK_HOLDER_KEY, "")))
     except FedqError as err:
-        print(f"error: {write_failure(out_dir, str(err))}", flush=True)
+        print(f"error: {err if isinstance(err, RunFolderBusyError) else write_failure(out_dir, str(err))}", flush=True)
         raise

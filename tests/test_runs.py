@@ -5,6 +5,7 @@ The simulations here are real: Flower's SuperLink, Ray, the ServerApp and Client
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -78,6 +79,8 @@ def test_interrupted_simulation_stops_in_seconds_and_resumes_to_the_same_end(tmp
     output = "".join(lines) + process.stdout.read()
     assert process.wait(timeout=60) == 130
     assert time.monotonic() - interrupted < 30
+    shown = json.loads((stopped / "metrics.jsonl").read_text().splitlines()[-1])["round"]
+    assert all(f"round {r}/5 | " in output for r in range(1, shown + 1))  # every finished round's line, the last too
     alive = [pid for pid in tree if running(pid)]
     assert not alive, f"processes left running: {alive}"
     assert f"continue with: python -m fedq.simulate resume={stopped}" in output
@@ -116,6 +119,26 @@ def test_interrupted_simulation_stops_in_seconds_and_resumes_to_the_same_end(tmp
         assert a[key] == b[key], key
     weights_a, weights_b = (load_file(run_dir / "checkpoint" / "model.safetensors") for run_dir in (whole, stopped))
     assert all(np.array_equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+    # One writer: while `whole` is extended to 6 rounds, a second driver resuming it and a fresh run into it are each
+    # refused with one line; the extension continues the rows (no resync: the clients' files were kept).
+    before = rows_without_times(whole)
+    extend = simulate(f"resume={whole}", "fl.rounds=6", cwd=tmp_path)
+    for line in extend.stdout:
+        if line.startswith("resuming after round 5 of 6"):
+            break
+    for command, why in (([f"resume={whole}"], f"{whole} is in use by a running fedq process (pid {extend.pid}"),
+                         ([*TINY, cache, f"hydra.run.dir={whole}"], f"{whole} already holds a run: continue or extend it")):
+        second = subprocess.run([sys.executable, "-m", "fedq.simulate", *command], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=300)
+        assert second.returncode == 2 and why in second.stderr, second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+    output = extend.stdout.read()
+    assert extend.wait(timeout=300) == 0, output[-3000:]
+    after = rows_without_times(whole)
+    assert [row["round"] for row in after] == [1, 2, 3, 4, 5, 6] and after[:5] == before and after[5]["resynced"] == 0
+    assert json.loads((whole / "summary.json").read_text())["rounds"] == 6
+    assert not (tmp_path / "outputs").exists()  # resume= without hydra.run.dir leaves no folder of Hydra's behind
 
 
 def _flower_homes(pid: int) -> list[Path]:
@@ -267,6 +290,43 @@ def test_a_full_disk_mid_run_stops_with_one_line_and_keeps_the_last_good_state(t
         run_federation(cfg, tmp_path / "run", LocalExchange(federation, ClientStore(None)), FlowerAggregator(cfg),
                        federation=federation)
     assert json.loads((tmp_path / "run" / "state" / "state.json").read_text())["rounds"] == 1
+
+
+def test_a_disk_that_fills_mid_simulation_ends_it_with_one_line_and_failure_json(tmp_path):
+    """A real small filesystem (tmpfs, where this machine lets the test mount one) filled after round 1: Flower, Ray,
+    the clients and the server all see ENOSPC; the user sees one line and the run resumes once there is room."""
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here; the in-process full-disk tests above cover the writers")
+    try:
+        run, filler = disk / "run", disk / "filler"
+        process = simulate(*TINY, "fl.rounds=4", f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}")
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("round 1/4"):
+                fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+                for size in (1 << 20, 1 << 12, 1):  # fill what is left, to the last byte
+                    with contextlib.suppress(OSError):
+                        while True:
+                            os.write(fd, bytes(size))
+                os.close(fd)
+                break
+        after = process.stdout.read()
+        assert process.wait(timeout=300) == 2, after
+        assert [line for line in after.splitlines() if not line.startswith(("round ", "error: "))] == [], after
+        errors = [line for line in after.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1, after
+        assert "disk full: cannot write" in errors[0] and "free there" in errors[0] and str(disk) in errors[0], errors
+        assert json.loads((run / "failure.json").read_text())["error"] in errors[0]
+        filler.unlink()
+        resumed = simulate(f"resume={run}", cwd=tmp_path)
+        output = resumed.stdout.read()
+        assert resumed.wait(timeout=300) == 0, output[-3000:]
+        assert json.loads((run / "summary.json").read_text())["rounds"] == 4
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 def test_a_results_folder_that_turns_read_only_is_one_line_naming_the_file(tmp_path, monkeypatch):

@@ -110,16 +110,18 @@ def test_user_errors_are_one_line_but_bugs_keep_their_traceback(capsys):
         run_with_user_errors(bug, cfg)
 
 
-def test_evaluate_scores_other_sets_and_says_what_it_ignores(tmp_path, cache_overrides, capsys):
+def test_evaluate_scores_other_sets_and_refuses_what_it_ignores(tmp_path, cache_overrides, capsys):
     overrides = SMALL_DEMO + cache_overrides + ["train.max_steps=2"]
     train(compose_config(overrides), tmp_path)
     ckpt = tmp_path / "checkpoint"
     capsys.readouterr()
 
-    scores = evaluate(compose_config(cache_overrides + [f"ckpt={ckpt}", "data.max_eval_pairs=7", "model.d_model=512"]),
-                      ["data.max_eval_pairs=7", "model.d_model=512"])
+    for ignored in ("model.d_model=512", "fl.rounds=3"):
+        with pytest.raises(ConfigError, match=f"fedq.evaluate does not use {ignored}: the checkpoint fixes the model"):
+            evaluate(compose_config(cache_overrides + [f"ckpt={ckpt}", "data.max_eval_pairs=7", ignored]),
+                     ["data.max_eval_pairs=7", ignored])
+    scores = evaluate(compose_config(cache_overrides + [f"ckpt={ckpt}", "data.max_eval_pairs=7"]), ["data.max_eval_pairs=7"])
     out = capsys.readouterr().out
-    assert "warning: ignoring model.d_model=512" in out
     assert "the checkpoint's corpus: demo de->en, valid 7 / test 7 pairs" in out and "(7 sentences" in out
     assert set(scores) == {"valid", "test"}
 

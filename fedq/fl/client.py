@@ -24,6 +24,7 @@ from fedq.engine import (
     train_steps,
 )
 from fedq.errors import ConfigError, FedqError
+from fedq.files import FileWriteError
 from fedq.fl import protocol
 from fedq.fl.client_state import CLIENT_STATE_DIR, ClientStore
 from fedq.fl.faults import training_flops
@@ -146,7 +147,10 @@ def client_round(federation: Federation, request: TrainRequest, store: ClientSto
     else:
         arrays, residual = federation.uplink.encode(update, rng, stratum), None
     encode_seconds = time.perf_counter() - start
-    store.save(partition, server_round, downlink.base_round, start_vector if request.keep else None, residual)
+    try:
+        store.save(partition, server_round, downlink.base_round, start_vector if request.keep else None, residual)
+    except FileWriteError as err:
+        raise NoUpdate(f"{protocol.STORAGE}: {err}") from None
 
     metrics: dict[str, float] = {
         protocol.NUM_EXAMPLES: float(stats.sentences),

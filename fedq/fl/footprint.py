@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fedq.comm.downlink import cache_capacity
 from fedq.errors import ConfigError
+from fedq.files import format_bytes
 from fedq.fl.federation import Federation
 from fedq.fl.settings import clients_sampled
 
@@ -32,7 +33,7 @@ class Footprint:
 
     @staticmethod
     def describe(parts: dict[str, float]) -> str:
-        return ", ".join(f"{name} {size / 1e9:.1f} GB" for name, size in parts.items() if size >= 5e7)
+        return ", ".join(f"{name} {format_bytes(size)}" for name, size in sorted(parts.items(), key=lambda p: -p[1]) if size > 0)
 
 
 def estimate(federation: Federation, actors: int) -> Footprint:
@@ -72,13 +73,17 @@ def check_fits(federation: Federation, out_dir: Path) -> Footprint:
     need, have = sum(footprint.memory.values()), available_memory()
     if need > have:
         raise ConfigError(
-            f"this federation needs about {need / 1e9:.1f} GB of memory ({Footprint.describe(footprint.memory)}) but "
-            f"{have / 1e9:.1f} GB are free: lower fl.clients_per_round or comm.downlink.cache_mb, or use a smaller model")
+            f"this federation needs about {format_bytes(need)} of memory ({Footprint.describe(footprint.memory)}) but "
+            f"{format_bytes(have)} are free: lower fl.clients_per_round or comm.downlink.cache_mb, or use a smaller model")
     folder = next(p for p in [out_dir, *out_dir.parents] if p.exists())
     need, have = sum(footprint.disk.values()), float(shutil.disk_usage(folder).free)
     if need > have:
+        advice = {"shards": "use fewer clients or a smaller corpus",
+                  "held models (server and clients)": "lower comm.downlink.cache_mb",
+                  "error-feedback residuals": "use an unbiased uplink codec (no residuals) or fewer clients"}
+        largest = max(footprint.disk, key=lambda name: footprint.disk[name])
         raise ConfigError(
-            f"this federation needs about {need / 1e9:.1f} GB of disk ({Footprint.describe(footprint.disk)}) but {folder} "
-            f"has {have / 1e9:.1f} GB free: lower comm.downlink.cache_mb or clients, use an unbiased uplink codec "
-            "(no residuals), or free some space")
+            f"this federation needs about {format_bytes(need)} of disk ({Footprint.describe(footprint.disk)}) but {folder} "
+            f"has {format_bytes(have)} free: {advice.get(largest, 'free some space')}, free some space, or choose another "
+            "hydra.run.dir")
     return footprint

@@ -49,6 +49,7 @@ WORKER_DIED = "worker died"  # the simulation's worker (a Ray actor) that ran th
 NOT_NEEDED = "not needed"  # over-selection: the round closed before it arrived (it stopped; nothing more was sent)
 STALE = "stale"  # asynchronous rounds: it arrived more than fl.max_staleness rounds after its model
 UNREACHABLE = "unreachable"  # a real node that stopped answering: not sampled again until it is seen again
+STORAGE = "storage"  # a client that could not write what it keeps (its disk is full or read-only)
 
 
 class ProtocolError(FedqError):
@@ -56,7 +57,7 @@ class ProtocolError(FedqError):
 
 
 class NoUpdate(Exception):
-    """A client's round that ends without an update; ``reason`` starts with dropout, crashed or resync."""
+    """A client's round that ends without an update; ``reason`` starts with dropout, crashed, resync or storage."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -115,10 +116,10 @@ class Reply:
 
     @property
     def reason(self) -> str:
-        """The row's name for a failed reply: dropout, resync, unreachable, worker died, else crashed."""
+        """The row's name for a failed reply: dropout, resync, unreachable, storage, worker died, else crashed."""
         error = self.error or ""
         word = error.split(":", 1)[0].strip()
-        if word in (DROPOUT, RESYNC, UNREACHABLE):
+        if word in (DROPOUT, RESYNC, UNREACHABLE, STORAGE):
             return word
         return WORKER_DIED if "ActorDiedError" in error or "RayActorError" in error else CRASHED
 

@@ -18,6 +18,7 @@ import numpy as np
 from fedq.checkpoint import DEPLOYED, deployed_metadata, save_checkpoint, update_meta
 from fedq.cli import format_seconds
 from fedq.config import FedqConfig, config_to_yaml
+from fedq.environment import describe_environment
 from fedq.fl.client import round_seed, train_on_shard
 from fedq.fl.federation import Federation
 from fedq.fl.rounds import RoundOutcome
@@ -131,6 +132,18 @@ class RoundReporter:
         print(f"round 0 (initial global model): valid {bleu}", flush=True)
         self.round_started = time.perf_counter()
 
+    def score_as_planned(self, resumed: ServerState) -> None:
+        """A run extended past its planned last round: that round was left to the final scoring, so its row has no
+        valid BLEU; score it now if ``fl.eval_every`` would have, so the rows read as if planned from the start."""
+        rows = self.log.rows
+        if rows and rows[-1]["round"] == resumed.rounds and rows[-1]["valid_bleu"] is None and self._scored(resumed.rounds):
+            self.log.amend_last(valid_bleu=self.scorer.valid_bleu(resumed.vector).score)
+
+    def _scored(self, server_round: int) -> bool:
+        """Whether round ``server_round``'s row holds the global model's valid BLEU (the last round's: the summary)."""
+        every = self.cfg.fl.eval_every
+        return every > 0 and server_round % every == 0 and server_round < self.cfg.fl.rounds
+
     def save_state(self, rounds: int, vector: np.ndarray, optimizer: dict[str, np.ndarray],
                    held: dict[int, tuple[int, np.ndarray]]) -> None:
         """Everything a resumed run needs after ``rounds`` rounds (see fedq.fl.state)."""
@@ -142,9 +155,7 @@ class RoundReporter:
         """The round's row; the global model is scored every ``fl.eval_every`` rounds (the last by ``finish``)."""
         now = time.perf_counter()
         round_seconds = now - self.round_started
-        every = self.cfg.fl.eval_every
-        scored = every > 0 and server_round % every == 0 and server_round < self.cfg.fl.rounds
-        valid_bleu = self.scorer.valid_bleu(vector).score if scored else None
+        valid_bleu = self.scorer.valid_bleu(vector).score if self._scored(server_round) else None
         row = {
             "round": server_round,
             "sampled": traffic.sampled,
@@ -174,23 +185,9 @@ class RoundReporter:
         return row
 
     def _print_row(self, row: dict[str, Any]) -> None:
-        ratio = format_ratio(row["uplink_ratio"])
-        down_ratio = f" ({format_ratio(row['fp32_downlink_bytes'] / row['downlink_bytes'])})" if row["downlink_bytes"] else ""
-        total = format_ratio(summarize_traffic(self.log.rows)["total_ratio"])
-        loss = f"{row['train_loss']:.3f}" if row["train_loss"] is not None else "-"
-        bleu = f" | valid BLEU {row['valid_bleu']:.2f}" if row["valid_bleu"] is not None else ""
-        missing = ([f"{n} {why}" for why, n in row["dropped"].items()] + ([f"{row['rejected']} rejected"] if row["rejected"] else [])
-                   + ([f"{row['resynced']} resynced"] if row["resynced"] else []))
-        rejected = f" ({', '.join(missing)})" if missing else ""
-        sim = f" | sim {format_seconds(row['sim_seconds'])}" if row["sim_seconds"] is not None else ""
         elapsed = time.perf_counter() - self.started  # evaluations included
         eta = elapsed / row["round"] * (self.cfg.fl.rounds - row["round"])
-        print(
-            f"round {row['round']}/{self.cfg.fl.rounds} | {row['clients']} clients{rejected} | loss {loss} | "
-            f"up {row['uplink_bytes'] / 1e6:.3f} MB ({ratio}) | down {row['downlink_bytes'] / 1e6:.3f} MB{down_ratio} | "
-            f"total {total} vs fp32 so far{bleu}{sim} | {row['wall_seconds']:.1f}s | ETA {format_seconds(eta)}",
-            flush=True,
-        )
+        print(progress_line(row, self.log.rows, self.cfg.fl.rounds, eta), flush=True)
 
     def finish(self, vector: np.ndarray) -> dict[str, Any]:
         """Checkpoint and score the final global model once; write summary.json and the plot."""
@@ -209,6 +206,7 @@ class RoundReporter:
             "deployed_file": final["deployed_file"],
             **changed,
             "wall_seconds": time.perf_counter() - self.started,
+            "environment": describe_environment(self.cfg),
             "config": self.config_yaml,
         }
         self.log.write_summary(summary)
@@ -249,3 +247,20 @@ class RoundReporter:
                   + "; ".join(f"{when} {min_median_max_bleu(scores)}" for when, scores in s["own_text_bleu"].items()),
                   flush=True)
         print(f"results: {self.out_dir} (metrics.jsonl, summary.json, {PLOT_FILE}, checkpoint/)", flush=True)
+
+
+def progress_line(row: dict[str, Any], rows: list[dict[str, Any]], planned: int, eta: float | None = None) -> str:
+    """A round's progress line (``rows``: every row up to it, for the total so far)."""
+    ratio = format_ratio(row["uplink_ratio"])
+    down_ratio = f" ({format_ratio(row['fp32_downlink_bytes'] / row['downlink_bytes'])})" if row["downlink_bytes"] else ""
+    total = format_ratio(summarize_traffic(rows)["total_ratio"])
+    loss = f"{row['train_loss']:.3f}" if row["train_loss"] is not None else "-"
+    bleu = f" | valid BLEU {row['valid_bleu']:.2f}" if row["valid_bleu"] is not None else ""
+    missing = ([f"{n} {why}" for why, n in row["dropped"].items()] + ([f"{row['rejected']} rejected"] if row["rejected"] else [])
+               + ([f"{row['resynced']} resynced"] if row["resynced"] else []))
+    rejected = f" ({', '.join(missing)})" if missing else ""
+    sim = f" | sim {format_seconds(row['sim_seconds'])}" if row["sim_seconds"] is not None else ""
+    return (f"round {row['round']}/{planned} | {row['clients']} clients{rejected} | loss {loss} | "
+            f"up {row['uplink_bytes'] / 1e6:.3f} MB ({ratio}) | down {row['downlink_bytes'] / 1e6:.3f} MB{down_ratio} | "
+            f"total {total} vs fp32 so far{bleu}{sim} | {row['wall_seconds']:.1f}s"
+            + (f" | ETA {format_seconds(eta)}" if eta is not None else ""))

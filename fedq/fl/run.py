@@ -8,6 +8,7 @@ runs exactly the same round code.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from fedq.config import FedqConfig
@@ -16,13 +17,23 @@ from fedq.fl.federation import Federation
 from fedq.fl.reporting import RoundReporter
 from fedq.fl.rounds import Aggregator, Coordinator, Exchange
 from fedq.fl.state import load_state
-from fedq.report.run_log import clear_failure
+from fedq.report.run_log import SUMMARY_FILE, clear_failure
+from fedq.run_folder import RunFolderLock, refuse_overwrite
 from fedq.task import configure_threads
 
 
 def run_federation(cfg: FedqConfig, out_dir: Path, exchange: Exchange, aggregator: Aggregator,
-                   resume: bool = False, federation: Federation | None = None) -> dict:
-    """Run (or continue, after its last saved round) the rounds of ``cfg``; returns the summary."""
+                   resume: bool = False, federation: Federation | None = None, folder_held: bool = False) -> dict:
+    """Run (or continue, after its last saved round) the rounds of ``cfg``; returns the summary. ``out_dir`` is held
+    for the run (``fedq.run_folder``) unless the caller holds it (``folder_held``: fedq.simulate's driver does)."""
+    with nullcontext() if folder_held else RunFolderLock(out_dir):
+        if not resume:
+            refuse_overwrite(out_dir)
+        return _run_rounds(cfg, out_dir, exchange, aggregator, resume, federation)
+
+
+def _run_rounds(cfg: FedqConfig, out_dir: Path, exchange: Exchange, aggregator: Aggregator, resume: bool,
+                federation: Federation | None) -> dict:
     print(f"results in {out_dir}", flush=True)
     configure_threads(cfg.threads)
     federation = federation or Federation(cfg)
@@ -32,6 +43,9 @@ def run_federation(cfg: FedqConfig, out_dir: Path, exchange: Exchange, aggregato
     clear_failure(out_dir)
     reporter = RoundReporter(cfg, federation, out_dir, state)
     if state is not None:
+        if state.rounds < cfg.fl.rounds:
+            (out_dir / SUMMARY_FILE).unlink(missing_ok=True)  # an extended run is not finished until its new last round
+        reporter.score_as_planned(state)
         vector = state.vector
         coordinator.restore_state_arrays(state.optimizer)
         coordinator.broadcaster.held.update(state.held)

@@ -21,6 +21,7 @@ from typing import Any
 from fedq.comm.downlink import FULL_MODEL_CODECS
 from fedq.comm.settings import downlink_codec, uplink_codec
 from fedq.config import FedqConfig, config_from_yaml, read_config_file, settings_by_key
+from fedq.environment import environment_key
 from fedq.errors import FedqError
 from fedq.files import atomic_write
 from fedq.quant import resolve_method
@@ -160,6 +161,7 @@ def report_rows(runs: list[Run], target_bleu: float | None = None) -> list[dict[
             m = run.meta or {}
             row.update(training="centralized", rounds=None, test_bleu=m.get("test_bleu"), valid_bleu=m.get("valid_bleu"),
                        minutes=m.get("train_seconds", 0.0) / 60, steps=m.get("steps"))
+        row["environment"] = environment_key((run.summary or run.meta or {}).get("environment"))
         row["delta_vs_fp32"] = (row["test_bleu"] - reference.summary["final_test_bleu"]) if reference and row["test_bleu"] is not None else None
         if target_bleu is not None and run.federated:
             row["to_target"] = time_to_bleu(run, target_bleu)
@@ -192,7 +194,19 @@ def markdown(rows: list[dict[str, Any]], target_bleu: float | None = None) -> st
             kinds = ("initial", "final", "personal") if personal else ("initial", "final")
             cells += [cell(r.get("start_test_bleu"), "{:.2f}")] + [min_median_max_bleu(own[k]) if k in own else "-" for k in kinds]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + environment_note(rows)
+
+
+def environment_note(rows: list[dict[str, Any]]) -> str:
+    """Below the table, when its rows ran in more than one environment (fedq.environment): which rows ran where,
+    since another torch, CPU kernel or thread count changes a seeded run's numbers."""
+    environments: dict[str, list[int]] = {}
+    for number, row in enumerate(rows, 1):
+        environments.setdefault(row.get("environment") or "not recorded", []).append(number)
+    if len(environments) < 2:
+        return ""
+    lines = [f"- rows {', '.join(map(str, numbers))}: {key}" for key, numbers in environments.items()]
+    return f"\nNote: these rows ran in {len(environments)} different environments:\n" + "\n".join(lines) + "\n"
 
 
 def plot(runs: list[Run], labels: list[str], path: Path) -> Path:

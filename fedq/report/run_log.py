@@ -19,6 +19,8 @@ from fedq.files import FileWriteError, atomic_write, describe_write_error
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 FAILURE_FILE = "failure.json"
+RESERVE_FILE = ".failure-reserve"  # room kept on the run's disk so that failure.json can be written when it is full
+RESERVE_BYTES = 64 * 1024
 PLOT_FILE = "bleu_vs_uplink.png"
 
 
@@ -28,6 +30,12 @@ class RunLog:
     def __init__(self, out_dir: str | Path, keep_rounds: int | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.rows: list[dict[str, Any]] = read_rows(self.out_dir)[:keep_rounds] if keep_rounds is not None else []
+        atomic_write(self.out_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in self.rows))
+        atomic_write(self.out_dir / RESERVE_FILE, bytes(RESERVE_BYTES))
+
+    def amend_last(self, **values: Any) -> None:
+        """Change the last row (a resumed run that was extended); the file is rewritten atomically."""
+        self.rows[-1].update(values)
         atomic_write(self.out_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in self.rows))
 
     def write_round(self, row: dict[str, Any]) -> None:
@@ -42,11 +50,15 @@ class RunLog:
             raise FileWriteError(describe_write_error(err, path)) from None
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
-        return atomic_write(self.out_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
+        path = atomic_write(self.out_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
+        (self.out_dir / RESERVE_FILE).unlink(missing_ok=True)  # a finished run needs no room for a failure
+        return path
 
 
 def write_failure(out_dir: str | Path, reason: str) -> str:
-    """Write failure.json; returns the line to print (which says so when failure.json could not be written)."""
+    """Write failure.json, in the room the run kept for it on a full disk; returns the line to print (which says so
+    when failure.json could not be written)."""
+    (Path(out_dir) / RESERVE_FILE).unlink(missing_ok=True)
     try:
         atomic_write(Path(out_dir) / FAILURE_FILE, json.dumps({"error": reason}, indent=2))
     except FileWriteError as err:
