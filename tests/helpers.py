@@ -9,10 +9,12 @@ from fedq.fl import protocol
 from fedq.fl.federation import Federation
 from fedq.fl.protocol import Reply, TrainReply, TrainRequest
 
-TINY = [
+TINY = [  # a federation for in-process tests of the round
     "clients=4", "fl.clients_per_round=2", "fl.local_steps=2", "data.demo_train_size=400", "data.demo_eval_size=10",
     "data.vocab_size=200", "model.d_model=32", "model.ffn_dim=64", "device=cpu",
 ]
+TINY_DEMO = ["data.demo_train_size=600", "data.demo_eval_size=20", "data.vocab_size=300", "model.d_model=32", "model.ffn_dim=64"]
+TINY_RUN = ["clients=3", "fl.clients_per_round=2", "fl.rounds=2", "fl.local_steps=2", "fl.eval_every=1", *TINY_DEMO]  # Flower + Ray
 
 
 def tiny_federation(cache: str, *overrides: str) -> Federation:

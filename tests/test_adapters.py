@@ -233,6 +233,7 @@ def test_adapters_without_a_pre_trained_base_and_a_start_from_another_tokenizer_
         build_model(cfg, load_task(cfg).tokenizer, cfg.init_from)
 
 
+@pytest.mark.e2e
 def test_federated_adapters_end_to_end_with_flower_and_ray(pretrained, tmp_path):
     """Adapters travel instead of the model, the base comes back bit-identical, and the summary scores the start and
     each client's held-out pairs."""

@@ -21,6 +21,8 @@ from fedq.superlink import free_ports
 from helpers import tiny_federation
 from server.aggregation import FlowerAggregator
 
+pytestmark = pytest.mark.e2e  # Flower + Ray, or a subprocess run of an installed fedq
+
 RAY = Path(sys.executable).parent / "ray"
 TIMES = ("wall_seconds", "eval_seconds", "client_train_seconds", "client_encode_seconds", "server_decode_seconds")
 

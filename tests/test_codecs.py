@@ -1,5 +1,4 @@
 import math
-import time
 
 import numpy as np
 import pytest
@@ -273,12 +272,13 @@ def test_topk_compression_ratio():
 
 
 @pytest.mark.parametrize("name,bits", [("uniform", 4), ("sign", None)])
-def test_ten_million_values_encode_and_decode_fast(name, bits):
+def test_ten_million_values_round_trip(name, bits):
+    """A model-sized vector in one call (its speed is benchmarks/bench_codecs.py's to measure, not a test's)."""
     x = normal(10_000_000)
     codec = make_codec(name, bits=bits)
-    start = time.perf_counter()
-    codec.decode(codec.encode(x, np.random.default_rng(0)), x.size)
-    assert time.perf_counter() - start < 1.0
+    decoded = codec.decode(codec.encode(x, np.random.default_rng(0)), x.size)
+    assert decoded.shape == x.shape and decoded.dtype == np.float32
+    assert np.mean(np.sign(decoded) == np.sign(x)) > (0.9 if name == "uniform" else 0.999)
 
 
 def test_mask_sends_a_seeded_subset_without_indices_and_the_server_fills_the_rest_from_its_reference():

@@ -181,6 +181,7 @@ def test_an_engine_variant_loads_and_translates_without_reading_the_fp32_weights
     assert make_variant(name, DeployConfig()).load(tmp_path, source).translate(["ein hund", "zwei katzen"], 2, 1) == expected
 
 
+@pytest.mark.e2e
 def test_deploy_without_a_checkpoint_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "fedq.deploy", f"ckpt={tmp_path}/nothing", f"hydra.run.dir={tmp_path}"],
                             capture_output=True, text=True, timeout=120)

@@ -163,6 +163,7 @@ def test_a_deadline_no_device_can_meet_is_refused_before_the_run(tmp_path):
         Federation(cfg).check_deadline()
 
 
+@pytest.mark.e2e
 def test_a_run_with_dropouts_crashes_stragglers_and_an_attacker_completes_and_counts_them(tmp_path):
     run = tmp_path / "run"
     overrides = [

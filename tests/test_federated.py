@@ -23,19 +23,9 @@ from fedq.fl.run import run_federation
 from fedq.fl.shards import client_shards, shards_key
 from fedq.fl.weights import model_to_vector, vector_to_model
 from fedq.scoring import BleuResult
+from helpers import TINY
 from server.aggregation import FlowerAggregator
 
-TINY = [
-    "clients=4",
-    "fl.clients_per_round=2",
-    "fl.local_steps=2",
-    "data.demo_train_size=400",
-    "data.demo_eval_size=10",
-    "data.vocab_size=200",
-    "model.d_model=32",
-    "model.ffn_dim=64",
-    "device=cpu",
-]
 
 
 def first_request(federation: Federation, vector: np.ndarray, partition: int = 0) -> TrainRequest:

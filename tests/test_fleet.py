@@ -65,6 +65,7 @@ def test_a_client_that_lost_its_files_is_resynced_in_the_same_round_and_both_mes
     np.testing.assert_array_equal(held.held, server.broadcaster.held[1][1])  # rebuilt bit for bit
 
 
+@pytest.mark.e2e
 def test_client_state_is_written_atomically_and_a_kill_leaves_the_last_whole_version(tmp_path):
     store = ClientStore(tmp_path)
     store.save(3, 1, 0, normal(1000), None)
@@ -119,6 +120,7 @@ def test_a_federation_that_does_not_fit_the_machine_is_refused_with_the_estimate
     monkeypatch.setattr(footprint, "available_memory", lambda: 1e12)
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr(footprint.shutil, "disk_usage", lambda path: Usage(1, 1, 1000))
-    with pytest.raises(FedqError, match="GB of disk .* has 0.0 GB free"):
+    with pytest.raises(FedqError, match=r"needs about \d+\.\d MB of disk \(held models \(server and clients\) \d+\.\d MB, "
+                                        r"shards .*\) but .* has 1\.0 kB free: lower comm.downlink.cache_mb"):
         footprint.check_fits(federation, tmp_path)
     assert os.path.exists(tmp_path)

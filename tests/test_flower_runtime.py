@@ -20,6 +20,8 @@ from fedq.config import (
 )
 from fedq.superlink import APP_COMPONENTS, LocalSuperLink, app_config_defaults
 
+pytestmark = pytest.mark.e2e  # Flower + Ray, or a subprocess run of an installed fedq
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = ("fl.local_steps=3 fl.eval_every=1 data.demo_train_size=600 data.demo_eval_size=20 "
         "data.vocab_size=300 model.d_model=32 model.ffn_dim=64")

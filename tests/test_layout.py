@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -74,6 +76,7 @@ def test_no_import_circle_among_fedqs_modules():
     assert len(graph) > 50  # the walk really saw the tree
 
 
+@pytest.mark.e2e
 def test_fedq_imports_no_flower_module_and_validating_a_config_imports_no_engine():
     assert not [name for name, path in ((module_name(p), p) for p in (REPO / "fedq").rglob("*.py"))
                 if any(i == "flwr" or i.startswith("flwr.") for i in imports_of(path))]

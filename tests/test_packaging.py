@@ -5,6 +5,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.e2e  # Flower + Ray, or a subprocess run of an installed fedq
+
 REPO = Path(__file__).resolve().parent.parent
 
 

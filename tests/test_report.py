@@ -10,17 +10,15 @@ from pathlib import Path
 import pytest
 
 from fedq.report.compare import ReportError, find_runs
-
-TINY = [
-    "clients=3", "fl.clients_per_round=2", "fl.rounds=2", "fl.local_steps=2", "fl.eval_every=1",
-    "data.demo_train_size=600", "data.demo_eval_size=20", "data.vocab_size=300", "model.d_model=32", "model.ffn_dim=64",
-]
+from helpers import TINY_RUN
 
 
+
+@pytest.mark.e2e
 def test_a_sweep_and_its_report(tmp_path):
     sweep = tmp_path / "sweep"
     result = subprocess.run(
-        [sys.executable, "-m", "fedq.simulate", "-m", *TINY, "comm.uplink.name=fp32,sign", "quant.bits=32",
+        [sys.executable, "-m", "fedq.simulate", "-m", *TINY_RUN, "comm.uplink.name=fp32,sign", "quant.bits=32",
          "comm.downlink.name=fp32", f"data.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"],
         capture_output=True, text=True, timeout=600,
     )
@@ -43,6 +41,7 @@ def test_a_sweep_and_its_report(tmp_path):
     assert (sweep / "report.png").stat().st_size > 5000 and (sweep / "report.md").read_text().startswith("| setting")
 
 
+@pytest.mark.e2e
 def test_a_folder_without_runs_is_one_line(tmp_path):
     with pytest.raises(ReportError, match="holds no run"):
         find_runs([tmp_path])
@@ -50,6 +49,7 @@ def test_a_folder_without_runs_is_one_line(tmp_path):
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
 
 
+@pytest.mark.e2e
 def test_a_failed_run_fails_the_report_with_its_reason(tmp_path):
     from fedq.report.run_log import write_failure
 

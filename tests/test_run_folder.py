@@ -174,6 +174,7 @@ def test_fraction_beside_clients_per_round_is_refused():
     check_overrides(["fl.fraction=0.75"])
 
 
+@pytest.mark.e2e
 def test_a_refused_run_leaves_no_folder(tmp_path):
     for where in ([f"hydra.run.dir={tmp_path / 'new'}"], []):  # a folder it names, and Hydra's outputs/DATE/TIME
         result = subprocess.run([sys.executable, "-m", "fedq.simulate", "fl.num_cpus=64", *where], cwd=tmp_path,

@@ -1,5 +1,6 @@
 """The federated run: a real Flower + Ray simulation end to end, and the server's payload checks."""
 
+import copy
 import json
 import re
 import subprocess
@@ -15,27 +16,20 @@ from fedq.errors import ConfigError, FedqError
 from fedq.fl import protocol
 from fedq.fl.rounds import Admission, Coordinator, RoundOutcome
 from fedq.fl.settings import STRATEGIES
+import helpers
 from helpers import TINY, answering, reply, tiny_federation
 from server.aggregation import STRATEGIES as AGGREGATOR_STRATEGIES
 from server.aggregation import FlowerAggregator
 
 TINY_RUN = [
-    "clients=3",
-    "fl.clients_per_round=2",
-    "fl.rounds=2",
-    "fl.local_steps=2",
-    "fl.eval_every=1",
-    "data.demo_train_size=600",
-    "data.demo_eval_size=20",
-    "data.vocab_size=300",
-    "model.d_model=32",
-    "model.ffn_dim=64",
+    *helpers.TINY_RUN,
     "quant.bits=2",
     "comm.uplink.name=sign",
     "comm.downlink.name=fp16",
 ]
 
 
+@pytest.mark.e2e
 def test_end_to_end_simulation_with_flower_and_ray(tmp_path):
     out = tmp_path / "run"
     cache = tmp_path / "cache"
@@ -71,6 +65,7 @@ def test_end_to_end_simulation_with_flower_and_ray(tmp_path):
     assert summary["train_loss_final"] == rows[-1]["train_loss"]
 
 
+@pytest.mark.e2e
 def test_compressed_downlink_sends_every_sampled_client_one_delta_and_counts_it(tmp_path):
     """Each sampled client gets one 4-bit delta: against the seeded model the first time, then against what it holds."""
     out = tmp_path / "run"
@@ -98,6 +93,7 @@ def federation(tmp_path_factory):
 
 def coordinator(federation, *overrides: str) -> Coordinator:
     cfg = compose_config([*TINY, *overrides, f"data.cache_dir={federation.cfg.data.cache_dir}", "comm.uplink.name=fp32"])
+    federation = copy.copy(federation)  # the module's federation stays as the fixture made it
     federation.cfg = cfg
     return Coordinator(federation, FlowerAggregator(cfg))
 
@@ -234,6 +230,7 @@ def test_settings_fedq_does_not_have_are_one_line_whatever_their_prefix(override
         check_overrides([override])
 
 
+@pytest.mark.e2e
 def test_bad_federation_setting_is_one_line_on_the_command_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "fedq.simulate", "clients=2", "fl.clients_per_round=3", f"hydra.run.dir={tmp_path}"],

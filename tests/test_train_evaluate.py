@@ -76,6 +76,7 @@ def run_cli(module: str, *overrides: str) -> subprocess.CompletedProcess:
         (["resume=outputs/somewhere"], "resume= is not used by fedq.train (it takes init_from=)"),
     ],
 )
+@pytest.mark.e2e
 def test_bad_input_is_one_clear_line(overrides, expected, tmp_path):
     """The first line names the problem; no traceback (Hydra may list the valid options below it)."""
     result = run_cli("fedq.train", *overrides, f"hydra.run.dir={tmp_path}")
