@@ -6,7 +6,7 @@ Each package owns its settings and their checks (``fedq.data.settings``,
 ``fedq.comm.settings``, ``fedq.fl.settings``,
 ``fedq.deploy.settings``); this module only composes them into one
 :class:`FedqConfig`, registered in Hydra's ConfigStore, and checks the rules that
-span groups. The YAML files under ``fedq/conf/`` only choose values.
+span groups. The YAML files under ``configs/`` only choose values.
 :func:`validate_config` runs once in each entry point, before any corpus,
 tokenizer or Ray work.
 """
@@ -47,7 +47,7 @@ from fedq.model.decoding import DecodeConfig, validate_decode_config
 from fedq.model.transformer import ModelConfig, validate_model_config
 from fedq.quant.settings import QuantConfig, validate_quant_config, with_resolved_method
 
-CONFIG_MODULE = "fedq.conf"  # the YAML tree of fedq/conf/
+CONFIG_MODULE = "configs"  # the YAML tree of the top-level configs/ (a package of its own, shipped with fedq)
 CONFIG_SOURCE = f"pkg://{CONFIG_MODULE}"  # for @hydra.main(config_path=...)
 
 
@@ -74,7 +74,7 @@ class FedqConfig:
 
 
 def register_configs() -> None:
-    """Register the schema so Hydra validates fedq/conf/config.yaml against it."""
+    """Register the schema so Hydra validates configs/config.yaml against it."""
     ConfigStore.instance().store(name="fedq_schema", node=FedqConfig)
 
 

@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_the_wheel_ships_every_config(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    shipped = {name for name in names if name.startswith("fedq/conf/") and name.endswith(".yaml")}
-    expected = {str(p.relative_to(REPO)) for p in (REPO / "fedq" / "conf").rglob("*.yaml")}
+    shipped = {name for name in names if name.startswith("configs/") and name.endswith(".yaml")}
+    expected = {str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")}
     assert expected and shipped == expected
     modules = {str(p.relative_to(REPO)) for top in ("fedq", "clients", "server") for p in (REPO / top).rglob("*.py")}
     assert modules and modules <= names  # every module of the checkout, every subpackage included
