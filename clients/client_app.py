@@ -42,4 +42,5 @@ def train(msg: Message, context: Context) -> Message:
         reply = run_of(context).train(request, context.node_config)
     except NoUpdate as failure:
         return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=failure.reason), reply_to=msg)
-    return Message(RecordDict({protocol.ARRAYS: ArrayRecord(reply.arrays), protocol.METRICS: MetricRecord(reply.metrics)}), reply_to=msg)
+    content = RecordDict({protocol.ARRAYS: ArrayRecord(reply.arrays), protocol.METRICS: MetricRecord(reply.metrics)})
+    return Message(content, reply_to=msg)

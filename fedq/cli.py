@@ -42,7 +42,10 @@ def check_overrides(arguments: Sequence[str]) -> None:
         key = override.key_or_group
         if key not in known and key.split("/")[0] not in groups and not any(k.startswith(key + ".") for k in known):
             raise ConfigError(f"{key} is not a fedq setting (see --help for the groups, --cfg job for every setting)")
-        value = next(iter(override.sweep_string_iterator())) if override.is_sweep_override() else override.get_value_element_as_str()
+        if override.is_sweep_override():
+            value = next(iter(override.sweep_string_iterator()))
+        else:
+            value = override.get_value_element_as_str()
         plain.append(f"{'+' if override.is_add() else ''}{key}={value}")
     cfg = compose_config(plain)
     if "fl.fraction" in [o.key_or_group for o in parsed] and cfg.fl.clients_per_round > 0:
@@ -135,7 +138,8 @@ def check_run_dir(arguments: Sequence[str]) -> None:
         with tempfile.TemporaryFile(dir=target):
             pass
     except OSError as err:
-        raise ConfigError(f"{describe_write_error(err, target / 'metrics.jsonl')} (choose another with hydra.run.dir=PATH)") from None
+        why = describe_write_error(err, target / "metrics.jsonl")
+        raise ConfigError(f"{why} (choose another with hydra.run.dir=PATH)") from None
 
 
 def run_entry_point(hydra_main: Callable[[], None], writes_run: bool = False) -> None:

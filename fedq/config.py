@@ -106,7 +106,8 @@ def compose_config(overrides: Sequence[str] = ()) -> FedqConfig:
         return OmegaConf.to_object(cfg)  # type: ignore[return-value]
     except (HydraException, OmegaConfBaseException) as err:
         texts = [str(err), str(err.__cause__ or "")]  # Hydra puts OmegaConf's reason (a wrong type) in the cause
-        lines = [line.strip() for text in texts for line in text.strip().splitlines() if line.strip() and not line.startswith(" ")]
+        lines = [line.strip() for text in texts for line in text.strip().splitlines()
+                 if line.strip() and not line.startswith(" ")]
         raise ConfigError(f"overrides {' '.join(overrides)!r}: {'; '.join(lines[:2])}") from None
 
 
@@ -238,7 +239,8 @@ def validate_config(cfg: FedqConfig) -> None:
     if cfg.seed < 0:
         raise ConfigError(f"seed={cfg.seed} must be >= 0")
     if cfg.adapter.rank and not cfg.init_from:
-        raise ConfigError(f"adapter.rank={cfg.adapter.rank}: adapters train over a frozen pre-trained base; give init_from=CHECKPOINT")
+        raise ConfigError(f"adapter.rank={cfg.adapter.rank}: adapters train over a frozen pre-trained base; give "
+                          "init_from=CHECKPOINT")
     if cfg.adapter.rank and cfg.quant.act_bits is not None:
         raise ConfigError("adapter.rank with quant.act_bits: the adapter path is not activation-quantized; "
                           "use quant.act_bits=null with adapters")

@@ -65,7 +65,8 @@ def evaluation_sets(cfg: FedqConfig, saved: DataConfig, overrides: Sequence[str]
     corpus = load_corpus(data)
     replaced = "data" in [override.lstrip("+~").split("=", 1)[0] for override in overrides]
     source = "the corpus of the command line" if replaced else "the checkpoint's corpus"
-    text = f"{source}: {corpus.name} {corpus.src_lang}->{corpus.tgt_lang}, valid {len(corpus.valid)} / test {len(corpus.test)} pairs"
+    text = (f"{source}: {corpus.name} {corpus.src_lang}->{corpus.tgt_lang}, valid {len(corpus.valid)} / test "
+            f"{len(corpus.test)} pairs")
     return text, {"valid": corpus.valid, "test": corpus.test}
 
 

@@ -74,7 +74,8 @@ def build_model(cfg: FedqConfig, tokenizer: SubwordTokenizer, init_from: str | N
         own = model.state_dict()
         carried = {key: state[key] for key in skipped if key in own and own[key].shape == state[key].shape}
         if lost := [key for key in skipped if key.endswith("." + B_NAME) and key not in carried]:
-            raise CheckpointError(f"init_from={init_from} holds adapters of another rank ({lost[0]}: {tuple(state[lost[0]].shape)}) "
+            raise CheckpointError(f"init_from={init_from} holds adapters of another rank ({lost[0]}: "
+                                  f"{tuple(state[lost[0]].shape)}) "
                                   f"than adapter.rank={cfg.adapter.rank}; continue with the rank they were trained with")
         model.load_state_dict(carried, strict=False)
         unused = len(skipped) - len(carried)

@@ -52,7 +52,8 @@ def train(cfg: FedqConfig, out_dir: Path) -> dict:
     model = build_model(cfg, tokenizer, cfg.init_from)
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model ({cfg.model.describe()}): {n_params / 1e6:.2f}M parameters on {device}; {describe_quantization(model)}", flush=True)
+    print(f"model ({cfg.model.describe()}): {n_params / 1e6:.2f}M parameters on {device}; {describe_quantization(model)}",
+          flush=True)
 
     encoded = training_pairs(encode_pairs(task.corpus.train, tokenizer), cfg.data.max_len)
     if note := budget_note(encoded, cfg.data.max_tokens):
@@ -93,7 +94,8 @@ def train(cfg: FedqConfig, out_dir: Path) -> dict:
 
     def next_stop(step: int) -> int:
         """The next step at which to checkpoint or evaluate (or the end)."""
-        stops = [total_steps] + [(step // every + 1) * every for every in (cfg.train.checkpoint_every, cfg.train.eval_every) if every > 0]
+        periods = (cfg.train.checkpoint_every, cfg.train.eval_every)
+        stops = [total_steps] + [(step // every + 1) * every for every in periods if every > 0]
         return min(stops)
 
     try:

@@ -24,18 +24,23 @@ class FlowerAggregator:
 
     def __init__(self, cfg: FedqConfig) -> None:
         fl = cfg.fl
-        self.strategy = STRATEGIES[fl.strategy](weighted_by_key=protocol.NUM_TOKENS, fraction_evaluate=0.0, **strategy_options(fl))
+        strategy = STRATEGIES[fl.strategy]
+        self.strategy = strategy(weighted_by_key=protocol.NUM_TOKENS, fraction_evaluate=0.0, **strategy_options(fl))
         self.steps_itself = isinstance(self.strategy, (FedAdam, FedAvgM))
         logging.getLogger("flwr").setLevel(logging.INFO if fl.verbose else logging.WARNING)
 
-    def __call__(self, server_round: int, global_vector: np.ndarray, updates: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    def __call__(
+        self, server_round: int, global_vector: np.ndarray, updates: list[np.ndarray], weights: list[float]
+    ) -> np.ndarray:
         if self.steps_itself:  # what their configure_train records: FedOpt a dict of arrays, FedAvgM an ArrayRecord
             adam = isinstance(self.strategy, FedAdam)
             self.strategy.current_arrays = {WEIGHTS: global_vector} if adam else ArrayRecord({WEIGHTS: Array(global_vector)})
-        replies = [Message(RecordDict({"arrays": ArrayRecord({WEIGHTS: Array(global_vector + update)}),
-                                       "metrics": MetricRecord({protocol.NUM_TOKENS: float(weight)})}),
-                           metadata=Metadata(0, str(i), i + 1, 0, "", str(server_round), time.time(), DEFAULT_TTL, protocol.TRAIN))
-                   for i, (update, weight) in enumerate(zip(updates, weights))]
+        replies = []
+        for i, (update, weight) in enumerate(zip(updates, weights)):
+            content = RecordDict({"arrays": ArrayRecord({WEIGHTS: Array(global_vector + update)}),
+                                  "metrics": MetricRecord({protocol.NUM_TOKENS: float(weight)})})
+            metadata = Metadata(0, str(i), i + 1, 0, "", str(server_round), time.time(), DEFAULT_TTL, protocol.TRAIN)
+            replies.append(Message(content, metadata=metadata))
         arrays, _ = self.strategy.aggregate_train(server_round, replies)
         return arrays[WEIGHTS].numpy()
 

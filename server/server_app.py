@@ -14,7 +14,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
-from fedq.config import CLIENT_POOL_KEY, LOCK_HOLDER_KEY, changed_settings, config_from_run_config, results_dir, validate_config
+from fedq.config import (
+    CLIENT_POOL_KEY,
+    LOCK_HOLDER_KEY,
+    changed_settings,
+    config_from_run_config,
+    results_dir,
+    validate_config,
+)
 from fedq.errors import FedqError
 from fedq.fl import protocol
 from fedq.fl.protocol import Reply, TrainReply, TrainRequest
@@ -57,44 +64,74 @@ def node_ids(grid: Grid, count: int, wait_seconds: float, settle_seconds: float 
 def ask_partitions(grid: Grid, nodes: list[int], timeout: float) -> dict[int, int | str]:
     """Ask ``nodes`` which partition (client) each holds: {node id: its partition, or why it did not say}."""
     query = [Message(RecordDict({protocol.CONFIG: ConfigRecord({})}), dst_node_id=n, message_type=protocol.QUERY) for n in nodes]
-    return {n: (r.error.reason if r.has_error() else int(r.content[protocol.METRICS][protocol.PARTITION])) if r else "no reply"
-            for n, r in zip(nodes, exchange(grid, query, timeout))}
+    answers: dict[int, int | str] = {}
+    for node, reply in zip(nodes, exchange(grid, query, timeout)):
+        if reply is None:
+            answers[node] = "no reply"
+        elif reply.has_error():
+            answers[node] = reply.error.reason
+        else:
+            answers[node] = int(reply.content[protocol.METRICS][protocol.PARTITION])
+    return answers
 
 
 class GridExchange:
     """Request i goes to its client's node (``{partition: node}``), or to node i of the pool; each reply comes back as
     a fedq Reply. A node that Flower reports unavailable, or that sends nothing within ``reply_timeout`` seconds,
-    makes its client unreachable; it is reachable again once its node reconnects (or a new node holding its partition does)."""
+    makes its client unreachable; it is reachable again once its node reconnects (or a new node holding its partition
+    does)."""
 
     def __init__(self, grid: Grid, nodes: list[int] | dict[int, int], reply_timeout: float) -> None:
         self.grid, self.nodes, self.timeout = grid, nodes, reply_timeout or REPLY_TIMEOUT_SECONDS
-        self.silent: dict[int, str] = {}  # node -> when it last (re)connected as it went silent: Flower lists it until its heartbeats lapse
+        # node -> when it last (re)connected as it went silent: Flower lists it until its heartbeats lapse
+        self.silent: dict[int, str] = {}
+
+    def node_of(self, index: int, request: TrainRequest) -> int:
+        if isinstance(self.nodes, list):
+            return self.nodes[index % len(self.nodes)]  # a pool node plays any client
+        return self.nodes[request.partition]
 
     def __call__(self, requests: Sequence[TrainRequest]) -> list[Reply]:
-        pool = isinstance(self.nodes, list)
-        nodes = [self.nodes[i % len(self.nodes)] if pool else self.nodes[r.partition] for i, r in enumerate(requests)]
-        messages = [Message(RecordDict({protocol.ARRAYS: ArrayRecord(r.downlink.arrays), protocol.CONFIG: ConfigRecord(r.config())}),
-                            dst_node_id=node, message_type=protocol.TRAIN) for r, node in zip(requests, nodes)]
-        replies = [self.reply(r.partition, m, node) for r, m, node in zip(requests, exchange(self.grid, messages, self.timeout), nodes)]
-        if lost := {node for r, node in zip(replies, nodes) if not pool and (r.error or "").startswith(protocol.UNREACHABLE)}:
-            self.silent |= dict.fromkeys(lost, "") | {n.node_id: n.last_activated_at for n in self.grid.get_nodes() if n.node_id in lost}
+        nodes = [self.node_of(i, request) for i, request in enumerate(requests)]
+        messages = []
+        for request, node in zip(requests, nodes):
+            content = RecordDict({protocol.ARRAYS: ArrayRecord(request.downlink.arrays),
+                                  protocol.CONFIG: ConfigRecord(request.config())})
+            messages.append(Message(content, dst_node_id=node, message_type=protocol.TRAIN))
+        answers = exchange(self.grid, messages, self.timeout)
+        replies = [self.reply(request.partition, answer, node) for request, answer, node in zip(requests, answers, nodes)]
+        if isinstance(self.nodes, dict):
+            lost = {node for reply, node in zip(replies, nodes) if (reply.error or "").startswith(protocol.UNREACHABLE)}
+            if lost:
+                self.silent |= dict.fromkeys(lost, "")
+                self.silent |= {n.node_id: n.last_activated_at for n in self.grid.get_nodes() if n.node_id in lost}
         return replies
 
     def reply(self, partition: int, message: Message | None, node: int) -> Reply:
-        if message is None or message.has_error():  # no reply in time, or Flower's verdict on a node that missed its heartbeats
-            unreachable = message is None or message.error.code == ErrorCode.NODE_UNAVAILABLE
-            why = f"sent no reply within {self.timeout:g}s" if message is None else message.error.reason
-            return Reply(partition, error=f"{protocol.UNREACHABLE}: node {node}: " * unreachable + why)
-        return Reply(partition, TrainReply(message.content[protocol.ARRAYS].to_numpy_ndarrays(), dict(message.content[protocol.METRICS])))
+        if message is None:
+            return Reply(partition, error=f"{protocol.UNREACHABLE}: node {node}: sent no reply within {self.timeout:g}s")
+        if message.has_error():  # Flower's verdict on a node that missed its heartbeats, or the ClientApp's error
+            if message.error.code == ErrorCode.NODE_UNAVAILABLE:
+                return Reply(partition, error=f"{protocol.UNREACHABLE}: node {node}: {message.error.reason}")
+            return Reply(partition, error=message.error.reason)
+        arrays = message.content[protocol.ARRAYS].to_numpy_ndarrays()
+        return Reply(partition, TrainReply(arrays, dict(message.content[protocol.METRICS])))
 
     def back_online(self, partitions: set[int]) -> set[int]:
         if isinstance(self.nodes, list):
             return partitions  # a pool node serves any client
         online = {n.node_id: n.last_activated_at for n in self.grid.get_nodes()}
         new = sorted(set(online) - set(self.nodes.values()))  # a restarted SuperNode has a new node id: ask for its partition
-        self.nodes |= {answer: node for node, answer in (ask_partitions(self.grid, new, 30.0) if new else {}).items()
-                       if isinstance(answer, int) and answer in self.nodes}
-        return {p for p in partitions if self.nodes[p] in online and online[self.nodes[p]] != self.silent.get(self.nodes[p])}
+        if new:
+            for node, answer in ask_partitions(self.grid, new, 30.0).items():
+                if isinstance(answer, int) and answer in self.nodes:
+                    self.nodes[answer] = node
+        back = set()
+        for partition in partitions:
+            node = self.nodes[partition]
+            if node in online and online[node] != self.silent.get(node):
+                back.add(partition)
+        return back
 
 
 @app.main()
@@ -104,14 +141,23 @@ def main(grid: Grid, context: Context) -> None:
     run_config, out_dir = context.run_config, results_dir(context.run_config, context.run_id)
     try:
         fixed = run_config.get("config", "") != "" or run_config.get("num-clients", "") != ""
-        cfg = config_from_run_config(run_config, None if fixed else len(node_ids(grid, 0, 120.0, settle_seconds=3.0)))
+        federation_size = None if fixed else len(node_ids(grid, 0, 120.0, settle_seconds=3.0))
+        cfg = config_from_run_config(run_config, federation_size)
         validate_config(cfg)
         print(f"settings: {changed_settings(cfg)}", flush=True)
         pool = int(run_config.get(CLIENT_POOL_KEY) or 0)
         nodes = node_ids(grid, pool or cfg.fl.clients, cfg.fl.node_wait_seconds)
-        by_client = nodes[:pool] if pool else nodes_by_partition(ask_partitions(grid, nodes, max(cfg.fl.node_wait_seconds, 60.0)), cfg.fl.clients)
-        run_federation(cfg, out_dir, GridExchange(grid, by_client, cfg.fl.reply_timeout), FlowerAggregator(cfg),
-                       bool(run_config.get("resume", False)), folder_held=bool(run_config.get(LOCK_HOLDER_KEY, "")))
+        if pool:
+            by_client: list[int] | dict[int, int] = nodes[:pool]
+        else:
+            answers = ask_partitions(grid, nodes, max(cfg.fl.node_wait_seconds, 60.0))
+            by_client = nodes_by_partition(answers, cfg.fl.clients)
+        exchange = GridExchange(grid, by_client, cfg.fl.reply_timeout)
+        resume, folder_held = bool(run_config.get("resume", False)), bool(run_config.get(LOCK_HOLDER_KEY, ""))
+        run_federation(cfg, out_dir, exchange, FlowerAggregator(cfg), resume, folder_held=folder_held)
+    except RunFolderBusyError as err:  # another process writes the folder: failure.json there would be its
+        print(f"error: {err}", flush=True)
+        raise
     except FedqError as err:
-        print(f"error: {err if isinstance(err, RunFolderBusyError) else write_failure(out_dir, str(err))}", flush=True)
+        print(f"error: {write_failure(out_dir, str(err))}", flush=True)
         raise

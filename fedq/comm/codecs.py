@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple, Sequence
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
@@ -368,7 +369,7 @@ class MaskCodec(UpdateCodec):
             object.__setattr__(self, "bits", 2)
         if not 0.0 <= self.carry <= 1.0:
             raise CodecError(f"codec {self.name}: carry must be in [0, 1], got {self.carry}")
-        self.values  # checks bits, step and block_size
+        _ = self.values  # building the inner codec checks bits, step and block_size
 
     @property
     def values(self) -> UniformCodec | GridCodec:
@@ -576,7 +577,10 @@ def _quantize(
     half = np.float32((2**bits - 1) / 2)
     safe = np.where(scales > 0, scales.astype(np.float32), np.float32(1.0))
     position = blocks * (half / safe)[:, None] + half  # in [0, 2**bits - 1]
-    position += _blocks(dither.astype(np.float32), block_size) if dither is not None else rng.random(position.shape, dtype=np.float32)  # type: ignore[union-attr]
+    if dither is not None:
+        position += _blocks(dither.astype(np.float32), block_size)
+    else:
+        position += rng.random(position.shape, dtype=np.float32)  # type: ignore[union-attr]
     codes = np.clip(np.floor(position), 0, 2**bits - 1).astype(np.uint8)
     return codes.ravel()[: x.size], scales
 

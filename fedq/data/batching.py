@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,13 +23,13 @@ class Batch:
     n_src_tokens: int  # non-pad entries of src
     n_tgt_tokens: int  # non-pad entries of tgt_out
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(
             self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device), self.n_src_tokens, self.n_tgt_tokens
         )
 
 
-def encode_pairs(pairs: Sequence[tuple[str, str]], tokenizer: "SubwordTokenizer") -> list[EncodedPair]:
+def encode_pairs(pairs: Sequence[tuple[str, str]], tokenizer: SubwordTokenizer) -> list[EncodedPair]:
     """Subword ids of each pair, in order (``fedq.engine.within_length`` picks the ones trained on)."""
     return [(tokenizer.encode(src), tokenizer.encode(tgt)) for src, tgt in pairs]
 

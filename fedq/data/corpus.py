@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from fedq.errors import FedqError
 from fedq.files import atomic_write

@@ -173,7 +173,8 @@ def _xml_file(root: Path, split: str, lang: str) -> Path:
 def _read_xml_pairs(root: Path, split: str, src: str, tgt: str) -> Pairs:
     """Pairs of the two languages' XML files, aligned by (talk, seg id), in source order."""
     src_path, tgt_path = _xml_file(root, split, src), _xml_file(root, split, tgt)
-    return [(s, t) for _, s, t in align_segments(read_iwslt_xml(src_path), read_iwslt_xml(tgt_path), src_path.name, tgt_path.name)]
+    aligned = align_segments(read_iwslt_xml(src_path), read_iwslt_xml(tgt_path), src_path.name, tgt_path.name)
+    return [(s, t) for _, s, t in aligned]
 
 
 def align_segments(

@@ -42,7 +42,8 @@ def partition_indices(
     if num_clients < 1:
         raise PartitionError(f"partition needs at least 1 client, got {num_clients}")
     if num_items < num_clients * max(1, shard_size if scheme == "iid" else 1):
-        need = f"{num_clients} x partition.shard_size={shard_size}" if shard_size and scheme == "iid" else f"{num_clients} clients"
+        sized = shard_size and scheme == "iid"
+        need = f"{num_clients} x partition.shard_size={shard_size}" if sized else f"{num_clients} clients"
         raise PartitionError(f"cannot split {num_items} items among {need}: use fewer clients or a larger corpus")
     if labels is not None and len(labels) != num_items:
         raise PartitionError(f"got {len(labels)} labels for {num_items} items")

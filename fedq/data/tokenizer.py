@@ -7,8 +7,8 @@ import io
 import json
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import sentencepiece as spm
 
@@ -68,7 +68,7 @@ class SubwordTokenizer:
         return self._sp.decode(pieces)
 
     @classmethod
-    def load(cls, path: str | Path) -> "SubwordTokenizer":
+    def load(cls, path: str | Path) -> SubwordTokenizer:
         try:
             return cls(Path(path).read_bytes())
         except (OSError, RuntimeError) as e:

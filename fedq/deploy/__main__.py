@@ -176,7 +176,8 @@ def deploy(cfg: FedqConfig) -> list[dict[str, Any]]:
     torch.set_num_threads(throughput_threads(cfg))
     text = table(rows, notes, cfg.deploy.batch_size, throughput_threads(cfg))
     atomic_write(out / "table.md", text)
-    atomic_write(out / "table.json", json.dumps([{k: v for k, v in r.items() if k != "outputs"} for r in rows] + [{"notes": notes}], indent=2))
+    listed = [{k: v for k, v in r.items() if k != "outputs"} for r in rows] + [{"notes": notes}]
+    atomic_write(out / "table.json", json.dumps(listed, indent=2))
     print("\n" + text + f"\n{rows[0]['bleu_signature'] if rows else ''}\ntable: {out / 'table.md'}", flush=True)
     return rows
 

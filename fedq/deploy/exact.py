@@ -70,5 +70,6 @@ def packed_weights(source: Source, variant: str, instead: str) -> dict[str, Pack
                            f"(use {instead}, which runs the merged weights)")
     packed = {name: t for name, t in tensors.items() if isinstance(t, PackedTensor)}
     if not packed:
-        raise VariantError(f"variant {variant} runs a QAT model's codes; this checkpoint has no quantized weights (use {instead})")
+        raise VariantError(f"variant {variant} runs a QAT model's codes; this checkpoint has no quantized weights (use "
+                           f"{instead})")
     return packed

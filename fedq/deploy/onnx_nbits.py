@@ -141,7 +141,8 @@ def rewrite(path: Path, tensors: dict[str, np.ndarray | PackedTensor], cache: di
             domain="com.microsoft", K=k, N=n, bits=kernel.bits, block_size=kernel.block_size, accuracy_level=ACCURACY_LEVEL))
         converted.add(name)
     for node in list(graph.node):  # a weight the exporter folded into a Constant (the position table) is one too
-        if node.op_type == "Constant" and node.attribute[0].name == "value" and node.attribute[0].t.data_type == onnx.TensorProto.FLOAT:
+        constant = node.op_type == "Constant" and node.attribute[0].name == "value"
+        if constant and node.attribute[0].t.data_type == onnx.TensorProto.FLOAT:
             value = numpy_helper.to_array(node.attribute[0].t)
             if value.size > 1 and _key(value) in by_value:
                 graph.node.remove(node)
@@ -245,7 +246,8 @@ class OnnxNBits(Onnx):
             raise VariantError(f"variant {self.name}: no MatMul in the exported graphs multiplies by {', '.join(missing[:3])}")
         atomic_write(folder / WEIGHTS, json.dumps(layouts, separators=(",", ":")))
         # the step graph as it is loaded, against the packed model's own logits
-        check_step_graph(source.model, cpu_session(folder / STEP, 1, weight_arrays(layouts[STEP], tensors, cache)), MAX_LOGIT_ERROR)
+        session = cpu_session(folder / STEP, 1, weight_arrays(layouts[STEP], tensors, cache))
+        check_step_graph(source.model, session, MAX_LOGIT_ERROR)
 
     def load(self, folder: Path, source: Source) -> Translator:
         return NBitsTranslator(folder, source)

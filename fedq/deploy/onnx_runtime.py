@@ -182,7 +182,8 @@ class Onnx(Variant):
                                "(fft_fft2) of this model's encoder")
         for module in ("onnx", "onnxscript"):
             if __import__("importlib").util.find_spec(module) is None:
-                raise VariantError(f"variant {self.name} needs {module} to export, which is not installed: pip install -e \".[deploy]\"")
+                raise VariantError(f"variant {self.name} needs {module} to export, which is not installed: pip install -e "
+                                   "\".[deploy]\"")
 
     def build(self, source: Source, folder: Path) -> None:
         export(source.model, folder)

@@ -71,7 +71,8 @@ def int8_linear_layers(model: torch.nn.Module, engine: str = "fbgemm") -> torch.
         return model
     quantization = getattr(torch.ao, "quantization", None)
     if quantization is None or not hasattr(quantization, "quantize_dynamic"):
-        raise VariantError(f"this torch {torch.__version__} has no torch.ao.quantization.quantize_dynamic; use variant int8-torchao")
+        raise VariantError(f"this torch {torch.__version__} has no torch.ao.quantization.quantize_dynamic; use variant "
+                           "int8-torchao")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return quantization.quantize_dynamic(

@@ -76,7 +76,8 @@ class BufferedCoordinator(Coordinator):
     def dispatch(self, server_round: int, vector: np.ndarray, exchange: Exchange, outcome: RoundOutcome) -> None:
         """Bring the clients in flight back to ``fl.concurrency``: new clients, online in this round, start now."""
         self.refresh_reachable(exchange)
-        chosen = self.sample(server_round, concurrency(self.cfg.fl) - len(self.in_flight), {f.reply.partition for f in self.in_flight})
+        busy = {f.reply.partition for f in self.in_flight}
+        chosen = self.sample(server_round, concurrency(self.cfg.fl) - len(self.in_flight), busy)
         if not chosen:
             return
         outcome.sampled = len(chosen)

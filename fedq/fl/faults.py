@@ -104,7 +104,8 @@ FLEETS = {
 
 
 def load_fleet(spec: str) -> tuple[dict[str, DeviceProfile], dict[str, float]]:
-    """A built-in fleet name, or a YAML file ``{profiles: {name: {train_gflops, up_mbps, down_mbps, availability}}, mix: {name: share}}``."""
+    """A built-in fleet name, or a YAML file
+    ``{profiles: {name: {train_gflops, up_mbps, down_mbps, availability}}, mix: {name: share}}``."""
     if spec in FLEETS:
         return PROFILES, FLEETS[spec]
     path = Path(spec).expanduser()
@@ -132,7 +133,8 @@ def validate_fleet(spec: str) -> dict[str, DeviceProfile]:
     for name in mix:
         p = profiles[name]
         if p.train_gflops <= 0 or p.up_mbps <= 0 or p.down_mbps <= 0 or not 0 < p.availability <= 1:
-            raise ConfigError(f"fl.devices={spec}: profile {name} needs train_gflops, up_mbps, down_mbps > 0 and availability in (0, 1]")
+            raise ConfigError(f"fl.devices={spec}: profile {name} needs train_gflops, up_mbps, down_mbps > 0 and availability "
+                              "in (0, 1]")
     return {name: profiles[name] for name in mix}
 
 
@@ -169,7 +171,8 @@ def attack(kind: str, update: np.ndarray, rng: np.random.Generator) -> np.ndarra
         return noise * (10.0 * np.linalg.norm(update) / max(np.linalg.norm(noise), 1e-12))
     if kind == "std_shift":
         return update - np.float32(update.std()) * np.sign(update)
-    raise ConfigError(f"fl.attack={kind!r} is not an attack of one client alone; choose one of sign_flip, scaled_noise, std_shift")
+    raise ConfigError(f"fl.attack={kind!r} is not an attack of one client alone; choose one of sign_flip, scaled_noise, "
+                      "std_shift")
 
 
 def alie_z(clients: int, attackers: int) -> float:

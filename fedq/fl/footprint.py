@@ -22,7 +22,8 @@ from fedq.files import format_bytes
 from fedq.fl.federation import Federation
 from fedq.fl.settings import clients_sampled
 
-PROCESSES_BYTES = 3.0e9  # driver, SuperLink, Flower's simulation, Ray's daemons, two actors' imports (measured: 3.1 GB at 20 clients)
+# driver, SuperLink, Flower's simulation, Ray's daemons, two actors' imports (measured: 3.1 GB at 20 clients)
+PROCESSES_BYTES = 3.0e9
 WORKING_COPIES = 8  # a model being trained: weights, latent QAT weights, gradients, Adam's two moments, vectors
 
 

@@ -95,7 +95,8 @@ class TrainRequest:
             return cls(int(config[PARTITION]), int(config[SERVER_ROUND]), downlink, bool(config[KEEP]),  # type: ignore[call-overload]
                        int(config[SLOT]), int(config[SLOTS]))  # type: ignore[call-overload]
         except (KeyError, TypeError, ValueError) as err:
-            raise ProtocolError(f"a train request without a valid {err}: server and client run different fedq versions?") from None
+            why = f"a train request without a valid {err}: server and client run different fedq versions?"
+            raise ProtocolError(why) from None
 
 
 @dataclass

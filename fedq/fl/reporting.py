@@ -223,7 +223,8 @@ class RoundReporter:
     def _print_summary(self, s: dict[str, Any]) -> None:
         print(
             f"\ntraffic over {s['rounds']} rounds: {(s['uplink_bytes'] + s['downlink_bytes']) / 1e6:.2f} MB in all, "
-            f"{format_ratio(s['total_ratio'])} less than fp32 both ways (up {s['uplink_bytes'] / 1e6:.2f} MB, {format_ratio(s['uplink_ratio'])}; "
+            f"{format_ratio(s['total_ratio'])} less than fp32 both ways (up {s['uplink_bytes'] / 1e6:.2f} MB, "
+            f"{format_ratio(s['uplink_ratio'])}; "
             f"down {s['downlink_bytes'] / 1e6:.2f} MB, {format_ratio(s['downlink_ratio'])}; fp32 would be "
             f"{(s['fp32_uplink_bytes'] + s['fp32_downlink_bytes']) / 1e6:.2f} MB)",
             flush=True,

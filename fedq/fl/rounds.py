@@ -179,7 +179,8 @@ class Admission:
             outcome.sim_seconds = max(waited)
         if admitted:
             tokens = [a.metrics[protocol.NUM_TOKENS] for a in admitted]
-            outcome.train_loss = sum(a.metrics[protocol.TRAIN_LOSS] * w for a, w in zip(admitted, tokens)) / max(sum(tokens), 1e-12)
+            losses = sum(a.metrics[protocol.TRAIN_LOSS] * w for a, w in zip(admitted, tokens))
+            outcome.train_loss = losses / max(sum(tokens), 1e-12)
             outcome.client_train_seconds = max(a.metrics.get(protocol.TRAIN_SECONDS, 0.0) for a in admitted)
             outcome.client_encode_seconds = max(a.metrics.get(protocol.ENCODE_SECONDS, 0.0) for a in admitted)
         return admitted
@@ -317,7 +318,8 @@ class Coordinator:
             return replies
         malicious = colluding_update(fl.attack, honest, len(attackers), fl.attack_z, fl.attack_eps)
         for reply in attackers:
-            reply.reply.arrays = uplink.encode(malicious, np.random.default_rng([self.cfg.seed, server_round, reply.partition, 0xA77]))  # type: ignore[union-attr]
+            rng = np.random.default_rng([self.cfg.seed, server_round, reply.partition, 0xA77])
+            reply.reply.arrays = uplink.encode(malicious, rng)  # type: ignore[union-attr]
             reply.reply.metrics[protocol.PAYLOAD_BYTES] = float(payload_bytes(reply.reply.arrays))  # type: ignore[union-attr]
         return replies
 
@@ -343,7 +345,8 @@ class Coordinator:
         if fl.defence == "nnm":
             updates = nearest_neighbour_mixing(updates, fl.byzantine)
         elif fl.defence == "bucketing":
-            updates, weights = bucketing(updates, weights, fl.bucket_size, np.random.default_rng([self.cfg.seed, server_round, 0xB0C]))
+            rng = np.random.default_rng([self.cfg.seed, server_round, 0xB0C])
+            updates, weights = bucketing(updates, weights, fl.bucket_size, rng)
         elif fl.defence == "cclip":
             updates, weights = [centered_clipping(updates, self.center, fl.clip_tau, fl.clip_iterations)], [1.0]
         aggregate = self.aggregator(server_round, vector, updates, weights)

@@ -154,29 +154,38 @@ def _validate_faults(fl: FLConfig, k: int) -> None:
         if not 0.0 <= getattr(fl, name) < 1.0:
             raise ConfigError(f"fl.{name}={getattr(fl, name)} must be in [0, 1)")
     if fl.max_update_norm_ratio and fl.max_update_norm_ratio < 1:
-        raise ConfigError(f"fl.max_update_norm_ratio={fl.max_update_norm_ratio} must be >= 1 (or 0 = off): below 1 it rejects the median update itself")
+        raise ConfigError(f"fl.max_update_norm_ratio={fl.max_update_norm_ratio} must be >= 1 (or 0 = off): below 1 it rejects "
+                          "the median update itself")
     if fl.devices is not None:
         validate_fleet(fl.devices)
     elif fl.round_deadline > 0:
         raise ConfigError("fl.round_deadline needs a virtual clock: set fl.devices (e.g. fl.devices=midrange-4g)")
     _choice(fl.attack, ATTACKS, "attack")
     if (fl.attack == "none") != (fl.attackers == 0):
-        raise ConfigError(f"fl.attack={fl.attack} with fl.attackers={fl.attackers}: set both (an attack and the fraction of attackers) or neither")
+        raise ConfigError(f"fl.attack={fl.attack} with fl.attackers={fl.attackers}: set both (an attack and the fraction of "
+                          "attackers) or neither")
     expected = math.ceil(fl.attackers * k) if fl.attackers else 0
     if fl.strategy in ("krum", "multikrum") and k <= 2 * fl.byzantine + 2:
-        raise ConfigError(f"fl.strategy={fl.strategy} with fl.byzantine={fl.byzantine} needs more than {2 * fl.byzantine + 2} clients per round (has {k})")
+        raise ConfigError(f"fl.strategy={fl.strategy} with fl.byzantine={fl.byzantine} needs more than {2 * fl.byzantine + 2} "
+                          f"clients per round (has {k})")
     if fl.strategy == "bulyan" and k < 4 * fl.byzantine + 3:
-        raise ConfigError(f"fl.strategy=bulyan with fl.byzantine={fl.byzantine} needs at least 4f+3 = {4 * fl.byzantine + 3} clients per round (has {k})")
+        raise ConfigError(f"fl.strategy=bulyan with fl.byzantine={fl.byzantine} needs at least 4f+3 = {4 * fl.byzantine + 3} "
+                          f"clients per round (has {k})")
     if fl.strategy in ("krum", "multikrum", "bulyan") and fl.byzantine < expected:
-        raise ConfigError(f"fl.attackers={fl.attackers} puts up to {expected} attackers in a round of {k}; fl.strategy={fl.strategy} tolerates fl.byzantine={fl.byzantine}: raise fl.byzantine")
+        raise ConfigError(f"fl.attackers={fl.attackers} puts up to {expected} attackers in a round of {k}; "
+                          f"fl.strategy={fl.strategy} tolerates fl.byzantine={fl.byzantine}: raise fl.byzantine")
     if fl.strategy == "fedtrimmedavg" and not 0 <= fl.trim_beta < 0.5:
         raise ConfigError(f"fl.trim_beta={fl.trim_beta} must be in [0, 0.5)")
     if fl.strategy == "fedtrimmedavg" and expected > math.floor(fl.trim_beta * k):
-        raise ConfigError(f"fl.attackers={fl.attackers} puts up to {expected} attackers in a round of {k}; fl.trim_beta={fl.trim_beta} trims only {math.floor(fl.trim_beta * k)} at each end: raise fl.trim_beta")
+        raise ConfigError(f"fl.attackers={fl.attackers} puts up to {expected} attackers in a round of {k}; "
+                          f"fl.trim_beta={fl.trim_beta} trims only {math.floor(fl.trim_beta * k)} at each end: "
+                          "raise fl.trim_beta")
     if fl.strategy == "fedmedian" and expected * 2 >= k:
-        raise ConfigError(f"fl.attackers={fl.attackers} puts up to {expected} attackers in a round of {k}; a median tolerates fewer than half")
+        raise ConfigError(f"fl.attackers={fl.attackers} puts up to {expected} attackers in a round of {k}; a median tolerates "
+                          "fewer than half")
     if fl.attack in COLLUSIVE and expected * 2 >= k:
-        raise ConfigError(f"fl.attack={fl.attack} needs honest clients in every round: fl.attackers={fl.attackers} puts up to {expected} of {k}")
+        raise ConfigError(f"fl.attack={fl.attack} needs honest clients in every round: fl.attackers={fl.attackers} puts up to "
+                          f"{expected} of {k}")
     _choice(fl.defence, DEFENCES, "defence")
     _at_least(fl.bucket_size, 1, "bucket_size")
     _at_least(fl.clip_tau, 0, "clip_tau")
@@ -216,7 +225,8 @@ def _validate_late_work(fl: FLConfig, k: int) -> None:
     if concurrency(fl) < buffer_size(fl):
         raise ConfigError(f"fl.concurrency={concurrency(fl)} is below fl.buffer_size={buffer_size(fl)}: a round could never fill")
     if fl.max_staleness < 1:
-        raise ConfigError(f"fl.max_staleness={fl.max_staleness} must be >= 1 in fl.mode=async (0 would discard every late update)")
+        raise ConfigError(f"fl.max_staleness={fl.max_staleness} must be >= 1 in fl.mode=async (0 would discard every late "
+                          "update)")
     if concurrency(fl) > fl.clients:
         raise ConfigError(f"fl.concurrency={concurrency(fl)} is more than clients={fl.clients}")
     if concurrency(fl) > (fl.max_staleness + 1) * buffer_size(fl):

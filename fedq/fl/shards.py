@@ -168,7 +168,8 @@ def _source_files(cfg: FedqConfig) -> list[tuple[str, int, int]]:
     else:
         roots = [cache_dir(cfg) / data.name]
     roots += [Path(data.tokenizer).expanduser()] if data.tokenizer else []
-    files = sorted(f for root in roots for f in ([root] if root.is_file() else root.rglob("*") if root.is_dir() else []) if f.is_file())
+    found = ([root] if root.is_file() else root.rglob("*") if root.is_dir() else [] for root in roots)
+    files = sorted(f for paths in found for f in paths if f.is_file())
     return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
 
 
@@ -190,7 +191,8 @@ def _write(folder: Path, data: ClientShards) -> None:
 
 def _read(folder: Path) -> ClientShards:
     tokenizer = SubwordTokenizer((folder / "tokenizer.model").read_bytes())
-    tokens, pairs, clients, talks, held, held_clients = (np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in ARRAYS)
+    arrays = (np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in ARRAYS)
+    tokens, pairs, clients, talks, held, held_clients = arrays
     if json.loads((folder / "done.json").read_text()).get("clients") != len(clients) - 1:
         raise ValueError(f"{folder} does not match its done.json")
     return ClientShards(tokenizer, tokens, pairs, np.asarray(clients), np.asarray(talks) if talks.size else None,

@@ -143,7 +143,8 @@ def pack_deployed(model: Transformer, metadata: dict) -> tuple[bytes, DeployedSi
 def _read_header(raw: bytes, path: Path) -> tuple[dict, memoryview]:
     if raw[: len(MAGIC)] != MAGIC:
         if raw[: len(MAGIC) - 2] == MAGIC[:-2]:
-            raise DeployedFormatError(f"{path} is a deployed file of an older fedq format ({raw[:len(MAGIC)].decode(errors='replace')}); pack it again")
+            raise DeployedFormatError(f"{path} is a deployed file of an older fedq format "
+                                      f"({raw[:len(MAGIC)].decode(errors='replace')}); pack it again")
         raise DeployedFormatError(f"{path} is not a fedq deployed model file (wrong magic bytes)")
     start = len(MAGIC) + _LENGTH.size + _CHECKSUM_BYTES
     if len(raw) < start:
@@ -232,7 +233,9 @@ def load_deployed(path: str | Path, device: str | torch.device = "cpu") -> tuple
     return load_deployed_bytes(raw, path, device)
 
 
-def load_deployed_bytes(raw: bytes, path: str | Path = "<memory>", device: str | torch.device = "cpu") -> tuple[Transformer, dict]:
+def load_deployed_bytes(
+    raw: bytes, path: str | Path = "<memory>", device: str | torch.device = "cpu"
+) -> tuple[Transformer, dict]:
     """:func:`load_deployed` of a file's bytes (``path`` names them in errors)."""
     path = Path(path)
     header, tensors = read_deployed_tensors(raw, path)

@@ -6,8 +6,9 @@ any other folder is searched for runs below it (a Hydra multirun folder, or a
 folder of runs). Each row names the settings in which the runs differ, the bytes
 both ways and their total ratio against fp32, the final test BLEU and its
 difference to the federated fp32 row (quant fp32, fp32 both ways; else the row
-with fp32 both ways, the reference of a table of codecs) when one is among them. The plot draws each federated run's valid BLEU against the megabytes
-sent so far, up and down together.
+with fp32 both ways, the reference of a table of codecs) when one is among them.
+The plot draws each federated run's valid BLEU against the megabytes sent so
+far, up and down together.
 """
 
 from __future__ import annotations
@@ -162,7 +163,8 @@ def report_rows(runs: list[Run], target_bleu: float | None = None) -> list[dict[
             row.update(training="centralized", rounds=None, test_bleu=m.get("test_bleu"), valid_bleu=m.get("valid_bleu"),
                        minutes=m.get("train_seconds", 0.0) / 60, steps=m.get("steps"))
         row["environment"] = environment_key((run.summary or run.meta or {}).get("environment"))
-        row["delta_vs_fp32"] = (row["test_bleu"] - reference.summary["final_test_bleu"]) if reference and row["test_bleu"] is not None else None
+        scored = reference is not None and row["test_bleu"] is not None
+        row["delta_vs_fp32"] = row["test_bleu"] - reference.summary["final_test_bleu"] if scored else None
         if target_bleu is not None and run.federated:
             row["to_target"] = time_to_bleu(run, target_bleu)
         rows.append(row)
@@ -192,7 +194,8 @@ def markdown(rows: list[dict[str, Any]], target_bleu: float | None = None) -> st
         if adapted:
             own = r.get("own_text") or {}
             kinds = ("initial", "final", "personal") if personal else ("initial", "final")
-            cells += [cell(r.get("start_test_bleu"), "{:.2f}")] + [min_median_max_bleu(own[k]) if k in own else "-" for k in kinds]
+            cells += [cell(r.get("start_test_bleu"), "{:.2f}")]
+            cells += [min_median_max_bleu(own[k]) if k in own else "-" for k in kinds]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n" + environment_note(rows)
 

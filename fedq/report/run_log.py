@@ -112,7 +112,8 @@ def summarize_traffic(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "total_ratio": (up32 + down32) / (up + down) if up + down else None,
         "rejected_updates": sum(row["rejected"] for row in rows),
         "dropped_clients": _sum_counts(row.get("dropped", {}) for row in rows),
-        "sim_seconds": sum(row["sim_seconds"] for row in rows) if rows and all(row.get("sim_seconds") is not None for row in rows) else None,
+        "sim_seconds": sum(row["sim_seconds"] for row in rows) if rows and all(row.get("sim_seconds") is not None for row in rows)
+        else None,
     }
 
 
