@@ -27,8 +27,8 @@ from fedq.errors import ConfigError, FedqError
 from fedq.files import FileWriteError
 from fedq.fl import protocol
 from fedq.fl.client_state import CLIENT_STATE_DIR, ClientStore
-from fedq.fl.faults import training_flops
 from fedq.fl.federation import Federation
+from fedq.fl.fleet import training_flops
 from fedq.fl.protocol import NoUpdate, Reply, TrainReply, TrainRequest
 from fedq.fl.weights import model_to_vector, vector_to_model
 from fedq.quant.swap import hold_base_as_codes

@@ -1,4 +1,4 @@
-"""Defences that hold against collusive attackers, applied to the decoded updates before Flower's strategy.
+"""Defences against attackers, applied to the decoded updates before Flower's strategy: one registry entry each.
 
 Flower ships FedMedian, FedTrimmedAvg, Krum, MultiKrum and Bulyan; a small
 coordinated shift ("a little is enough", Baruch et al. 2019) passes all of them.
@@ -18,14 +18,107 @@ the strategy aggregates (``fl.defence``):
   median difference); the result is one update (``fl.strategy=fedavg``).
 
 All of them work on decoded updates, whatever the uplink codec, and on the
-buffer of an asynchronous round as on a synchronous round's replies.
+buffer of an asynchronous round as on a synchronous round's replies. A
+researcher's own: a subclass of :class:`Defence` in their module, named as
+``fl.defence=module:Class`` (``fedq.registry``; docs/DESIGN.md has an example).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
 
-DEFENCES = ("none", "nnm", "bucketing", "cclip")
+from fedq.errors import ConfigError
+from fedq.fl.settings import FLConfig
+from fedq.registry import Registry
+
+
+@dataclass
+class RoundView:
+    """What a defence may know of its round besides the updates: the settings, the round's randomness, and the
+    server's last step (the global model's change in the round before)."""
+
+    fl: FLConfig
+    seed: int
+    server_round: int
+    last_step: np.ndarray
+
+
+class Defence:
+    """A transform of a round's admitted updates and their weights (target tokens), before Flower's strategy."""
+
+    name: ClassVar[str]
+    uses_last_step: ClassVar[bool] = False  # the server keeps its last step with the run state for this defence
+
+    def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
+        """Refuse (ConfigError) settings this defence cannot run with; ``attackers``: the most a round can hold."""
+
+    def __call__(self, updates: list[np.ndarray], weights: list[float],
+                 view: RoundView) -> tuple[list[np.ndarray], list[float]]:
+        return updates, weights
+
+
+DEFENCES: Registry[type[Defence]] = Registry("defences", "fl.defence", Defence)
+
+
+def make_defence(name: str) -> Defence:
+    return DEFENCES.get(name)()
+
+
+@DEFENCES.add
+class NoDefence(Defence):
+    name = "none"
+
+
+@DEFENCES.add
+class NearestNeighbourMixing(Defence):
+    name = "nnm"
+
+    def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
+        if fl.byzantine < attackers:
+            raise ConfigError(f"fl.attackers={fl.attackers} puts up to {attackers} attackers in a round of {round_size}; "
+                              f"fl.defence=nnm mixes each update with its n - fl.byzantine nearest, "
+                              f"fl.byzantine={fl.byzantine}: raise fl.byzantine")
+
+    def __call__(self, updates: list[np.ndarray], weights: list[float],
+                 view: RoundView) -> tuple[list[np.ndarray], list[float]]:
+        return nearest_neighbour_mixing(updates, view.fl.byzantine), weights
+
+
+@DEFENCES.add
+class Bucketing(Defence):
+    name = "bucketing"
+
+    def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
+        if fl.bucket_size > round_size:
+            raise ConfigError(f"fl.bucket_size={fl.bucket_size} is larger than the round's {round_size} clients")
+        if fl.strategy in ("krum", "multikrum", "bulyan") and attackers:
+            buckets = math.ceil(round_size / fl.bucket_size)
+            if fl.strategy == "bulyan" and buckets < 4 * fl.byzantine + 3 or buckets <= 2 * fl.byzantine + 2:
+                raise ConfigError(f"fl.defence=bucketing leaves {buckets} buckets of fl.bucket_size={fl.bucket_size}: too "
+                                  f"few for fl.strategy={fl.strategy} with fl.byzantine={fl.byzantine}")
+
+    def __call__(self, updates: list[np.ndarray], weights: list[float],
+                 view: RoundView) -> tuple[list[np.ndarray], list[float]]:
+        rng = np.random.default_rng([view.seed, view.server_round, 0xB0C])
+        return bucketing(updates, weights, view.fl.bucket_size, rng)
+
+
+@DEFENCES.add
+class CenteredClipping(Defence):
+    name = "cclip"
+    uses_last_step = True
+
+    def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
+        if fl.strategy != "fedavg":
+            raise ConfigError(f"fl.defence=cclip is itself the robust mean: use it with fl.strategy=fedavg, not {fl.strategy}")
+
+    def __call__(self, updates: list[np.ndarray], weights: list[float],
+                 view: RoundView) -> tuple[list[np.ndarray], list[float]]:
+        return [centered_clipping(updates, view.last_step, view.fl.clip_tau, view.fl.clip_iterations)], [1.0]
 
 
 def nearest_neighbour_mixing(updates: list[np.ndarray], byzantine: int) -> list[np.ndarray]:

@@ -36,8 +36,8 @@ from fedq.comm.codecs import ServerUpdate, fill_from_senders
 from fedq.comm.downlink import Broadcaster, cache_capacity
 from fedq.errors import FedqError
 from fedq.fl import protocol
-from fedq.fl.defences import bucketing, centered_clipping, nearest_neighbour_mixing
-from fedq.fl.faults import Faults, colluding_update
+from fedq.fl.defences import RoundView, make_defence
+from fedq.fl.faults import Faults
 from fedq.fl.federation import Federation
 from fedq.fl.protocol import Reply, TrainRequest
 from fedq.fl.settings import FLConfig, clients_per_round, clients_sampled
@@ -229,7 +229,8 @@ class Coordinator:
         self.server_lr = 1.0 if aggregator.steps_itself else cfg.fl.server_lr
         # the last round's step: centered clipping clips around it, and it fills what a mask payload did not send
         self.center = np.zeros(federation.numel, np.float32)
-        self.keeps_center = cfg.fl.defence == "cclip" or cfg.comm.uplink.name == "mask"
+        self.defence = make_defence(cfg.fl.defence)
+        self.keeps_center = self.defence.uses_last_step or cfg.comm.uplink.name == "mask"
         self.unreachable: set[int] = set()  # clients whose node stopped answering, until it is seen again
 
     def candidates(self, server_round: int, busy: Iterable[int] = ()) -> np.ndarray:
@@ -301,9 +302,9 @@ class Coordinator:
         return replies
 
     def collude(self, server_round: int, replies: list[Reply]) -> list[Reply]:
-        """The simulation's hook for colluding attackers (``fl.attack`` alie, ipm): they see the round's honest
-        updates and all send the update ``fedq.fl.faults.colluding_update`` makes of them, encoded as theirs."""
-        if not self.faults.collusive:
+        """The simulation's hook for colluding attackers (a ``collusive`` ``fl.attack``): they see the round's honest
+        updates and all send the update the attack's ``collude`` makes of them, encoded as theirs."""
+        if not self.faults.attack.collusive:
             return replies
         fl, uplink = self.cfg.fl, self.federation.uplink
         attackers = [r for r in replies if r.reply is not None and r.partition in self.faults.attackers]
@@ -316,7 +317,7 @@ class Coordinator:
                     pass
         if not attackers or not honest:
             return replies
-        malicious = colluding_update(fl.attack, honest, len(attackers), fl.attack_z, fl.attack_eps)
+        malicious = self.faults.attack.collude(honest, len(attackers), fl)
         for reply in attackers:
             rng = np.random.default_rng([self.cfg.seed, server_round, reply.partition, 0xA77])
             reply.reply.arrays = uplink.encode(malicious, rng)  # type: ignore[union-attr]
@@ -342,13 +343,7 @@ class Coordinator:
         fl = self.cfg.fl
         weights = [a.metrics[protocol.NUM_TOKENS] for a in admitted]
         updates = fill_from_senders(updates, [a.sent for a in admitted], weights)
-        if fl.defence == "nnm":
-            updates = nearest_neighbour_mixing(updates, fl.byzantine)
-        elif fl.defence == "bucketing":
-            rng = np.random.default_rng([self.cfg.seed, server_round, 0xB0C])
-            updates, weights = bucketing(updates, weights, fl.bucket_size, rng)
-        elif fl.defence == "cclip":
-            updates, weights = [centered_clipping(updates, self.center, fl.clip_tau, fl.clip_iterations)], [1.0]
+        updates, weights = self.defence(updates, weights, RoundView(fl, self.cfg.seed, server_round, self.center))
         aggregate = self.aggregator(server_round, vector, updates, weights)
         if self.server_lr != 1.0:
             aggregate = vector + self.server_lr * (aggregate - vector)

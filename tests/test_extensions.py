@@ -1,0 +1,119 @@
+"""Researchers extend, not fork: a defence and an attack of the user's own module run a federated round, every
+registry reads its entries (never a hand list), and no extension's name is special-cased outside its own module."""
+
+from __future__ import annotations
+
+import re
+import sys
+import tokenize
+from pathlib import Path
+
+import pytest
+
+from fedq.config import compose_config, validate_config
+from fedq.errors import ConfigError
+from fedq.fl.attacks import ATTACKS, Attack
+from fedq.fl.client import LocalExchange
+from fedq.fl.client_state import ClientStore
+from fedq.fl.defences import DEFENCES, Defence
+from fedq.fl.federation import Federation
+from fedq.fl.run import run_federation
+from helpers import TINY
+from server.aggregation import FlowerAggregator
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The worked example of docs/DESIGN.md ("Extending fedq"), as a user would write it in their own file.
+USER_MODULE = '''
+import numpy as np
+
+from fedq.fl.attacks import Attack
+from fedq.fl.defences import Defence
+
+
+class DropFarthest(Defence):
+    """Drop the one update farthest from the round's coordinate-wise median."""
+
+    name = "drop_farthest"
+    seen = []  # (round, updates, the index dropped): for the test to read
+
+    def __call__(self, updates, weights, view):
+        median = np.median(np.stack(updates), axis=0)
+        far = int(np.argmax([np.linalg.norm(update - median) for update in updates]))
+        DropFarthest.seen.append((view.server_round, len(updates), far))
+        return [u for i, u in enumerate(updates) if i != far], [w for i, w in enumerate(weights) if i != far]
+
+
+class Amplify(Attack):
+    """An attacker alone that sends its update 50 times over."""
+
+    name = "amplify"
+
+    def alone(self, update, rng):
+        return 50.0 * update
+'''
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    module = f"my_extensions_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield module
+    sys.modules.pop(module, None)
+
+
+def test_a_defence_and_an_attack_of_the_users_own_module_run_a_federated_round(tmp_path, user_module):
+    cfg = compose_config([*TINY, f"data.cache_dir={tmp_path / 'cache'}", "fl.clients_per_round=4", "fl.rounds=2",
+                          "fl.eval_every=0", "data.max_eval_pairs=4", f"fl.attack={user_module}:Amplify", "fl.attackers=0.25",
+                          f"fl.defence={user_module}:DropFarthest"])
+    validate_config(cfg)
+    federation = Federation(cfg)
+    (attacker,) = federation.faults.attackers
+    summary = run_federation(cfg, tmp_path / "run", LocalExchange(federation, ClientStore(None)), FlowerAggregator(cfg),
+                             federation=federation)
+    seen = sys.modules[user_module].DropFarthest.seen
+    assert [(server_round, count) for server_round, count, _ in seen] == [(1, 4), (2, 4)]
+    assert all(far == attacker for _, _, far in seen)  # the round's four updates in client order: the attacker's is dropped
+    assert summary["rounds"] == 2
+
+
+def test_an_extension_that_cannot_be_used_is_one_line(tmp_path, user_module):
+    base = [*TINY, f"data.cache_dir={tmp_path}"]
+    for setting, why in ((f"fl.defence={user_module}:Nothing", f"{user_module} has no Nothing"),
+                         ("fl.defence=no_such_module_here:X", "cannot import no_such_module_here"),
+                         (f"fl.defence={user_module}:Amplify", "is not a fedq.fl.defences.Defence"),
+                         ("fl.defence=nmm", "fl.defence='nmm' is unknown; choose one of none, nnm, bucketing, cclip")):
+        with pytest.raises(ConfigError, match=re.escape(why)):
+            validate_config(compose_config([*base, setting]))
+
+
+def test_the_registries_hold_the_built_in_entries_and_their_checks_refuse_what_cannot_run(tmp_path):
+    assert DEFENCES.names() == ("none", "nnm", "bucketing", "cclip")
+    assert ATTACKS.names() == ("none", "sign_flip", "scaled_noise", "std_shift", "alie", "ipm")
+    assert all(issubclass(DEFENCES.get(name), Defence) for name in DEFENCES.names())
+    assert [name for name in ATTACKS.names() if ATTACKS.get(name).collusive] == ["alie", "ipm"]
+    assert all(issubclass(ATTACKS.get(name), Attack) for name in ATTACKS.names())
+    base = [*TINY, f"data.cache_dir={tmp_path}"]
+    with pytest.raises(ConfigError, match="fl.bucket_size=3 is larger than the round's 2 clients"):
+        validate_config(compose_config([*base, "fl.defence=bucketing", "fl.bucket_size=3"]))
+    with pytest.raises(ConfigError, match="fl.attack=ipm needs honest clients in every round"):
+        validate_config(compose_config([*base, "fl.attack=ipm", "fl.attackers=0.5"]))
+
+
+def test_no_extension_is_special_cased_outside_its_own_module():
+    """``if fl.defence == "cclip"`` in the round would make a second home for the entry: each entry's own module decides.
+    No string literal outside an entry's module is an entry's name."""
+    homes = {"fedq/fl/defences.py": DEFENCES.names(), "fedq/fl/attacks.py": ATTACKS.names()}
+    sources = [p for top in ("fedq", "server", "clients") for p in (REPO / top).rglob("*.py")]
+    for home, names in homes.items():
+        quoted = {f'"{name}"' for name in names if name != "none"} | {f"'{name}'" for name in names if name != "none"}
+        found = []
+        for path in sources:
+            if str(path.relative_to(REPO)) == home:
+                continue
+            with path.open("rb") as handle:
+                for token in tokenize.tokenize(handle.readline):
+                    if token.type == tokenize.STRING and token.string in quoted:
+                        found.append(f"{path.relative_to(REPO)}:{token.start[0]}: {token.line.strip()}")
+        assert not found, f"entries of {home} special-cased elsewhere: {found}"
