@@ -59,19 +59,19 @@ class FLConfig:
     trim_beta: float = 0.2  # fedtrimmedavg: the fraction of updates cut at each end, per coordinate
     byzantine: int = 0  # krum, multikrum, bulyan: attackers per round the aggregator must tolerate
     min_replies: int = 1  # a round needs this many accepted updates, else the run stops with the reasons
-    # Faults (fedq/fl/faults.py): a fleet of device profiles gives every client a virtual clock.
+    # Faults (fedq/fl/faults.py; fleets: fedq/fl/fleet.py): a fleet of device profiles gives every client a virtual clock.
     devices: Optional[str] = None  # flagship-wifi | midrange-4g | board-slow-link | mixed | a YAML file; None = no clock
     round_deadline: float = 0.0  # simulated seconds a round waits; a later client is dropped; 0 = no deadline
     dropout_rate: float = 0.0  # chance that a sampled client goes offline before replying
     crash_rate: float = 0.0  # chance that a sampled client fails with an error
     max_update_norm: float = 0.0  # reject an update whose L2 norm is larger; 0 = off
     max_update_norm_ratio: float = 0.0  # reject an update above this many times the round's median norm; 0 = off
-    attack: str = "none"  # none | sign_flip | scaled_noise | std_shift (alone) | alie | ipm (colluding)
+    attack: str = "none"  # an entry of fedq.fl.attacks.ATTACKS, or module:Class of your own (fedq.registry)
     attackers: float = 0.0  # the fraction of the clients that attack
     attack_z: float = 0.0  # alie: standard deviations of the shift; 0 = Baruch et al.'s z for the round's size
     attack_eps: float = 0.5  # ipm: the attackers send -eps x the honest mean
-    # Defences before the strategy aggregates (fedq/fl/defences.py): nearest-neighbour mixing, bucketing, centered clipping
-    defence: str = "none"  # none | nnm | bucketing | cclip
+    # Defences before the strategy aggregates: an entry of fedq.fl.defences.DEFENCES, or module:Class of your own
+    defence: str = "none"
     bucket_size: int = 2  # bucketing: updates per bucket
     clip_tau: float = 0.0  # cclip: the clipping radius; 0 = the round's median distance to the center
     clip_iterations: int = 3  # cclip
