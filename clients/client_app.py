@@ -10,6 +10,8 @@ simulated dropout or crash, a resync) is an error reply with its reason.
 
 from __future__ import annotations
 
+from typing import Any
+
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
@@ -37,10 +39,13 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    request = TrainRequest.parse(msg.content[protocol.ARRAYS].to_numpy_ndarrays(), msg.content[protocol.CONFIG])
+    content = msg.content
+    request = TrainRequest.parse(content.array_records[protocol.ARRAYS].to_numpy_ndarrays(),
+                                 content.config_records[protocol.CONFIG])
     try:
         reply = run_of(context).train(request, context.node_config)
     except NoUpdate as failure:
         return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=failure.reason), reply_to=msg)
-    content = RecordDict({protocol.ARRAYS: ArrayRecord(reply.arrays), protocol.METRICS: MetricRecord(reply.metrics)})
-    return Message(content, reply_to=msg)
+    metrics: dict[str, Any] = reply.metrics
+    answer = RecordDict({protocol.ARRAYS: ArrayRecord(reply.arrays), protocol.METRICS: MetricRecord(metrics)})
+    return Message(answer, reply_to=msg)

@@ -24,9 +24,9 @@ def pack_bits(values: np.ndarray, width: int) -> np.ndarray:
         raise ValueError(f"bit width must be in 0..32, got {width}")
     v = np.asarray(values).ravel().astype(np.uint32 if width > 8 else np.uint8, copy=False)
     whole, rest = divmod(width, 8)
-    parts = [(v >> (8 * i)).astype(np.uint8) for i in range(whole)]
+    parts = [np.right_shift(v, 8 * i).astype(np.uint8) for i in range(whole)]
     if rest:
-        parts.append(_pack_narrow((v >> (8 * whole)).astype(np.uint8, copy=False), rest))
+        parts.append(_pack_narrow(np.right_shift(v, 8 * whole).astype(np.uint8, copy=False), rest))
     return np.concatenate(parts) if parts else np.zeros(0, np.uint8)
 
 

@@ -178,7 +178,7 @@ def _upgrade_saved(raw: Any) -> Any:
     if not isinstance(raw, dict):
         return raw
     for path in REMOVED_SETTINGS:
-        node = raw
+        node: Any = raw
         for key in path[:-1]:
             node = node.get(key) if isinstance(node, dict) else None
         if isinstance(node, dict):

@@ -102,7 +102,7 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if kind == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=1e-9, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, betas=(betas[0], betas[1]), eps=1e-9, weight_decay=weight_decay)
     if kind == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     raise ConfigError(f"unknown optimizer '{kind}' (use adam or sgd)")

@@ -7,7 +7,7 @@ reports is of the packed form.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +107,7 @@ def evaluate_bleu(
 def score_file(
     path: Path,
     tokenizer: SubwordTokenizer,
-    splits: dict[str, Sequence[tuple[str, str]]],
+    splits: Mapping[str, Sequence[tuple[str, str]]],
     decode: DecodeConfig,
     device: torch.device,
     out_dir: Path | None = None,
@@ -122,7 +122,7 @@ def score_file(
 def score_model(
     model: Transformer,
     tokenizer: SubwordTokenizer,
-    splits: dict[str, Sequence[tuple[str, str]]],
+    splits: Mapping[str, Sequence[tuple[str, str]]],
     decode: DecodeConfig,
     device: torch.device,
     out_dir: Path | None = None,

@@ -20,6 +20,7 @@ folder has one writer at a time (``fedq.run_folder``).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -63,7 +64,7 @@ def machine_resources(ray_address: str | None) -> tuple[float, float, str]:
     if ray_address:
         import ray
 
-        ray.init(address=ray_address, logging_level="ERROR", log_to_driver=False)
+        ray.init(address=ray_address, logging_level=logging.ERROR, log_to_driver=False)
         try:
             resources = ray.cluster_resources()
             nodes = [node for node in ray.nodes() if node.get("Alive")]

@@ -11,6 +11,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -69,7 +70,7 @@ def build_model(cfg: FedqConfig, tokenizer: SubwordTokenizer, init_from: str | N
             )
         state = source.state_dict()
         skipped = load_weights_into(model, state, f"init_from={init_from}")
-    model = add_adapters(quantize_model(model, cfg.quant), cfg.adapter, cfg.seed)
+    model = cast(Transformer, add_adapters(quantize_model(model, cfg.quant), cfg.adapter, cfg.seed))
     if source is not None:
         own = model.state_dict()
         carried = {key: state[key] for key in skipped if key in own and own[key].shape == state[key].shape}

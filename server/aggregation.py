@@ -14,7 +14,8 @@ from fedq.fl import protocol
 from fedq.fl.settings import strategy_options
 
 WEIGHTS = "weights"  # the one array of a model record: fedq's flat weight vector
-OPTIMIZER_STATE = {FedAdam: ("m_t", "v_t"), FedAvgM: ("momentum_vector",)}  # the strategies' attributes a run saves
+# the strategies' attributes a run saves (tests/test_layout.py fails by name if a Flower upgrade removes one)
+OPTIMIZER_STATE: dict[type, tuple[str, ...]] = {FedAdam: ("m_t", "v_t"), FedAvgM: ("momentum_vector",)}
 STRATEGIES = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedadam": FedAdam, "fedmedian": FedMedian, "fedtrimmedavg": FedTrimmedAvg,
               "krum": Krum, "multikrum": MultiKrum, "bulyan": Bulyan}
 
@@ -40,7 +41,8 @@ class FlowerAggregator:
             content = RecordDict({"arrays": ArrayRecord({WEIGHTS: Array(global_vector + update)}),
                                   "metrics": MetricRecord({protocol.NUM_TOKENS: float(weight)})})
             metadata = Metadata(0, str(i), i + 1, 0, "", str(server_round), time.time(), DEFAULT_TTL, protocol.TRAIN)
-            replies.append(Message(content, metadata=metadata))
+            # Flower's typed overloads omit the metadata form that its own reply messages are built with
+            replies.append(Message(content, metadata=metadata))  # type: ignore[call-overload]
         arrays, _ = self.strategy.aggregate_train(server_round, replies)
         return arrays[WEIGHTS].numpy()
 

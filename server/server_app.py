@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.constant import ErrorCode
@@ -69,9 +70,10 @@ def ask_partitions(grid: Grid, nodes: list[int], timeout: float) -> dict[int, in
         if reply is None:
             answers[node] = "no reply"
         elif reply.has_error():
-            answers[node] = reply.error.reason
+            answers[node] = reply.error.reason or f"error {reply.error.code}"
         else:
-            answers[node] = int(reply.content[protocol.METRICS][protocol.PARTITION])
+            partition = reply.content.metric_records[protocol.METRICS][protocol.PARTITION]
+            answers[node] = int(partition) if isinstance(partition, (int, float)) else f"answered {partition!r}"
     return answers
 
 
@@ -95,8 +97,8 @@ class GridExchange:
         nodes = [self.node_of(i, request) for i, request in enumerate(requests)]
         messages = []
         for request, node in zip(requests, nodes):
-            content = RecordDict({protocol.ARRAYS: ArrayRecord(request.downlink.arrays),
-                                  protocol.CONFIG: ConfigRecord(request.config())})
+            config: dict[str, Any] = request.config()
+            content = RecordDict({protocol.ARRAYS: ArrayRecord(request.downlink.arrays), protocol.CONFIG: ConfigRecord(config)})
             messages.append(Message(content, dst_node_id=node, message_type=protocol.TRAIN))
         answers = exchange(self.grid, messages, self.timeout)
         replies = [self.reply(request.partition, answer, node) for request, answer, node in zip(requests, answers, nodes)]
@@ -114,8 +116,9 @@ class GridExchange:
             if message.error.code == ErrorCode.NODE_UNAVAILABLE:
                 return Reply(partition, error=f"{protocol.UNREACHABLE}: node {node}: {message.error.reason}")
             return Reply(partition, error=message.error.reason)
-        arrays = message.content[protocol.ARRAYS].to_numpy_ndarrays()
-        return Reply(partition, TrainReply(arrays, dict(message.content[protocol.METRICS])))
+        arrays = message.content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
+        metrics: dict[str, Any] = dict(message.content.metric_records[protocol.METRICS])
+        return Reply(partition, TrainReply(arrays, metrics))
 
     def back_online(self, partitions: set[int]) -> set[int]:
         if isinstance(self.nodes, list):

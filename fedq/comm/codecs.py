@@ -16,7 +16,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, cast
 
 import numpy as np
 
@@ -482,7 +482,7 @@ CODEC_NAMES = tuple(CODECS)
 
 def codec_settings(name: str) -> tuple[str, ...]:
     """The settings codec ``name`` takes (``bits``, ``block_size``, ``density``, ...)."""
-    return tuple(f.name for f in dataclasses.fields(CODECS[name])) if name in CODECS else ()
+    return tuple(f.name for f in dataclasses.fields(cast("type[Any]", CODECS[name]))) if name in CODECS else ()
 
 
 def make_codec(name: str, **settings: object) -> UpdateCodec:
@@ -601,7 +601,7 @@ def _codes(codec: str, arrays: Sequence[np.ndarray], count: int, bits: int, entr
     """The ``count`` codes of :func:`_code_arrays`' (checked) arrays."""
     if not entropy_coding:
         return unpack_bits(arrays[0], bits, count)
-    codes = ans_decode(*arrays, count, codec)
+    codes = ans_decode(arrays[0], arrays[1], arrays[2], count, codec)
     if codes.size and (codes.min() < 0 or codes.max() >= 2**bits):
         raise CodecError(f"{codec} payload: a code outside 0..{2**bits - 1}")
     return codes

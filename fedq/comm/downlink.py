@@ -122,9 +122,9 @@ class Broadcaster:
         """The whole model at fp16 where it fits (what the client holds is what fp16 keeps), else fp32."""
         half, full = self.full_codecs
         try:
-            return half.encode(global_vector, None)
+            return half.encode(global_vector, np.random.default_rng(0))  # (a whole model is not rounded at random)
         except CodecError:
-            return full.encode(global_vector, None)
+            return full.encode(global_vector, np.random.default_rng(0))
 
     def forget(self, partition: int) -> None:
         """The client may not hold what it was sent (it failed mid-round, or lost it): its next delta is against

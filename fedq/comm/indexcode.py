@@ -23,13 +23,13 @@ def encode_sorted_indices(indices: np.ndarray) -> tuple[int, np.ndarray, np.ndar
     """Return ``(r, unary_bytes, remainder_bytes)`` for strictly increasing ``indices``."""
     gaps = np.diff(np.asarray(indices, np.int64), prepend=-1) - 1
     r = _rice_parameter(gaps)
-    quotients = gaps >> r
+    quotients = np.right_shift(gaps, r)
     stops = np.cumsum(quotients + 1) - 1
     nbits = int(stops[-1]) + 1 if stops.size else 0
     bits = np.ones(-(-nbits // 8) * 8, bool)
     bits[stops] = False
     unary = np.packbits(bits, bitorder="little")
-    remainders = pack_bits(gaps & ((1 << r) - 1), r)
+    remainders = pack_bits(np.bitwise_and(gaps, (1 << r) - 1), r)
     return r, unary, remainders
 
 

@@ -37,7 +37,7 @@ def _load(cfg: DataConfig) -> ParallelCorpus:
             train, valid, test = ([(en, de) for de, en in split] for split in (train, valid, test))
         return ParallelCorpus("demo", cfg.src, cfg.tgt, list(train), list(valid), list(test))
     if cfg.name == "textdir":
-        return load_textdir(cfg.dir, cfg.src, cfg.tgt, test_split=cfg.test_split)
+        return load_textdir(str(cfg.dir), cfg.src, cfg.tgt, test_split=cfg.test_split)  # data.dir: checked as given
     if cfg.name == "multi30k":
         return load_multi30k(cache_dir, cfg.src, cfg.tgt, test_split=cfg.test_split)
     if cfg.name == "ted":

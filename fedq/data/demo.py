@@ -227,7 +227,9 @@ def german_main(clause: Clause, front: str = "subject", lead: str = "") -> str:
     elif front == "subject":
         head = [clause.subject.de, finite]
     else:
-        head = [(clause.adverb if front == "adverb" else clause.place).de, finite, clause.subject.de]
+        fronted = clause.adverb if front == "adverb" else clause.place
+        assert fronted is not None  # a clause is fronted by a part it has (clause_variants)
+        head = [fronted.de, finite, clause.subject.de]
     return " ".join(head + _german_middle(clause, front) + tail)
 
 
@@ -241,7 +243,9 @@ def _english_verb(clause: Clause) -> list[str]:
     third = person == 2
     if tense in MODALS:
         _, affirmative, negative = MODALS[tense]
-        words = (negative if negated else affirmative)[third].split() + verb.en.split()
+        forms = negative if negated else affirmative
+        assert forms is not None  # a modal without a negative form (muessen) is never negated
+        words = forms[third].split() + verb.en.split()
     elif verb is COPULA:
         if tense == "present":
             be = ("am", "are", "is", "are", "are", "are")[person]
@@ -256,6 +260,7 @@ def _english_verb(clause: Clause) -> list[str]:
     else:
         words = verb.en_past.split()
     if clause.frequency:
+        assert clause.adverb is not None  # a frequency adverb is the clause's adverb
         position = 1 if words[0] in ("am", "is", "are", "was", "were", "can", "must") else 0
         words.insert(position, clause.adverb.en)
     return words
@@ -269,9 +274,9 @@ def english_clause(clause: Clause, front: str = "subject") -> str:
         words.append(clause.place.en)
     if clause.adverb and not clause.frequency and front != "adverb":
         words.append(clause.adverb.en)
-    if front == "adverb":
+    if front == "adverb" and clause.adverb is not None:
         words.insert(0, clause.adverb.en)
-    elif front == "place":
+    elif front == "place" and clause.place is not None:
         words.insert(0, clause.place.en + ",")
     return " ".join(words)
 

@@ -103,8 +103,10 @@ def safe_extract(archive: Path, dest: Path) -> None:
                 parts = PurePosixPath(m.name).parts
                 if m.name.startswith(("/", "\\")) or ".." in parts or not (m.isfile() or m.isdir()):
                     raise CorpusError(f"refusing to extract {m.name!r} from {archive}: unsafe path or link")
-            extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(dest, members=members, **extra)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, members=members, filter="data")
+            else:
+                tar.extractall(dest, members=members)
     except (tarfile.TarError, OSError, EOFError) as e:  # EOFError: a truncated .tgz
         raise CorpusError(f"cannot extract {archive}: {e or 'the archive is truncated'}") from None
 
@@ -145,10 +147,12 @@ def _find_train(root: Path, lang: str) -> Optional[Path]:
 
 
 def _read_train(root: Path, src: str, tgt: str) -> tuple[Pairs, list[str]]:
-    paths = {lang: _find_train(root, lang) for lang in (src, tgt)}
-    for lang, path in paths.items():
+    paths = {}
+    for lang in (src, tgt):
+        path = _find_train(root, lang)
         if path is None:
             raise CorpusError(f"missing train.tags.de-en.{lang} under {root}")
+        paths[lang] = path
     src_rows, tgt_rows = read_iwslt_tags(paths[src]), read_iwslt_tags(paths[tgt])
     if [t for t, _ in src_rows] != [t for t, _ in tgt_rows]:
         raise CorpusError(

@@ -50,7 +50,8 @@ def partition_indices(
     rng = np.random.default_rng(seed)
     if scheme == "iid":
         order = rng.permutation(num_items)
-        shards = np.array_split(order[: num_clients * shard_size] if shard_size else order, num_clients)
+        shards: list[np.ndarray] | list[list[int]] = np.array_split(
+            order[: num_clients * shard_size] if shard_size else order, num_clients)
     elif scheme == "dirichlet":
         if alpha <= 0:
             raise PartitionError(f"dirichlet partition needs alpha > 0, got {alpha}")
@@ -95,7 +96,7 @@ def length_bucket_labels(lengths: Sequence[int], num_buckets: int) -> list[int]:
     return np.searchsorted(edges, values, side="right").tolist()
 
 
-def min_median_max(values: Sequence[int]) -> str:
+def min_median_max(values: Sequence[int] | np.ndarray) -> str:
     """``min/median/max`` of per-client counts, as the log lines print them."""
     array = np.array(values)
     return f"{array.min()}/{np.median(array):g}/{array.max()}"

@@ -9,6 +9,7 @@ import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import sentencepiece as spm
 
@@ -17,7 +18,7 @@ from fedq.errors import FedqError
 from fedq.files import atomic_write
 
 MAX_TRAINING_SENTENCES = 100_000  # a deterministic sample above this keeps training to seconds
-TRAINER_SETTINGS = {
+TRAINER_SETTINGS: dict[str, Any] = {
     "model_type": "unigram",
     "character_coverage": 1.0,
     "pad_id": 0,

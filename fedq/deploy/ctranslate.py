@@ -18,13 +18,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from fedq.deploy.exact import IntegerWeight, integer_weight, packed_weights
 from fedq.deploy.variant import Source, Translator, Variant, VariantError
-from fedq.model.transformer import Transformer
+from fedq.model.transformer import DecoderLayer, EncoderLayer, Transformer
 from fedq.scoring import translate_batched
 
 
@@ -59,8 +60,9 @@ def model_spec(model: Transformer, pieces: list[str], exact: dict[str, IntegerWe
     spec = TransformerSpec.from_config((shape.enc_layers, shape.dec_layers), shape.n_heads, pre_norm=True)
     embedding = _np(model.embed.weight)
     positions = _np(model.positions)
-    for stack, layers, norm in ((spec.encoder, model.encoder_layers, model.encoder_norm),
-                                (spec.decoder, model.decoder_layers, model.decoder_norm)):
+    stacks: list[tuple[Any, Sequence[EncoderLayer | DecoderLayer], torch.nn.LayerNorm]] = [
+        (spec.encoder, model.encoder_layers, model.encoder_norm), (spec.decoder, model.decoder_layers, model.decoder_norm)]
+    for stack, layers, norm in stacks:
         (stack.embeddings[0] if isinstance(stack.embeddings, list) else stack.embeddings).weight = embedding
         stack.position_encodings.encodings = positions
         stack.scale_embeddings = math.sqrt(shape.d_model)
@@ -70,7 +72,7 @@ def model_spec(model: Transformer, pieces: list[str], exact: dict[str, IntegerWe
             _linear(layer_spec.self_attention.linear[0], [attn.q_proj, attn.k_proj, attn.v_proj], names, exact)
             _linear(layer_spec.self_attention.linear[1], [attn.out_proj], names, exact)
             _norm(layer_spec.self_attention.layer_norm, layer.self_attn_norm)
-            if hasattr(layer, "cross_attn"):
+            if isinstance(layer, DecoderLayer):
                 cross = layer.cross_attn
                 _linear(layer_spec.attention.linear[0], [cross.q_proj], names, exact)
                 _linear(layer_spec.attention.linear[1], [cross.k_proj, cross.v_proj], names, exact)
@@ -111,7 +113,7 @@ class CT2Translator:
         translator = self._translator(threads)
 
         def greedy(rows: list[list[int]], max_len: int) -> list[list[int]]:
-            results = translator.translate_batch(  # type: ignore[attr-defined]
+            results = translator.translate_batch(
                 [[self.pieces[t] for t in row] for row in rows], beam_size=1, max_decoding_length=max_len)
             return [[self.ids.get(piece, self.tokenizer.unk_id) for piece in r.hypotheses[0]] for r in results]
 

@@ -68,8 +68,8 @@ class KernelWeight:
         """(q - 2^(bits-1))·t, as the kernel computes it: the ``[N, K]`` fp32 weight."""
         per_byte = 8 // self.bits
         shifts = np.arange(per_byte, dtype=np.uint8) * self.bits
-        q = (self.codes[..., None] >> shifts) & ((1 << self.bits) - 1)
-        q = q.reshape(self.n, -1)[:, : self.k].astype(np.float32) - (1 << (self.bits - 1))
+        codes = (self.codes[..., None] >> shifts) & ((1 << self.bits) - 1)
+        q = codes.reshape(self.n, -1)[:, : self.k].astype(np.float32) - (1 << (self.bits - 1))
         blocks = self.scales.reshape(self.n, -1)
         return q * np.repeat(blocks, self.block_size, axis=1)[:, : self.k]
 
@@ -129,10 +129,11 @@ def rewrite(path: Path, tensors: dict[str, np.ndarray | PackedTensor], cache: di
         if node.op_type != "MatMul" or node.input[1] not in initializers:
             continue
         name, transposed = by_value.get(_key(numpy_helper.to_array(initializers[node.input[1]])), ("", False))
-        if not (transposed and isinstance(tensors.get(name), PackedTensor)):
+        packed = tensors.get(name)
+        if not (transposed and isinstance(packed, PackedTensor)):
             continue
-        n, k = tensors[name].codes.shape
-        kernel = kernel_weight(name, tensors[name])
+        n, k = packed.codes.shape
+        kernel = kernel_weight(name, packed)
         codes, scales = f"q{len(converted)}", f"s{len(converted)}"
         layout[codes], layout[scales] = [name, "codes"], [name, "scales"]
         graph.node.remove(node)
@@ -203,10 +204,10 @@ def weight_arrays(layout: dict, tensors: dict[str, np.ndarray | PackedTensor], c
     for init_name, (name, part, *shape) in layout.items():
         if (name, part) not in cache:
             tensor = tensors[name]
-            if part in ("fp32", "fp32.T"):
+            if isinstance(tensor, np.ndarray):  # part fp32 or fp32.T
                 cache[name, part] = np.ascontiguousarray(tensor.T if part == "fp32.T" else tensor, np.float32)
             else:  # its codes and its scales are two graph tensors
-                kernel = kernel_weight(name, tensor)  # type: ignore[arg-type]
+                kernel = kernel_weight(name, tensor)
                 cache[name, "codes"], cache[name, "scales"] = kernel.codes, kernel.scales
         arrays[init_name] = cache[name, part].reshape(shape[0]) if shape else cache[name, part]
     return arrays
@@ -218,7 +219,8 @@ class NBitsTranslator(OnnxTranslator):
     def __init__(self, folder: Path, source: Source) -> None:
         super().__init__(folder, source)
         tensors = read_weights(folder / DEPLOYED)
-        layouts, cache = json.loads((folder / WEIGHTS).read_text()), {}  # one array of what the graphs share
+        layouts = json.loads((folder / WEIGHTS).read_text())
+        cache: dict[tuple[str, str], np.ndarray] = {}  # one array of what the graphs share
         self.weights = {name: weight_arrays(layouts[name], tensors, cache) for name in (ENCODER, STEP)}
 
     def _session(self, name: str, threads: int):
@@ -237,7 +239,9 @@ class OnnxNBits(Onnx):
         atomic_write(folder / DEPLOYED, source.checkpoint.deployed_path.read_bytes())
         tensors = read_weights(folder / DEPLOYED)
         export(source.model, folder)
-        layouts, converted, cache = {}, set(), {}  # one expansion of each weight for both graphs and the check
+        layouts: dict[str, dict] = {}
+        converted: set[str] = set()
+        cache: dict[tuple[str, str], np.ndarray] = {}  # one expansion of each weight for both graphs and the check
         for name in (ENCODER, STEP):
             layouts[name], done = rewrite(folder / name, tensors, cache)
             converted |= done

@@ -74,7 +74,7 @@ class ScaledNoise(Attack):
 
     def alone(self, update: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         noise = rng.standard_normal(update.size).astype(np.float32)
-        return noise * (10.0 * np.linalg.norm(update) / max(np.linalg.norm(noise), 1e-12))
+        return noise * (10.0 * float(np.linalg.norm(update)) / max(float(np.linalg.norm(noise)), 1e-12))
 
 
 @ATTACKS.add

@@ -65,12 +65,12 @@ class BufferedCoordinator(Coordinator):
             else:
                 fresh.append(arrival)
         replies = self.collude(server_round, [arrival.reply for arrival in fresh])
-        staleness = {a.reply.partition: server_round - 1 - a.started for a in fresh}
+        ages = {a.reply.partition: server_round - 1 - a.started for a in fresh}
         admitted = self.admission.admit(replies, vector, self.center, outcome, waits_for_missing=False)
         outcome.sim_seconds = self.clock - started_at
         if len(admitted) < fl.min_replies:
             raise self._failure(server_round, replies, outcome)
-        scaled = [a.update / np.float32(math.sqrt(1 + staleness[a.partition])) for a in admitted]
+        scaled = [a.update / np.float32(math.sqrt(1 + ages[a.partition])) for a in admitted]
         return self.step(server_round, vector, admitted, scaled), outcome
 
     def dispatch(self, server_round: int, vector: np.ndarray, exchange: Exchange, outcome: RoundOutcome) -> None:

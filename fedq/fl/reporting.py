@@ -51,7 +51,8 @@ class GlobalModelScorer:
         """What adaptation changed, for a run that starts from ``init_from`` or holds text out of each client
         (``partition.holdout``): the start's test BLEU, and both models' BLEU on the held-out pairs of each client
         that holds any; with ``fl.personal_steps`` also each such client's own fine-tune of the final model."""
-        fed, scores = self.federation, {}
+        fed = self.federation
+        scores: dict[str, Any] = {}
         if fed.cfg.init_from:
             scores["initial_test_bleu"] = self._deployed(initial, {"test": fed.task.corpus.test})["test"].score
         if fed.cfg.partition.holdout:

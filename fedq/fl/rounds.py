@@ -162,6 +162,7 @@ class Admission:
             if reason is not None:
                 self._reject(reply.partition, reason, outcome)
                 continue
+            assert update is not None  # _check decodes every update it does not refuse
             decoded.append(_Admitted(reply.partition, update.values, float(np.linalg.norm(update.values)), metrics, update.sent))
         admitted = decoded
         if fl.max_update_norm_ratio and decoded:

@@ -115,14 +115,15 @@ def _choice(value: str, choices: tuple[str, ...], name: str) -> None:
 
 def strategy_options(fl: FLConfig) -> dict[str, object]:
     """The keyword arguments ``fl.strategy``'s Flower strategy takes from ``fl.*`` (besides the weighting key)."""
-    return {
+    options: dict[str, dict[str, object]] = {
         "fedadam": {"eta": fl.server_lr, "eta_l": fl.local_lr, "beta_1": 0.9, "beta_2": 0.99},  # Adam's eta: fl.server_lr
         "fedavgm": {"server_learning_rate": fl.server_lr, "server_momentum": fl.server_momentum},
         "fedtrimmedavg": {"beta": fl.trim_beta},
         "krum": {"num_malicious_nodes": fl.byzantine},
         "bulyan": {"num_malicious_nodes": fl.byzantine},
         "multikrum": {"num_malicious_nodes": fl.byzantine, "num_nodes_to_select": max(1, clients_per_round(fl) - fl.byzantine)},
-    }.get(fl.strategy, {})
+    }
+    return options.get(fl.strategy, {})
 
 
 def validate_fl_config(fl: FLConfig) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +54,8 @@ def _frozen_factor(seed: int, name: str, rank: int, width: int) -> torch.Tensor:
     return torch.randn(rank, width, generator=generator) / math.sqrt(width)
 
 
-def _adapter_path(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+def _adapter_path(module: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+    """(``module``: a linear layer that ``attach`` gave lora_a, lora_b and lora_scale.)"""
     return output + module.lora_scale * F.linear(F.linear(inputs[0], module.lora_a), module.lora_b)
 
 
@@ -71,7 +73,7 @@ def add_adapters(model: nn.Module, cfg: AdapterConfig, seed: int) -> nn.Module:
     return model
 
 
-def attach(linear: nn.Module, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
+def attach(linear: Any, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
     """Give a linear layer the adapter path ``scale * b (a x)`` (a frozen, b trained)."""
     linear.register_buffer(A_NAME, a)
     linear.lora_b = nn.Parameter(b)
@@ -81,7 +83,7 @@ def attach(linear: nn.Module, a: torch.Tensor, b: torch.Tensor, scale: float) ->
 
 def adapter_scale(model: nn.Module) -> float | None:
     """The adapters' scale, or None for a model without adapters."""
-    return next((float(m.lora_scale) for m in model.modules() if hasattr(m, B_NAME)), None)
+    return next((float(cast(Any, m).lora_scale) for m in model.modules() if hasattr(m, B_NAME)), None)
 
 
 def merge_adapters(model: nn.Module, state: dict[str, torch.Tensor], scale: float) -> None:
@@ -90,5 +92,5 @@ def merge_adapters(model: nn.Module, state: dict[str, torch.Tensor], scale: floa
     with torch.no_grad():
         for key in [k for k in state if k.endswith("." + A_NAME)]:
             layer = key.removesuffix("." + A_NAME)
-            weight = model.get_submodule(layer).weight
+            weight = cast(nn.Linear, model.get_submodule(layer)).weight
             weight += scale * (state[f"{layer}.{B_NAME}"].to(weight) @ state[key].to(weight))

@@ -107,8 +107,8 @@ def beam_search(
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         vocab = log_probs.size(-1)
         candidates = (scores.view(-1, 1) + log_probs).view(batch, beam * vocab)
-        top_scores, top_index = candidates.topk(2 * beam, dim=-1)
-        top_scores, top_index = top_scores.tolist(), top_index.tolist()
+        best_scores, best_index = candidates.topk(2 * beam, dim=-1)
+        top_scores, top_index = best_scores.tolist(), best_index.tolist()
 
         new_scores = torch.full((batch, beam), float("-inf"), device=device)
         order = torch.arange(batch * beam, device=device).view(batch, beam).clone()

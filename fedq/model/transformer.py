@@ -14,7 +14,9 @@ dict per layer (``DecoderCache``), so one decoding step costs one position.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -223,6 +225,8 @@ class DecoderLayer(nn.Module):
 
 
 class Transformer(nn.Module):
+    positions: torch.Tensor  # a buffer
+
     def __init__(self, shape: ModelConfig, vocab_size: int, pad_id: int) -> None:
         super().__init__()
         self.shape = shape
@@ -233,9 +237,10 @@ class Transformer(nn.Module):
             "positions", sinusoidal_positions(shape.max_positions, shape.d_model), persistent=False
         )
         self.embed_dropout = nn.Dropout(shape.dropout)
-        self.encoder_layers = nn.ModuleList(EncoderLayer(shape) for _ in range(shape.enc_layers))
+        # typed as the layers they hold (nn.ModuleList is not generic); registered as submodules all the same
+        self.encoder_layers = cast("Sequence[EncoderLayer]", nn.ModuleList(EncoderLayer(shape) for _ in range(shape.enc_layers)))
         self.encoder_norm = nn.LayerNorm(shape.d_model)
-        self.decoder_layers = nn.ModuleList(DecoderLayer(shape) for _ in range(shape.dec_layers))
+        self.decoder_layers = cast("Sequence[DecoderLayer]", nn.ModuleList(DecoderLayer(shape) for _ in range(shape.dec_layers)))
         self.decoder_norm = nn.LayerNorm(shape.d_model)
         for name, param in self.named_parameters():
             if param.dim() == 2 and "embed" not in name:

@@ -27,6 +27,7 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,7 +104,7 @@ def pack_deployed(model: Transformer, metadata: dict) -> tuple[bytes, DeployedSi
     for name, tensor in _fp32_weights(model).items():
         tensor = tensor.detach()
         entry = {"name": name, "shape": list(tensor.shape)}
-        quantizer = packed_layers.get(name)
+        quantizer: Any = packed_layers.get(name)
         if quantizer is None:
             data = tensor.to("cpu", torch.float32).contiguous().numpy().tobytes()
             entry.update(kind="fp32", data=add(data))

@@ -8,6 +8,8 @@ projection, which shares it).
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from torch import nn
 
 from fedq.model.adapters import A_NAME, B_NAME, attach
@@ -63,7 +65,8 @@ def hold_base_as_codes(model: nn.Module) -> nn.Module:
     for name, module in list(model.named_modules()):
         if isinstance(module, QuantLinear) and hasattr(module, B_NAME):
             frozen = FrozenCodesLinear(module)
-            attach(frozen, getattr(module, A_NAME), module.lora_b.data, module.lora_scale)
+            adapted = cast(Any, module)  # attach gave it lora_a, lora_b and lora_scale
+            attach(frozen, getattr(adapted, A_NAME), adapted.lora_b.data, adapted.lora_scale)
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, frozen)
     return model
@@ -79,7 +82,7 @@ def quant_summary(model: nn.Module) -> dict | None:
     layers = quantized_modules(model)
     if not layers:
         return None
-    quantizer = next(iter(layers.values())).weight_quantizer
+    quantizer = cast(Any, next(iter(layers.values()))).weight_quantizer
     embedding = any(isinstance(m, QuantTiedEmbedding) for m in layers.values())
     beyond_attention = any(isinstance(m, QuantLinear) and not _is_attention(n) for n, m in layers.items())
     scope = {(False, False): "attention", (False, True): "linear", (True, False): "attention+embedding"}.get(
@@ -91,7 +94,7 @@ def quant_summary(model: nn.Module) -> dict | None:
         "method": quantizer.method,
         "bits_per_weight": quantizer.bits_per_weight,
         "scope": scope,
-        "act_bits": act.bits if act is not None else None,
+        "act_bits": cast(Any, act).bits if act is not None else None,
     }
 
 

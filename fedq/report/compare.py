@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from fedq.comm.downlink import FULL_MODEL_CODECS
@@ -84,7 +83,7 @@ def quant_label(cfg: FedqConfig) -> str:
     quant = cfg.quant
     if quant.bits >= 32:
         return "fp32"
-    method = resolve_method(SimpleNamespace(bits=quant.bits, method=quant.method))
+    method = resolve_method(quant)
     kind = {"ternary": "ternary (1.58-bit)", "binary": "binary"}.get(method, f"{quant.bits}-bit {method}")
     return f"{kind}, {quant.scope}" + (f", act {quant.act_bits}-bit" if quant.act_bits else "")
 
@@ -93,15 +92,16 @@ def codec_label(cfg: FedqConfig, direction: str) -> str:
     """'uniform 2-bit', 'uniform 2-bit ANS', 'topk 4-bit 0.01', 'grid step 8 correlated', 'mask 0.2 step 1.5 carry 0',
     'uniform 4-bit deltas', 'fp32': the codec as it ran."""
     codec = uplink_codec(cfg.comm, cfg.quant.bits) if direction == "uplink" else downlink_codec(cfg.comm)
-    label = codec.name + (f" {codec.bits}-bit" if getattr(codec, "bits", None) is not None else "")
-    if hasattr(codec, "density"):
-        label += f" {codec.density:g}"
-    if getattr(codec, "step", None) is not None:
-        label += f" step {codec.step:g}"
-    if getattr(codec, "entropy_coding", False):
+    settings = vars(codec)  # the codec's own settings (a dataclass of its fields)
+    label = codec.name + (f" {settings['bits']}-bit" if settings.get("bits") is not None else "")
+    if "density" in settings:
+        label += f" {settings['density']:g}"
+    if settings.get("step") is not None:
+        label += f" step {settings['step']:g}"
+    if settings.get("entropy_coding", False):
         label += " ANS"
-    if getattr(codec, "carry", 1.0) != 1.0:
-        label += f" carry {codec.carry:g}"
+    if settings.get("carry", 1.0) != 1.0:
+        label += f" carry {settings['carry']:g}"
     if direction == "uplink" and cfg.comm.uplink.correlated:
         label += " correlated"
     return label + (" deltas" if direction == "downlink" and codec.name not in FULL_MODEL_CODECS else "")
@@ -163,8 +163,9 @@ def report_rows(runs: list[Run], target_bleu: float | None = None) -> list[dict[
             row.update(training="centralized", rounds=None, test_bleu=m.get("test_bleu"), valid_bleu=m.get("valid_bleu"),
                        minutes=m.get("train_seconds", 0.0) / 60, steps=m.get("steps"))
         row["environment"] = environment_key((run.summary or run.meta or {}).get("environment"))
-        scored = reference is not None and row["test_bleu"] is not None
-        row["delta_vs_fp32"] = row["test_bleu"] - reference.summary["final_test_bleu"] if scored else None
+        reference_bleu = reference.summary["final_test_bleu"] if reference is not None and reference.summary else None
+        scored = reference_bleu is not None and row["test_bleu"] is not None
+        row["delta_vs_fp32"] = row["test_bleu"] - reference_bleu if scored else None
         if target_bleu is not None and run.federated:
             row["to_target"] = time_to_bleu(run, target_bleu)
         rows.append(row)
@@ -229,8 +230,8 @@ def plot(runs: list[Run], labels: list[str], path: Path) -> Path:
             if row.get("valid_bleu") is not None:
                 points.append((total, row["valid_bleu"]))
         points.append((total, run.summary["final_valid_bleu"]))
-        points = [(mb, bleu) for mb, bleu in points if bleu is not None]
-        ax.plot([mb for mb, _ in points], [bleu for _, bleu in points], marker="o", label=label)
+        scored = [(mb, float(bleu)) for mb, bleu in points if bleu is not None]
+        ax.plot([mb for mb, _ in scored], [bleu for _, bleu in scored], marker="o", label=label)
     ax.set_xlabel("MB sent so far, up + down")
     ax.set_ylabel("valid BLEU (deployed form)")
     ax.set_xscale("symlog", linthresh=1.0)
