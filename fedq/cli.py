@@ -127,6 +127,8 @@ def refuse_unused(cfg: FedqConfig, entry_point: str) -> None:
         if getattr(cfg, name) is not None and name not in ENTRY_POINT_SETTINGS[entry_point]:
             used = " and ".join(f"{s}=" for s in ENTRY_POINT_SETTINGS[entry_point])
             raise ConfigError(f"{name}= is not used by fedq.{entry_point} (it takes {used})")
+    if cfg.report.sinks and entry_point != "simulate":
+        raise ConfigError(f"report.sinks is not used by fedq.{entry_point}: the sinks take a federated run's rows")
 
 
 def check_run_dir(arguments: Sequence[str]) -> None:

@@ -48,6 +48,7 @@ from fedq.model.adapters import AdapterConfig, validate_adapter_config
 from fedq.model.decoding import DecodeConfig, validate_decode_config
 from fedq.model.transformer import ModelConfig, validate_model_config
 from fedq.quant.settings import QuantConfig, validate_quant_config, with_resolved_method
+from fedq.report.sinks import ReportConfig, check_report_config
 
 CONFIG_MODULE = "configs"  # the YAML tree of the top-level configs/ (a package of its own, shipped with fedq)
 CONFIG_SOURCE = f"pkg://{CONFIG_MODULE}"  # for @hydra.main(config_path=...)
@@ -66,6 +67,7 @@ class FedqConfig:
     fl: FLConfig = field(default_factory=FLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     device: str = "auto"  # auto | cpu | cuda[:N]
     seed: int = 1
     threads: int = 0  # torch intra-op threads; 0 = torch default
@@ -146,10 +148,15 @@ def settings_by_key(cfg: FedqConfig) -> dict[str, Any]:
     return leaves(OmegaConf.to_container(OmegaConf.structured(cfg)))
 
 
+def settings_changed(cfg: FedqConfig) -> dict[str, Any]:
+    """The settings of ``cfg`` that differ from fedq's defaults, by key."""
+    mine, default = settings_by_key(cfg), settings_by_key(compose_config())
+    return {key: value for key, value in mine.items() if default.get(key) != value}
+
+
 def changed_settings(cfg: FedqConfig) -> str:
     """The settings of ``cfg`` that differ from fedq's defaults, as ``key=value`` overrides (one line)."""
-    mine, default = settings_by_key(cfg), settings_by_key(compose_config())
-    return " ".join(f"{key}={value}" for key, value in mine.items() if default.get(key) != value) or "(the defaults)"
+    return " ".join(f"{key}={value}" for key, value in settings_changed(cfg).items()) or "(the defaults)"
 
 
 def results_dir(run_config: Mapping[str, object], run_id: int) -> Path:
@@ -237,6 +244,7 @@ def validate_config(cfg: FedqConfig) -> None:
     validate_comm_config(cfg.comm, cfg.quant.bits)
     validate_eval_config(cfg.eval)
     validate_deploy_config(cfg.deploy)
+    check_report_config(cfg.report)
     if cfg.device.split(":")[0] not in DEVICES:
         raise ConfigError(f"device={cfg.device!r} is unknown; use auto, cpu or cuda[:N]")
     if cfg.threads < 0:

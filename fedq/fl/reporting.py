@@ -17,7 +17,7 @@ import numpy as np
 
 from fedq.checkpoint import DEPLOYED, deployed_metadata, save_checkpoint, update_meta
 from fedq.cli import format_seconds
-from fedq.config import FedqConfig, config_to_yaml
+from fedq.config import FedqConfig, config_to_yaml, settings_changed
 from fedq.environment import describe_environment
 from fedq.fl.client import round_seed, train_on_shard
 from fedq.fl.federation import Federation
@@ -28,6 +28,7 @@ from fedq.fl.weights import vector_to_model
 from fedq.quant import describe_quantization
 from fedq.quant.deployed import load_deployed_bytes, pack_deployed
 from fedq.report.run_log import PLOT_FILE, RunLog, min_median_max_bleu, plot_run, summarize_traffic
+from fedq.report.sinks import open_sinks
 from fedq.scoring import BleuResult, score_checkpoint, score_model
 
 
@@ -112,6 +113,7 @@ class RoundReporter:
         self.round_started = time.perf_counter()
         self.initial_bleu: float | None = resumed.initial_valid_bleu if resumed is not None else None
         self.config_yaml = config_to_yaml(cfg)
+        self.sinks = open_sinks(cfg.report, out_dir, settings_changed(cfg), self.config_yaml)
         fl = cfg.fl
         local = f"{fl.local_steps} local steps" if fl.local_epochs <= 0 else f"{fl.local_epochs} local epochs"
         print(
@@ -181,6 +183,8 @@ class RoundReporter:
             "server_decode_seconds": traffic.server_decode_seconds,
         }
         self.log.write_round(row)
+        for sink in self.sinks:
+            sink.round(row)
         self._print_row(row)
         self.round_started = time.perf_counter()
         return row
@@ -211,6 +215,9 @@ class RoundReporter:
             "config": self.config_yaml,
         }
         self.log.write_summary(summary)
+        for sink in self.sinks:
+            sink.summary(summary)
+            sink.close()
         plot_run(
             self.log.rows,
             self.out_dir / PLOT_FILE,

@@ -108,11 +108,11 @@ def codec_label(cfg: FedqConfig, direction: str) -> str:
 
 
 def differing_settings(runs: list[Run]) -> list[str]:
-    """Per run, its settings whose values are not the same in every run (``key=value``, one line); not the paths
-    and ``deploy.*``, which change nothing a run measured."""
+    """Per run, its settings whose values are not the same in every run (``key=value``, one line); not the paths,
+    ``deploy.*`` and ``report.*``, which change nothing a run measured."""
     flat = [settings_by_key(run.config) for run in runs]
     keys = sorted({k for leaves in flat for k in leaves
-                   if k not in ("hydra", "ckpt", "resume", "data.cache_dir") and not k.startswith("deploy.")})
+                   if k not in ("hydra", "ckpt", "resume", "data.cache_dir") and not k.startswith(("deploy.", "report."))})
     varying = [k for k in keys if len({json.dumps(leaves.get(k), default=str) for leaves in flat}) > 1 and k != "fl.clients"]
     return [" ".join(f"{k}={leaves.get(k)}" for k in varying) or "-" for leaves in flat]
 
