@@ -175,10 +175,16 @@ def test_fraction_beside_clients_per_round_is_refused():
 
 
 @pytest.mark.e2e
-def test_a_refused_run_leaves_no_folder(tmp_path):
-    for where in ([f"hydra.run.dir={tmp_path / 'new'}"], []):  # a folder it names, and Hydra's outputs/DATE/TIME
-        result = subprocess.run([sys.executable, "-m", "fedq.simulate", "fl.num_cpus=64", *where], cwd=tmp_path,
+def test_a_refused_run_leaves_no_folder(tmp_path, cache):
+    run = tmp_path / "done"
+    _run(compose_config([*TINY, cache, "fl.eval_every=0", "fl.rounds=1"]), run, tmp_path / "clients")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for arguments, why in ((["fl.num_cpus=64", f"hydra.run.dir={elsewhere / 'new'}"], "fl.num_cpus=64 but this machine"),
+                           (["fl.num_cpus=64"], "fl.num_cpus=64 but this machine"),  # into Hydra's outputs/DATE/TIME
+                           ([f"resume={run}", "quant.bits=2"], "resume= continues")):  # resume= writes only into RUN
+        result = subprocess.run([sys.executable, "-m", "fedq.simulate", *arguments], cwd=elsewhere,
                                 capture_output=True, text=True, timeout=300)
-        assert result.returncode == 2 and result.stderr.strip().startswith("error: fl.num_cpus=64 but this machine has")
+        assert result.returncode == 2 and result.stderr.startswith(f"error: {why}"), result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-        assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))
+        assert list(elsewhere.iterdir()) == [], list(elsewhere.rglob("*"))
