@@ -21,7 +21,8 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from fedq.comm import payload_bytes
-from fedq.comm.codecs import Stratum, fill_from_senders
+from fedq.comm.codecs import Stratum
+from fedq.fl.partial import fill_from_senders
 from fedq.comm.downlink import Broadcaster
 from fedq.comm.settings import uplink_codec
 from fedq.config import compose_config

@@ -27,9 +27,9 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fedq.comm.codecs import codec_settings, make_codec
+from fedq.comm.codecs import CODECS, codec_class, codec_settings
 from fedq.comm.errors import CodecError
-from fedq.comm.settings import CommConfig, validate_comm_config
+from fedq.comm.settings import CommConfig, uplink_codec, validate_comm_config
 from fedq.data.settings import (
     DataConfig,
     EvalConfig,
@@ -41,14 +41,14 @@ from fedq.data.settings import (
 from fedq.deploy.settings import DeployConfig, validate_deploy_config
 from fedq.engine import TrainConfig, validate_train_config
 from fedq.errors import ConfigError
-from fedq.fl.attacks import make_attack
-from fedq.fl.defences import make_defence
+from fedq.fl.attacks import ATTACKS, make_attack
+from fedq.fl.defences import DEFENCES, make_defence
 from fedq.fl.settings import FLConfig, attackers_per_round, clients_per_round, validate_fl_config
 from fedq.model.adapters import AdapterConfig, validate_adapter_config
 from fedq.model.decoding import DecodeConfig, validate_decode_config
 from fedq.model.transformer import ModelConfig, validate_model_config
 from fedq.quant.settings import QuantConfig, validate_quant_config, with_resolved_method
-from fedq.report.sinks import ReportConfig, check_report_config
+from fedq.report.sinks import SINKS, ReportConfig, check_report_config
 
 CONFIG_MODULE = "configs"  # the YAML tree of the top-level configs/ (a package of its own, shipped with fedq)
 CONFIG_SOURCE = f"pkg://{CONFIG_MODULE}"  # for @hydra.main(config_path=...)
@@ -77,9 +77,15 @@ class FedqConfig:
     clients: int = 20  # shorthand for fl.clients, so that `clients=20` works
 
 
+REGISTRIES = {"codecs": CODECS, "defences": DEFENCES, "attacks": ATTACKS, "sinks": SINKS}  # what --help lists
+
+
 def register_configs() -> None:
-    """Register the schema so Hydra validates configs/config.yaml against it."""
+    """Register the schema so Hydra validates configs/config.yaml against it, and the resolver --help lists each
+    registry's entries with."""
     ConfigStore.instance().store(name="fedq_schema", node=FedqConfig)
+    if not OmegaConf.has_resolver("fedq_entries"):
+        OmegaConf.register_new_resolver("fedq_entries", lambda kind: " ".join(REGISTRIES[kind].names()))
 
 
 # --- composing a config outside a Hydra command line (Flower apps, tests, benchmarks)
@@ -193,10 +199,14 @@ def _upgrade_saved(raw: Any) -> Any:
     for direction in ("uplink", "downlink"):
         codec = (raw.get("comm") or {}).get(direction)
         if isinstance(codec, dict) and "name" in codec:
+            try:
+                cls = codec_class(str(codec["name"]))
+            except CodecError:
+                continue  # validating the config names it
             for key in ("bits", "block_size", "density"):
-                if key not in codec_settings(str(codec["name"])):
+                if key not in codec_settings(cls):
                     codec[key] = None
-            if codec.get("error_feedback") is not None and not make_codec(str(codec["name"])).biased:
+            if codec.get("error_feedback") is not None and not cls.biased:
                 codec["error_feedback"] = None
     return raw
 
@@ -260,10 +270,11 @@ def validate_config(cfg: FedqConfig) -> None:
     if cfg.fl.personal_steps and not cfg.partition.holdout:
         raise ConfigError(f"fl.personal_steps={cfg.fl.personal_steps} scores each client on its held-out pairs after "
                           "training on its own: set partition.holdout (e.g. 0.2)")
-    if cfg.comm.uplink.name == "mask" and cfg.fl.strategy in ("fedmedian", "fedtrimmedavg", "bulyan"):
-        raise ConfigError(f"comm.uplink.name=mask with fl.strategy={cfg.fl.strategy}: most updates hold the server's last "
-                          "step where their client sent nothing, so a coordinate-wise median or trimmed mean keeps it "
-                          "there; use fedavg, fedadam, krum, multikrum or an fl.defence")
+    reads_reference = uplink_codec(cfg.comm, cfg.quant.bits).reads_reference
+    if reads_reference and cfg.fl.strategy in ("fedmedian", "fedtrimmedavg", "bulyan"):
+        raise ConfigError(f"comm.uplink.name={cfg.comm.uplink.name} with fl.strategy={cfg.fl.strategy}: most updates hold "
+                          "the server's last step where their client sent nothing, so a coordinate-wise median or "
+                          "trimmed mean keeps it there; use fedavg, fedadam, krum, multikrum or an fl.defence")
     if cfg.model.max_positions <= cfg.data.max_len:
         raise ConfigError(
             f"model.max_positions={cfg.model.max_positions} cannot hold the pairs of up to data.max_len={cfg.data.max_len} "

@@ -10,7 +10,8 @@ from fedq.comm import (
     make_codec,
     payload_bytes,
 )
-from fedq.comm.codecs import Stratum, fill_from_senders
+from fedq.comm.codecs import CODECS, Stratum
+from fedq.fl.partial import fill_from_senders
 from fedq.comm.downlink import DELTA, FULL, Broadcaster, SeededModel, receive
 from fedq.comm.indexcode import decode_sorted_indices, encode_sorted_indices
 
@@ -400,7 +401,7 @@ def test_a_mask_payload_whose_seed_or_density_is_not_the_servers_is_rejected():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(name="gzip"), "unknown codec 'gzip'; choose one of fp32, fp16, uniform, sign, topk"),
+        (dict(name="gzip"), "codec='gzip' is unknown; choose one of fp32, fp16, uniform, sign, topk, grid, mask"),
         (dict(name="uniform", bits=1), "bits must be one of 2..8"),
         (dict(name="uniform", bits=16), "bits must be one of 2..8"),
         (dict(name="topk", bits=1), "bits must be one of 2..8"),
@@ -428,7 +429,7 @@ def test_encode_rejects_non_finite_and_out_of_range_updates():
         make_codec("fp32").encode(np.zeros((2, 2), np.float32), np.random.default_rng(0))
 
 
-@pytest.mark.parametrize("name", ["fp32", "fp16", "uniform", "sign", "topk", "mask"])
+@pytest.mark.parametrize("name", CODECS.names())  # every codec, the registry's list
 def test_decode_rejects_wrong_count_dtype_and_length(name):
     codec = make_codec(name, density=0.1 if name in ("topk", "mask") else None)
     n = 1000

@@ -4,12 +4,14 @@ registry reads its entries (never a hand list), and no extension's name is speci
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import tokenize
 from pathlib import Path
 
 import pytest
 
+from fedq.comm.codecs import CODECS
 from fedq.config import compose_config, validate_config
 from fedq.errors import ConfigError
 from fedq.fl.attacks import ATTACKS, Attack
@@ -18,6 +20,7 @@ from fedq.fl.client_state import ClientStore
 from fedq.fl.defences import DEFENCES, Defence
 from fedq.fl.federation import Federation
 from fedq.fl.run import run_federation
+from fedq.report.sinks import SINKS
 from helpers import TINY
 from server.aggregation import FlowerAggregator
 
@@ -117,3 +120,12 @@ def test_no_extension_is_special_cased_outside_its_own_module():
                     if token.type == tokenize.STRING and token.string in quoted:
                         found.append(f"{path.relative_to(REPO)}:{token.start[0]}: {token.line.strip()}")
         assert not found, f"entries of {home} special-cased elsewhere: {found}"
+
+
+@pytest.mark.e2e
+def test_help_lists_every_registrys_entries():
+    result = subprocess.run([sys.executable, "-m", "fedq.simulate", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for setting, registry in (("fl.defence", DEFENCES), ("fl.attack", ATTACKS), ("report.sinks", SINKS),
+                              ("comm.uplink.name, comm.downlink.name", CODECS)):
+        assert f"  {setting}: {' '.join(registry.names())}" in result.stdout, result.stdout[-1500:]

@@ -203,7 +203,7 @@ def test_every_strategy_name_is_a_flower_strategy():
         (["clients=4", "fl.clients_per_round=5"], "more than clients=4"),
         (["comm.uplink.name=gzip"], "gzip"),
         (["comm.uplink.name=uniform", "comm.uplink.bits=16"], "16"),
-        (["comm.downlink.name=gzip"], "comm.downlink: unknown codec 'gzip'"),
+        (["comm.downlink.name=gzip"], "comm.downlink: codec='gzip' is unknown"),
         (["fl.warmup_steps=-1"], "warmup_steps"),
         # settings a codec does not use are refused, never silently ignored
         (["comm=sign", "comm.uplink.bits=4"], "comm.uplink: codec sign does not use bits"),

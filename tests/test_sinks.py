@@ -22,7 +22,7 @@ pytest.importorskip("tensorboard")
 pytest.importorskip("mlflow")
 
 
-def test_a_runs_rows_and_config_reach_tensorboard_and_mlflow_as_metrics_jsonl_holds_them(tmp_path):
+def test_a_runs_rows_and_config_reach_tensorboard_and_mlflow_as_metrics_jsonl_holds_them(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -31,6 +31,7 @@ def test_a_runs_rows_and_config_reach_tensorboard_and_mlflow_as_metrics_jsonl_ho
     validate_config(cfg)
     federation = Federation(cfg)
     run = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)  # nothing of the sinks' may land in the working directory
     summary = run_federation(cfg, run, LocalExchange(federation, ClientStore(None)), FlowerAggregator(cfg),
                              federation=federation)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -49,6 +50,8 @@ def test_a_runs_rows_and_config_reach_tensorboard_and_mlflow_as_metrics_jsonl_ho
     history = client.get_metric_history(mlflow_run.info.run_id, "train_loss")
     assert [(m.step, m.value) for m in history] == [(row["round"], pytest.approx(row["train_loss"])) for row in rows]
     assert mlflow_run.data.metrics["final.final_test_bleu"] == pytest.approx(summary["final_test_bleu"])
+    assert "config.yaml" in [a.path for a in client.list_artifacts(mlflow_run.info.run_id)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "run"]
 
 
 def test_a_sink_that_cannot_run_is_one_line_and_sinks_label_no_row(tmp_path, monkeypatch):

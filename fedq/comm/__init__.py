@@ -1,7 +1,7 @@
 """Update codecs for the uplink and downlink, and error feedback for the biased ones."""
 
-from fedq.comm.codecs import CODEC_NAMES, UpdateCodec, make_codec, payload_bytes
+from fedq.comm.codecs import CODECS, UpdateCodec, make_codec, payload_bytes
 from fedq.comm.error_feedback import encode_with_feedback
 from fedq.comm.errors import CodecError
 
-__all__ = ["CODEC_NAMES", "CodecError", "UpdateCodec", "encode_with_feedback", "make_codec", "payload_bytes"]
+__all__ = ["CODECS", "CodecError", "UpdateCodec", "encode_with_feedback", "make_codec", "payload_bytes"]

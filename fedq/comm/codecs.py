@@ -7,6 +7,16 @@ decoder needs apart from ``numel`` (the model size, known to both sides) travels
 inside those arrays, and ``decode`` rejects any payload that does not match.
 
 Bit packing is LSB-first (see ``fedq.bitpack``).
+
+Every codec is one entry of ``CODECS`` (``fedq.registry``: a researcher's own is
+``comm.uplink.name=module:Class``), and says what the rest of fedq needs to know
+about it as class attributes, so that no other module tests a codec's name:
+``biased`` (the client keeps an error-feedback residual), ``stochastic`` (it
+rounds with a dither, which may be correlated across a round's clients),
+``reads_reference`` (a payload carries part of the values and the server reads
+the rest as its own last step: no downlink, no coordinate-wise aggregation) and
+``whole_values`` (every value as a float: the downlink sends the whole model
+with it rather than deltas).
 """
 
 from __future__ import annotations
@@ -23,7 +33,9 @@ import numpy as np
 from fedq.bitpack import pack_bits, packed_nbytes, unpack_bits
 from fedq.comm.entropy import ans_decode, ans_encode
 from fedq.comm.errors import CodecError
+from fedq.errors import ConfigError
 from fedq.comm.indexcode import decode_sorted_indices, encode_sorted_indices
+from fedq.registry import Registry
 
 QUANT_BITS = range(2, 9)
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -64,8 +76,15 @@ class UpdateCodec(ABC):
     """Turns a flat float32 update into wire arrays and back."""
 
     name: ClassVar[str]
-    biased: ClassVar[bool] = False  # True: needs error feedback
+    biased: ClassVar[bool] = False  # True: needs error feedback (a residual the client keeps)
     stochastic: ClassVar[bool] = False  # True: rounds with a uniform dither (which may be correlated across clients)
+    reads_reference: ClassVar[bool] = False  # True: the server fills what a payload did not carry from its last step
+    whole_values: ClassVar[bool] = False  # True: every value as a float (the downlink sends the whole model with it)
+
+    @classmethod
+    def takes_default_bits(cls, settings: dict[str, object]) -> bool:
+        """Whether ``bits``, left unset in ``settings``, takes the run's default (``quant.bits`` on the uplink)."""
+        return "bits" in codec_settings(cls)
 
     @property
     @abstractmethod
@@ -87,9 +106,14 @@ class UpdateCodec(ABC):
         return ServerUpdate(self.decode(arrays, numel), None)
 
 
+CODECS: Registry[type[UpdateCodec]] = Registry("codecs", "codec", UpdateCodec)
+
+
+@CODECS.add
 @dataclass(frozen=True)
 class Fp32Codec(UpdateCodec):
     name: ClassVar[str] = "fp32"
+    whole_values: ClassVar[bool] = True
 
     @property
     def bits_per_value(self) -> float:
@@ -103,9 +127,11 @@ class Fp32Codec(UpdateCodec):
         return _finite(self.name, values.copy())
 
 
+@CODECS.add
 @dataclass(frozen=True)
 class Fp16Codec(UpdateCodec):
     name: ClassVar[str] = "fp16"
+    whole_values: ClassVar[bool] = True
 
     @property
     def bits_per_value(self) -> float:
@@ -121,6 +147,7 @@ class Fp16Codec(UpdateCodec):
         return _finite(self.name, values.astype(np.float32))
 
 
+@CODECS.add
 @dataclass(frozen=True)
 class UniformCodec(UpdateCodec):
     """Unbiased stochastic rounding to 2**bits levels spread over [-s, s] per block.
@@ -166,6 +193,7 @@ class UniformCodec(UpdateCodec):
         return _finite(self.name, _dequantize(codes, scales, self.bits, self.block_size))
 
 
+@CODECS.add
 @dataclass(frozen=True)
 class SignCodec(UpdateCodec):
     """1 bit per value (1 = negative, zero counts as positive) times the block's mean |x|.
@@ -209,6 +237,7 @@ class SignCodec(UpdateCodec):
         return _finite(self.name, values)
 
 
+@CODECS.add
 @dataclass(frozen=True)
 class TopKCodec(UpdateCodec):
     """Keep the ``ceil(density * n)`` largest-magnitude entries.
@@ -274,6 +303,7 @@ class TopKCodec(UpdateCodec):
         return _finite(self.name, out)
 
 
+@CODECS.add
 @dataclass(frozen=True)
 class GridCodec(UpdateCodec):
     """Unbiased stochastic rounding onto a grid of ``step`` x the block's root mean square, entropy-coded.
@@ -327,6 +357,7 @@ class GridCodec(UpdateCodec):
         return _finite(self.name, (_blocks(codes, self.block_size) * steps.astype(np.float32)[:, None]).ravel()[:numel])
 
 
+@CODECS.add
 @dataclass(frozen=True)
 class MaskCodec(UpdateCodec):
     """A random ``density`` of the values, coded like ``uniform`` (``bits``) or like ``grid`` (``step``); the server
@@ -341,7 +372,7 @@ class MaskCodec(UpdateCodec):
     :meth:`decode_update` is the server's reading of one payload: the sent values, and
     ``reference`` (the server's last step) elsewhere. A round then fills each update's
     unsent values with the mean of what the round's other clients sent there
-    (:func:`fill_from_senders`), so that the round's average of a value is the
+    (``fedq.fl.partial.fill_from_senders``), so that the round's average of a value is the
     average of the clients that sent it (not divided by those that did not), and a
     value that no client sent moves by ``carry`` x what it moved last round (1: as it
     moved, the shared reference CAFe, Ortega et al. 2025, has its clients compress
@@ -358,6 +389,11 @@ class MaskCodec(UpdateCodec):
     carry: float = 1.0
     name: ClassVar[str] = "mask"
     stochastic: ClassVar[bool] = True
+    reads_reference: ClassVar[bool] = True
+
+    @classmethod
+    def takes_default_bits(cls, settings: dict[str, object]) -> bool:
+        return settings.get("step") is None  # a mask of grid values (step) takes no bits
 
     def __post_init__(self) -> None:
         _check_density(self.name, self.density)
@@ -451,51 +487,30 @@ class MaskCodec(UpdateCodec):
         return ServerUpdate(update, sent)
 
 
-def fill_from_senders(updates: list[np.ndarray], sent: list[np.ndarray | None], weights: list[float]) -> list[np.ndarray]:
-    """A round's updates with each value a client did not send replaced by the weighted mean of the clients that
-    sent it (where one did), so that any weighted average of the round averages only what was sent there."""
-    if all(mask is None for mask in sent):
-        return updates
-    total = np.zeros_like(updates[0], dtype=np.float64)
-    weight = np.zeros(updates[0].size, np.float64)
-    for update, mask, w in zip(updates, sent, weights):
-        chosen = np.ones(update.size, bool) if mask is None else mask
-        total[chosen] += w * update[chosen]
-        weight[chosen] += w
-    mean = (total / np.maximum(weight, 1e-300)).astype(np.float32)
-    filled = []
-    for update, mask in zip(updates, sent):
-        if mask is None:
-            filled.append(update)
-            continue
-        missing = ~mask & (weight > 0)
-        update = update.copy()
-        update[missing] = mean[missing]
-        filled.append(update)
-    return filled
+def codec_settings(codec: str | type[UpdateCodec]) -> tuple[str, ...]:
+    """The settings a codec takes (``bits``, ``block_size``, ``density``, ...): its dataclass fields."""
+    cls = CODECS.get(codec) if isinstance(codec, str) else codec
+    return tuple(f.name for f in dataclasses.fields(cast("type[Any]", cls)))
 
 
-CODECS: dict[str, type[UpdateCodec]] = {
-    cls.name: cls for cls in (Fp32Codec, Fp16Codec, UniformCodec, SignCodec, TopKCodec, GridCodec, MaskCodec)}
-CODEC_NAMES = tuple(CODECS)
-
-
-def codec_settings(name: str) -> tuple[str, ...]:
-    """The settings codec ``name`` takes (``bits``, ``block_size``, ``density``, ...)."""
-    return tuple(f.name for f in dataclasses.fields(cast("type[Any]", CODECS[name]))) if name in CODECS else ()
+def codec_class(name: str) -> type[UpdateCodec]:
+    """The codec a setting names (a built-in's name, or module:Class); a name that is none is one CodecError line."""
+    try:
+        return CODECS.get(name)
+    except ConfigError as err:
+        raise CodecError(str(err)) from None
 
 
 def make_codec(name: str, **settings: object) -> UpdateCodec:
     """The codec ``name`` with ``settings`` (None = the codec's default); a setting the codec does not
     take is refused, so that no value is ever silently ignored."""
-    if name not in CODECS:
-        raise CodecError(f"unknown codec {name!r}; choose one of {', '.join(CODEC_NAMES)}")
+    cls = codec_class(name)
     given = {key: value for key, value in settings.items() if value is not None}
-    unused = [key for key in given if key not in codec_settings(name)]
+    unused = [key for key in given if key not in codec_settings(cls)]
     if unused:
-        takes = ", ".join(codec_settings(name)) or "no settings"
+        takes = ", ".join(codec_settings(cls)) or "no settings"
         raise CodecError(f"codec {name} does not use {unused[0]} (it takes {takes})")
-    return CODECS[name](**given)
+    return cls(**given)
 
 
 def payload_bytes(arrays: Sequence[np.ndarray]) -> int:

@@ -37,7 +37,6 @@ import numpy as np
 from fedq.comm.codecs import UpdateCodec, make_codec, payload_bytes
 from fedq.comm.errors import CodecError
 
-FULL_MODEL_CODECS = ("fp32", "fp16")  # the whole model every round; any other codec sends deltas
 FULL, DELTA = "full", "delta"
 
 
@@ -81,7 +80,7 @@ class Broadcaster:
 
     def __init__(self, codec: UpdateCodec, seeded: SeededModel | None = None, capacity: int = 0) -> None:
         self.codec = codec
-        self.stateful = codec.name not in FULL_MODEL_CODECS
+        self.stateful = not codec.whole_values  # the whole model every round: nothing to remember per client
         if self.stateful and seeded is None:
             raise ValueError(f"a {codec.name} downlink sends deltas: it needs the seeded model every client holds")
         self.seeded = seeded
@@ -148,7 +147,7 @@ def receive(
 ) -> np.ndarray:
     """The client's side: the model it now holds (raises CodecError on a mismatch with what it holds)."""
     if message.kind == FULL:
-        if codec.name in FULL_MODEL_CODECS:
+        if codec.whole_values:
             return codec.decode(message.arrays, numel)
         return decode_whole_model(message.arrays, numel)
     if message.base_round == 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from fedq.comm.codecs import UpdateCodec, codec_settings, make_codec
+from fedq.comm.codecs import UpdateCodec, codec_class, codec_settings, make_codec
 from fedq.comm.errors import CodecError
 
 DOWNLINK_DEFAULT_BITS = 4
@@ -22,7 +22,7 @@ DOWNLINK_GRID_STEP, DOWNLINK_GRID_MAX_STEP = 1.0, 2.0
 
 @dataclass
 class UplinkConfig:
-    name: str = "uniform"  # fp32 | fp16 | uniform | sign | topk | grid | mask
+    name: str = "uniform"  # an entry of fedq.comm.codecs.CODECS (fp32 fp16 uniform sign topk grid mask), or module:Class
     bits: Optional[int] = None  # value bits (uniform, topk, mask); None = quant.bits (8 when QAT is off, 2 for binary)
     block_size: Optional[int] = None  # values per scale (uniform, sign, topk, grid); None = 1024
     density: Optional[float] = None  # topk, mask: the fraction of values sent; None = 0.01 (topk), 0.15 (mask)
@@ -39,7 +39,8 @@ class UplinkConfig:
 
 @dataclass
 class DownlinkConfig:
-    name: str = "uniform"  # fp32 | fp16 (the whole model) | uniform | sign | topk | grid (deltas against what each client holds)
+    # fp32 and fp16 send the whole model; the other codecs deltas against what each client holds
+    name: str = "uniform"
     bits: Optional[int] = None  # value bits of the deltas (uniform, topk); None = 4
     block_size: Optional[int] = None
     density: Optional[float] = None
@@ -63,10 +64,9 @@ def default_uplink_bits(quant_bits: int) -> int:
 
 
 def _codec(direction: str, name: str, default_bits: int, **settings: object) -> UpdateCodec:
-    grid_values = name == "mask" and settings.get("step") is not None  # a mask of grid values takes no bits
-    if "bits" in codec_settings(name) and settings.get("bits") is None and not grid_values:
-        settings["bits"] = default_bits
     try:
+        if settings.get("bits") is None and codec_class(name).takes_default_bits(settings):
+            settings["bits"] = default_bits
         return make_codec(name, **settings)
     except CodecError as err:
         raise CodecError(f"comm.{direction}: {err}") from None
@@ -94,10 +94,14 @@ def downlink_codec(comm: CommConfig) -> UpdateCodec:
     settings = {k: v for k, v in asdict(down).items() if k not in ("name", "cache_mb")}
     if down.cache_mb < 0:
         raise CodecError(f"comm.downlink.cache_mb={down.cache_mb:g} must be >= 0 (0: the server remembers no client)")
-    if down.name == "mask":
-        raise CodecError("comm.downlink.name=mask: its unsent values are filled from the server's last step, which a "
-                         "client does not hold; use uniform, grid or topk deltas")
-    if down.name == "grid":
+    try:
+        reads_reference = codec_class(down.name).reads_reference
+    except CodecError as err:
+        raise CodecError(f"comm.downlink: {err}") from None
+    if reads_reference:
+        raise CodecError(f"comm.downlink.name={down.name}: its unsent values are filled from the server's last step, "
+                         "which a client does not hold; use uniform, grid or topk deltas")
+    if "step" in codec_settings(down.name):
         settings["step"] = DOWNLINK_GRID_STEP if down.step is None else down.step
         if settings["step"] > DOWNLINK_GRID_MAX_STEP:
             raise CodecError(f"comm.downlink.step={down.step:g} must be <= {DOWNLINK_GRID_MAX_STEP:g}: a delta's rounding error "

@@ -32,13 +32,14 @@ from typing import Protocol
 import numpy as np
 
 from fedq.comm import CodecError, UpdateCodec, payload_bytes
-from fedq.comm.codecs import ServerUpdate, fill_from_senders
+from fedq.comm.codecs import ServerUpdate
 from fedq.comm.downlink import Broadcaster, cache_capacity
 from fedq.errors import FedqError
 from fedq.fl import protocol
 from fedq.fl.defences import RoundView, make_defence
 from fedq.fl.faults import Faults
 from fedq.fl.federation import Federation
+from fedq.fl.partial import fill_from_senders
 from fedq.fl.protocol import Reply, TrainRequest
 from fedq.fl.settings import FLConfig, clients_per_round, clients_sampled
 
@@ -231,7 +232,7 @@ class Coordinator:
         # the last round's step: centered clipping clips around it, and it fills what a mask payload did not send
         self.center = np.zeros(federation.numel, np.float32)
         self.defence = make_defence(cfg.fl.defence)
-        self.keeps_center = self.defence.uses_last_step or cfg.comm.uplink.name == "mask"
+        self.keeps_center = self.defence.uses_last_step or federation.uplink.reads_reference
         self.unreachable: set[int] = set()  # clients whose node stopped answering, until it is seen again
 
     def candidates(self, server_round: int, busy: Iterable[int] = ()) -> np.ndarray:

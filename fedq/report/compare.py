@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedq.comm.downlink import FULL_MODEL_CODECS
 from fedq.comm.settings import downlink_codec, uplink_codec
 from fedq.config import FedqConfig, config_from_yaml, read_config_file, settings_by_key
 from fedq.environment import environment_key
@@ -104,7 +103,7 @@ def codec_label(cfg: FedqConfig, direction: str) -> str:
         label += f" carry {settings['carry']:g}"
     if direction == "uplink" and cfg.comm.uplink.correlated:
         label += " correlated"
-    return label + (" deltas" if direction == "downlink" and codec.name not in FULL_MODEL_CODECS else "")
+    return label + (" deltas" if direction == "downlink" and not codec.whole_values else "")
 
 
 def differing_settings(runs: list[Run]) -> list[str]:
@@ -118,8 +117,9 @@ def differing_settings(runs: list[Run]) -> list[str]:
 
 
 def is_fp32_traffic(run: Run) -> bool:
-    comm = run.config.comm
-    return run.federated and comm.uplink.name == "fp32" and comm.downlink.name == "fp32"
+    cfg = run.config
+    codecs = (uplink_codec(cfg.comm, cfg.quant.bits), downlink_codec(cfg.comm))
+    return run.federated and all(codec.whole_values and codec.bits_per_value >= 32 for codec in codecs)
 
 
 def fp32_reference(runs: list[Run]) -> Run | None:

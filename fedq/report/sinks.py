@@ -119,7 +119,11 @@ class MLflowSink(Sink):
             self.run_id = saved.read_text().strip()
             return
         experiment = self.client.get_experiment_by_name(report.experiment)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(report.experiment)
+        if experiment is None:  # its artifacts (the config) in the run folder, not in the working directory
+            artifacts = (run_dir / "mlflow-artifacts").resolve().as_uri()
+            experiment_id = self.client.create_experiment(report.experiment, artifact_location=artifacts)
+        else:
+            experiment_id = experiment.experiment_id
         self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name,
                                              tags={"fedq.run_dir": str(run_dir)}).info.run_id
         for key, value in settings.items():
