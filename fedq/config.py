@@ -48,6 +48,7 @@ from fedq.model.adapters import AdapterConfig, validate_adapter_config
 from fedq.model.decoding import DecodeConfig, validate_decode_config
 from fedq.model.transformer import ModelConfig, validate_model_config
 from fedq.quant.settings import QuantConfig, validate_quant_config, with_resolved_method
+from fedq.registry import Registry
 from fedq.report.sinks import SINKS, ReportConfig, check_report_config
 
 CONFIG_MODULE = "configs"  # the YAML tree of the top-level configs/ (a package of its own, shipped with fedq)
@@ -77,7 +78,7 @@ class FedqConfig:
     clients: int = 20  # shorthand for fl.clients, so that `clients=20` works
 
 
-REGISTRIES = {"codecs": CODECS, "defences": DEFENCES, "attacks": ATTACKS, "sinks": SINKS}  # what --help lists
+REGISTRIES: dict[str, Registry[Any]] = {"codecs": CODECS, "defences": DEFENCES, "attacks": ATTACKS, "sinks": SINKS}  # --help
 
 
 def register_configs() -> None:

@@ -33,7 +33,7 @@ T = TypeVar("T", bound=type)
 class Registry(Generic[T]):
     """The entries of one kind (``kind``: ``defences``), which ``setting`` (``fl.defence``) names, subclasses of ``base``."""
 
-    def __init__(self, kind: str, setting: str, base: T) -> None:
+    def __init__(self, kind: str, setting: str, base: type) -> None:
         self.kind, self.setting, self.base = kind, setting, base
         self.entries: dict[str, T] = {}
 

@@ -11,9 +11,9 @@ from fedq.comm import (
     payload_bytes,
 )
 from fedq.comm.codecs import CODECS, Stratum
-from fedq.fl.partial import fill_from_senders
 from fedq.comm.downlink import DELTA, FULL, Broadcaster, SeededModel, receive
 from fedq.comm.indexcode import decode_sorted_indices, encode_sorted_indices
+from fedq.fl.partial import fill_from_senders
 
 
 def normal(n: int, seed: int = 0) -> np.ndarray:

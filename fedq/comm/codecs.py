@@ -33,8 +33,8 @@ import numpy as np
 from fedq.bitpack import pack_bits, packed_nbytes, unpack_bits
 from fedq.comm.entropy import ans_decode, ans_encode
 from fedq.comm.errors import CodecError
-from fedq.errors import ConfigError
 from fedq.comm.indexcode import decode_sorted_indices, encode_sorted_indices
+from fedq.errors import ConfigError
 from fedq.registry import Registry
 
 QUANT_BITS = range(2, 9)
