@@ -44,6 +44,7 @@ from fedq.errors import ConfigError
 from fedq.fl.attacks import ATTACKS, make_attack
 from fedq.fl.defences import DEFENCES, make_defence
 from fedq.fl.settings import FLConfig, attackers_per_round, clients_per_round, validate_fl_config
+from fedq.fl.strategies import STRATEGIES, make_strategy
 from fedq.model.adapters import AdapterConfig, validate_adapter_config
 from fedq.model.decoding import DecodeConfig, validate_decode_config
 from fedq.model.transformer import ModelConfig, validate_model_config
@@ -78,7 +79,8 @@ class FedqConfig:
     clients: int = 20  # shorthand for fl.clients, so that `clients=20` works
 
 
-REGISTRIES: dict[str, Registry[Any]] = {"codecs": CODECS, "defences": DEFENCES, "attacks": ATTACKS, "sinks": SINKS}  # --help
+REGISTRIES: dict[str, Registry[Any]] = {"codecs": CODECS, "strategies": STRATEGIES, "defences": DEFENCES,
+                                        "attacks": ATTACKS, "sinks": SINKS}  # what --help lists
 
 
 def register_configs() -> None:
@@ -252,6 +254,8 @@ def validate_config(cfg: FedqConfig) -> None:
     round_size, attackers = clients_per_round(cfg.fl), attackers_per_round(cfg.fl)
     make_attack(cfg.fl.attack).check(cfg.fl, round_size, attackers)  # the registries' entries check their own settings
     make_defence(cfg.fl.defence).check(cfg.fl, round_size, attackers)
+    strategy = make_strategy(cfg.fl.strategy)
+    strategy.check(cfg.fl, round_size, attackers)
     validate_comm_config(cfg.comm, cfg.quant.bits)
     validate_eval_config(cfg.eval)
     validate_deploy_config(cfg.deploy)
@@ -272,7 +276,7 @@ def validate_config(cfg: FedqConfig) -> None:
         raise ConfigError(f"fl.personal_steps={cfg.fl.personal_steps} scores each client on its held-out pairs after "
                           "training on its own: set partition.holdout (e.g. 0.2)")
     reads_reference = uplink_codec(cfg.comm, cfg.quant.bits).reads_reference
-    if reads_reference and cfg.fl.strategy in ("fedmedian", "fedtrimmedavg", "bulyan"):
+    if reads_reference and strategy.coordinate_wise:
         raise ConfigError(f"comm.uplink.name={cfg.comm.uplink.name} with fl.strategy={cfg.fl.strategy}: most updates hold "
                           "the server's last step where their client sent nothing, so a coordinate-wise median or "
                           "trimmed mean keeps it there; use fedavg, fedadam, krum, multikrum or an fl.defence")

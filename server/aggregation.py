@@ -1,23 +1,32 @@
-"""Flower's strategies as fedq's aggregator: the admitted updates go in as reply messages, the model comes out."""
+"""Flower's strategies as fedq's aggregator: the admitted updates go in as reply messages, the model comes out.
+
+``fl.strategy``'s entry (``fedq.fl.strategies``) names the Flower strategy: a class of
+``flwr.serverapp.strategy``, or ``module:Class`` of a strategy of your own."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 
 import numpy as np
 from flwr.app import DEFAULT_TTL, Array, ArrayRecord, Message, Metadata, MetricRecord, RecordDict
-from flwr.serverapp.strategy import Bulyan, FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, Krum, MultiKrum
+from flwr.serverapp import strategy as flower_strategies
+from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedq.config import FedqConfig
 from fedq.fl import protocol
-from fedq.fl.settings import strategy_options
+from fedq.fl.strategies import Strategy, make_strategy
 
 WEIGHTS = "weights"  # the one array of a model record: fedq's flat weight vector
-# the strategies' attributes a run saves (tests/test_layout.py fails by name if a Flower upgrade removes one)
-OPTIMIZER_STATE: dict[type, tuple[str, ...]] = {FedAdam: ("m_t", "v_t"), FedAvgM: ("momentum_vector",)}
-STRATEGIES = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedadam": FedAdam, "fedmedian": FedMedian, "fedtrimmedavg": FedTrimmedAvg,
-              "krum": Krum, "multikrum": MultiKrum, "bulyan": Bulyan}
+
+
+def flower_class(entry: Strategy) -> type:
+    """The Flower strategy an entry names: a class of flwr.serverapp.strategy, or module:Class."""
+    if ":" in entry.flower:
+        module, _, name = entry.flower.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return getattr(flower_strategies, entry.flower)
 
 
 class FlowerAggregator:
@@ -25,17 +34,18 @@ class FlowerAggregator:
 
     def __init__(self, cfg: FedqConfig) -> None:
         fl = cfg.fl
-        strategy = STRATEGIES[fl.strategy]
-        self.strategy = strategy(weighted_by_key=protocol.NUM_TOKENS, fraction_evaluate=0.0, **strategy_options(fl))
-        self.steps_itself = isinstance(self.strategy, (FedAdam, FedAvgM))
+        self.entry = make_strategy(fl.strategy)
+        build = flower_class(self.entry)
+        self.strategy = build(weighted_by_key=protocol.NUM_TOKENS, fraction_evaluate=0.0, **self.entry.options(fl))
+        self.steps_itself = self.entry.steps_itself
         logging.getLogger("flwr").setLevel(logging.INFO if fl.verbose else logging.WARNING)
 
     def __call__(
         self, server_round: int, global_vector: np.ndarray, updates: list[np.ndarray], weights: list[float]
     ) -> np.ndarray:
         if self.steps_itself:  # what their configure_train records: FedOpt a dict of arrays, FedAvgM an ArrayRecord
-            adam = isinstance(self.strategy, FedAdam)
-            self.strategy.current_arrays = {WEIGHTS: global_vector} if adam else ArrayRecord({WEIGHTS: Array(global_vector)})
+            by_name = isinstance(self.strategy, FedOpt)
+            self.strategy.current_arrays = {WEIGHTS: global_vector} if by_name else ArrayRecord({WEIGHTS: Array(global_vector)})
         replies = []
         for i, (update, weight) in enumerate(zip(updates, weights)):
             content = RecordDict({"arrays": ArrayRecord({WEIGHTS: Array(global_vector + update)}),
@@ -49,13 +59,14 @@ class FlowerAggregator:
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The server optimizer's state, to save with the run (FedAdam's moments, FedAvgM's momentum; none otherwise):
         each a dict of arrays by name (FedAdam) or a list of the record's one array (FedAvgM)."""
-        tables = {name: getattr(self.strategy, name) for name in OPTIMIZER_STATE.get(type(self.strategy), ())}
+        tables = {name: getattr(self.strategy, name) for name in self.entry.optimizer_state}
         return {f"{name}.{key}": value for name, table in tables.items() if table is not None
                 for key, value in (table.items() if isinstance(table, dict) else [(WEIGHTS, table[0])])}
 
     def restore_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         if arrays and not self.steps_itself:
             raise ValueError(f"{type(self.strategy).__name__} keeps no optimizer state, got {sorted(arrays)}")
-        for name in OPTIMIZER_STATE.get(type(self.strategy), ()):
+        by_name = isinstance(self.strategy, FedOpt)  # FedOpt: dicts of arrays; FedAvgM: a list of one
+        for name in self.entry.optimizer_state:
             table = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{name}.")} or None
-            setattr(self.strategy, name, [table[WEIGHTS]] if table and isinstance(self.strategy, FedAvgM) else table)
+            setattr(self.strategy, name, table if by_name or not table else [table[WEIGHTS]])

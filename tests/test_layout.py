@@ -91,7 +91,7 @@ def test_fedq_imports_no_flower_module_and_validating_a_config_imports_no_engine
 # What the Flower apps may import: Flower, the standard library, numpy, and fedq's round as the library exposes it
 # (settings, the message protocol, the round, the run folder). Training, codecs, models and data stay in fedq.
 APP_IMPORTS = ("flwr", "numpy", "server", "fedq.config", "fedq.errors", "fedq.fl.protocol", "fedq.fl.rounds", "fedq.fl.run",
-               "fedq.fl.client", "fedq.fl.settings", "fedq.report.run_log", "fedq.run_folder")
+               "fedq.fl.client", "fedq.fl.settings", "fedq.fl.strategies", "fedq.report.run_log", "fedq.run_folder")
 APP_FORBIDDEN = ("torch", "fedq.comm", "fedq.model", "fedq.quant", "fedq.engine", "fedq.data", "fedq.task", "ray")
 
 
@@ -116,14 +116,15 @@ def test_flower_still_has_the_strategy_attributes_fedq_reads_and_writes(strategy
     import numpy as np
 
     from fedq.config import compose_config
-    from server.aggregation import OPTIMIZER_STATE, FlowerAggregator
+    from server.aggregation import FlowerAggregator
 
     aggregator = FlowerAggregator(compose_config(strategy))
     vector = np.zeros(8, np.float32)
     for server_round in (1, 2):
         vector = aggregator(server_round, vector, [np.full(8, 0.1, np.float32), np.full(8, 0.3, np.float32)], [1.0, 1.0])
-    for name in ("current_arrays", *OPTIMIZER_STATE[type(aggregator.strategy)]):
+    for name in ("current_arrays", *aggregator.entry.optimizer_state):
         assert getattr(aggregator.strategy, name, None) is not None, (
             f"flwr {__import__('flwr').__version__}: {type(aggregator.strategy).__name__} has no attribute {name} any more; "
-            "server/aggregation.py reads and writes it (OPTIMIZER_STATE, current_arrays): update it for this Flower")
+            "server/aggregation.py reads and writes it (fedq/fl/strategies.py optimizer_state, current_arrays): update "
+            "them for this Flower")
     assert set(aggregator.state_arrays()) and not np.allclose(vector, 0)

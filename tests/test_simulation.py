@@ -9,16 +9,15 @@ import sys
 import numpy as np
 import pytest
 
+import helpers
 from fedq.cli import check_overrides
 from fedq.comm import make_codec, payload_bytes
 from fedq.config import compose_config, validate_config
 from fedq.errors import ConfigError, FedqError
 from fedq.fl import protocol
 from fedq.fl.rounds import Admission, Coordinator, RoundOutcome
-from fedq.fl.settings import STRATEGIES
-import helpers
+from fedq.fl.strategies import STRATEGIES
 from helpers import TINY, answering, reply, tiny_federation
-from server.aggregation import STRATEGIES as AGGREGATOR_STRATEGIES
 from server.aggregation import FlowerAggregator
 
 TINY_RUN = [
@@ -193,8 +192,14 @@ def test_a_fedq_config_reaches_the_strategy(federation):
     assert trimmed.aggregator.strategy.beta == 0.3
 
 
-def test_every_strategy_name_is_a_flower_strategy():
-    assert set(AGGREGATOR_STRATEGIES) == set(STRATEGIES)
+def test_every_strategy_entry_builds_its_flower_strategy():
+    from flwr.serverapp.strategy import Strategy as FlowerStrategy
+
+    assert STRATEGIES.names() == ("fedavg", "fedavgm", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+    for name in STRATEGIES.names():
+        built = FlowerAggregator(compose_config([f"fl.strategy={name}", "fl.byzantine=1", "clients=20",
+                                                 "fl.clients_per_round=10"])).strategy
+        assert isinstance(built, FlowerStrategy) and type(built).__name__ == STRATEGIES.get(name).flower
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ import numpy as np
 
 from fedq.errors import ConfigError
 from fedq.fl.settings import FLConfig
+from fedq.fl.strategies import make_strategy
 from fedq.registry import Registry
 
 
@@ -95,11 +96,10 @@ class Bucketing(Defence):
     def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
         if fl.bucket_size > round_size:
             raise ConfigError(f"fl.bucket_size={fl.bucket_size} is larger than the round's {round_size} clients")
-        if fl.strategy in ("krum", "multikrum", "bulyan") and attackers:
-            buckets = math.ceil(round_size / fl.bucket_size)
-            if fl.strategy == "bulyan" and buckets < 4 * fl.byzantine + 3 or buckets <= 2 * fl.byzantine + 2:
-                raise ConfigError(f"fl.defence=bucketing leaves {buckets} buckets of fl.bucket_size={fl.bucket_size}: too "
-                                  f"few for fl.strategy={fl.strategy} with fl.byzantine={fl.byzantine}")
+        buckets = math.ceil(round_size / fl.bucket_size)
+        if attackers and buckets < make_strategy(fl.strategy).fewest_updates(fl):
+            raise ConfigError(f"fl.defence=bucketing leaves {buckets} buckets of fl.bucket_size={fl.bucket_size}: too "
+                              f"few for fl.strategy={fl.strategy} with fl.byzantine={fl.byzantine}")
 
     def __call__(self, updates: list[np.ndarray], weights: list[float],
                  view: RoundView) -> tuple[list[np.ndarray], list[float]]:
@@ -113,7 +113,7 @@ class CenteredClipping(Defence):
     uses_last_step = True
 
     def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
-        if fl.strategy != "fedavg":
+        if not make_strategy(fl.strategy).plain_mean:
             raise ConfigError(f"fl.defence=cclip is itself the robust mean: use it with fl.strategy=fedavg, not {fl.strategy}")
 
     def __call__(self, updates: list[np.ndarray], weights: list[float],

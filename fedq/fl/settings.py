@@ -9,8 +9,6 @@ from typing import Optional
 from fedq.errors import ConfigError
 from fedq.fl.fleet import validate_fleet
 
-# Flower's strategies (flwr.serverapp.strategy), by the name fl.strategy takes
-STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
 LOCAL_OPTIMIZERS = ("adam", "sgd")
 MODES = ("sync", "async")
 
@@ -53,7 +51,7 @@ class FLConfig:
     # final global model (its adapters, with adapter.rank) this many more local steps on its own pairs, keeps it,
     # and is scored on its held-out pairs again. 0 = off.
     personal_steps: int = 0
-    strategy: str = "fedavg"  # fedavg | fedavgm | fedadam | fedmedian | fedtrimmedavg | krum | multikrum | bulyan (Flower's)
+    strategy: str = "fedavg"  # an entry of fedq.fl.strategies.STRATEGIES (Flower's strategies), or module:Class
     server_lr: float = 1.0  # global += server_lr * (aggregate - global); fedadam: Adam's eta; fedavgm: its server lr
     server_momentum: float = 0.0  # fedavgm (Hsu et al. 2019): heavy-ball momentum of the server's steps
     trim_beta: float = 0.2  # fedtrimmedavg: the fraction of updates cut at each end, per coordinate
@@ -113,19 +111,6 @@ def _choice(value: str, choices: tuple[str, ...], name: str) -> None:
         raise ConfigError(f"fl.{name}={value!r} is unknown; choose one of {', '.join(choices)}")
 
 
-def strategy_options(fl: FLConfig) -> dict[str, object]:
-    """The keyword arguments ``fl.strategy``'s Flower strategy takes from ``fl.*`` (besides the weighting key)."""
-    options: dict[str, dict[str, object]] = {
-        "fedadam": {"eta": fl.server_lr, "eta_l": fl.local_lr, "beta_1": 0.9, "beta_2": 0.99},  # Adam's eta: fl.server_lr
-        "fedavgm": {"server_learning_rate": fl.server_lr, "server_momentum": fl.server_momentum},
-        "fedtrimmedavg": {"beta": fl.trim_beta},
-        "krum": {"num_malicious_nodes": fl.byzantine},
-        "bulyan": {"num_malicious_nodes": fl.byzantine},
-        "multikrum": {"num_malicious_nodes": fl.byzantine, "num_nodes_to_select": max(1, clients_per_round(fl) - fl.byzantine)},
-    }
-    return options.get(fl.strategy, {})
-
-
 def validate_fl_config(fl: FLConfig) -> None:
     """Every ``fl.*`` value and combination (one ConfigError line)."""
     if fl.clients < 1:
@@ -142,11 +127,8 @@ def validate_fl_config(fl: FLConfig) -> None:
         _at_least(getattr(fl, name), low, name)
     for name in ("local_lr", "server_lr", "node_wait_seconds"):
         _above(getattr(fl, name), 0, name)
-    _choice(fl.strategy, STRATEGIES, "strategy")
     if not 0.0 <= fl.server_momentum < 1.0:
         raise ConfigError(f"fl.server_momentum={fl.server_momentum} must be in [0, 1)")
-    if fl.server_momentum and fl.strategy != "fedavgm":
-        raise ConfigError(f"fl.server_momentum={fl.server_momentum} applies to fl.strategy=fedavgm only, not {fl.strategy}")
     _choice(fl.local_optimizer, LOCAL_OPTIMIZERS, "local_optimizer")
     _validate_faults(fl, k)
     _validate_late_work(fl, k)
@@ -168,25 +150,6 @@ def _validate_faults(fl: FLConfig, k: int) -> None:
     if (fl.attack == "none") != (fl.attackers == 0):
         raise ConfigError(f"fl.attack={fl.attack} with fl.attackers={fl.attackers}: set both (an attack and the fraction of "
                           "attackers) or neither")
-    expected = attackers_per_round(fl)
-    if fl.strategy in ("krum", "multikrum") and k <= 2 * fl.byzantine + 2:
-        raise ConfigError(f"fl.strategy={fl.strategy} with fl.byzantine={fl.byzantine} needs more than {2 * fl.byzantine + 2} "
-                          f"clients per round (has {k})")
-    if fl.strategy == "bulyan" and k < 4 * fl.byzantine + 3:
-        raise ConfigError(f"fl.strategy=bulyan with fl.byzantine={fl.byzantine} needs at least 4f+3 = {4 * fl.byzantine + 3} "
-                          f"clients per round (has {k})")
-    if fl.strategy in ("krum", "multikrum", "bulyan") and fl.byzantine < expected:
-        raise ConfigError(f"fl.attackers={fl.attackers} puts up to {expected} attackers in a round of {k}; "
-                          f"fl.strategy={fl.strategy} tolerates fl.byzantine={fl.byzantine}: raise fl.byzantine")
-    if fl.strategy == "fedtrimmedavg" and not 0 <= fl.trim_beta < 0.5:
-        raise ConfigError(f"fl.trim_beta={fl.trim_beta} must be in [0, 0.5)")
-    if fl.strategy == "fedtrimmedavg" and expected > math.floor(fl.trim_beta * k):
-        raise ConfigError(f"fl.attackers={fl.attackers} puts up to {expected} attackers in a round of {k}; "
-                          f"fl.trim_beta={fl.trim_beta} trims only {math.floor(fl.trim_beta * k)} at each end: "
-                          "raise fl.trim_beta")
-    if fl.strategy == "fedmedian" and expected * 2 >= k:
-        raise ConfigError(f"fl.attackers={fl.attackers} puts up to {expected} attackers in a round of {k}; a median tolerates "
-                          "fewer than half")
     _at_least(fl.bucket_size, 1, "bucket_size")
     _at_least(fl.clip_tau, 0, "clip_tau")
     _at_least(fl.clip_iterations, 1, "clip_iterations")
