@@ -19,8 +19,8 @@ from fedq.checkpoint import DEPLOYED, deployed_metadata, save_checkpoint, update
 from fedq.cli import format_seconds
 from fedq.config import FedqConfig, config_to_yaml, settings_changed
 from fedq.environment import describe_environment
-from fedq.fl.client import round_seed, train_on_shard
 from fedq.fl.federation import Federation
+from fedq.fl.personal import personal_scores
 from fedq.fl.rounds import RoundOutcome
 from fedq.fl.settings import clients_per_round
 from fedq.fl.state import ServerState, save_state
@@ -63,18 +63,10 @@ class GlobalModelScorer:
             if own:
                 scores["own_text_bleu"] = {when: [r.score for r in self._deployed(vector, own).values()]
                                            for when, vector in (("initial", initial), ("final", final))}
-                if fed.cfg.fl.personal_steps:
-                    scores["own_text_bleu"]["personal"] = [self._personal(final, int(c), pairs) for c, pairs in own.items()]
+                if fed.cfg.fl.personal_steps:  # the clients' own step after the last round (fedq.fl.personal)
+                    scores["own_text_bleu"]["personal"] = personal_scores(
+                        fed, final, own, lambda held: self._packed_scores({"own": held})["own"].score)
         return scores
-
-    def _personal(self, final: np.ndarray, client: int, held: list[tuple[str, str]]) -> float:
-        """BLEU on ``client``'s held-out pairs of the final model after ``fl.personal_steps`` more local steps on
-        its own training pairs (a round after the last, as the client would train it; nothing is sent)."""
-        fed = self.federation
-        vector_to_model(fed.model, final)
-        rounds = fed.cfg.fl.rounds + 1
-        train_on_shard(fed, client, rounds, round_seed(fed.cfg, rounds, client), steps=fed.cfg.fl.personal_steps)
-        return self._packed_scores({"own": held})["own"].score
 
     def _deployed(self, vector: np.ndarray, splits: dict[str, list[tuple[str, str]]]) -> dict[str, BleuResult]:
         vector_to_model(self.federation.model, vector)
