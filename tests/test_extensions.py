@@ -82,6 +82,43 @@ def test_a_defence_and_an_attack_of_the_users_own_module_run_a_federated_round(t
     assert summary["rounds"] == 2
 
 
+MORE_ENTRIES = '''
+from dataclasses import dataclass
+from typing import ClassVar
+
+from fedq.comm.codecs import UniformCodec
+from fedq.fl.strategies import FedAvgStrategy
+
+
+@dataclass(frozen=True)
+class CoarseUniform(UniformCodec):
+    """The uniform codec on blocks of 4096 values by default (a codec of one's own, by subclassing)."""
+
+    name: ClassVar[str] = "coarse_uniform"
+    block_size: int = 4096
+
+
+class TokenMean(FedAvgStrategy):
+    """Flower's FedAvg under another name, as a strategy entry of one's own."""
+
+    name = "token_mean"
+'''
+
+
+def test_a_codec_and_a_strategy_of_the_users_own_module_are_used(tmp_path, monkeypatch):
+    module = f"my_entries_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(MORE_ENTRIES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = compose_config([*TINY, f"data.cache_dir={tmp_path / 'cache'}", f"comm.uplink.name={module}:CoarseUniform",
+                          f"fl.strategy={module}:TokenMean", "quant.bits=2"])
+    validate_config(cfg)
+    federation = Federation(cfg)
+    assert type(federation.uplink).__name__ == "CoarseUniform" and federation.uplink.block_size == 4096
+    assert federation.uplink.bits == 2  # quant.bits, as for a built-in codec that takes bits
+    assert type(FlowerAggregator(cfg).strategy).__name__ == "FedAvg"
+    sys.modules.pop(module, None)
+
+
 def test_an_extension_that_cannot_be_used_is_one_line(tmp_path, user_module):
     base = [*TINY, f"data.cache_dir={tmp_path}"]
     for setting, why in ((f"fl.defence={user_module}:Nothing", f"{user_module} has no Nothing"),
