@@ -41,10 +41,10 @@ from fedq.data.settings import (
 from fedq.deploy.settings import DeployConfig, validate_deploy_config
 from fedq.engine import TrainConfig, validate_train_config
 from fedq.errors import ConfigError
-from fedq.fl.attacks import ATTACKS, make_attack
-from fedq.fl.defences import DEFENCES, make_defence
+from fedq.fl.attacks import ATTACKS
+from fedq.fl.defences import DEFENCES
 from fedq.fl.settings import FLConfig, attackers_per_round, clients_per_round, validate_fl_config
-from fedq.fl.strategies import STRATEGIES, make_strategy
+from fedq.fl.strategies import STRATEGIES
 from fedq.model.adapters import AdapterConfig, validate_adapter_config
 from fedq.model.decoding import DecodeConfig, validate_decode_config
 from fedq.model.transformer import ModelConfig, validate_model_config
@@ -252,9 +252,9 @@ def validate_config(cfg: FedqConfig) -> None:
     validate_decode_config(cfg.decode)
     validate_fl_config(cfg.fl)
     round_size, attackers = clients_per_round(cfg.fl), attackers_per_round(cfg.fl)
-    make_attack(cfg.fl.attack).check(cfg.fl, round_size, attackers)  # the registries' entries check their own settings
-    make_defence(cfg.fl.defence).check(cfg.fl, round_size, attackers)
-    strategy = make_strategy(cfg.fl.strategy)
+    ATTACKS.make(cfg.fl.attack).check(cfg.fl, round_size, attackers)  # the registries' entries check their own settings
+    DEFENCES.make(cfg.fl.defence).check(cfg.fl, round_size, attackers)
+    strategy = STRATEGIES.make(cfg.fl.strategy)
     strategy.check(cfg.fl, round_size, attackers)
     validate_comm_config(cfg.comm, cfg.quant.bits)
     validate_eval_config(cfg.eval)

@@ -23,21 +23,22 @@ from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from fedq.errors import ConfigError
 
-T = TypeVar("T", bound=type)
+T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """The entries of one kind (``kind``: ``defences``), which ``setting`` (``fl.defence``) names, subclasses of ``base``."""
+    """The entries of one kind (``kind``: ``defences``), which ``setting`` (``fl.defence``) names: subclasses of
+    ``base`` (``T``, the instances they build)."""
 
     def __init__(self, kind: str, setting: str, base: type) -> None:
         self.kind, self.setting, self.base = kind, setting, base
-        self.entries: dict[str, T] = {}
+        self.entries: dict[str, type[T]] = {}
 
-    def add(self, entry: T) -> T:
+    def add(self, entry: type[T]) -> type[T]:
         """Register ``entry`` under its ``name`` (a class decorator)."""
         name = entry.name  # type: ignore[attr-defined]
         if name in self.entries and self.entries[name] is not entry:
@@ -48,7 +49,11 @@ class Registry(Generic[T]):
     def names(self) -> tuple[str, ...]:
         return tuple(self.entries)
 
-    def get(self, name: str) -> T:
+    def make(self, name: str, *args: object, **kwargs: object) -> T:
+        """The entry ``name`` means, built with ``args`` and ``kwargs``."""
+        return self.get(name)(*args, **kwargs)
+
+    def get(self, name: str) -> type[T]:
         """The entry ``name`` means; an unknown or broken one is one ConfigError line."""
         if name in self.entries:
             return self.entries[name]
@@ -71,7 +76,7 @@ class Registry(Generic[T]):
         except AttributeError:
             raise ConfigError(f"{self.setting}={name}: {module_name} has no {attribute}") from None
 
-    def _checked(self, name: str, entry: object) -> T:
+    def _checked(self, name: str, entry: object) -> type[T]:
         if not (isinstance(entry, type) and issubclass(entry, self.base)):
             raise ConfigError(f"{self.setting}={name} is not a {self.base.__module__}.{self.base.__name__}")
-        return entry  # type: ignore[return-value]
+        return cast("type[T]", entry)  # a subclass of base, which is T

@@ -16,7 +16,7 @@ from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedq.config import FedqConfig
 from fedq.fl import protocol
-from fedq.fl.strategies import Strategy, make_strategy
+from fedq.fl.strategies import STRATEGIES, Strategy
 
 WEIGHTS = "weights"  # the one array of a model record: fedq's flat weight vector
 
@@ -34,7 +34,7 @@ class FlowerAggregator:
 
     def __init__(self, cfg: FedqConfig) -> None:
         fl = cfg.fl
-        self.entry = make_strategy(fl.strategy)
+        self.entry = STRATEGIES.make(fl.strategy)
         build = flower_class(self.entry)
         self.strategy = build(weighted_by_key=protocol.NUM_TOKENS, fraction_evaluate=0.0, **self.entry.options(fl))
         self.steps_itself = self.entry.steps_itself

@@ -8,7 +8,7 @@ import pytest
 from fedq.comm import make_codec
 from fedq.config import compose_config, validate_config
 from fedq.errors import FedqError
-from fedq.fl.attacks import alie_z, make_attack
+from fedq.fl.attacks import ATTACKS, alie_z
 from fedq.fl.defences import bucketing, centered_clipping, nearest_neighbour_mixing
 from fedq.fl.federation import Federation
 from fedq.fl.rounds import Coordinator
@@ -19,7 +19,7 @@ from server.aggregation import FlowerAggregator
 def honest_and_alie(n_honest: int = 16, attackers: int = 4, size: int = 200, seed: int = 0):
     rng = np.random.default_rng(seed)
     honest = [1.0 + 0.5 * rng.standard_normal(size).astype(np.float32) for _ in range(n_honest)]
-    return honest, make_attack("alie").collude(honest, attackers, compose_config([]).fl)
+    return honest, ATTACKS.make("alie").collude(honest, attackers, compose_config([]).fl)
 
 
 def test_alie_sends_the_honest_mean_minus_z_standard_deviations():
@@ -28,7 +28,7 @@ def test_alie_sends_the_honest_mean_minus_z_standard_deviations():
     z = alie_z(20, 4)
     assert z == pytest.approx(0.3853, abs=1e-3)  # Baruch et al.: s = floor(20/2 + 1) - 4 = 7, z = Phi^-1(13/20)
     np.testing.assert_allclose(sent, stacked.mean(0) - z * stacked.std(0), rtol=1e-5)
-    ipm = make_attack("ipm").collude(honest, 4, compose_config(["fl.attack_eps=0.5"]).fl)
+    ipm = ATTACKS.make("ipm").collude(honest, 4, compose_config(["fl.attack_eps=0.5"]).fl)
     np.testing.assert_allclose(ipm, -0.5 * stacked.mean(0), rtol=1e-5)
 
 

@@ -12,7 +12,7 @@ import pytest
 from fedq.comm import make_codec
 from fedq.config import compose_config, validate_config
 from fedq.errors import FedqError
-from fedq.fl.attacks import make_attack
+from fedq.fl.attacks import ATTACKS
 from fedq.fl.faults import CRASH_ERROR, DROPOUT_ERROR, Faults, attackers
 from fedq.fl.federation import Federation
 from fedq.fl.fleet import DeviceProfile, fleet, training_flops
@@ -96,7 +96,7 @@ def test_an_update_far_above_the_rounds_median_norm_is_rejected():
 def test_robust_aggregation_bounds_a_sign_flip_attacker_where_averaging_is_pulled_away():
     rng = np.random.default_rng(0)
     honest = [np.ones(64, np.float32) + 0.05 * rng.standard_normal(64).astype(np.float32) for _ in range(5)]
-    attacker = make_attack("sign_flip").alone(20.0 * np.ones(64, np.float32), rng)  # a large flipped update
+    attacker = ATTACKS.make("sign_flip").alone(20.0 * np.ones(64, np.float32), rng)  # a large flipped update
     replies = [send(p, u) for p, u in enumerate(honest)] + [send(5, attacker)]
     mean = aggregate("fedavg", replies)
     median = aggregate("fedmedian", replies)
@@ -109,10 +109,10 @@ def test_robust_aggregation_bounds_a_sign_flip_attacker_where_averaging_is_pulle
 def test_attacks_and_fleets_are_what_they_say():
     update = np.linspace(-1, 1, 101).astype(np.float32)
     rng = np.random.default_rng(1)
-    np.testing.assert_array_equal(make_attack("sign_flip").alone(update, rng), -update)
-    noise = make_attack("scaled_noise").alone(update, rng)
+    np.testing.assert_array_equal(ATTACKS.make("sign_flip").alone(update, rng), -update)
+    noise = ATTACKS.make("scaled_noise").alone(update, rng)
     assert np.linalg.norm(noise) == pytest.approx(10 * np.linalg.norm(update), rel=1e-4)
-    shifted = make_attack("std_shift").alone(update, rng)
+    shifted = ATTACKS.make("std_shift").alone(update, rng)
     assert np.abs(shifted - update).max() == pytest.approx(update.std(), rel=1e-5)
     assert len(attackers(0.2, 20, seed=1)) == 4 and attackers(0.2, 20, seed=1) == attackers(0.2, 20, seed=1)
     profiles, index = fleet("mixed", 20, seed=1)

@@ -106,7 +106,7 @@ class UpdateCodec(ABC):
         return ServerUpdate(self.decode(arrays, numel), None)
 
 
-CODECS: Registry[type[UpdateCodec]] = Registry("codecs", "codec", UpdateCodec)
+CODECS: Registry[UpdateCodec] = Registry("codecs", "codec", UpdateCodec)
 
 
 @CODECS.add

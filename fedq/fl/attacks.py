@@ -52,7 +52,7 @@ class Attack:
         raise NotImplementedError
 
 
-ATTACKS: Registry[type[Attack]] = Registry("attacks", "fl.attack", Attack)
+ATTACKS: Registry[Attack] = Registry("attacks", "fl.attack", Attack)
 
 
 @ATTACKS.add
@@ -110,7 +110,3 @@ class InnerProductManipulation(Attack):
 
     def collude(self, honest: list[np.ndarray], attackers: int, fl: FLConfig) -> np.ndarray:
         return (-fl.attack_eps * np.stack(honest).astype(np.float64).mean(axis=0)).astype(np.float32)
-
-
-def make_attack(name: str) -> Attack:
-    return ATTACKS.get(name)()

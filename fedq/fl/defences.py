@@ -33,7 +33,7 @@ import numpy as np
 
 from fedq.errors import ConfigError
 from fedq.fl.settings import FLConfig
-from fedq.fl.strategies import make_strategy
+from fedq.fl.strategies import STRATEGIES
 from fedq.registry import Registry
 
 
@@ -62,11 +62,7 @@ class Defence:
         return updates, weights
 
 
-DEFENCES: Registry[type[Defence]] = Registry("defences", "fl.defence", Defence)
-
-
-def make_defence(name: str) -> Defence:
-    return DEFENCES.get(name)()
+DEFENCES: Registry[Defence] = Registry("defences", "fl.defence", Defence)
 
 
 @DEFENCES.add
@@ -97,7 +93,7 @@ class Bucketing(Defence):
         if fl.bucket_size > round_size:
             raise ConfigError(f"fl.bucket_size={fl.bucket_size} is larger than the round's {round_size} clients")
         buckets = math.ceil(round_size / fl.bucket_size)
-        if attackers and buckets < make_strategy(fl.strategy).fewest_updates(fl):
+        if attackers and buckets < STRATEGIES.make(fl.strategy).fewest_updates(fl):
             raise ConfigError(f"fl.defence=bucketing leaves {buckets} buckets of fl.bucket_size={fl.bucket_size}: too "
                               f"few for fl.strategy={fl.strategy} with fl.byzantine={fl.byzantine}")
 
@@ -113,7 +109,7 @@ class CenteredClipping(Defence):
     uses_last_step = True
 
     def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
-        if not make_strategy(fl.strategy).plain_mean:
+        if not STRATEGIES.make(fl.strategy).plain_mean:
             raise ConfigError(f"fl.defence=cclip is itself the robust mean: use it with fl.strategy=fedavg, not {fl.strategy}")
 
     def __call__(self, updates: list[np.ndarray], weights: list[float],

@@ -25,7 +25,7 @@ from functools import cached_property
 
 import numpy as np
 
-from fedq.fl.attacks import Attack, make_attack
+from fedq.fl.attacks import ATTACKS, Attack
 from fedq.fl.fleet import DeviceProfile, fleet
 from fedq.fl.settings import FLConfig
 
@@ -94,7 +94,7 @@ class Faults:
 
     @cached_property
     def attack(self) -> Attack:
-        return make_attack(self.fl.attack)
+        return ATTACKS.make(self.fl.attack)
 
     def tamper(self, partition: int, update: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """What the client sends instead of ``update``: itself, unless it attacks alone (colluding attackers train

@@ -36,7 +36,7 @@ from fedq.comm.codecs import ServerUpdate
 from fedq.comm.downlink import Broadcaster, cache_capacity
 from fedq.errors import FedqError
 from fedq.fl import protocol
-from fedq.fl.defences import RoundView, make_defence
+from fedq.fl.defences import DEFENCES, RoundView
 from fedq.fl.faults import Faults
 from fedq.fl.federation import Federation
 from fedq.fl.partial import fill_from_senders
@@ -231,7 +231,7 @@ class Coordinator:
         self.server_lr = 1.0 if aggregator.steps_itself else cfg.fl.server_lr
         # the last round's step: centered clipping clips around it, and it fills what a mask payload did not send
         self.center = np.zeros(federation.numel, np.float32)
-        self.defence = make_defence(cfg.fl.defence)
+        self.defence = DEFENCES.make(cfg.fl.defence)
         self.keeps_center = self.defence.uses_last_step or federation.uplink.reads_reference
         self.unreachable: set[int] = set()  # clients whose node stopped answering, until it is seen again
 

@@ -63,11 +63,7 @@ class Strategy:
                               f"{self.fewest(fl)} = {self.fewest_updates(fl)} clients per round (has {round_size})")
 
 
-STRATEGIES: Registry[type[Strategy]] = Registry("strategies", "fl.strategy", Strategy)
-
-
-def make_strategy(name: str) -> Strategy:
-    return STRATEGIES.get(name)()
+STRATEGIES: Registry[Strategy] = Registry("strategies", "fl.strategy", Strategy)
 
 
 @STRATEGIES.add

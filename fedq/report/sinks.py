@@ -62,7 +62,7 @@ class Sink:
         """Flush and release what the sink holds."""
 
 
-SINKS: Registry[type[Sink]] = Registry("sinks", "report.sinks", Sink)
+SINKS: Registry[Sink] = Registry("sinks", "report.sinks", Sink)
 
 
 def numeric(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -155,4 +155,4 @@ def check_report_config(report: ReportConfig) -> None:
 
 
 def open_sinks(report: ReportConfig, run_dir: Path, settings: dict[str, Any], config_yaml: str) -> list[Sink]:
-    return [SINKS.get(name)(run_dir, settings, config_yaml, report) for name in report.sinks]
+    return [SINKS.make(name, run_dir, settings, config_yaml, report) for name in report.sinks]
