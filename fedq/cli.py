@@ -26,6 +26,11 @@ def config_groups() -> set[str]:
     return {entry.name for entry in files(CONFIG_MODULE).iterdir() if entry.is_dir() and not entry.name.startswith("_")}
 
 
+def override_key(override: str) -> str:
+    """The setting or group a command-line override names: ``+fl.rounds=3`` -> ``fl.rounds``."""
+    return override.lstrip("+~").split("=", 1)[0]
+
+
 def check_overrides(arguments: Sequence[str]) -> None:
     """A command line's overrides, checked the way the run will compose them: a typo, a wrong type or a key fedq
     does not know (whatever its ``+`` prefix) is one ConfigError line. A sweep (``-m a=1,2``) is checked with the

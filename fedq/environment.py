@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from fedq.config import FedqConfig
+from fedq.fl.settings import client_threads
 
 PACKAGES = ("fedq", "torch", "flwr", "ray", "numpy", "sacrebleu", "sentencepiece", "hydra-core", "safetensors", "constriction")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE")
@@ -48,11 +49,6 @@ def cpu_description() -> tuple[str, list[str]]:
     return model, sorted({flag for flag in flags if _SIMD.match(flag)})
 
 
-def client_torch_threads(cfg: FedqConfig) -> int:
-    """The torch threads of a simulated client on CPU: ``fl.num_cpus`` (fedq.fl.client sets them)."""
-    return max(1, int(cfg.fl.num_cpus))
-
-
 def describe_environment(cfg: FedqConfig) -> dict[str, Any]:
     model, flags = cpu_description()
     record: dict[str, Any] = {
@@ -64,7 +60,7 @@ def describe_environment(cfg: FedqConfig) -> dict[str, Any]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "client_torch_threads": client_torch_threads(cfg),
+        "client_torch_threads": client_threads(cfg.fl),
         "fl.num_cpus": cfg.fl.num_cpus,
         "threads_setting": cfg.threads,
         "variables": {name: os.environ[name] for name in THREAD_VARIABLES if name in os.environ},

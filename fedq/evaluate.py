@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fedq.checkpoint import CheckpointError, read_checkpoint
-from fedq.cli import refuse_unused, run_entry_point, run_with_user_errors
+from fedq.cli import override_key, refuse_unused, run_entry_point, run_with_user_errors
 from fedq.config import CONFIG_SOURCE, FedqConfig, register_configs
 from fedq.data.corpora import load_corpus
 from fedq.data.corpus import Pairs
@@ -38,13 +38,13 @@ USED_PREFIXES = ("ckpt", "decode", "eval", "device", "threads", "data", "seed", 
 
 def ignored_overrides(overrides: Sequence[str]) -> list[str]:
     """The command-line overrides that evaluate does not use (the checkpoint fixes them)."""
-    keys = [override.lstrip("+~").split("=", 1)[0] for override in overrides]
+    keys = [override_key(override) for override in overrides]
     return [o for o, key in zip(overrides, keys) if key.split(".", 1)[0].split("/", 1)[0] not in USED_PREFIXES]
 
 
 def eval_data_config(saved: DataConfig, cfg: FedqConfig, overrides: Sequence[str]) -> DataConfig:
     """The checkpoint's corpus, changed by the command line's ``data.*`` overrides, or replaced by a ``data=`` choice."""
-    keys = [override.lstrip("+~").split("=", 1)[0] for override in overrides]
+    keys = [override_key(override) for override in overrides]
     if "data" in keys:
         return cfg.data
     changes = [o.lstrip("+") for o, key in zip(overrides, keys) if key.startswith("data.")]
@@ -63,7 +63,7 @@ def evaluation_sets(cfg: FedqConfig, saved: DataConfig, overrides: Sequence[str]
     if (data.src, data.tgt) != (saved.src, saved.tgt):
         raise ConfigError(f"the checkpoint translates {saved.src}->{saved.tgt}, not {data.src}->{data.tgt}")
     corpus = load_corpus(data)
-    replaced = "data" in [override.lstrip("+~").split("=", 1)[0] for override in overrides]
+    replaced = "data" in [override_key(override) for override in overrides]
     source = "the corpus of the command line" if replaced else "the checkpoint's corpus"
     text = (f"{source}: {corpus.name} {corpus.src_lang}->{corpus.tgt_lang}, valid {len(corpus.valid)} / test "
             f"{len(corpus.test)} pairs")

@@ -33,7 +33,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fedq.cli import format_seconds, refuse_unused, run_dir, run_entry_point, run_with_user_errors
+from fedq.cli import format_seconds, override_key, refuse_unused, run_dir, run_entry_point, run_with_user_errors
 from fedq.config import (
     CLIENT_POOL_KEY,
     CONFIG_SOURCE,
@@ -90,7 +90,7 @@ def check_client_resources(cfg: FedqConfig, cpus: float, gpus: float, where: str
 
 def override_keys(overrides: Sequence[str]) -> list[str]:
     """The settings (or groups) a command line names, without Hydra's own and ``resume``."""
-    keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides if "=" in o]
+    keys = [override_key(o) for o in overrides if "=" in o]
     return [key for key in keys if key != "resume" and not key.startswith("hydra")]
 
 

@@ -30,6 +30,7 @@ from fedq.fl.client_state import CLIENT_STATE_DIR, ClientStore
 from fedq.fl.federation import Federation
 from fedq.fl.fleet import training_flops
 from fedq.fl.protocol import NoUpdate, Reply, TrainReply, TrainRequest
+from fedq.fl.settings import client_threads
 from fedq.fl.weights import model_to_vector, vector_to_model
 from fedq.quant.swap import hold_base_as_codes
 
@@ -73,7 +74,7 @@ def client_federation(cfg: FedqConfig) -> Federation:
     if cfg.adapter.rank:
         hold_base_as_codes(federation.model)
     if federation.device.type == "cpu":
-        torch.set_num_threads(max(1, int(cfg.fl.num_cpus)))
+        torch.set_num_threads(client_threads(cfg.fl))
     return federation
 
 

@@ -21,6 +21,11 @@ def clients_sampled(fl: FLConfig) -> int:
     return min(fl.clients, math.ceil(clients_per_round(fl) * (1 + fl.overselect)))
 
 
+def client_threads(fl: FLConfig) -> int:
+    """The torch threads of a simulated client on the CPU: ``fl.num_cpus`` (Ray runs several clients side by side)."""
+    return max(1, int(fl.num_cpus))
+
+
 def attackers_per_round(fl: FLConfig) -> int:
     """The most attackers a round can hold (``fl.attackers`` of its clients, rounded up)."""
     return math.ceil(fl.attackers * clients_per_round(fl)) if fl.attackers else 0
