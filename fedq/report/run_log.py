@@ -30,13 +30,17 @@ class RunLog:
     def __init__(self, out_dir: str | Path, keep_rounds: int | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.rows: list[dict[str, Any]] = read_rows(self.out_dir)[:keep_rounds] if keep_rounds is not None else []
-        atomic_write(self.out_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in self.rows))
+        self._rewrite()
         atomic_write(self.out_dir / RESERVE_FILE, bytes(RESERVE_BYTES))
 
-    def amend_last(self, **values: Any) -> None:
-        """Change the last row (a resumed run that was extended); the file is rewritten atomically."""
-        self.rows[-1].update(values)
+    def _rewrite(self) -> None:
+        """metrics.jsonl as ``rows``, atomically."""
         atomic_write(self.out_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in self.rows))
+
+    def amend_last(self, **values: Any) -> None:
+        """Change the last row (a resumed run that was extended)."""
+        self.rows[-1].update(values)
+        self._rewrite()
 
     def write_round(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
