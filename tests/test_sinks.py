@@ -69,3 +69,20 @@ def test_a_sink_that_cannot_run_is_one_line_and_sinks_label_no_row(tmp_path, mon
     from types import SimpleNamespace
     runs = [SimpleNamespace(config=compose_config(sinks)) for sinks in (["report.sinks=[tensorboard]"], [])]
     assert differing_settings(runs) == ["-", "-"]  # where a run's rows also went is not what it measured
+
+
+def test_report_mlflow_uri_sends_the_run_to_that_store_and_not_to_the_run_folder(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from fedq.report.sinks import ReportConfig
+
+    run, store = tmp_path / "run", f"sqlite:///{tmp_path / 'shared.db'}"
+    run.mkdir()
+    sink = SINKS.make("mlflow", run, {"quant.bits": 2}, "quant: {bits: 2}\n",
+                      ReportConfig(sinks=["mlflow"], mlflow_uri=store, experiment="shared"))
+    sink.round({"round": 1, "train_loss": 2.5})
+    sink.summary({"rounds": 1, "final_test_bleu": 1.0})
+    client = MlflowClient(tracking_uri=store)
+    (found,) = client.search_runs([client.get_experiment_by_name("shared").experiment_id])
+    assert found.data.params["quant.bits"] == "2" and found.data.metrics["train_loss"] == 2.5
+    assert not (run / "mlflow.db").exists()
