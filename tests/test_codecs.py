@@ -401,7 +401,7 @@ def test_a_mask_payload_whose_seed_or_density_is_not_the_servers_is_rejected():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(name="gzip"), "codec='gzip' is unknown; choose one of fp32, fp16, uniform, sign, topk, grid, mask"),
+        (dict(name="gzip"), "codec='gzip' is unknown; choose one of fp32, fp16, uniform, grid, sign, topk, mask"),
         (dict(name="uniform", bits=1), "bits must be one of 2..8"),
         (dict(name="uniform", bits=16), "bits must be one of 2..8"),
         (dict(name="topk", bits=1), "bits must be one of 2..8"),

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedq.comm.codecs import UpdateCodec, make_codec, payload_bytes
+from fedq.comm.codecs import Fp16Codec, Fp32Codec, UpdateCodec, payload_bytes
 from fedq.comm.errors import CodecError
 
 FULL, DELTA = "full", "delta"
@@ -85,7 +85,7 @@ class Broadcaster:
             raise ValueError(f"a {codec.name} downlink sends deltas: it needs the seeded model every client holds")
         self.seeded = seeded
         self.capacity = capacity if self.stateful else 0
-        self.full_codecs = (make_codec("fp16"), make_codec("fp32"))
+        self.full_codecs = (Fp16Codec(), Fp32Codec())
         self.held: OrderedDict[int, tuple[int, np.ndarray]] = OrderedDict()  # partition -> (round synced, model)
 
     @property
@@ -133,7 +133,7 @@ class Broadcaster:
 
 def decode_whole_model(arrays: list[np.ndarray], numel: int) -> np.ndarray:
     """A delta scheme's whole-model message: fp16, or fp32 when the model did not fit fp16."""
-    codec = make_codec("fp16" if arrays and arrays[0].dtype == np.float16 else "fp32")
+    codec = Fp16Codec() if arrays and arrays[0].dtype == np.float16 else Fp32Codec()
     return codec.decode(arrays, numel)
 
 
