@@ -43,6 +43,7 @@ from fedq.engine import TrainConfig, validate_train_config
 from fedq.errors import ConfigError
 from fedq.fl.attacks import ATTACKS
 from fedq.fl.defences import DEFENCES
+from fedq.fl.fleet import FLEETS, PROFILES
 from fedq.fl.settings import FLConfig, attackers_per_round, clients_per_round, validate_fl_config
 from fedq.fl.strategies import STRATEGIES
 from fedq.model.adapters import AdapterConfig, validate_adapter_config
@@ -80,7 +81,7 @@ class FedqConfig:
 
 
 REGISTRIES: dict[str, Registry[Any]] = {"codecs": CODECS, "strategies": STRATEGIES, "defences": DEFENCES,
-                                        "attacks": ATTACKS, "sinks": SINKS}  # what --help lists
+                                        "attacks": ATTACKS, "sinks": SINKS, "devices": PROFILES}  # what --help lists
 
 
 def register_configs() -> None:
@@ -88,7 +89,8 @@ def register_configs() -> None:
     registry's entries with."""
     ConfigStore.instance().store(name="fedq_schema", node=FedqConfig)
     if not OmegaConf.has_resolver("fedq_entries"):
-        OmegaConf.register_new_resolver("fedq_entries", lambda kind: " ".join(REGISTRIES[kind].names()))
+        OmegaConf.register_new_resolver("fedq_entries", lambda kind: " ".join(
+            FLEETS if kind == "fleets" else REGISTRIES[kind].names()))
 
 
 # --- composing a config outside a Hydra command line (Flower apps, tests, benchmarks)

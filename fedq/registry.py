@@ -1,5 +1,9 @@
 """One registry per kind of extension: built-in entries by name, a researcher's own by ``module:Class``.
 
+Most entries are classes that a run builds (``ClassRegistry``: codecs,
+strategies, defences, attacks, report sinks); device profiles are values
+(``Registry``: a ``DeviceProfile`` each, ``module:NAME``).
+
 A setting that names an extension (``fl.defence``, ``fl.attack``) takes
 
 - the name of a built-in entry (``fl.defence=nnm``), or of an entry registered
@@ -27,19 +31,20 @@ from typing import Generic, TypeVar, cast
 
 from fedq.errors import ConfigError
 
+E = TypeVar("E")
 T = TypeVar("T")
 
 
-class Registry(Generic[T]):
-    """The entries of one kind (``kind``: ``defences``), which ``setting`` (``fl.defence``) names: subclasses of
-    ``base`` (``T``, the instances they build)."""
+class Registry(Generic[E]):
+    """The entries of one kind (``kind``: ``devices``), which ``setting`` (``fl.devices``) names: instances of
+    ``base``, each registered under its ``name``."""
 
     def __init__(self, kind: str, setting: str, base: type) -> None:
         self.kind, self.setting, self.base = kind, setting, base
-        self.entries: dict[str, type[T]] = {}
+        self.entries: dict[str, E] = {}
 
-    def add(self, entry: type[T]) -> type[T]:
-        """Register ``entry`` under its ``name`` (a class decorator)."""
+    def add(self, entry: E) -> E:
+        """Register ``entry`` under its ``name`` (for classes, a class decorator)."""
         name = entry.name  # type: ignore[attr-defined]
         if name in self.entries and self.entries[name] is not entry:
             raise ValueError(f"{self.kind}: {name!r} is registered twice")
@@ -49,11 +54,7 @@ class Registry(Generic[T]):
     def names(self) -> tuple[str, ...]:
         return tuple(self.entries)
 
-    def make(self, name: str, *args: object, **kwargs: object) -> T:
-        """The entry ``name`` means, built with ``args`` and ``kwargs``."""
-        return self.get(name)(*args, **kwargs)
-
-    def get(self, name: str) -> type[T]:
+    def get(self, name: str) -> E:
         """The entry ``name`` means; an unknown or broken one is one ConfigError line."""
         if name in self.entries:
             return self.entries[name]
@@ -63,7 +64,9 @@ class Registry(Generic[T]):
         if found:
             return self._checked(name, found[0].load())
         raise ConfigError(f"{self.setting}={name!r} is unknown; choose one of {', '.join(self.entries)}, "
-                          "or give module:Class of your own")
+                          f"or give module:{self._what} of your own")
+
+    _what = "NAME"
 
     def _import(self, name: str) -> object:
         module_name, _, attribute = name.partition(":")
@@ -76,7 +79,23 @@ class Registry(Generic[T]):
         except AttributeError:
             raise ConfigError(f"{self.setting}={name}: {module_name} has no {attribute}") from None
 
-    def _checked(self, name: str, entry: object) -> type[T]:
-        if not (isinstance(entry, type) and issubclass(entry, self.base)):
+    def _is_entry(self, entry: object) -> bool:
+        return isinstance(entry, self.base)
+
+    def _checked(self, name: str, entry: object) -> E:
+        if not self._is_entry(entry):
             raise ConfigError(f"{self.setting}={name} is not a {self.base.__module__}.{self.base.__name__}")
-        return cast("type[T]", entry)  # a subclass of base, which is T
+        return cast("E", entry)  # checked by _is_entry
+
+
+class ClassRegistry(Registry[type[T]]):
+    """A registry of classes, subclasses of ``base`` (``T``, the instances they build)."""
+
+    _what = "Class"
+
+    def make(self, name: str, *args: object, **kwargs: object) -> T:
+        """The entry ``name`` means, built with ``args`` and ``kwargs``."""
+        return self.get(name)(*args, **kwargs)
+
+    def _is_entry(self, entry: object) -> bool:
+        return isinstance(entry, type) and issubclass(entry, self.base)

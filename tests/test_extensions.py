@@ -13,12 +13,14 @@ import pytest
 
 from fedq.comm.codecs import CODECS
 from fedq.config import compose_config, validate_config
+from fedq.deploy.settings import VARIANTS
 from fedq.errors import ConfigError
 from fedq.fl.attacks import ATTACKS, Attack
 from fedq.fl.client import LocalExchange
 from fedq.fl.client_state import ClientStore
 from fedq.fl.defences import DEFENCES, Defence
 from fedq.fl.federation import Federation
+from fedq.fl.fleet import FLEETS, PROFILES, fleet
 from fedq.fl.run import run_federation
 from fedq.fl.strategies import STRATEGIES
 from fedq.report.sinks import SINKS
@@ -119,6 +121,32 @@ def test_a_codec_and_a_strategy_of_the_users_own_module_are_used(tmp_path, monke
     sys.modules.pop(module, None)
 
 
+DEVICES = '''
+from fedq.fl.fleet import DeviceProfile
+
+SATELLITE = DeviceProfile("satellite", train_gflops=2.0, up_mbps=0.5, down_mbps=5.0, availability=0.4)
+'''
+
+
+def test_a_device_profile_of_the_users_own_module_is_a_fleet_alone_or_part_of_a_mix(tmp_path, monkeypatch):
+    module = f"my_devices_{tmp_path.name}"
+    (tmp_path / f"{module}.py").write_text(DEVICES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    profiles, index = fleet(f"{module}:SATELLITE", 3, seed=0)
+    assert [p.name for p in profiles] == ["satellite"] and list(index) == [0, 0, 0]
+    mix = tmp_path / "fleet.yaml"
+    mix.write_text(f"mix: {{'{module}:SATELLITE': 0.5, midrange-4g: 0.5}}\n")
+    profiles, index = fleet(str(mix), 4, seed=0)
+    assert sorted(profiles[i].name for i in index) == ["midrange-4g", "midrange-4g", "satellite", "satellite"]
+    validate_config(compose_config([*TINY, f"fl.devices={module}:SATELLITE"]))
+    with pytest.raises(ConfigError, match=f"fl.devices={module}:GEO: {module} has no GEO"):
+        validate_config(compose_config([*TINY, f"fl.devices={module}:GEO"]))
+    with pytest.raises(ConfigError, match="its mix names a profile it does not define .*'tablet' is unknown"):
+        mix.write_text("mix: {tablet: 1.0}\n")
+        validate_config(compose_config([*TINY, f"fl.devices={mix}"]))
+    sys.modules.pop(module, None)
+
+
 def test_an_extension_that_cannot_be_used_is_one_line(tmp_path, user_module):
     base = [*TINY, f"data.cache_dir={tmp_path}"]
     for setting, why in ((f"fl.defence={user_module}:Nothing", f"{user_module} has no Nothing"),
@@ -146,13 +174,15 @@ def test_no_extension_is_special_cased_outside_its_own_module():
     """``if fl.defence == "cclip"`` in the round would make a second home for the entry: each entry's own module decides.
     No string literal outside an entry's module is an entry's name, except as a setting's default (``= "fedavg"``)."""
     homes = {"fedq/fl/defences.py": DEFENCES.names(), "fedq/fl/attacks.py": ATTACKS.names(),
-             "fedq/fl/strategies.py": STRATEGIES.names(), "fedq/report/sinks.py": SINKS.names()}
+             "fedq/fl/strategies.py": STRATEGIES.names(), "fedq/report/sinks.py": SINKS.names(),
+             "fedq/comm/codecs/": tuple(name for name in CODECS.names() if name not in VARIANTS),  # fp32 is a variant too
+             "fedq/fl/fleet.py": PROFILES.names()}
     sources = [p for top in ("fedq", "server", "clients") for p in (REPO / top).rglob("*.py")]
     for home, names in homes.items():
         quoted = {f'"{name}"' for name in names if name != "none"} | {f"'{name}'" for name in names if name != "none"}
         found = []
         for path in sources:
-            if str(path.relative_to(REPO)) == home:
+            if str(path.relative_to(REPO)).startswith(home):
                 continue
             with path.open("rb") as handle:
                 previous = ""
@@ -172,3 +202,4 @@ def test_help_lists_every_registrys_entries():
                               ("fl.strategy", STRATEGIES),
                               ("comm.uplink.name, comm.downlink.name", CODECS)):
         assert f"  {setting}: {' '.join(registry.names())}" in result.stdout, result.stdout[-1500:]
+    assert f"  fl.devices: {' '.join([*FLEETS, *PROFILES.names()])} (or module:NAME" in result.stdout

@@ -134,7 +134,7 @@ def test_a_fleet_file_with_its_own_profiles(tmp_path):
     [
         (["fl.min_replies=6"], "fl.min_replies=6 must be between 1 and the 5 clients per round"),
         (["fl.dropout_rate=1.0"], r"fl.dropout_rate=1.0 must be in \[0, 1\)"),
-        (["fl.devices=satellite"], "neither a built-in fleet"),
+        (["fl.devices=satellite"], "fl.devices=.satellite. is unknown; choose a fleet \\(mixed\\), a device profile \\(flagship-wifi, midrange-4g, board-slow-link\\), module:NAME"),
         (["fl.round_deadline=10"], "needs a virtual clock"),
         (["fl.attack=backdoor", "fl.attackers=0.1"], "fl.attack='backdoor' is unknown"),
         (["fl.attack=sign_flip"], "set both"),

@@ -28,7 +28,7 @@ import numpy as np
 
 from fedq.errors import ConfigError
 from fedq.fl.settings import FLConfig
-from fedq.registry import Registry
+from fedq.registry import ClassRegistry
 
 
 class Attack:
@@ -52,7 +52,7 @@ class Attack:
         raise NotImplementedError
 
 
-ATTACKS: Registry[Attack] = Registry("attacks", "fl.attack", Attack)
+ATTACKS: ClassRegistry[Attack] = ClassRegistry("attacks", "fl.attack", Attack)
 
 
 @ATTACKS.add

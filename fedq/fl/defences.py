@@ -34,7 +34,7 @@ import numpy as np
 from fedq.errors import ConfigError
 from fedq.fl.settings import FLConfig
 from fedq.fl.strategies import STRATEGIES
-from fedq.registry import Registry
+from fedq.registry import ClassRegistry
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Defence:
         return updates, weights
 
 
-DEFENCES: Registry[Defence] = Registry("defences", "fl.defence", Defence)
+DEFENCES: ClassRegistry[Defence] = ClassRegistry("defences", "fl.defence", Defence)
 
 
 @DEFENCES.add

@@ -1,8 +1,10 @@
 """Simulated devices: each client's profile (training speed, bandwidths, availability) and the virtual clock of its
 round.
 
-``fl.devices`` names a built-in fleet or a YAML file of profiles and their
-shares. The virtual clock of a client's round is ``download bytes / downlink +
+``fl.devices`` names a fleet: a mix of device profiles (``mixed``), one
+profile (every client alike: ``midrange-4g``, or a researcher's own
+``module:NAME``, a ``DeviceProfile``, or an entry point in ``fedq.devices``),
+or a YAML file of profiles and their shares. The virtual clock of a client's round is ``download bytes / downlink +
 training FLOPs / speed + upload bytes / uplink``, with the training FLOPs of its
 local steps counted as 6 x parameters x tokens (forward and backward). The clock
 does not depend on the machine that runs the simulation, or on what else it
@@ -18,6 +20,7 @@ import numpy as np
 import yaml
 
 from fedq.errors import ConfigError
+from fedq.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -50,45 +53,46 @@ def training_flops(parameters: int, tokens: int, frozen: int = 0) -> float:
 # few tens of GFLOP/s (this project's 2-core VM sustains about 60 GFLOP/s on the tiny
 # model). Availabilities: FedScale's device traces (Lai et al., ICML 2022), where phones
 # are online for training a fraction of the day.
-PROFILES = {
-    "flagship-wifi": DeviceProfile("flagship-wifi", train_gflops=20.0, up_mbps=40.0, down_mbps=90.0, availability=0.9),
-    "midrange-4g": DeviceProfile("midrange-4g", train_gflops=5.0, up_mbps=10.0, down_mbps=50.0, availability=0.7),
-    "board-slow-link": DeviceProfile("board-slow-link", train_gflops=1.5, up_mbps=1.0, down_mbps=2.0, availability=0.8),
-}
-# Built-in fleets: a name -> {profile: share of the clients}.
-FLEETS = {
-    "flagship-wifi": {"flagship-wifi": 1.0},
-    "midrange-4g": {"midrange-4g": 1.0},
-    "board-slow-link": {"board-slow-link": 1.0},
-    "mixed": {"flagship-wifi": 0.3, "midrange-4g": 0.5, "board-slow-link": 0.2},
-}
+PROFILES: Registry[DeviceProfile] = Registry("devices", "fl.devices", DeviceProfile)
+PROFILES.add(DeviceProfile("flagship-wifi", train_gflops=20.0, up_mbps=40.0, down_mbps=90.0, availability=0.9))
+PROFILES.add(DeviceProfile("midrange-4g", train_gflops=5.0, up_mbps=10.0, down_mbps=50.0, availability=0.7))
+PROFILES.add(DeviceProfile("board-slow-link", train_gflops=1.5, up_mbps=1.0, down_mbps=2.0, availability=0.8))
+# Built-in mixes: a name -> {profile: share of the clients}; a profile's own name is a fleet of it alone.
+FLEETS = {"mixed": {"flagship-wifi": 0.3, "midrange-4g": 0.5, "board-slow-link": 0.2}}
 
 
 def load_fleet(spec: str) -> tuple[dict[str, DeviceProfile], dict[str, float]]:
-    """A built-in fleet name, or a YAML file
-    ``{profiles: {name: {train_gflops, up_mbps, down_mbps, availability}}, mix: {name: share}}``."""
+    """The profiles and shares ``fl.devices=spec`` means: a built-in mix, one profile (a fleet of it alone), or a
+    YAML file ``{profiles: {name: {train_gflops, up_mbps, down_mbps, availability}}, mix: {name: share}}`` whose
+    mix may also name any profile of the registry."""
     if spec in FLEETS:
-        return PROFILES, FLEETS[spec]
+        return {name: PROFILES.get(name) for name in FLEETS[spec]}, FLEETS[spec]
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise ConfigError(f"fl.devices={spec!r} is neither a built-in fleet ({', '.join(FLEETS)}) nor a YAML file")
+        try:
+            profile = PROFILES.get(spec)
+        except ConfigError:
+            if ":" in spec:
+                raise  # the user's own module: its error names what is wrong
+            raise ConfigError(f"fl.devices={spec!r} is unknown; choose a fleet ({', '.join(FLEETS)}), a device profile "
+                              f"({', '.join(PROFILES.names())}), module:NAME of your own (a DeviceProfile) or a YAML "
+                              "file") from None
+        return {spec: profile}, {spec: 1.0}
     try:
         raw = yaml.safe_load(path.read_text()) or {}
-        profiles = dict(PROFILES)
-        for name, fields in (raw.get("profiles") or {}).items():
-            profiles[name] = DeviceProfile(name=name, **fields)
+        own = {name: DeviceProfile(name=name, **fields) for name, fields in (raw.get("profiles") or {}).items()}
         mix = {str(name): float(share) for name, share in raw["mix"].items()}
     except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError, ValueError) as err:
         raise ConfigError(f"fl.devices={spec}: not a fleet file ({type(err).__name__}: {err})") from None
-    return profiles, mix
+    try:
+        return {name: own[name] if name in own else PROFILES.get(name) for name in mix}, mix
+    except ConfigError as err:
+        raise ConfigError(f"fl.devices={spec}: its mix names a profile it does not define ({err})") from None
 
 
 def validate_fleet(spec: str) -> dict[str, DeviceProfile]:
     """Check a fleet spec; return the profiles it uses."""
     profiles, mix = load_fleet(spec)
-    unknown = [name for name in mix if name not in profiles]
-    if unknown:
-        raise ConfigError(f"fl.devices={spec}: unknown device profile {unknown[0]!r}; known: {', '.join(profiles)}")
     if not mix or any(share < 0 for share in mix.values()) or sum(mix.values()) <= 0:
         raise ConfigError(f"fl.devices={spec}: the shares of the mix must be >= 0 and add up to more than 0")
     for name in mix:

@@ -63,7 +63,7 @@ class FLConfig:
     byzantine: int = 0  # krum, multikrum, bulyan: attackers per round the aggregator must tolerate
     min_replies: int = 1  # a round needs this many accepted updates, else the run stops with the reasons
     # Faults (fedq/fl/faults.py; fleets: fedq/fl/fleet.py): a fleet of device profiles gives every client a virtual clock.
-    devices: Optional[str] = None  # flagship-wifi | midrange-4g | board-slow-link | mixed | a YAML file; None = no clock
+    devices: Optional[str] = None  # a fleet (mixed), a device profile (midrange-4g, module:NAME) or a YAML file; None = no clock
     round_deadline: float = 0.0  # simulated seconds a round waits; a later client is dropped; 0 = no deadline
     dropout_rate: float = 0.0  # chance that a sampled client goes offline before replying
     crash_rate: float = 0.0  # chance that a sampled client fails with an error

@@ -27,7 +27,7 @@ from typing import ClassVar
 
 from fedq.errors import ConfigError
 from fedq.fl.settings import FLConfig, clients_per_round
-from fedq.registry import Registry
+from fedq.registry import ClassRegistry
 
 
 class Strategy:
@@ -63,7 +63,7 @@ class Strategy:
                               f"{self.fewest(fl)} = {self.fewest_updates(fl)} clients per round (has {round_size})")
 
 
-STRATEGIES: Registry[Strategy] = Registry("strategies", "fl.strategy", Strategy)
+STRATEGIES: ClassRegistry[Strategy] = ClassRegistry("strategies", "fl.strategy", Strategy)
 
 
 @STRATEGIES.add

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Optional
 
 from fedq.errors import ConfigError
 from fedq.files import atomic_write
-from fedq.registry import Registry
+from fedq.registry import ClassRegistry
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Sink:
         """Flush and release what the sink holds."""
 
 
-SINKS: Registry[Sink] = Registry("sinks", "report.sinks", Sink)
+SINKS: ClassRegistry[Sink] = ClassRegistry("sinks", "report.sinks", Sink)
 
 
 def numeric(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
