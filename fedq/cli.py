@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import signal
 import sys
@@ -18,7 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from fedq.config import CONFIG_MODULE, FedqConfig, compose_config, settings_by_key, validate_config
 from fedq.errors import ConfigError, FedqError
 from fedq.files import describe_write_error
+from fedq.logs import configure as configure_logging
 from fedq.run_folder import LOCK_FILE, refuse_overwrite
+
+log = logging.getLogger(__name__)
 
 
 def config_groups() -> set[str]:
@@ -84,15 +88,16 @@ def run_with_user_errors(main: Callable[[FedqConfig], object], cfg: DictConfig) 
     refused run, a ``resume=`` that wrote into the run's folder) is removed.
     """
     signal.signal(signal.SIGTERM, _interrupt)
+    configure_logging()
     try:
         config = to_config(cfg)
         validate_config(config)
         main(config)
     except FedqError as err:
-        print(f"error: {err}", file=sys.stderr)
+        log.error(str(err))
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        log.info("interrupted")
         sys.exit(130)
     finally:
         if not _RUN_DIR_EXISTED:
@@ -154,6 +159,7 @@ def run_entry_point(hydra_main: Callable[[], None], writes_run: bool = False) ->
     to Hydra. ``writes_run``: the command writes a run into its folder (fedq.simulate), so a ``hydra.run.dir`` that
     holds a run already is refused before Hydra writes its own files there (``resume=`` continues a run instead)."""
     global _RUN_DIR_EXISTED
+    configure_logging()
     given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("hydra.run.dir=")]
     _RUN_DIR_EXISTED = bool(given) and Path(given[-1]).expanduser().exists()
     try:
@@ -163,7 +169,7 @@ def run_entry_point(hydra_main: Callable[[], None], writes_run: bool = False) ->
         if not any(a in ("--help", "-h", "--cfg", "-c", "--info") for a in sys.argv[1:]):
             check_run_dir(sys.argv[1:])
     except FedqError as err:
-        print(f"error: {err}", file=sys.stderr)
+        log.error(str(err))
         sys.exit(2)
     hydra_main()
 

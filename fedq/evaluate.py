@@ -15,6 +15,7 @@ federation settings) are refused with one line, as every setting a command would
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from fedq.data.textdir import read_parallel_files
 from fedq.errors import ConfigError
 from fedq.scoring import score_file
 from fedq.task import configure_threads, resolve_device
+
+log = logging.getLogger("fedq.evaluate")  # not __name__: run as __main__
 
 USED_PREFIXES = ("ckpt", "decode", "eval", "device", "threads", "data", "seed", "hydra")
 
@@ -82,13 +85,13 @@ def evaluate(cfg: FedqConfig, overrides: Sequence[str] = ()) -> dict[str, float]
         raise ConfigError(f"fedq.evaluate does not use {' '.join(ignored)}: the checkpoint fixes the model, its "
                           "quantization and training (it takes ckpt=, data.*, eval.*, decode.*, device, threads)")
     description, sets = evaluation_sets(cfg, checkpoint.config.data, overrides)
-    print(f"scoring {checkpoint.deployed_path} on {description}", flush=True)
+    log.info(f"scoring {checkpoint.deployed_path} on {description}")
     results = score_file(checkpoint.deployed_path, checkpoint.tokenizer, sets, cfg.decode, resolve_device(cfg.device))
     scores = {}
     for split, bleu in results.items():
         saved_score = checkpoint.meta.get(f"{split}_bleu") if description.startswith("the checkpoint's") else None
         note = f" (saved at training: {saved_score:.2f})" if saved_score is not None else ""
-        print(f"{split} (deployed form): {bleu}{note}", flush=True)
+        log.info(f"{split} (deployed form): {bleu}{note}")
         scores[split] = bleu.score
     return scores
 

@@ -7,6 +7,7 @@ reports is of the packed form.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from fedq.quant.deployed import (
     DeployedSize,
     load_deployed,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -140,11 +143,11 @@ def score_checkpoint(folder: Path, corpus: ParallelCorpus, decode: DecodeConfig,
     """BLEU on valid and test of the packed file a checkpoint folder holds, and that file's size."""
     checkpoint = read_checkpoint(folder)
     size = checkpoint.meta["deployed_size"]
-    print(f"deployed file {checkpoint.deployed_path}: {DeployedSize(**size).describe()}", flush=True)
+    log.info(f"deployed file {checkpoint.deployed_path}: {DeployedSize(**size).describe()}")
     splits = {"valid": corpus.valid, "test": corpus.test}
     results = score_file(checkpoint.deployed_path, checkpoint.tokenizer, splits, decode, device, checkpoint.folder)
     for split, bleu in results.items():
-        print(f"{split} (deployed form): {bleu}", flush=True)
+        log.info(f"{split} (deployed form): {bleu}")
     return {
         "valid_bleu": results["valid"].score,
         "test_bleu": results["test"].score,

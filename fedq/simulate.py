@@ -47,13 +47,15 @@ from fedq.config import (
 from fedq.errors import ConfigError, FedqError
 from fedq.fl.federation import Federation
 from fedq.fl.footprint import check_fits
-from fedq.fl.reporting import progress_line
 from fedq.fl.settings import clients_sampled
 from fedq.fl.state import load_state, saved_config
+from fedq.report.console import progress_line
 from fedq.report.run_log import SUMMARY_FILE, read_failure, read_rows
 from fedq.run_folder import RunFolderLock, refuse_overwrite
 from fedq.superlink import LocalSuperLink, write_app_dir
 from fedq.task import check_init_from, load_task, resolve_device
+
+log = logging.getLogger("fedq.simulate")  # not __name__: run as __main__
 
 RAY_ADDRESS_VARIABLE = "FEDQ_RAY_ADDRESS"
 _PROGRESS = re.compile(r"^round (\d+)/\d+ \|")
@@ -71,7 +73,7 @@ def machine_resources(ray_address: str | None) -> tuple[float, float, str]:
         finally:
             ray.shutdown()
         cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
-        print(f"Ray cluster at {ray_address}: {cpus:g} CPUs, {gpus:g} GPUs on {len(nodes)} node(s)", flush=True)
+        log.info(f"Ray cluster at {ray_address}: {cpus:g} CPUs, {gpus:g} GPUs on {len(nodes)} node(s)")
         return cpus, gpus, f"the Ray cluster at {ray_address}"
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return float(cpus), float(torch.cuda.device_count()), "this machine"
@@ -136,22 +138,18 @@ def _simulate(cfg: FedqConfig, out_dir: Path, resume: bool) -> dict:
         check_init_from(cfg)  # fail now, not after the corpus, the tokenizer and the SuperLink
     device = resolve_device(cfg.device)
     if device.type == "cuda" and cfg.fl.num_gpus <= 0:
-        print("note: CUDA is available but fl.num_gpus=0: clients train on CPU (set fl.num_gpus=0.5 to share the GPU)")
+        log.info("note: CUDA is available but fl.num_gpus=0: clients train on CPU (set fl.num_gpus=0.5 to share the GPU)")
     task = load_task(cfg)  # the corpus, tokenizer and shard caches are built once, before the clients start
     federation = Federation(cfg, task)
     federation.check_deadline()
     check_fits(federation, out_dir)
-    print(task.describe(), flush=True)
+    log.info(task.describe())
 
     started = time.perf_counter()
-    errors: list[str] = []  # the ServerApp's own one-line errors, for when failure.json could not be written
     shown = [0]  # the last round whose progress line came through
 
     def show(line: str) -> None:
-        if line.startswith("error: "):  # the driver prints the run's one error line when the run has ended
-            errors.append(line.removeprefix("error: "))
-            return
-        print(line, flush=True)
+        log.info(line)
         if match := _PROGRESS.match(line):
             shown[0] = int(match[1])
 
@@ -173,12 +171,12 @@ def _simulate(cfg: FedqConfig, out_dir: Path, resume: bool) -> dict:
     except KeyboardInterrupt:  # every process of the run has ended here: its rows are final
         _print_resume_hint(out_dir, shown[0], cfg.fl.rounds)
         raise
-    failure = read_failure(out_dir) or (errors[-1] if errors else None)
+    failure = read_failure(out_dir)  # the ServerApp's one-line error: said once, here, when the run has ended
     if failure is not None and not (out_dir / SUMMARY_FILE).exists():
         raise FedqError(failure)
     if code != 0 or not (out_dir / SUMMARY_FILE).exists():
         raise FedqError(f"the simulation ended without results (flwr run exit code {code}); see the log above")
-    print(f"simulation wall time {format_seconds(time.perf_counter() - started)}; results in {out_dir}", flush=True)
+    log.info(f"simulation wall time {format_seconds(time.perf_counter() - started)}; results in {out_dir}")
     return {"out_dir": str(out_dir)}
 
 
@@ -188,11 +186,11 @@ def _print_resume_hint(out_dir: Path, shown: int, planned: int) -> None:
     rows = read_rows(out_dir)
     for number, row in enumerate(rows):
         if row["round"] > shown:
-            print(progress_line(row, rows[: number + 1], planned), flush=True)
+            log.info(progress_line(row, rows[: number + 1], planned))
     done = f"after round {rows[-1]['round']}" if rows else "before the first round ended"
     saved = (out_dir / "state").is_dir()
     hint = f"; continue with: python -m fedq.simulate resume={out_dir}" if saved else ""
-    print(f"\nstopped {done}; Flower and Ray were shut down{hint}", flush=True)
+    log.info(f"\nstopped {done}; Flower and Ray were shut down{hint}")
 
 
 def _fedq_version() -> str:

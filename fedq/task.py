@@ -7,6 +7,7 @@ SentencePiece tokenizer; ``build_model`` gives the Transformer of
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from fedq.files import FileWriteError
 from fedq.model.adapters import B_NAME, add_adapters
 from fedq.model.transformer import Transformer
 from fedq.quant import quantize_model
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -80,7 +83,7 @@ def build_model(cfg: FedqConfig, tokenizer: SubwordTokenizer, init_from: str | N
                                   f"than adapter.rank={cfg.adapter.rank}; continue with the rank they were trained with")
         model.load_state_dict(carried, strict=False)
         unused = len(skipped) - len(carried)
-        print(f"initialised from {source.folder}" + (f" ({unused} tensors not used)" if unused else ""), flush=True)
+        log.info(f"initialised from {source.folder}" + (f" ({unused} tensors not used)" if unused else ""))
     return model
 
 
@@ -124,6 +127,6 @@ def load_task(cfg: FedqConfig) -> TranslationTask:
     except FileWriteError as err:
         raise FileWriteError(f"data.cache_dir={cfg.data.cache_dir}: {err}") from None
     if not cfg.data.tokenizer and tokenizer.vocab_size < cfg.data.vocab_size:
-        print(f"note: the tokenizer has {tokenizer.vocab_size:,} pieces, fewer than data.vocab_size={cfg.data.vocab_size:,}: "
-              "the training split gives no more", flush=True)
+        log.info(f"note: the tokenizer has {tokenizer.vocab_size:,} pieces, fewer than data.vocab_size={cfg.data.vocab_size:,}: "
+                 "the training split gives no more")
     return TranslationTask(corpus, tokenizer)

@@ -7,6 +7,7 @@ with sacreBLEU.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -39,6 +40,8 @@ from fedq.task import (
     seed_everything,
 )
 
+log = logging.getLogger("fedq.train")  # not __name__: run as __main__
+
 
 def train(cfg: FedqConfig, out_dir: Path) -> dict:
     refuse_unused(cfg, "train")
@@ -47,25 +50,21 @@ def train(cfg: FedqConfig, out_dir: Path) -> dict:
     device = resolve_device(cfg.device)
     task = load_task(cfg)
     tokenizer = task.tokenizer
-    print(task.describe(), flush=True)
+    log.info(task.describe())
 
     model = build_model(cfg, tokenizer, cfg.init_from)
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model ({cfg.model.describe()}): {n_params / 1e6:.2f}M parameters on {device}; {describe_quantization(model)}",
-          flush=True)
+    log.info(f"model ({cfg.model.describe()}): {n_params / 1e6:.2f}M parameters on {device}; {describe_quantization(model)}")
 
     encoded = training_pairs(encode_pairs(task.corpus.train, tokenizer), cfg.data.max_len)
     if note := budget_note(encoded, cfg.data.max_tokens):
-        print(note, flush=True)
+        log.info(note)
     batches_per_epoch = steps_per_epoch(encoded, cfg.data.max_tokens, tokenizer)
     total_steps = planned_steps(cfg.train.max_steps, cfg.train.max_epochs, encoded, cfg.data.max_tokens, tokenizer)
     deadline = time.time() + 60 * cfg.train.max_minutes if cfg.train.max_minutes > 0 else None
-    print(
-        f"training: {len(encoded)} pairs, {batches_per_epoch} batches/epoch of <= {cfg.data.max_tokens} tokens, "
-        f"{total_steps} steps" + (f", stopping after {cfg.train.max_minutes:g} min" if deadline else ""),
-        flush=True,
-    )
+    log.info(f"training: {len(encoded)} pairs, {batches_per_epoch} batches/epoch of <= {cfg.data.max_tokens} tokens, "
+             f"{total_steps} steps" + (f", stopping after {cfg.train.max_minutes:g} min" if deadline else ""))
 
     optimizer = make_optimizer(model, cfg.train.lr, cfg.train.betas, cfg.train.weight_decay)
     scheduler = inverse_sqrt_schedule(optimizer, cfg.train.warmup_steps)
@@ -73,17 +72,14 @@ def train(cfg: FedqConfig, out_dir: Path) -> dict:
     settings = StepSettings(device, tokenizer.pad_id, cfg.train.label_smoothing, cfg.train.clip_norm)
     totals = TrainStats()
 
-    def log(step: int, window: TrainStats, elapsed: float) -> None:
+    def show_step(step: int, window: TrainStats, elapsed: float) -> None:
         global_step = totals.steps
         eta = totals.seconds / global_step * (total_steps - global_step)
         if deadline is not None:
             eta = min(eta, max(0.0, deadline - time.time()))
-        print(
-            f"step {global_step}/{total_steps} (epoch {global_step / batches_per_epoch:.2f}) | loss {window.loss:.3f} | "
-            f"{window.tokens_per_second:,.0f} tgt tok/s | lr {scheduler.get_last_lr()[0]:.2e} | "
-            f"{format_seconds(totals.seconds)} elapsed, ETA {format_seconds(eta)}",
-            flush=True,
-        )
+        log.info(f"step {global_step}/{total_steps} (epoch {global_step / batches_per_epoch:.2f}) | loss {window.loss:.3f} | "
+                 f"{window.tokens_per_second:,.0f} tgt tok/s | lr {scheduler.get_last_lr()[0]:.2e} | "
+                 f"{format_seconds(totals.seconds)} elapsed, ETA {format_seconds(eta)}")
 
     folder = out_dir / "checkpoint"
 
@@ -102,28 +98,25 @@ def train(cfg: FedqConfig, out_dir: Path) -> dict:
         while totals.steps < total_steps:
             train_steps(
                 model, stream, optimizer, next_stop(totals.steps) - totals.steps, settings, scheduler=scheduler,
-                deadline=deadline, on_log=log, log_every=cfg.train.log_every, totals=totals,
+                deadline=deadline, on_log=show_step, log_every=cfg.train.log_every, totals=totals,
             )
             if deadline is not None and time.time() >= deadline:
-                print(f"time limit of {cfg.train.max_minutes:g} min reached at step {totals.steps}", flush=True)
+                log.info(f"time limit of {cfg.train.max_minutes:g} min reached at step {totals.steps}")
                 break
             if totals.steps < total_steps:
                 save()  # a crash later loses at most the steps since this one
                 if cfg.train.eval_every > 0 and totals.steps % cfg.train.eval_every == 0:
                     valid, _ = evaluate_bleu(model, tokenizer, task.corpus.valid, cfg.decode, device)
-                    print(f"step {totals.steps}: valid {valid} (training-form weights)", flush=True)
+                    log.info(f"step {totals.steps}: valid {valid} (training-form weights)")
     except KeyboardInterrupt:
         save()
-        print(
-            f"interrupted at step {totals.steps}; checkpoint saved in {folder} "
-            f"(score it with: python -m fedq.evaluate ckpt={folder})",
-            flush=True,
-        )
+        log.info(f"interrupted at step {totals.steps}; checkpoint saved in {folder} "
+                 f"(score it with: python -m fedq.evaluate ckpt={folder})")
         raise
     save()
     scores = score_checkpoint(folder, task.corpus, cfg.decode, device)
     update_meta(folder, **scores)
-    print(f"checkpoint: {folder}", flush=True)
+    log.info(f"checkpoint: {folder}")
     return scores
 
 

@@ -7,6 +7,7 @@ and Flower's strategy aggregates (``server/aggregation.py``).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -28,9 +29,12 @@ from fedq.fl import protocol
 from fedq.fl.protocol import Reply, TrainReply, TrainRequest
 from fedq.fl.rounds import FederationMismatchError, nodes_by_partition, too_few_nodes
 from fedq.fl.run import run_federation
+from fedq.logs import configure as configure_logging
 from fedq.report.run_log import write_failure
 from fedq.run_folder import RunFolderBusyError
 from server.aggregation import FlowerAggregator
+
+log = logging.getLogger("fedq.server_app")  # under fedq's logger (fedq.logs)
 
 REPLY_TIMEOUT_SECONDS = 24 * 3600.0  # Flower's default of one hour is too short for a long local round
 POLL_SECONDS = 0.2  # Flower's own send_and_receive looks every 3 s on its HTTP grid
@@ -141,13 +145,15 @@ class GridExchange:
 def main(grid: Grid, context: Context) -> None:
     """A user error is one line (and failure.json), never a silent success. Without ``num-clients`` (or a whole
     ``config``) in the run config, the federation's own size is the number of clients."""
+    configure_logging()
     run_config, out_dir = context.run_config, results_dir(context.run_config, context.run_id)
+    driven = bool(run_config.get(LOCK_HOLDER_KEY, ""))  # started by fedq.simulate, which holds the folder
     try:
         fixed = run_config.get("config", "") != "" or run_config.get("num-clients", "") != ""
         federation_size = None if fixed else len(node_ids(grid, 0, 120.0, settle_seconds=3.0))
         cfg = config_from_run_config(run_config, federation_size)
         validate_config(cfg)
-        print(f"settings: {changed_settings(cfg)}", flush=True)
+        log.info(f"settings: {changed_settings(cfg)}")
         pool = int(run_config.get(CLIENT_POOL_KEY) or 0)
         nodes = node_ids(grid, pool or cfg.fl.clients, cfg.fl.node_wait_seconds)
         if pool:
@@ -156,11 +162,15 @@ def main(grid: Grid, context: Context) -> None:
             answers = ask_partitions(grid, nodes, max(cfg.fl.node_wait_seconds, 60.0))
             by_client = nodes_by_partition(answers, cfg.fl.clients)
         exchange = GridExchange(grid, by_client, cfg.fl.reply_timeout)
-        resume, folder_held = bool(run_config.get("resume", False)), bool(run_config.get(LOCK_HOLDER_KEY, ""))
-        run_federation(cfg, out_dir, exchange, FlowerAggregator(cfg), resume, folder_held=folder_held)
+        run_federation(cfg, out_dir, exchange, FlowerAggregator(cfg), bool(run_config.get("resume", False)),
+                       folder_held=driven)
     except RunFolderBusyError as err:  # another process writes the folder: failure.json there would be its
-        print(f"error: {err}", flush=True)
+        log.error(str(err))
         raise
     except FedqError as err:
-        print(f"error: {write_failure(out_dir, str(err))}", flush=True)
+        unwritten = write_failure(out_dir, str(err))
+        if unwritten is not None:
+            log.error(f"{err} (and failure.json could not be written: {unwritten})")
+        elif not driven:  # fedq.simulate reads failure.json and says it once; under flwr run this is the only line
+            log.error(str(err))
         raise

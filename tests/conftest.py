@@ -1,5 +1,6 @@
 """Shared test settings."""
 
+import logging
 import subprocess
 import sys
 import zipfile
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from fedq.logs import ROOT, configure
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -18,6 +21,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def console():
+    """fedq's lines on the console as a command shows them (fedq.logs.configure), for capsys to read; undone after."""
+    logger = logging.getLogger(ROOT)
+    saved = logger.handlers[:], logger.level, logger.propagate
+    configure()
+    yield logger
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture(scope="session")

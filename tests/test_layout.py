@@ -91,7 +91,8 @@ def test_fedq_imports_no_flower_module_and_validating_a_config_imports_no_engine
 # What the Flower apps may import: Flower, the standard library, numpy, and fedq's round as the library exposes it
 # (settings, the message protocol, the round, the run folder). Training, codecs, models and data stay in fedq.
 APP_IMPORTS = ("flwr", "numpy", "server", "fedq.config", "fedq.errors", "fedq.fl.protocol", "fedq.fl.rounds", "fedq.fl.run",
-               "fedq.fl.client", "fedq.fl.settings", "fedq.fl.strategies", "fedq.report.run_log", "fedq.run_folder")
+               "fedq.fl.client", "fedq.fl.settings", "fedq.fl.strategies", "fedq.report.run_log", "fedq.run_folder",
+               "fedq.logs")
 APP_FORBIDDEN = ("torch", "fedq.comm", "fedq.model", "fedq.quant", "fedq.engine", "fedq.data", "fedq.task", "ray")
 
 

@@ -97,9 +97,10 @@ def test_interrupted_simulation_stops_in_seconds_and_resumes_to_the_same_end(tmp
     # Resumed, then killed with SIGKILL (no handler runs): every process it started still ends, Flower's home goes.
     killed = simulate(f"resume={stopped}", f"hydra.run.dir={tmp_path / 'resume-command'}")
     for line in killed.stdout:
-        if line.startswith("round 4/5"):
+        if line.startswith("round "):  # its first round (the interrupted run may have saved round 3 or 4 already)
             break
     tree = descendants(killed.pid)
+    assert tree, "the resumed run ended before its first round's line came"
     homes = {path for pid in tree for path in _flower_homes(pid)}
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=30)
@@ -329,8 +330,8 @@ def test_a_results_folder_that_turns_read_only_is_one_line_naming_the_file(tmp_p
         log.write_round({"round": 1})
     monkeypatch.undo()
     monkeypatch.setattr(os, "fsync", lambda fd: read_only())
-    line = write_failure(tmp_path, "round 3: disk full")
-    assert line.startswith("round 3: disk full (and failure.json could not be written: cannot write failure.json in")
+    assert write_failure(tmp_path, "round 3: disk full").startswith("cannot write failure.json in")
+    assert not (tmp_path / "failure.json").exists()
 
 
 @pytest.mark.e2e

@@ -171,7 +171,7 @@ def test_an_unreachable_client_is_not_sampled_until_the_exchange_sees_it_again(f
     assert third.sampled == 4 and third.clients == 4 and not server.unreachable
 
 
-def test_a_client_whose_ray_worker_died_is_counted_with_its_reason_and_a_warning(federation, capsys):
+def test_a_client_whose_ray_worker_died_is_counted_with_its_reason_and_a_warning(federation, caplog):
     server = coordinator(federation, "fl.clients_per_round=3")
     start = federation.initial_vector()
     updates = {p: np.full(start.size, 0.1, np.float32) for p in range(4)}
@@ -180,7 +180,8 @@ def test_a_client_whose_ray_worker_died_is_counted_with_its_reason_and_a_warning
     _, outcome = server.run_round(1, start, answering(updates, make_codec("fp32"), fingerprint(federation)))
     assert outcome.dropped == {"worker died": 1} and outcome.clients == 2
     assert outcome.failures == [f"client {died}: worker died (ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.)"]
-    assert "Flower does not replace a worker that died" in capsys.readouterr().out
+    assert [(r.name, r.levelname) for r in caplog.records if "Flower does not replace a worker that died" in r.message] == [
+        ("fedq.fl.rounds", "WARNING")]
 
 
 def test_a_fedq_config_reaches_the_strategy(federation):

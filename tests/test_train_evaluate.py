@@ -43,7 +43,7 @@ def test_tiny_model_overfits_32_pairs(cache_overrides):
     assert "tok:13a" in bleu.signature
 
 
-def test_evaluate_reproduces_bleu_saved_at_training(tmp_path, cache_overrides, capsys):
+def test_evaluate_reproduces_bleu_saved_at_training(tmp_path, cache_overrides, console, capsys):
     overrides = SMALL_DEMO + cache_overrides + ["train.max_steps=60", "train.log_every=30", "quant.bits=2"]
     scores = train(compose_config(overrides), tmp_path)
     out = capsys.readouterr().out
@@ -111,7 +111,7 @@ def test_user_errors_are_one_line_but_bugs_keep_their_traceback(capsys):
         run_with_user_errors(bug, cfg)
 
 
-def test_evaluate_scores_other_sets_and_refuses_what_it_ignores(tmp_path, cache_overrides, capsys):
+def test_evaluate_scores_other_sets_and_refuses_what_it_ignores(tmp_path, cache_overrides, console, capsys):
     overrides = SMALL_DEMO + cache_overrides + ["train.max_steps=2"]
     train(compose_config(overrides), tmp_path)
     ckpt = tmp_path / "checkpoint"

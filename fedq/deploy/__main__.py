@@ -19,6 +19,7 @@ apply to this model is one line in the table's notes; the others go on.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -41,6 +42,8 @@ from fedq.deploy.variant import Source, Translator, VariantError
 from fedq.errors import ConfigError
 from fedq.files import atomic_write
 from fedq.scoring import corpus_bleu
+
+log = logging.getLogger("fedq.deploy")  # not __name__: run as __main__
 
 
 def folder_bytes(folder: Path) -> int:
@@ -135,8 +138,8 @@ def deploy(cfg: FedqConfig) -> list[dict[str, Any]]:
     test = test[: cfg.deploy.test_sentences or None]
     sources, references = [s for s, _ in test], [t for _, t in test]
     out = Path(cfg.deploy.out_dir).expanduser() if cfg.deploy.out_dir else checkpoint.folder / "deploy"
-    print(f"deploying {checkpoint.folder} ({model.shape.d_model}-dim, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
-          f"parameters) on {len(sources)} test sentences; variants: {', '.join(cfg.deploy.variants)}", flush=True)
+    log.info(f"deploying {checkpoint.folder} ({model.shape.d_model}-dim, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+             f"parameters) on {len(sources)} test sentences; variants: {', '.join(cfg.deploy.variants)}")
     notes: list[str] = []
     rows: list[dict[str, Any]] = []
     translators: list[Translator] = []
@@ -155,21 +158,21 @@ def deploy(cfg: FedqConfig) -> list[dict[str, Any]]:
             reason = str(err) if isinstance(err, VariantError) else f"failed to build ({type(err).__name__}: " \
                 f"{(str(err).strip().splitlines() or [''])[0][:200]})"
             notes.append(f"{name}: {reason}")
-            print(f"{name}: skipped: {reason}", flush=True)
+            log.info(f"{name}: skipped: {reason}")
             if name == "fp32":
                 raise
             continue
         row = translate_all(name, translator, folder, sources, references, cfg)
         rows.append(row)
         translators.append(translator)
-        print(f"{name}: {row['file_mb']:.2f} MB, {row['sentences_per_s']:.1f} sentences/s at batch "
-              f"{cfg.deploy.batch_size}, test BLEU {row['test_bleu']:.2f}", flush=True)
-    print(f"batch-1 latency: {LATENCY_ROUNDS} passes of {cfg.deploy.latency_sentences} sentences, interleaved", flush=True)
+        log.info(f"{name}: {row['file_mb']:.2f} MB, {row['sentences_per_s']:.1f} sentences/s at batch "
+                 f"{cfg.deploy.batch_size}, test BLEU {row['test_bleu']:.2f}")
+    log.info(f"batch-1 latency: {LATENCY_ROUNDS} passes of {cfg.deploy.latency_sentences} sentences, interleaved")
     add_latency(rows, translators, sources[: cfg.deploy.latency_sentences])
     if cfg.deploy.memory and not memory_measurable():
         notes.append("peak memory: not measured (it is read from Linux's /proc)")
     elif cfg.deploy.memory:
-        print(f"peak memory: each variant translating the {len(sources)} sentences in a process of its own", flush=True)
+        log.info(f"peak memory: each variant translating the {len(sources)} sentences in a process of its own")
         for row in rows:
             row.update(peak_memory(checkpoint.folder, row["variant"], out / row["variant"], len(sources),
                                    throughput_threads(cfg), cfg.deploy, cfg.decode))
@@ -178,7 +181,7 @@ def deploy(cfg: FedqConfig) -> list[dict[str, Any]]:
     atomic_write(out / "table.md", text)
     listed = [{k: v for k, v in r.items() if k != "outputs"} for r in rows] + [{"notes": notes}]
     atomic_write(out / "table.json", json.dumps(listed, indent=2))
-    print("\n" + text + f"\n{rows[0]['bleu_signature'] if rows else ''}\ntable: {out / 'table.md'}", flush=True)
+    log.info("\n" + text + f"\n{rows[0]['bleu_signature'] if rows else ''}\ntable: {out / 'table.md'}")
     return rows
 
 

@@ -80,7 +80,8 @@ def main() -> None:
     p.add_argument("settings", type=json.loads, help='the run\'s settings: {"deploy": {...}, "decode": {...}}')
     args = p.parse_args()
     deploy, decode = DeployConfig(**args.settings["deploy"]), DecodeConfig(**args.settings["decode"])
-    print(json.dumps(measure(args.ckpt, args.variant, args.folder, args.sentences, args.threads, deploy, decode)))
+    answer = measure(args.ckpt, args.variant, args.folder, args.sentences, args.threads, deploy, decode)
+    print(json.dumps(answer))  # what the parent process reads, not a message
 
 
 if __name__ == "__main__":

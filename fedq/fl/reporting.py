@@ -9,6 +9,7 @@ file once on valid and test, and writes ``summary.json`` and the plot.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from fedq.checkpoint import DEPLOYED, deployed_metadata, save_checkpoint, update_meta
-from fedq.cli import format_seconds
 from fedq.config import FedqConfig, config_to_yaml, settings_changed
 from fedq.environment import describe_environment
 from fedq.fl.federation import Federation
@@ -27,14 +27,12 @@ from fedq.fl.state import ServerState, save_state
 from fedq.fl.weights import vector_to_model
 from fedq.quant import describe_quantization
 from fedq.quant.deployed import load_deployed_bytes, pack_deployed
-from fedq.report.run_log import PLOT_FILE, RunLog, min_median_max_bleu, plot_run, summarize_traffic
-from fedq.report.sinks import open_sinks
+from fedq.report.console import ConsoleReport
+from fedq.report.run_log import PLOT_FILE, RunLog, plot_run, summarize_traffic
+from fedq.report.sinks import Sink, open_sinks
 from fedq.scoring import BleuResult, score_checkpoint, score_model
 
-
-def format_ratio(ratio: float | None) -> str:
-    """A compression ratio for a progress line: '15.9x', or '-' where nothing was sent."""
-    return f"{ratio:.1f}x" if ratio else "-"
+log = logging.getLogger(__name__)
 
 
 class GlobalModelScorer:
@@ -93,7 +91,8 @@ class GlobalModelScorer:
 
 
 class RoundReporter:
-    """Turns each finished round into a metrics.jsonl row and a progress line, and the run into a summary."""
+    """Turns each finished round into a metrics.jsonl row for every reporter (the console's progress line, the
+    sinks), and the run into a summary."""
 
     def __init__(self, cfg: FedqConfig, federation: Federation, out_dir: Path, resumed: ServerState | None = None) -> None:
         self.cfg = cfg
@@ -105,26 +104,23 @@ class RoundReporter:
         self.round_started = time.perf_counter()
         self.initial_bleu: float | None = resumed.initial_valid_bleu if resumed is not None else None
         self.config_yaml = config_to_yaml(cfg)
-        self.sinks = open_sinks(cfg.report, out_dir, settings_changed(cfg), self.config_yaml)
+        self.sinks: list[Sink] = [ConsoleReport(out_dir, cfg.fl.rounds, self.log.rows, self.started, cfg.fl.devices),
+                                  *open_sinks(cfg.report, out_dir, settings_changed(cfg), self.config_yaml)]
         fl = cfg.fl
         local = f"{fl.local_steps} local steps" if fl.local_epochs <= 0 else f"{fl.local_epochs} local epochs"
-        print(
-            f"federation: {fl.clients} clients, {clients_per_round(fl)} per round, {fl.rounds} rounds, {local}; "
-            f"{fl.strategy}; uplink {federation.uplink.name} ({federation.uplink.bits_per_value:g} bits/value), "
-            f"downlink {federation.downlink.name}",
-            flush=True,
-        )
+        log.info(f"federation: {fl.clients} clients, {clients_per_round(fl)} per round, {fl.rounds} rounds, {local}; "
+                 f"{fl.strategy}; uplink {federation.uplink.name} ({federation.uplink.bits_per_value:g} bits/value), "
+                 f"downlink {federation.downlink.name}")
         adapters = (f"; rank-{cfg.adapter.rank} adapters on every linear layer over the frozen base of init_from"
                     if cfg.adapter.rank else "")
-        print(f"model: {federation.numel / 1e6:.2f}M values on the wire; {describe_quantization(federation.model)}{adapters}",
-              flush=True)
-        print(f"shards: {federation.data.describe()}", flush=True)
+        log.info(f"model: {federation.numel / 1e6:.2f}M values on the wire; {describe_quantization(federation.model)}{adapters}")
+        log.info(f"shards: {federation.data.describe()}")
 
     def start(self, vector: np.ndarray) -> None:
         """Score the untrained global model (round 0)."""
         bleu = self.scorer.valid_bleu(vector)
         self.initial_bleu = bleu.score
-        print(f"round 0 (initial global model): valid {bleu}", flush=True)
+        log.info(f"round 0 (initial global model): valid {bleu}")
         self.round_started = time.perf_counter()
 
     def score_as_planned(self, resumed: ServerState) -> None:
@@ -177,14 +173,8 @@ class RoundReporter:
         self.log.write_round(row)
         for sink in self.sinks:
             sink.round(row)
-        self._print_row(row)
         self.round_started = time.perf_counter()
         return row
-
-    def _print_row(self, row: dict[str, Any]) -> None:
-        elapsed = time.perf_counter() - self.started  # evaluations included
-        eta = elapsed / row["round"] * (self.cfg.fl.rounds - row["round"])
-        print(progress_line(row, self.log.rows, self.cfg.fl.rounds, eta), flush=True)
 
     def finish(self, vector: np.ndarray) -> dict[str, Any]:
         """Checkpoint and score the final global model once; write summary.json and the plot."""
@@ -207,9 +197,6 @@ class RoundReporter:
             "config": self.config_yaml,
         }
         self.log.write_summary(summary)
-        for sink in self.sinks:
-            sink.summary(summary)
-            sink.close()
         plot_run(
             self.log.rows,
             self.out_dir / PLOT_FILE,
@@ -217,51 +204,7 @@ class RoundReporter:
             initial_bleu=summary["initial_valid_bleu"],
             final_bleu=summary["final_valid_bleu"],
         )
-        self._print_summary(summary)
+        for sink in self.sinks:
+            sink.summary(summary)
+            sink.close()
         return summary
-
-    def _print_summary(self, s: dict[str, Any]) -> None:
-        print(
-            f"\ntraffic over {s['rounds']} rounds: {(s['uplink_bytes'] + s['downlink_bytes']) / 1e6:.2f} MB in all, "
-            f"{format_ratio(s['total_ratio'])} less than fp32 both ways (up {s['uplink_bytes'] / 1e6:.2f} MB, "
-            f"{format_ratio(s['uplink_ratio'])}; "
-            f"down {s['downlink_bytes'] / 1e6:.2f} MB, {format_ratio(s['downlink_ratio'])}; fp32 would be "
-            f"{(s['fp32_uplink_bytes'] + s['fp32_downlink_bytes']) / 1e6:.2f} MB)",
-            flush=True,
-        )
-        faults = [f"{n} {why}" for why, n in s["dropped_clients"].items()] + (
-            [f"{s['rejected_updates']} rejected updates"] if s["rejected_updates"] else [])
-        if faults:
-            print(f"clients without an update: {', '.join(faults)}", flush=True)
-        if s["sim_seconds"] is not None:
-            print(f"simulated fleet time ({self.cfg.fl.devices}): {format_seconds(s['sim_seconds'])} "
-                  f"(this machine: {format_seconds(s['wall_seconds'])})", flush=True)
-        print(
-            f"final global model, deployed form: valid BLEU {s['final_valid_bleu']:.2f}, test BLEU {s['final_test_bleu']:.2f} "
-            f"(initial: {s['initial_valid_bleu']:.2f}); {s['bleu_signature']}",
-            flush=True,
-        )
-        if "initial_test_bleu" in s:
-            print(f"test BLEU of the start (init_from): {s['initial_test_bleu']:.2f}", flush=True)
-        if "own_text_bleu" in s:
-            print("BLEU on each client's held-out pairs, min/median/max over clients: "
-                  + "; ".join(f"{when} {min_median_max_bleu(scores)}" for when, scores in s["own_text_bleu"].items()),
-                  flush=True)
-        print(f"results: {self.out_dir} (metrics.jsonl, summary.json, {PLOT_FILE}, checkpoint/)", flush=True)
-
-
-def progress_line(row: dict[str, Any], rows: list[dict[str, Any]], planned: int, eta: float | None = None) -> str:
-    """A round's progress line (``rows``: every row up to it, for the total so far)."""
-    ratio = format_ratio(row["uplink_ratio"])
-    down_ratio = f" ({format_ratio(row['fp32_downlink_bytes'] / row['downlink_bytes'])})" if row["downlink_bytes"] else ""
-    total = format_ratio(summarize_traffic(rows)["total_ratio"])
-    loss = f"{row['train_loss']:.3f}" if row["train_loss"] is not None else "-"
-    bleu = f" | valid BLEU {row['valid_bleu']:.2f}" if row["valid_bleu"] is not None else ""
-    missing = ([f"{n} {why}" for why, n in row["dropped"].items()] + ([f"{row['rejected']} rejected"] if row["rejected"] else [])
-               + ([f"{row['resynced']} resynced"] if row["resynced"] else []))
-    rejected = f" ({', '.join(missing)})" if missing else ""
-    sim = f" | sim {format_seconds(row['sim_seconds'])}" if row["sim_seconds"] is not None else ""
-    return (f"round {row['round']}/{planned} | {row['clients']} clients{rejected} | loss {loss} | "
-            f"up {row['uplink_bytes'] / 1e6:.3f} MB ({ratio}) | down {row['downlink_bytes'] / 1e6:.3f} MB{down_ratio} | "
-            f"total {total} vs fp32 so far{bleu}{sim} | {row['wall_seconds']:.1f}s"
-            + (f" | ETA {format_seconds(eta)}" if eta is not None else ""))

@@ -24,6 +24,7 @@ the size of an array sent, per client, in both directions.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ from fedq.fl.federation import Federation
 from fedq.fl.partial import fill_from_senders
 from fedq.fl.protocol import Reply, TrainRequest
 from fedq.fl.settings import FLConfig, clients_per_round, clients_sampled
+
+log = logging.getLogger(__name__)
 
 CENTER = "cclip_center"  # the run state's name of the last round's step (kept for cclip and mask)
 
@@ -149,8 +152,8 @@ class Admission:
                 outcome.dropped[reply.reason] = outcome.dropped.get(reply.reason, 0) + 1
                 outcome.failures.append(reply.describe())
                 if reply.reason == protocol.WORKER_DIED:
-                    print(f"warning: {reply.describe()}; Flower does not replace a worker that died, so the clients "
-                          "sent to it fail too (stop and resume= to start fresh workers)", flush=True)
+                    log.warning(f"{reply.describe()}; Flower does not replace a worker that died, so the clients "
+                                "sent to it fail too (stop and resume= to start fresh workers)")
                 if reply.reason == protocol.DROPOUT and waits_for_missing:  # no reply comes: it waits until the deadline
                     waited.append(self.faults.waited(None))
                 continue
@@ -212,7 +215,7 @@ class Admission:
     def _reject(partition: int, reason: str, outcome: RoundOutcome) -> None:
         outcome.rejected += 1
         outcome.rejections.append(f"client {partition}: {reason}")
-        print(f"rejected the update of client {partition}: {reason}", flush=True)
+        log.info(f"rejected the update of client {partition}: {reason}")
 
 
 class Coordinator:
@@ -257,7 +260,7 @@ class Coordinator:
         if self.unreachable:
             back = exchange.back_online(set(self.unreachable))
             for partition in sorted(back):
-                print(f"client {partition} is reachable again", flush=True)
+                log.info(f"client {partition} is reachable again")
             self.unreachable -= back
 
     def request(self, partition: int, server_round: int, vector: np.ndarray, slot: int, slots: int) -> TrainRequest:
@@ -300,7 +303,7 @@ class Coordinator:
                 self.broadcaster.forget(reply.partition)  # it may not hold the model it was sent
             if reply.error is not None and reply.reason == protocol.UNREACHABLE:
                 self.unreachable.add(reply.partition)
-                print(f"warning: {reply.describe()}; not sampled until its node is seen again", flush=True)
+                log.warning(f"{reply.describe()}; not sampled until its node is seen again")
         return replies
 
     def collude(self, server_round: int, replies: list[Reply]) -> list[Reply]:

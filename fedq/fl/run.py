@@ -8,6 +8,7 @@ runs exactly the same round code.
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from fedq.fl.state import load_state
 from fedq.report.run_log import SUMMARY_FILE, clear_failure
 from fedq.run_folder import RunFolderLock, refuse_overwrite
 from fedq.task import configure_threads
+
+log = logging.getLogger(__name__)
 
 
 def run_federation(cfg: FedqConfig, out_dir: Path, exchange: Exchange, aggregator: Aggregator,
@@ -34,7 +37,7 @@ def run_federation(cfg: FedqConfig, out_dir: Path, exchange: Exchange, aggregato
 
 def _run_rounds(cfg: FedqConfig, out_dir: Path, exchange: Exchange, aggregator: Aggregator, resume: bool,
                 federation: Federation | None) -> dict:
-    print(f"results in {out_dir}", flush=True)
+    log.info(f"results in {out_dir}")
     configure_threads(cfg.threads)
     federation = federation or Federation(cfg)
     federation.check_deadline()
@@ -49,13 +52,12 @@ def _run_rounds(cfg: FedqConfig, out_dir: Path, exchange: Exchange, aggregator: 
         vector = state.vector
         coordinator.restore_state_arrays(state.optimizer)
         coordinator.broadcaster.held.update(state.held)
-        print(f"resuming after round {state.rounds} of {cfg.fl.rounds} from {out_dir}", flush=True)
+        log.info(f"resuming after round {state.rounds} of {cfg.fl.rounds} from {out_dir}")
         if cfg.fl.mode == "async":
-            print("note: the clients that were training when the run stopped are not saved; new ones are dispatched",
-                  flush=True)
+            log.info("note: the clients that were training when the run stopped are not saved; new ones are dispatched")
         if cfg.fl.checkpoint_every > 1:
-            print(f"note: rounds are saved every {cfg.fl.checkpoint_every}; a client synced after round {state.rounds} "
-                  "may no longer hold what the server saved for it and is resynced (counted in the rows)", flush=True)
+            log.info(f"note: rounds are saved every {cfg.fl.checkpoint_every}; a client synced after round {state.rounds} "
+                     "may no longer hold what the server saved for it and is resynced (counted in the rows)")
     else:
         vector = federation.initial_vector()
         reporter.start(vector)

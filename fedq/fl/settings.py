@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Optional
 
 from fedq.errors import ConfigError
 from fedq.fl.fleet import validate_fleet
+
+log = logging.getLogger(__name__)
 
 LOCAL_OPTIMIZERS = ("adam", "sgd")
 MODES = ("sync", "async")
@@ -188,6 +191,6 @@ def _validate_late_work(fl: FLConfig, k: int) -> None:
     if concurrency(fl) > fl.clients:
         raise ConfigError(f"fl.concurrency={concurrency(fl)} is more than clients={fl.clients}")
     if concurrency(fl) > (fl.max_staleness + 1) * buffer_size(fl):
-        print(f"warning: with fl.concurrency={concurrency(fl)} and fl.buffer_size={buffer_size(fl)}, updates wait about "
-              f"{concurrency(fl) // buffer_size(fl)} rounds, past fl.max_staleness={fl.max_staleness}: most would be discarded",
-              flush=True)
+        log.warning(f"with fl.concurrency={concurrency(fl)} and fl.buffer_size={buffer_size(fl)}, updates wait about "
+                    f"{concurrency(fl) // buffer_size(fl)} rounds, past fl.max_staleness={fl.max_staleness}: most would be "
+                    "discarded")

@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ from fedq.data.tokenizer import SubwordTokenizer
 from fedq.engine import budget_note, within_length
 from fedq.files import atomic_write
 from fedq.task import TranslationTask, cache_dir, load_task
+
+log = logging.getLogger(__name__)
 
 FORMAT = 4  # 3: a folder of memory-mapped arrays, one shard read at a time; 4: held-out pairs
 ARRAYS = ("tokens", "pairs", "clients", "talks", "held", "held_clients")
@@ -125,7 +128,7 @@ def build_shards(cfg: FedqConfig, task: TranslationTask) -> ClientShards:
     encoded = encode_pairs(task.corpus.train, task.tokenizer)
     kept = within_length(encoded, cfg.data.max_len)
     if note := budget_note([encoded[i] for i in kept], cfg.data.max_tokens):
-        print(note, flush=True)
+        log.info(note)
     talks, topics = task.corpus.train_talks, task.corpus.train_topics
     p = cfg.partition
     labels = partition_labels(

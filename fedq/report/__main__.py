@@ -8,11 +8,15 @@ report.md, report.json and report.png to --out (default: the first DIR).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from fedq.errors import FedqError
+from fedq.logs import configure as configure_logging
 from fedq.report.compare import write_report
+
+log = logging.getLogger("fedq.report")  # not __name__: run as __main__
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,12 +27,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target-bleu", type=float, default=None,
                         help="add the first round reaching this valid BLEU, with the simulated hours and MB up to it")
     args = parser.parse_args(argv)
+    configure_logging()
     try:
         result = write_report(args.runs, args.out or args.runs[0], args.target_bleu)
     except FedqError as err:
-        print(f"error: {err}", file=sys.stderr)
+        log.error(str(err))
         sys.exit(2)
-    print(result["markdown"], end="")
+    print(result["markdown"], end="")  # the command's output, not a message
     print(f"\nreport: {result['out_dir']}/report.md, report.json, report.png")
 
 

@@ -59,15 +59,15 @@ class RunLog:
         return path
 
 
-def write_failure(out_dir: str | Path, reason: str) -> str:
-    """Write failure.json, in the room the run kept for it on a full disk; returns the line to print (which says so
-    when failure.json could not be written)."""
+def write_failure(out_dir: str | Path, reason: str) -> str | None:
+    """Write failure.json, in the room the run kept for it on a full disk: how a run tells the process that started
+    it why it failed. Returns None, or why failure.json could not be written."""
     (Path(out_dir) / RESERVE_FILE).unlink(missing_ok=True)
     try:
         atomic_write(Path(out_dir) / FAILURE_FILE, json.dumps({"error": reason}, indent=2))
     except FileWriteError as err:
-        return f"{reason} (and {FAILURE_FILE} could not be written: {err})"
-    return reason
+        return str(err)
+    return None
 
 
 def clear_failure(out_dir: str | Path) -> None:
