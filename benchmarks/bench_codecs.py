@@ -170,7 +170,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     if args.quick:
-        args.local_steps, args.repeats = 2, 2
+        args.local_steps, args.repeats, args.models = 2, 2, ["tiny"]
         args.overrides = [*args.overrides, "data.max_tokens=1024"]
     machine = benchlib.setup(args)
     results = {}

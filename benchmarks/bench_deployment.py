@@ -35,6 +35,7 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.rounds, args.local_steps = 2, 5
+        args.overrides = " ".join([args.overrides, *benchlib.QUICK_DATA])
     machine = benchlib.setup(args)
     with tempfile.TemporaryDirectory(prefix="fedq-bench-") as tmp:
         out = Path(tmp) / "run"

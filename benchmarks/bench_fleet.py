@@ -93,6 +93,7 @@ def main() -> None:
                 f"fl.rounds={args.rounds}", f"fl.local_steps={args.local_steps}", "fl.eval_every=0",
                 f"partition.shard_size={args.shard_size}", f"data.demo_train_size={max(args.fleets) * args.shard_size}",
                 "data.max_eval_pairs=50", f"data.cache_dir={cache}", "device=cpu",
+                *(["data.vocab_size=200", "data.demo_eval_size=10"] if args.quick else []),
             ]
             client_shards(compose_config(overrides))  # built (and timed) apart from the runs
             with tempfile.TemporaryDirectory(prefix="fedq-fleet-") as out:

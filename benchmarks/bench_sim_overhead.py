@@ -144,6 +144,7 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.rounds, args.clients, args.per_round, args.local_steps, args.eval_pairs = 1, 2, 2, 2, 4
+        args.overrides = [*args.overrides, *benchlib.QUICK_DATA]
     client_cpus = args.client_cpus or float(args.threads)
     machine = benchlib.setup(args)
     overrides = [

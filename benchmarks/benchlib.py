@@ -29,6 +29,10 @@ from fedq.quant import quantize_model
 PAD_ID, BOS_ID, EOS_ID, FIRST_WORD_ID = 0, 2, 3, 4
 
 
+# --quick runs of whole federations: a small built-in corpus and vocabulary (the tokenizer trains in a moment).
+QUICK_DATA = ["data.demo_train_size=400", "data.demo_eval_size=10", "data.vocab_size=200"]
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, few repeats (seconds)")

@@ -33,7 +33,7 @@ from fedq.fl.federation import Federation
 from fedq.fl.protocol import TrainRequest
 
 MAIN = ["clients=20", "quant.bits=2", "seed=1"]
-SCHEMES = {  # the uplink settings of benchmarks/run_frontier.sh's rows
+SCHEMES = {  # uplink operating points, the frontier study's rows among them (configs/experiment/frontier/)
     "uniform2": [],
     "uniform2_ans": ["comm.uplink.entropy_coding=true"],
     "grid4": ["comm.uplink.name=grid", "comm.uplink.step=4"],
