@@ -43,6 +43,7 @@ from fedq.engine import TrainConfig, validate_train_config
 from fedq.errors import ConfigError
 from fedq.fl.attacks import ATTACKS
 from fedq.fl.defences import DEFENCES
+from fedq.fl.entries import check_entry_settings
 from fedq.fl.fleet import FLEETS, PROFILES
 from fedq.fl.settings import FLConfig, attackers_per_round, clients_per_round, validate_fl_config
 from fedq.fl.strategies import STRATEGIES
@@ -258,6 +259,7 @@ def validate_config(cfg: FedqConfig) -> None:
     DEFENCES.make(cfg.fl.defence).check(cfg.fl, round_size, attackers)
     strategy = STRATEGIES.make(cfg.fl.strategy)
     strategy.check(cfg.fl, round_size, attackers)
+    check_entry_settings(cfg.fl)
     validate_comm_config(cfg.comm, cfg.quant.bits)
     validate_eval_config(cfg.eval)
     validate_deploy_config(cfg.deploy)

@@ -3,6 +3,7 @@ registry reads its entries (never a hand list), and no extension's name is speci
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -19,9 +20,11 @@ from fedq.fl.attacks import ATTACKS, Attack
 from fedq.fl.client import LocalExchange
 from fedq.fl.client_state import ClientStore
 from fedq.fl.defences import DEFENCES, Defence
+from fedq.fl.entries import entry_settings
 from fedq.fl.federation import Federation
 from fedq.fl.fleet import FLEETS, PROFILES, fleet
 from fedq.fl.run import run_federation
+from fedq.fl.settings import FLConfig
 from fedq.fl.strategies import STRATEGIES
 from fedq.report.sinks import SINKS
 from helpers import TINY
@@ -168,6 +171,22 @@ def test_the_registries_hold_the_built_in_entries_and_their_checks_refuse_what_c
         validate_config(compose_config([*base, "fl.defence=bucketing", "fl.bucket_size=3"]))
     with pytest.raises(ConfigError, match="fl.attack=ipm needs honest clients in every round"):
         validate_config(compose_config([*base, "fl.attack=ipm", "fl.attackers=0.5"]))
+
+
+def test_an_entrys_own_setting_is_refused_where_the_runs_entries_do_not_read_it(tmp_path):
+    base = [*TINY, f"data.cache_dir={tmp_path}"]
+    owners = entry_settings()
+    assert set(owners) <= {f.name for f in dataclasses.fields(FLConfig)}  # every claimed setting is a field of fl.*
+    assert owners["bucket_size"] == ["fl.defence=bucketing"] and "fl.strategy=krum" in owners["byzantine"]
+    for given, why in ((["fl.bucket_size=3"], "fl.bucket_size=3 is not used by this run (fl.strategy=fedavg, "
+                        "fl.defence=none, fl.attack=none); it is a setting of fl.defence=bucketing"),
+                       (["fl.attack=ipm", "fl.attackers=0.25", "fl.clients_per_round=4", "fl.attack_z=1.5"], "fl.attack_z=1.5 is not used"),
+                       (["fl.strategy=fedmedian", "fl.trim_beta=0.3"], "it is a setting of fl.strategy=fedtrimmedavg")):
+        with pytest.raises(ConfigError, match=re.escape(why)):
+            validate_config(compose_config([*base, *given]))
+    for used in (["fl.defence=bucketing", "fl.bucket_size=1"], ["fl.defence=nnm", "fl.byzantine=1"],
+                 ["fl.attack=alie", "fl.attackers=0.25", "fl.clients_per_round=4", "fl.attack_z=1.5"]):
+        validate_config(compose_config([*base, *used]))
 
 
 def test_no_extension_is_special_cased_outside_its_own_module():

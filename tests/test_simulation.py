@@ -280,7 +280,8 @@ def test_fedavgm_steps_with_heavy_ball_momentum_and_resumes_it():
 
 
 @pytest.mark.parametrize("settings,error", [
-    (["fl.server_momentum=0.9"], "fl.server_momentum=0.9 applies to fl.strategy=fedavgm only, not fedavg"),
+    (["fl.server_momentum=0.9"], "fl.server_momentum=0.9 is not used by this run (fl.strategy=fedavg, fl.defence=none, "
+                                 "fl.attack=none); it is a setting of fl.strategy=fedavgm"),
     (["fl.strategy=fedavgm", "fl.server_momentum=1.0"], "fl.server_momentum=1.0 must be in [0, 1)"),
 ])
 def test_server_momentum_is_refused_where_it_does_not_apply(settings, error):

@@ -36,6 +36,7 @@ class Attack:
 
     name: ClassVar[str]
     collusive: ClassVar[bool] = False  # needs the round's honest updates
+    settings: ClassVar[tuple[str, ...]] = ()  # the fl.* fields of its own it reads (fl.attack_z): see fedq.fl.entries
 
     def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
         """``attackers``: the most attackers a round of ``round_size`` can hold."""
@@ -96,6 +97,7 @@ def alie_z(clients: int, attackers: int) -> float:
 class ALittleIsEnough(Attack):
     name = "alie"
     collusive = True
+    settings = ("attack_z",)
 
     def collude(self, honest: list[np.ndarray], attackers: int, fl: FLConfig) -> np.ndarray:
         stacked = np.stack(honest).astype(np.float64)
@@ -107,6 +109,7 @@ class ALittleIsEnough(Attack):
 class InnerProductManipulation(Attack):
     name = "ipm"
     collusive = True
+    settings = ("attack_eps",)
 
     def collude(self, honest: list[np.ndarray], attackers: int, fl: FLConfig) -> np.ndarray:
         return (-fl.attack_eps * np.stack(honest).astype(np.float64).mean(axis=0)).astype(np.float32)

@@ -53,6 +53,7 @@ class Defence:
 
     name: ClassVar[str]
     uses_last_step: ClassVar[bool] = False  # the server keeps its last step with the run state for this defence
+    settings: ClassVar[tuple[str, ...]] = ()  # the fl.* fields of its own it reads (fl.bucket_size): see fedq.fl.entries
 
     def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
         """Refuse (ConfigError) settings this defence cannot run with; ``attackers``: the most a round can hold."""
@@ -73,6 +74,7 @@ class NoDefence(Defence):
 @DEFENCES.add
 class NearestNeighbourMixing(Defence):
     name = "nnm"
+    settings = ("byzantine",)
 
     def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
         if fl.byzantine < attackers:
@@ -88,6 +90,7 @@ class NearestNeighbourMixing(Defence):
 @DEFENCES.add
 class Bucketing(Defence):
     name = "bucketing"
+    settings = ("bucket_size",)
 
     def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
         if fl.bucket_size > round_size:
@@ -107,6 +110,7 @@ class Bucketing(Defence):
 class CenteredClipping(Defence):
     name = "cclip"
     uses_last_step = True
+    settings = ("clip_tau", "clip_iterations")
 
     def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
         if not STRATEGIES.make(fl.strategy).plain_mean:

@@ -36,6 +36,7 @@ class Strategy:
     coordinate_wise: ClassVar[bool] = False
     plain_mean: ClassVar[bool] = False
     optimizer_state: ClassVar[tuple[str, ...]] = ()
+    settings: ClassVar[tuple[str, ...]] = ()  # the fl.* fields of its own it reads (fl.trim_beta): see fedq.fl.entries
 
     @property
     def steps_itself(self) -> bool:
@@ -55,9 +56,6 @@ class Strategy:
 
     def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
         """Refuse (ConfigError) settings it cannot run with; ``attackers``: the most a round can hold."""
-        if fl.server_momentum and "server_momentum" not in self.options(fl):
-            raise ConfigError(f"fl.server_momentum={fl.server_momentum} applies to fl.strategy=fedavgm only, "
-                              f"not {fl.strategy}")
         if round_size < self.fewest_updates(fl):
             raise ConfigError(f"fl.strategy={fl.strategy} with fl.byzantine={fl.byzantine} needs at least "
                               f"{self.fewest(fl)} = {self.fewest_updates(fl)} clients per round (has {round_size})")
@@ -78,6 +76,7 @@ class FedAvgMStrategy(Strategy):
     name = "fedavgm"
     flower = "FedAvgM"
     optimizer_state = ("momentum_vector",)
+    settings = ("server_momentum",)
 
     def options(self, fl: FLConfig) -> dict[str, object]:
         return {"server_learning_rate": fl.server_lr, "server_momentum": fl.server_momentum}
@@ -111,6 +110,7 @@ class FedTrimmedAvgStrategy(Strategy):
     name = "fedtrimmedavg"
     flower = "FedTrimmedAvg"
     coordinate_wise = True
+    settings = ("trim_beta",)
 
     def options(self, fl: FLConfig) -> dict[str, object]:
         return {"beta": fl.trim_beta}
@@ -127,6 +127,8 @@ class FedTrimmedAvgStrategy(Strategy):
 
 class Selecting(Strategy):
     """The Krum family: it keeps the updates closest to the others and drops the rest; it tolerates fl.byzantine."""
+
+    settings = ("byzantine",)
 
     def options(self, fl: FLConfig) -> dict[str, object]:
         return {"num_malicious_nodes": fl.byzantine}
