@@ -20,7 +20,8 @@ from study import STUDIES, study_rows  # noqa: E402  (benchmarks/ is scripts, no
 ROWS = [(study.name, row) for study in sorted(STUDIES.iterdir()) if (study / "_common.yaml").is_file()
         for row in study_rows(study.name)]
 SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("bench_*.py"))
-FLOWER_SCRIPTS = {"bench_deployment.py", "bench_fleet.py", "bench_sim_overhead.py"}  # -m bench: 2-3 minutes together
+# -m bench: the scripts that start Flower + Ray, or a process per variant (2-3 minutes together)
+SLOW_SCRIPTS = {"bench_adapter_memory.py", "bench_deployment.py", "bench_fleet.py", "bench_sim_overhead.py"}
 
 
 def test_the_studies_are_the_ones_the_benchmarks_readme_runs():
@@ -71,7 +72,7 @@ def test_a_study_runs_its_rows_into_study_row_folders_and_keeps_finished_ones(tm
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.bench) if s in FLOWER_SCRIPTS else s for s in SCRIPTS])
+@pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.bench) if s in SLOW_SCRIPTS else s for s in SCRIPTS])
 def test_every_benchmark_script_has_a_quick_mode_that_completes(script, tmp_path):
     out = tmp_path / "result.json"
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick", "--out", str(out)],
