@@ -189,6 +189,23 @@ def test_an_entrys_own_setting_is_refused_where_the_runs_entries_do_not_read_it(
         validate_config(compose_config([*base, *used]))
 
 
+def test_the_readmes_settings_table_names_every_registrys_entries():
+    """The README's table is written by hand; this keeps it the registries' (a new entry must be named there)."""
+    table = (REPO / "README.md").read_text()
+
+    def listed(setting: str) -> set[str]:
+        found = re.findall(rf"`{re.escape(setting)}` ([\w/-]+)(?: \([^)]*\) or ([\w/-]+))?", table)
+        assert found, f"{setting} is not in README.md's settings table"
+        return {name for group in found[0] for name in group.split("/") if name}
+
+    assert listed("comm.uplink.name") == set(CODECS.names())
+    assert listed("fl.strategy") == set(STRATEGIES.names())
+    assert listed("fl.defence") == set(DEFENCES.names())
+    assert listed("fl.attack") | {"none"} == set(ATTACKS.names())
+    assert listed("fl.devices") == set(FLEETS) | set(PROFILES.names())
+    assert f"report.sinks=[{','.join(SINKS.names())}]" in table
+
+
 def test_no_extension_is_special_cased_outside_its_own_module():
     """``if fl.defence == "cclip"`` in the round would make a second home for the entry: each entry's own module decides.
     No string literal outside an entry's module is an entry's name, except as a setting's default (``= "fedavg"``)."""
