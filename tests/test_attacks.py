@@ -9,7 +9,14 @@ from fedq.comm import make_codec
 from fedq.config import compose_config, validate_config
 from fedq.errors import FedqError
 from fedq.fl.attacks import ATTACKS, alie_z
-from fedq.fl.defences import bucketing, centered_clipping, nearest_neighbour_mixing
+from fedq.fl.defences import (
+    DEFENCES,
+    RoundView,
+    bucketing,
+    centered_clipping,
+    divide_and_conquer,
+    nearest_neighbour_mixing,
+)
 from fedq.fl.federation import Federation
 from fedq.fl.rounds import Coordinator
 from helpers import TINY, reply
@@ -161,3 +168,43 @@ def test_colluding_attackers_send_alie_of_the_rounds_honest_updates(tmp_path, mo
     honest = np.array([1.0, 2.0, 3.0])
     alie = honest.mean() - 1.5 * honest.std()
     np.testing.assert_allclose(step, (honest.sum() + alie) / 4, rtol=1e-5)
+
+
+def test_divide_and_conquer_removes_the_updates_along_the_attack_direction():
+    """Honest updates spread around a mean; attackers shifted along one direction (sign flip, IPM: the negated mean)
+    stand out on the top singular direction and are the ones removed, on a subset of the coordinates too."""
+    rng = np.random.default_rng(0)
+    mean = rng.normal(size=5000).astype(np.float32)
+    honest = [mean + 0.5 * rng.normal(size=5000).astype(np.float32) for _ in range(8)]
+    for attack in (-mean, -0.5 * mean, mean + 3.0):
+        updates = honest[:3] + [attack.astype(np.float32)] * 2 + honest[3:]  # attackers at 3 and 4
+        for dims in (5000, 500):
+            kept = divide_and_conquer(updates, 2, 1, dims, np.random.default_rng(1))
+            assert kept == [0, 1, 2, 5, 6, 7, 8, 9], (attack[:3], dims)
+    seeded = [divide_and_conquer(honest, 2, 3, 100, np.random.default_rng(2)) for _ in range(2)]
+    assert seeded[0] == seeded[1]  # the round's seed: the same draws, the same kept set
+    assert len(divide_and_conquer(honest, 2, 3, 100, np.random.default_rng(2))) <= 6  # each draw removes its own 2
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["fl.defence=dnc"], "set fl.byzantine >= 1"),
+    (["fl.defence=dnc", "fl.byzantine=1", "fl.attack=alie", "fl.attackers=0.4", "fl.clients_per_round=5"],
+     "fl.defence=dnc removes 1: raise fl.byzantine"),
+    (["fl.defence=dnc", "fl.byzantine=2", "fl.dnc_filter=1.5", "fl.clients_per_round=3"],
+     "removes 3 updates a round .* as many as the round's 3 clients"),
+    (["fl.dnc_dims=100"], "fl.dnc_dims=100 is not used by this run"),
+])
+def test_divide_and_conquer_that_cannot_run_is_one_line(overrides, message):
+    with pytest.raises(FedqError, match=message):
+        validate_config(compose_config(overrides))
+
+
+def test_a_round_with_divide_and_conquer_drops_its_colluding_attackers(tmp_path):
+    cfg = compose_config([*TINY, f"data.cache_dir={tmp_path}", "clients=10", "fl.clients_per_round=10",
+                          "fl.defence=dnc", "fl.byzantine=1", "fl.attack=ipm", "fl.attackers=0.1", "comm.uplink.name=fp32"])
+    validate_config(cfg)
+    defence = DEFENCES.make("dnc")
+    honest = [np.full(64, 0.1, np.float32) + np.float32(0.01) * np.arange(64, dtype=np.float32) * i for i in range(9)]
+    attacker = ATTACKS.make("ipm").collude(honest, 1, cfg.fl)
+    kept, weights = defence([*honest, attacker], [1.0] * 10, RoundView(cfg.fl, cfg.seed, 1, np.zeros(64, np.float32)))
+    assert len(kept) == 9 and not any(np.array_equal(update, attacker) for update in kept) and weights == [1.0] * 9

@@ -16,6 +16,9 @@ the strategy aggregates (``fl.defence``):
   previous round's aggregate update, ``fl.clip_iterations`` times move by the
   mean of every update's difference clipped to ``fl.clip_tau`` (0: the round's
   median difference); the result is one update (``fl.strategy=fedavg``).
+- ``dnc``: Divide-and-Conquer (Shejwalkar & Houmansadr, NDSS 2021): on random
+  coordinates, the updates farthest along the top singular direction of the
+  centred updates are removed (``fl.dnc_filter`` x ``fl.byzantine`` of them).
 
 All of them work on decoded updates, whatever the uplink codec, and on the
 buffer of an asynchronous round as on a synchronous round's replies. A
@@ -157,3 +160,52 @@ def centered_clipping(updates: list[np.ndarray], center: np.ndarray, tau: float,
         norms = np.linalg.norm(differences, axis=1, keepdims=True)
         v = v + (differences * np.minimum(1.0, tau / np.maximum(norms, 1e-12))).mean(axis=0)
     return v.astype(np.float32)
+
+
+@DEFENCES.add
+class DivideAndConquer(Defence):
+    """Divide-and-Conquer (Shejwalkar & Houmansadr, NDSS 2021): on a random subset of ``fl.dnc_dims`` coordinates,
+    score each update by its squared projection on the top singular direction of the centred updates and drop the
+    ``fl.dnc_filter`` x ``fl.byzantine`` highest; ``fl.dnc_iterations`` draws, an update kept only if every draw keeps
+    it."""
+
+    name = "dnc"
+    settings = ("byzantine", "dnc_filter", "dnc_iterations", "dnc_dims")
+
+    def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
+        if fl.byzantine < 1:
+            raise ConfigError("fl.defence=dnc removes fl.dnc_filter x fl.byzantine updates a round: set fl.byzantine >= 1")
+        if fl.byzantine < attackers:
+            raise ConfigError(f"fl.attackers={fl.attackers} puts up to {attackers} attackers in a round of {round_size}; "
+                              f"fl.defence=dnc removes {dnc_removed(fl)}: raise fl.byzantine")
+        if dnc_removed(fl) >= round_size:
+            raise ConfigError(f"fl.defence=dnc removes {dnc_removed(fl)} updates a round (fl.dnc_filter={fl.dnc_filter} x "
+                              f"fl.byzantine={fl.byzantine}), as many as the round's {round_size} clients")
+        if fl.dnc_filter <= 0 or fl.dnc_iterations < 1 or fl.dnc_dims < 1:
+            raise ConfigError("fl.dnc_filter must be > 0, fl.dnc_iterations and fl.dnc_dims >= 1")
+
+    def __call__(self, updates: list[np.ndarray], weights: list[float],
+                 view: RoundView) -> tuple[list[np.ndarray], list[float]]:
+        rng = np.random.default_rng([view.seed, view.server_round, 0xD1C])
+        kept = divide_and_conquer(updates, dnc_removed(view.fl), view.fl.dnc_iterations, view.fl.dnc_dims, rng)
+        return [updates[i] for i in kept], [weights[i] for i in kept]
+
+
+def dnc_removed(fl: FLConfig) -> int:
+    """How many updates Divide-and-Conquer removes from each draw."""
+    return math.ceil(fl.dnc_filter * fl.byzantine)
+
+
+def divide_and_conquer(updates: list[np.ndarray], removed: int, iterations: int, dims: int,
+                       rng: np.random.Generator) -> list[int]:
+    """The indices of the updates that every draw keeps (in order)."""
+    good = set(range(len(updates)))
+    numel = updates[0].size
+    for _ in range(iterations):
+        coordinates = np.sort(rng.choice(numel, size=min(dims, numel), replace=False))
+        sample = np.stack([update[coordinates] for update in updates]).astype(np.float64)
+        centred = sample - sample.mean(axis=0)
+        direction = np.linalg.svd(centred, full_matrices=False)[2][0]  # the top right singular vector
+        scores = (centred @ direction) ** 2
+        good &= set(np.argsort(scores, kind="stable")[: len(updates) - removed].tolist())
+    return sorted(good)

@@ -81,6 +81,9 @@ class FLConfig:
     bucket_size: int = 2  # bucketing: updates per bucket
     clip_tau: float = 0.0  # cclip: the clipping radius; 0 = the round's median distance to the center
     clip_iterations: int = 3  # cclip
+    dnc_filter: float = 1.0  # dnc: each draw removes ceil(dnc_filter x fl.byzantine) updates
+    dnc_iterations: int = 1  # dnc: draws of coordinates; an update is kept only if every draw keeps it
+    dnc_dims: int = 10000  # dnc: coordinates per draw
     # Late work (a virtual clock, fl.devices): sample more and close the round at the clients_per_round-th arrival ...
     overselect: float = 0.0  # sample (1 + overselect) x clients_per_round; the slowest beyond the target are not waited for
     # ... or aggregate asynchronously (FedBuff, Nguyen et al. 2022): each round applies the next buffer_size arrivals,
