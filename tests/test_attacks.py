@@ -208,3 +208,19 @@ def test_a_round_with_divide_and_conquer_drops_its_colluding_attackers(tmp_path)
     attacker = ATTACKS.make("ipm").collude(honest, 1, cfg.fl)
     kept, weights = defence([*honest, attacker], [1.0] * 10, RoundView(cfg.fl, cfg.seed, 1, np.zeros(64, np.float32)))
     assert len(kept) == 9 and not any(np.array_equal(update, attacker) for update in kept) and weights == [1.0] * 9
+
+
+@pytest.mark.parametrize(("settings", "admitted", "removed"), [
+    (["fl.defence=dnc", "fl.byzantine=1"], 0, 0),  # it chose: the attacker out, every honest client in
+    ([], 1, 0),  # no defence: every update reaches the mean
+    (["fl.defence=nnm", "fl.byzantine=1"], None, None),  # it mixes updates: nobody is kept or removed as such
+    (["fl.strategy=fedmedian"], None, None),  # the strategy chooses again, per coordinate: not counted
+])
+def test_a_round_counts_the_attackers_its_defence_admitted_and_the_honest_clients_it_removed(
+        tmp_path, monkeypatch, settings, admitted, removed):
+    from fedq.fl import faults
+
+    monkeypatch.setattr(faults, "attackers", lambda fraction, clients, seed: {3})
+    _, outcome, _ = round_with(tmp_path, {p: 1.0 for p in range(4)}, {0: 1.0, 1: 2.0, 2: 3.0, 3: 2.0}, "clients=4",
+                               "fl.clients_per_round=4", "fl.attack=ipm", "fl.attackers=0.25", *settings)
+    assert (outcome.attackers, outcome.attackers_admitted, outcome.honest_removed) == (1, admitted, removed)

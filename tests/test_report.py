@@ -94,3 +94,27 @@ def test_a_codec_is_labelled_as_it_ran():
     assert codec_label(compose_config(["quant.bits=4", "comm.uplink.name=mask"]), "uplink") == "mask 4-bit 0.15"
     default = compose_config(["quant.bits=2"])
     assert (codec_label(default, "uplink"), codec_label(default, "downlink")) == ("uniform 2-bit", "uniform 4-bit deltas")
+
+
+def test_the_table_counts_the_attackers_each_defence_admitted_where_a_run_had_attackers():
+    from fedq.config import compose_config
+    from fedq.report.compare import Run, markdown, report_rows
+    from fedq.report.run_log import summarize_traffic
+
+    def rows(admitted: list[int | None], removed: list[int | None]) -> list[dict]:
+        return [{"uplink_bytes": 10, "downlink_bytes": 20, "fp32_uplink_bytes": 40, "fp32_downlink_bytes": 80,
+                 "rejected": 0, "dropped": {}, "sim_seconds": None, "wall_seconds": 1.0, "attackers": 1,
+                 "attackers_admitted": a, "honest_removed": r} for a, r in zip(admitted, removed)]
+
+    def run(defence: str, admitted: list[int | None], removed: list[int | None]) -> Run:
+        summary = {**summarize_traffic(rows(admitted, removed)), "final_test_bleu": 50.0, "final_valid_bleu": 50.0,
+                   "wall_seconds": 60.0}
+        cfg = compose_config(["fl.attack=ipm", "fl.attackers=0.25", "fl.clients_per_round=4", *defence.split()])
+        return Run(Path(defence), cfg, summary, None)
+
+    runs = [run("fl.defence=dnc fl.byzantine=1", [0, 1, 0], [0, 0, 1]), run("fl.defence=none", [1, 1, 1], [0, 0, 0]),
+            run("fl.defence=nnm fl.byzantine=1", [None, None, None], [None, None, None])]
+    table = markdown(report_rows(runs))
+    assert "| attackers admitted | honest removed |" in table
+    cells = [line.split(" | ")[-2:] for line in table.splitlines()[2:5]]
+    assert cells == [["1/3", "1 |"], ["3/3", "0 |"], ["-", "- |"]]

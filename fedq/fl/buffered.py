@@ -71,7 +71,7 @@ class BufferedCoordinator(Coordinator):
         if len(admitted) < fl.min_replies:
             raise self._failure(server_round, replies, outcome)
         scaled = [a.update / np.float32(math.sqrt(1 + ages[a.partition])) for a in admitted]
-        return self.step(server_round, vector, admitted, scaled), outcome
+        return self.step(server_round, vector, admitted, scaled, outcome), outcome
 
     def dispatch(self, server_round: int, vector: np.ndarray, exchange: Exchange, outcome: RoundOutcome) -> None:
         """Bring the clients in flight back to ``fl.concurrency``: new clients, online in this round, start now."""

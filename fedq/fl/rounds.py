@@ -43,6 +43,7 @@ from fedq.fl.federation import Federation
 from fedq.fl.partial import fill_from_senders
 from fedq.fl.protocol import Reply, TrainRequest
 from fedq.fl.settings import FLConfig, clients_per_round, clients_sampled
+from fedq.fl.strategies import STRATEGIES
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,11 @@ class RoundOutcome:
     sim_seconds: float | None = None  # the virtual clock of the round (with fl.devices)
     rejections: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # each client that delivered nothing, and why
+    # The defence's screening (fl.attack): attackers' updates that reached it, how many of them it kept, how many
+    # honest updates it removed; None where it transforms the updates rather than choosing among them (nnm, cclip)
+    attackers: int = 0
+    attackers_admitted: int | None = None
+    honest_removed: int | None = None
 
 
 @dataclass
@@ -235,6 +241,9 @@ class Coordinator:
         # the last round's step: centered clipping clips around it, and it fills what a mask payload did not send
         self.center = np.zeros(federation.numel, np.float32)
         self.defence = DEFENCES.make(cfg.fl.defence)
+        strategy = STRATEGIES.make(cfg.fl.strategy)
+        # the defence's choice is what reaches the model only where the strategy then averages every update it gets
+        self.counts_screening = not (strategy.coordinate_wise or strategy.chooses)
         self.keeps_center = self.defence.uses_last_step or federation.uplink.reads_reference
         self.unreachable: set[int] = set()  # clients whose node stopped answering, until it is seen again
 
@@ -280,7 +289,7 @@ class Coordinator:
         admitted = self.admission.admit(replies, vector, self.center, outcome, waits_for_missing=waits)
         if len(admitted) < fl.min_replies:
             raise self._failure(server_round, replies, outcome)
-        return self.step(server_round, vector, admitted, [a.update for a in admitted]), outcome
+        return self.step(server_round, vector, admitted, [a.update for a in admitted], outcome), outcome
 
     def send(self, server_round: int, vector: np.ndarray, partitions: list[int], exchange: Exchange,
              outcome: RoundOutcome, slots: int | None = None) -> list[Reply]:
@@ -341,19 +350,35 @@ class Coordinator:
         outcome.dropped[protocol.NOT_NEEDED] = len(cut)
         return [r for r in replies if r.partition not in cut], False
 
-    def step(self, server_round: int, vector: np.ndarray, admitted: list[_Admitted], updates: list[np.ndarray]) -> np.ndarray:
+    def step(self, server_round: int, vector: np.ndarray, admitted: list[_Admitted], updates: list[np.ndarray],
+             outcome: RoundOutcome) -> np.ndarray:
         """``updates`` (the ``admitted`` ones, perhaps scaled) with what a client did not send filled from the
-        round's other clients (``mask``), the defence (``fl.defence``), Flower's strategy, and
-        ``global += fl.server_lr x (aggregate - global)``."""
+        round's other clients (``mask``), the defence (``fl.defence``, its screening counted in ``outcome``),
+        Flower's strategy, and ``global += fl.server_lr x (aggregate - global)``."""
         fl = self.cfg.fl
         weights = [a.metrics[protocol.NUM_TOKENS] for a in admitted]
         updates = fill_from_senders(updates, [a.sent for a in admitted], weights)
+        screened = updates
         updates, weights = self.defence(updates, weights, RoundView(fl, self.cfg.seed, server_round, self.center))
+        self._count_screening(admitted, screened, updates, outcome)
         aggregate = self.aggregator(server_round, vector, updates, weights)
         if self.server_lr != 1.0:
             aggregate = vector + self.server_lr * (aggregate - vector)
         self.center = aggregate - vector  # the last round's step: centered clipping's center, mask's reference
         return aggregate
+
+    def _count_screening(self, admitted: list[_Admitted], screened: list[np.ndarray], kept: list[np.ndarray],
+                         outcome: RoundOutcome) -> None:
+        """How the defence treated the attackers: a defence that returns some of the updates it was given (the very
+        arrays: dnc, a filter of one's own, none) chose among them, and its choice is counted."""
+        attacking = [a.partition in self.faults.attackers for a in admitted]
+        outcome.attackers = sum(attacking)
+        chosen, given = {id(update) for update in kept}, {id(update) for update in screened}
+        if not self.counts_screening or not chosen <= given:
+            return  # it made new updates (mixing, buckets, clipping), or the strategy chooses again: not counted
+        survived = [id(update) in chosen for update in screened]
+        outcome.attackers_admitted = sum(a and s for a, s in zip(attacking, survived))
+        outcome.honest_removed = sum(not a and not s for a, s in zip(attacking, survived))
 
     def _failure(self, server_round: int, replies: Sequence[Reply], outcome: RoundOutcome) -> RoundFailedError:
         errors = [reply.error for reply in replies if reply.error]

@@ -37,6 +37,7 @@ class Strategy:
     plain_mean: ClassVar[bool] = False
     optimizer_state: ClassVar[tuple[str, ...]] = ()
     settings: ClassVar[tuple[str, ...]] = ()  # the fl.* fields of its own it reads (fl.trim_beta): see fedq.fl.entries
+    chooses: ClassVar[bool] = False  # it keeps some updates whole and drops the others (the Krum family)
 
     @property
     def steps_itself(self) -> bool:
@@ -129,6 +130,7 @@ class Selecting(Strategy):
     """The Krum family: it keeps the updates closest to the others and drops the rest; it tolerates fl.byzantine."""
 
     settings = ("byzantine",)
+    chooses = True
 
     def options(self, fl: FLConfig) -> dict[str, object]:
         return {"num_malicious_nodes": fl.byzantine}

@@ -157,6 +157,8 @@ def report_rows(runs: list[Run], target_bleu: float | None = None) -> list[dict[
                 valid_bleu=s["final_valid_bleu"], minutes=s["wall_seconds"] / 60,
                 sim_hours=s["sim_seconds"] / 3600 if s.get("sim_seconds") is not None else None,
                 start_test_bleu=s.get("initial_test_bleu"), own_text=s.get("own_text_bleu"),
+                attackers=s.get("attackers", 0), attackers_admitted=s.get("attackers_admitted"),
+                honest_removed=s.get("honest_removed"),
             )
         else:
             m = run.meta or {}
@@ -181,6 +183,8 @@ def markdown(rows: list[dict[str, Any]], target_bleu: float | None = None) -> st
     personal = any("personal" in (r.get("own_text") or {}) for r in rows)
     extra += ["test BLEU of the start", "own-text BLEU before (min/median/max)", "after"] if adapted else []
     extra += ["after personal steps"] if personal else []
+    attacked = any(r.get("attackers") for r in rows)
+    extra += ["attackers admitted", "honest removed"] if attacked else []
     header = ["setting", "training", "QAT", "uplink", "downlink", "up MB", "down MB", "total ratio", "test BLEU",
               "Δ vs fp32", "valid BLEU", "simulated hours", "minutes", *extra]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -197,6 +201,10 @@ def markdown(rows: list[dict[str, Any]], target_bleu: float | None = None) -> st
             kinds = ("initial", "final", "personal") if personal else ("initial", "final")
             cells += [cell(r.get("start_test_bleu"), "{:.2f}")]
             cells += [min_median_max_bleu(own[k]) if k in own else "-" for k in kinds]
+        if attacked:
+            present = r.get("attackers") or 0
+            cells += [f"{r['attackers_admitted']}/{present}" if r.get("attackers_admitted") is not None and present else "-",
+                      cell(r.get("honest_removed"))]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n" + environment_note(rows)
 

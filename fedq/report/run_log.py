@@ -115,6 +115,9 @@ def summarize_traffic(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "downlink_ratio": down32 / down if down else None,
         "total_ratio": (up32 + down32) / (up + down) if up + down else None,
         "rejected_updates": sum(row["rejected"] for row in rows),
+        "attackers": sum(row.get("attackers", 0) for row in rows),
+        "attackers_admitted": _total(row.get("attackers_admitted") for row in rows),
+        "honest_removed": _total(row.get("honest_removed") for row in rows),
         "dropped_clients": _sum_counts(row.get("dropped", {}) for row in rows),
         "sim_seconds": sum(row["sim_seconds"] for row in rows) if rows and all(row.get("sim_seconds") is not None for row in rows)
         else None,
@@ -171,3 +174,10 @@ def plot_run(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def _total(counts: Iterable[int | None]) -> int | None:
+    """The sum of a count over rows, None if any row did not count it."""
+    values = list(counts)
+    known = [value for value in values if value is not None]
+    return sum(known) if len(known) == len(values) else None
