@@ -224,3 +224,25 @@ def test_a_round_counts_the_attackers_its_defence_admitted_and_the_honest_client
     _, outcome, _ = round_with(tmp_path, {p: 1.0 for p in range(4)}, {0: 1.0, 1: 2.0, 2: 3.0, 3: 2.0}, "clients=4",
                                "fl.clients_per_round=4", "fl.attack=ipm", "fl.attackers=0.25", *settings)
     assert (outcome.attackers, outcome.attackers_admitted, outcome.honest_removed) == (1, admitted, removed)
+
+
+@pytest.mark.parametrize("name", ["min_max", "min_sum"])
+def test_min_max_and_min_sum_move_as_far_as_the_honest_spread_allows_and_no_further(name):
+    rng = np.random.default_rng(3)
+    honest = [rng.normal(size=400).astype(np.float32) + 1.0 for _ in range(6)]
+    fl = compose_config(["fl.attack=" + name]).fl
+    malicious = ATTACKS.make(name).collude(honest, 2, fl).astype(np.float64)
+    stacked = np.stack(honest).astype(np.float64)
+    mean, direction = stacked.mean(axis=0), -stacked.std(axis=0)
+    gamma = float((malicious - mean) @ direction / (direction @ direction))
+    np.testing.assert_allclose(malicious, mean + gamma * direction, atol=1e-4)  # along -std from the honest mean
+    honest_pairs = np.square(stacked[:, None, :] - stacked[None, :, :]).sum(axis=2)
+
+    def distances(gamma: float) -> np.ndarray:
+        return np.square(stacked - (mean + gamma * direction)).sum(axis=1)
+
+    if name == "min_max":
+        assert distances(gamma).max() <= honest_pairs.max() * (1 + 1e-6) < distances(1.01 * gamma).max()
+    else:
+        assert distances(gamma).sum() <= honest_pairs.sum(axis=1).max() * (1 + 1e-6) < distances(1.01 * gamma).sum()
+    assert gamma > 1.0  # it moves the mean by more than one honest standard deviation per value

@@ -162,9 +162,9 @@ def test_an_extension_that_cannot_be_used_is_one_line(tmp_path, user_module):
 
 def test_the_registries_hold_the_built_in_entries_and_their_checks_refuse_what_cannot_run(tmp_path):
     assert DEFENCES.names() == ("none", "nnm", "bucketing", "cclip", "dnc")
-    assert ATTACKS.names() == ("none", "sign_flip", "scaled_noise", "std_shift", "alie", "ipm")
+    assert ATTACKS.names() == ("none", "sign_flip", "scaled_noise", "std_shift", "alie", "ipm", "min_max", "min_sum")
     assert all(issubclass(DEFENCES.get(name), Defence) for name in DEFENCES.names())
-    assert [name for name in ATTACKS.names() if ATTACKS.get(name).collusive] == ["alie", "ipm"]
+    assert [name for name in ATTACKS.names() if ATTACKS.get(name).collusive] == ["alie", "ipm", "min_max", "min_sum"]
     assert all(issubclass(ATTACKS.get(name), Attack) for name in ATTACKS.names())
     base = [*TINY, f"data.cache_dir={tmp_path}"]
     with pytest.raises(ConfigError, match="fl.bucket_size=3 is larger than the round's 2 clients"):

@@ -14,8 +14,14 @@ al., 2019) sends the coordinate-wise mean of the honest updates minus z times
 their coordinate-wise standard deviation (``fl.attack_z``; 0: the paper's z for n
 clients of which m attack, Phi^-1((n - s) / n) with s = floor(n/2 + 1) - m), and
 ``ipm`` (inner-product manipulation, Xie et al., 2020) -eps times the honest mean
-(``fl.attack_eps``). A researcher's own: a subclass of :class:`Attack` in their
-module, named as ``fl.attack=module:Class`` (``fedq.registry``).
+(``fl.attack_eps``); ``min_max`` and ``min_sum`` (Shejwalkar & Houmansadr, NDSS
+2021) send the honest mean moved against the honest standard deviation by the
+largest multiple that keeps the attackers' update as close to the honest ones as
+they are to each other: its largest distance to an honest update no larger than
+the largest between two honest ones (min-max), or its sum of squared distances
+to them no larger than the largest such sum of an honest one (min-sum). A
+researcher's own: a subclass of :class:`Attack` in their module, named as
+``fl.attack=module:Class`` (``fedq.registry``).
 """
 
 from __future__ import annotations
@@ -113,3 +119,50 @@ class InnerProductManipulation(Attack):
 
     def collude(self, honest: list[np.ndarray], attackers: int, fl: FLConfig) -> np.ndarray:
         return (-fl.attack_eps * np.stack(honest).astype(np.float64).mean(axis=0)).astype(np.float32)
+
+
+class _AgainstDistances(Attack):
+    """The honest mean moved by gamma x (-their coordinate-wise standard deviation), gamma the largest for which
+    ``fits`` still holds (found by doubling, then bisection), as in Shejwalkar & Houmansadr's Algorithm 1."""
+
+    collusive = True
+
+    @staticmethod
+    def fits(distances: np.ndarray, honest_distances: np.ndarray) -> bool:
+        """Whether the attackers' squared distances to the honest updates stay inside what the honest ones span."""
+        raise NotImplementedError
+
+    def collude(self, honest: list[np.ndarray], attackers: int, fl: FLConfig) -> np.ndarray:
+        stacked = np.stack(honest).astype(np.float64)
+        mean, direction = stacked.mean(axis=0), -stacked.std(axis=0)
+        squared = np.square(stacked).sum(axis=1)
+        honest_distances = np.maximum(squared[:, None] + squared[None, :] - 2.0 * stacked @ stacked.T, 0.0)
+
+        def fits(gamma: float) -> bool:
+            return self.fits(np.square(stacked - (mean + gamma * direction)).sum(axis=1), honest_distances)
+
+        low, high = 0.0, 1.0
+        while fits(high) and high < 1e6:
+            low, high = high, 2.0 * high
+        for _ in range(40):
+            middle = (low + high) / 2
+            low, high = (middle, high) if fits(middle) else (low, middle)
+        return (mean + low * direction).astype(np.float32)
+
+
+@ATTACKS.add
+class MinMax(_AgainstDistances):
+    name = "min_max"
+
+    @staticmethod
+    def fits(distances: np.ndarray, honest_distances: np.ndarray) -> bool:
+        return bool(distances.max() <= honest_distances.max())
+
+
+@ATTACKS.add
+class MinSum(_AgainstDistances):
+    name = "min_sum"
+
+    @staticmethod
+    def fits(distances: np.ndarray, honest_distances: np.ndarray) -> bool:
+        return bool(distances.sum() <= honest_distances.sum(axis=1).max())
