@@ -18,13 +18,13 @@ from fedq.fl.settings import FLConfig
 from fedq.fl.strategies import STRATEGIES
 from fedq.registry import ClassRegistry
 
-REGISTRIES: tuple[tuple[ClassRegistry, str], ...] = ((STRATEGIES, "strategy"), (DEFENCES, "defence"), (ATTACKS, "attack"))
+KINDS: tuple[tuple[ClassRegistry, str], ...] = ((STRATEGIES, "strategy"), (DEFENCES, "defence"), (ATTACKS, "attack"))
 
 
 def entry_settings() -> dict[str, list[str]]:
     """Each ``fl.*`` field that an entry reads, and the entries that read it (``fl.defence=bucketing``)."""
     owners: dict[str, list[str]] = {}
-    for registry, _ in REGISTRIES:
+    for registry, _ in KINDS:
         for name in registry.names():
             for setting in registry.get(name).settings:
                 owners.setdefault(setting, []).append(f"{registry.setting}={name}")
@@ -33,8 +33,8 @@ def entry_settings() -> dict[str, list[str]]:
 
 def check_entry_settings(fl: FLConfig) -> None:
     """Refuse an entry's own setting that the run's strategy, defence and attack do not read."""
-    chosen = [(registry.setting, getattr(fl, field)) for registry, field in REGISTRIES]
-    used = {setting for (registry, _), (_, name) in zip(REGISTRIES, chosen) for setting in registry.get(name).settings}
+    chosen = [(registry.setting, getattr(fl, field)) for registry, field in KINDS]
+    used = {setting for (registry, _), (_, name) in zip(KINDS, chosen) for setting in registry.get(name).settings}
     defaults = {f.name: f.default for f in dataclasses.fields(FLConfig)}
     for setting, readers in entry_settings().items():
         value = getattr(fl, setting)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -33,9 +34,26 @@ from fedq.comm.entropy import ans_decode, ans_encode
 from fedq.comm.errors import CodecError
 
 
+class DitheredRounding(UpdateCodec):
+    """A codec that rounds every value up or down with a uniform dither: its own (from ``rng``), stratified across
+    the round's clients (a :class:`Stratum`), or given (``encode_dithered``: the mask codec's sent values)."""
+
+    def encode(self, vector: np.ndarray, rng: np.random.Generator, stratum: Stratum | None = None) -> list[np.ndarray]:
+        x = as_update(vector)
+        return self._encode(x, stratum.dither(rng, x.size) if stratum else None, rng)
+
+    def encode_dithered(self, vector: np.ndarray, dither: np.ndarray) -> list[np.ndarray]:
+        """:meth:`encode` with the given uniform dither, one per value."""
+        return self._encode(as_update(vector), dither, None)
+
+    @abstractmethod
+    def _encode(self, x: np.ndarray, dither: np.ndarray | None, rng: np.random.Generator | None) -> list[np.ndarray]:
+        """The payload of ``x`` rounded with ``dither`` (None: drawn from ``rng``)."""
+
+
 @CODECS.add
 @dataclass(frozen=True)
-class UniformCodec(UpdateCodec):
+class UniformCodec(DitheredRounding):
     """Unbiased stochastic rounding to 2**bits levels spread over [-s, s] per block.
 
     ``s`` is the block's max |x| rounded up to float16, so the scale the decoder uses
@@ -59,14 +77,6 @@ class UniformCodec(UpdateCodec):
     def bits_per_value(self) -> float:
         return float(self.bits)
 
-    def encode(self, vector: np.ndarray, rng: np.random.Generator, stratum: Stratum | None = None) -> list[np.ndarray]:
-        x = as_update(vector)
-        return self._encode(x, stratum.dither(rng, x.size) if stratum else None, rng)
-
-    def encode_dithered(self, vector: np.ndarray, dither: np.ndarray) -> list[np.ndarray]:
-        """:meth:`encode` with the given uniform dither, one per value."""
-        return self._encode(as_update(vector), dither, None)
-
     def _encode(self, x: np.ndarray, dither: np.ndarray | None, rng: np.random.Generator | None) -> list[np.ndarray]:
         codes, scales = quantize(x, self.bits, self.block_size, rng, dither)
         return [*code_arrays(codes, self.bits, self.entropy_coding), scales]
@@ -82,7 +92,7 @@ class UniformCodec(UpdateCodec):
 
 @CODECS.add
 @dataclass(frozen=True)
-class GridCodec(UpdateCodec):
+class GridCodec(DitheredRounding):
     """Unbiased stochastic rounding onto a grid of ``step`` x the block's root mean square, entropy-coded.
 
     Unlike ``uniform``, whose levels span the block's largest value and have no zero,
@@ -106,14 +116,6 @@ class GridCodec(UpdateCodec):
     @property
     def bits_per_value(self) -> float:
         return 1.0  # nominal: the coded size depends on the update (payload_bytes is the real count)
-
-    def encode(self, vector: np.ndarray, rng: np.random.Generator, stratum: Stratum | None = None) -> list[np.ndarray]:
-        x = as_update(vector)
-        return self._encode(x, stratum.dither(rng, x.size) if stratum else None, rng)
-
-    def encode_dithered(self, vector: np.ndarray, dither: np.ndarray) -> list[np.ndarray]:
-        """:meth:`encode` with the given uniform dither, one per value."""
-        return self._encode(as_update(vector), dither, None)
 
     def _encode(self, x: np.ndarray, dither: np.ndarray | None, rng: np.random.Generator | None) -> list[np.ndarray]:
         blocks = as_blocks(x, self.block_size)
