@@ -33,6 +33,7 @@ from typing import ClassVar
 import numpy as np
 
 from fedq.errors import ConfigError
+from fedq.fl.defences import pairwise_squared_distances
 from fedq.fl.settings import FLConfig
 from fedq.registry import ClassRegistry
 
@@ -135,8 +136,7 @@ class _AgainstDistances(Attack):
     def collude(self, honest: list[np.ndarray], attackers: int, fl: FLConfig) -> np.ndarray:
         stacked = np.stack(honest).astype(np.float64)
         mean, direction = stacked.mean(axis=0), -stacked.std(axis=0)
-        squared = np.square(stacked).sum(axis=1)
-        honest_distances = np.maximum(squared[:, None] + squared[None, :] - 2.0 * stacked @ stacked.T, 0.0)
+        honest_distances = np.maximum(pairwise_squared_distances(stacked), 0.0)
 
         def fits(gamma: float) -> bool:
             return self.fits(np.square(stacked - (mean + gamma * direction)).sum(axis=1), honest_distances)

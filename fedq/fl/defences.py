@@ -129,10 +129,15 @@ def nearest_neighbour_mixing(updates: list[np.ndarray], byzantine: int) -> list[
     n = len(updates)
     keep = max(1, n - byzantine)
     stacked = np.stack(updates).astype(np.float64)
-    squared = np.square(stacked).sum(axis=1)
-    distances = squared[:, None] + squared[None, :] - 2.0 * stacked @ stacked.T
-    nearest = np.argsort(distances, axis=1, kind="stable")[:, :keep]
+    nearest = np.argsort(pairwise_squared_distances(stacked), axis=1, kind="stable")[:, :keep]
     return [stacked[rows].mean(axis=0).astype(np.float32) for rows in nearest]
+
+
+def pairwise_squared_distances(stacked: np.ndarray) -> np.ndarray:
+    """|x_i - x_j|^2 for every pair of rows of ``stacked`` (float64), from one Gram matrix; values that should be 0
+    may come out a rounding error below it."""
+    squared = np.square(stacked).sum(axis=1)
+    return squared[:, None] + squared[None, :] - 2.0 * stacked @ stacked.T
 
 
 def bucketing(updates: list[np.ndarray], weights: list[float], size: int,
