@@ -118,3 +118,14 @@ def test_the_table_counts_the_attackers_each_defence_admitted_where_a_run_had_at
     assert "| attackers admitted | honest removed |" in table
     cells = [line.split(" | ")[-2:] for line in table.splitlines()[2:5]]
     assert cells == [["1/3", "1 |"], ["3/3", "0 |"], ["-", "- |"]]
+
+
+def test_the_progress_line_says_how_many_attackers_the_defence_admitted_where_it_counted():
+    from fedq.report.console import progress_line
+
+    row = {"round": 3, "clients": 5, "dropped": {}, "rejected": 0, "resynced": 0, "train_loss": 2.0, "uplink_bytes": 100,
+           "downlink_bytes": 200, "fp32_uplink_bytes": 1600, "fp32_downlink_bytes": 1600, "uplink_ratio": 16.0,
+           "valid_bleu": None, "sim_seconds": None, "wall_seconds": 1.0, "attackers": 1, "attackers_admitted": 0}
+    assert "| 5 clients | attackers admitted 0/1 | loss 2.000 |" in progress_line(row, [row], 5)
+    for uncounted in ({"attackers_admitted": None}, {"attackers": 0, "attackers_admitted": 0}):
+        assert "attackers" not in progress_line({**row, **uncounted}, [row], 5)

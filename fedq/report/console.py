@@ -72,9 +72,9 @@ def progress_line(row: dict[str, Any], rows: list[dict[str, Any]], planned: int,
                + ([f"{row['resynced']} resynced"] if row["resynced"] else []))
     rejected = f" ({', '.join(missing)})" if missing else ""
     sim = f" | sim {format_seconds(row['sim_seconds'])}" if row["sim_seconds"] is not None else ""
-    if row.get("attackers") and row.get("attackers_admitted") is not None:
-        rejected += f" | attackers admitted {row['attackers_admitted']}/{row['attackers']}"
-    return (f"round {row['round']}/{planned} | {row['clients']} clients{rejected} | loss {loss} | "
+    screened = row.get("attackers") and row.get("attackers_admitted") is not None  # rows before the count have none
+    admitted = f" | attackers admitted {row['attackers_admitted']}/{row['attackers']}" if screened else ""
+    return (f"round {row['round']}/{planned} | {row['clients']} clients{rejected}{admitted} | loss {loss} | "
             f"up {row['uplink_bytes'] / 1e6:.3f} MB ({ratio}) | down {row['downlink_bytes'] / 1e6:.3f} MB{down_ratio} | "
             f"total {total} vs fp32 so far{bleu}{sim} | {row['wall_seconds']:.1f}s"
             + (f" | ETA {format_seconds(eta)}" if eta is not None else ""))
