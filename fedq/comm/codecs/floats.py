@@ -12,39 +12,36 @@ from fedq.comm.codecs.base import CODECS, Stratum, UpdateCodec
 from fedq.comm.codecs.blocks import as_update, check_fp16_range, check_payload, finite, largest
 
 
-@CODECS.add
-@dataclass(frozen=True)
-class Fp32Codec(UpdateCodec):
-    name: ClassVar[str] = "fp32"
+class FloatCodec(UpdateCodec):
+    """Every value as a float of ``dtype``: the payload is ``[values]``."""
+
+    dtype: ClassVar[type[np.floating]]
     whole_values: ClassVar[bool] = True
 
     @property
     def bits_per_value(self) -> float:
-        return 32.0
-
-    def encode(self, vector: np.ndarray, rng: np.random.Generator, stratum: Stratum | None = None) -> list[np.ndarray]:
-        return [as_update(vector).copy()]
-
-    def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
-        (values,) = check_payload(self.name, arrays, [("values", np.float32, numel)])
-        return finite(self.name, values.copy())
-
-
-@CODECS.add
-@dataclass(frozen=True)
-class Fp16Codec(UpdateCodec):
-    name: ClassVar[str] = "fp16"
-    whole_values: ClassVar[bool] = True
-
-    @property
-    def bits_per_value(self) -> float:
-        return 16.0
+        return 8.0 * np.dtype(self.dtype).itemsize
 
     def encode(self, vector: np.ndarray, rng: np.random.Generator, stratum: Stratum | None = None) -> list[np.ndarray]:
         x = as_update(vector)
-        check_fp16_range(largest(np.abs(x)))
-        return [x.astype(np.float16)]
+        if self.dtype is np.float16:  # float32 holds every finite update as_update lets through
+            check_fp16_range(largest(np.abs(x)))
+        return [x.astype(self.dtype)]  # a copy, also at float32
 
     def decode(self, arrays: Sequence[np.ndarray], numel: int) -> np.ndarray:
-        (values,) = check_payload(self.name, arrays, [("values", np.float16, numel)])
-        return finite(self.name, values.astype(np.float32))
+        (values,) = check_payload(self.name, arrays, [("values", self.dtype, numel)])
+        return finite(self.name, values.astype(np.float32))  # a copy, also from float32
+
+
+@CODECS.add
+@dataclass(frozen=True)
+class Fp32Codec(FloatCodec):
+    name: ClassVar[str] = "fp32"
+    dtype = np.float32
+
+
+@CODECS.add
+@dataclass(frozen=True)
+class Fp16Codec(FloatCodec):
+    name: ClassVar[str] = "fp16"
+    dtype = np.float16
