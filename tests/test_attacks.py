@@ -246,3 +246,16 @@ def test_min_max_and_min_sum_move_as_far_as_the_honest_spread_allows_and_no_furt
     else:
         assert distances(gamma).sum() <= honest_pairs.sum(axis=1).max() * (1 + 1e-6) < distances(1.01 * gamma).sum()
     assert gamma > 1.0  # it moves the mean by more than one honest standard deviation per value
+
+
+def test_the_dnc_settings_reach_the_defence(monkeypatch):
+    from fedq.fl import defences
+
+    seen = []
+    monkeypatch.setattr(defences, "divide_and_conquer",
+                        lambda updates, removed, iterations, dims, rng: seen.append((removed, iterations, dims)) or [0, 1])
+    cfg = compose_config(["fl.defence=dnc", "fl.byzantine=2", "fl.dnc_filter=1.5", "fl.dnc_iterations=4",
+                          "fl.dnc_dims=123"])
+    updates = [np.full(8, float(i), np.float32) for i in range(5)]
+    kept, weights = DEFENCES.make("dnc")(updates, [1.0, 2.0, 3.0, 4.0, 5.0], RoundView(cfg.fl, 1, 1, np.zeros(8, np.float32)))
+    assert seen == [(3, 4, 123)] and kept == updates[:2] and weights == [1.0, 2.0]  # ceil(1.5 x 2) removed
