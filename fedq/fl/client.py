@@ -14,6 +14,7 @@ from fedq.comm.codecs import Stratum
 from fedq.comm.downlink import NotHeldError, cache_capacity, receive
 from fedq.comm.error_feedback import encode_with_feedback
 from fedq.config import CLIENT_POOL_KEY, FedqConfig, config_from_run_config, results_dir
+from fedq.data.batching import EncodedPair
 from fedq.engine import (
     StepSettings,
     TrainStats,
@@ -99,11 +100,17 @@ def train_on_shard(federation: Federation, partition: int, server_round: int, se
                    steps: int | None = None) -> TrainStats:
     """Train ``federation.model`` in place on the client's shard as round ``server_round`` does: ``steps`` local
     steps (default ``fl.local_steps`` or ``fl.local_epochs``) at that round's point of the lr schedule."""
+    return train_on_pairs(federation, federation.data.shard(partition), server_round, seed, steps)
+
+
+def train_on_pairs(federation: Federation, pairs: list[EncodedPair], server_round: int, seed: int,
+                   steps: int | None = None) -> TrainStats:
+    """Train ``federation.model`` in place on ``pairs`` as a client of round ``server_round`` does (the server's root
+    set trains this way too: ``fedq.fl.root``)."""
     cfg = federation.cfg
-    shard = federation.data.shard(partition)
     torch.manual_seed(seed)
-    stream = batch_stream(shard, cfg.data.max_tokens, federation.tokenizer, seed)
-    planned = planned_steps(cfg.fl.local_steps, cfg.fl.local_epochs, shard, cfg.data.max_tokens, federation.tokenizer)
+    stream = batch_stream(pairs, cfg.data.max_tokens, federation.tokenizer, seed)
+    planned = planned_steps(cfg.fl.local_steps, cfg.fl.local_epochs, pairs, cfg.data.max_tokens, federation.tokenizer)
     optimizer = make_optimizer(federation.model, cfg.fl.local_lr, cfg.train.betas, cfg.train.weight_decay,
                                kind=cfg.fl.local_optimizer)
     settings = StepSettings(federation.device, federation.tokenizer.pad_id, cfg.train.label_smoothing, cfg.train.clip_norm)

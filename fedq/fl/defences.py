@@ -18,7 +18,14 @@ the strategy aggregates (``fl.defence``):
   median difference); the result is one update (``fl.strategy=fedavg``).
 - ``dnc``: Divide-and-Conquer (Shejwalkar & Houmansadr, NDSS 2021): on random
   coordinates, the updates farthest along the top singular direction of the
-  centred updates are removed (``fl.dnc_filter`` x ``fl.byzantine`` of them).
+  centred updates are removed (``fl.dnc_filter`` x ``fl.byzantine`` of them);
+- ``fltrust`` (Cao et al., NDSS 2021): the server trains on a root set of its
+  own (``fl.root_pairs``, ``fedq.fl.root``) and weighs each update by the
+  ReLU of its cosine to the server's update, rescaled to that update's norm;
+- ``flame`` (Nguyen et al., USENIX Security 2022): HDBSCAN (scikit-learn) on
+  the updates' cosine distances keeps the majority cluster, every update is
+  clipped to the round's median norm, and Gaussian noise of ``fl.flame_noise``
+  x that norm per value may be added.
 
 All of them work on decoded updates, whatever the uplink codec, and on the
 buffer of an asynchronous round as on a synchronous round's replies. A
@@ -42,13 +49,17 @@ from fedq.registry import ClassRegistry
 
 @dataclass
 class RoundView:
-    """What a defence may know of its round besides the updates: the settings, the round's randomness, and the
-    server's last step (the global model's change in the round before)."""
+    """What a defence may know of its round besides the updates: the settings, the round's randomness, the
+    server's last step (the global model's change in the round before) and, for a defence that ``uses_root``, the
+    server's own update on its root set; and where a defence that makes one update of the ones it weighs says which
+    of them it gave weight (``admitted``, counted like a filter's choice)."""
 
     fl: FLConfig
     seed: int
     server_round: int
     last_step: np.ndarray
+    root_update: np.ndarray | None = None
+    admitted: list[bool] | None = None
 
 
 class Defence:
@@ -56,6 +67,7 @@ class Defence:
 
     name: ClassVar[str]
     uses_last_step: ClassVar[bool] = False  # the server keeps its last step with the run state for this defence
+    uses_root: ClassVar[bool] = False  # the server trains on its root set each round (fedq.fl.root)
     settings: ClassVar[tuple[str, ...]] = ()  # the fl.* fields of its own it reads (fl.bucket_size): see fedq.fl.entries
 
     def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
@@ -67,6 +79,14 @@ class Defence:
 
 
 DEFENCES: ClassRegistry[Defence] = ClassRegistry("defences", "fl.defence", Defence)
+DEFAULT_ROOT_PAIRS = 100  # FLTrust's root set (Cao et al. 2021 use 100 examples)
+
+
+def root_pairs(fl: FLConfig) -> int:
+    """The size of the server's root set: ``fl.root_pairs``, else 100 for a defence that uses one, else none."""
+    if fl.root_pairs is not None:
+        return fl.root_pairs
+    return DEFAULT_ROOT_PAIRS if DEFENCES.get(fl.defence).uses_root else 0
 
 
 @DEFENCES.add
@@ -116,12 +136,18 @@ class CenteredClipping(Defence):
     settings = ("clip_tau", "clip_iterations")
 
     def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
-        if not STRATEGIES.make(fl.strategy).plain_mean:
-            raise ConfigError(f"fl.defence=cclip is itself the robust mean: use it with fl.strategy=fedavg, not {fl.strategy}")
+        needs_plain_mean(fl)
 
     def __call__(self, updates: list[np.ndarray], weights: list[float],
                  view: RoundView) -> tuple[list[np.ndarray], list[float]]:
         return [centered_clipping(updates, view.last_step, view.fl.clip_tau, view.fl.clip_iterations)], [1.0]
+
+
+def needs_plain_mean(fl: FLConfig) -> None:
+    """A defence that is itself the robust mean (one update out) runs with a strategy that averages it as it is."""
+    if not STRATEGIES.make(fl.strategy).plain_mean:
+        raise ConfigError(f"fl.defence={fl.defence} is itself the robust mean: use it with fl.strategy=fedavg, "
+                          f"not {fl.strategy}")
 
 
 def nearest_neighbour_mixing(updates: list[np.ndarray], byzantine: int) -> list[np.ndarray]:
@@ -214,3 +240,92 @@ def divide_and_conquer(updates: list[np.ndarray], removed: int, iterations: int,
         scores = (centred @ direction) ** 2
         good &= set(np.argsort(scores, kind="stable")[: len(updates) - removed].tolist())
     return sorted(good)
+
+
+@DEFENCES.add
+class FLTrust(Defence):
+    """FLTrust (Cao et al., NDSS 2021): trust scores from the server's own update on its root set."""
+
+    name = "fltrust"
+    uses_root = True
+    settings = ("root_pairs",)
+
+    def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
+        if root_pairs(fl) < 1:
+            raise ConfigError(f"fl.defence=fltrust weighs each update by its cosine to the server's own update on a root "
+                              f"set that no client holds: fl.root_pairs={fl.root_pairs} leaves it none (default "
+                              f"{DEFAULT_ROOT_PAIRS})")
+        needs_plain_mean(fl)
+
+    def __call__(self, updates: list[np.ndarray], weights: list[float],
+                 view: RoundView) -> tuple[list[np.ndarray], list[float]]:
+        assert view.root_update is not None  # the coordinator trains on the root set for a defence that uses_root
+        aggregate, trust = fltrust(updates, view.root_update)
+        view.admitted = [bool(t > 0) for t in trust]
+        return [aggregate], [1.0]
+
+
+def fltrust(updates: list[np.ndarray], reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the aggregate, each update's trust score): trust ReLU(cos(update, reference)), every update rescaled to the
+    reference's norm, the aggregate their trust-weighted mean (zero when no update is trusted). The clients' data
+    sizes do not weigh, as in the paper: a client could claim any."""
+    stacked = np.stack(updates).astype(np.float64)
+    reference64 = reference.astype(np.float64)
+    reference_norm = float(np.linalg.norm(reference64))
+    norms = np.linalg.norm(stacked, axis=1)
+    trust = np.maximum(stacked @ reference64 / np.maximum(norms * reference_norm, 1e-12), 0.0)
+    if not trust.sum():
+        return np.zeros_like(reference, np.float32), trust
+    rescaled = stacked * (reference_norm / np.maximum(norms, 1e-12))[:, None]
+    return (trust @ rescaled / trust.sum()).astype(np.float32), trust
+
+
+@DEFENCES.add
+class Flame(Defence):
+    """FLAME (Nguyen et al., USENIX Security 2022): cluster, clip, (noise)."""
+
+    name = "flame"
+    settings = ("flame_noise",)
+
+    def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
+        if round_size < 3:
+            raise ConfigError(f"fl.defence=flame clusters the round's updates: it needs at least 3 a round, not {round_size}")
+        needs_plain_mean(fl)
+
+    def __call__(self, updates: list[np.ndarray], weights: list[float],
+                 view: RoundView) -> tuple[list[np.ndarray], list[float]]:
+        admitted = flame_majority(updates)
+        view.admitted = admitted
+        rng = np.random.default_rng([view.seed, view.server_round, 0xF1A])
+        return [flame_aggregate(updates, admitted, view.fl.flame_noise, rng)], [1.0]
+
+
+def flame_majority(updates: list[np.ndarray]) -> list[bool]:
+    """Which updates are in the majority cluster of HDBSCAN on their cosine distances (min_cluster_size n/2 + 1,
+    FLAME's setting; an update HDBSCAN calls noise is out, honest or not); every update when there is no cluster."""
+    from sklearn.cluster import HDBSCAN  # imported here: only runs with fl.defence=flame load scikit-learn
+
+    stacked = np.stack(updates).astype(np.float64)
+    unit = stacked / np.maximum(np.linalg.norm(stacked, axis=1, keepdims=True), 1e-12)
+    distances = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
+    np.fill_diagonal(distances, 0.0)
+    labels = HDBSCAN(metric="precomputed", min_cluster_size=len(updates) // 2 + 1, min_samples=1,
+                     allow_single_cluster=True, copy=True).fit(distances).labels_
+    clustered = labels[labels >= 0]
+    if not clustered.size:
+        return [True] * len(updates)
+    majority = np.bincount(clustered).argmax()
+    return [bool(label == majority) for label in labels]
+
+
+def flame_aggregate(updates: list[np.ndarray], admitted: list[bool], noise: float, rng: np.random.Generator) -> np.ndarray:
+    """The mean of the admitted updates, each clipped to the median norm of all of them, plus Gaussian noise of
+    ``noise`` x that norm per value."""
+    stacked = np.stack(updates).astype(np.float64)
+    norms = np.linalg.norm(stacked, axis=1)
+    bound = float(np.median(norms))
+    kept = stacked[np.array(admitted)] * np.minimum(1.0, bound / np.maximum(norms[np.array(admitted)], 1e-12))[:, None]
+    aggregate = kept.mean(axis=0)
+    if noise:
+        aggregate += rng.normal(0.0, noise * bound, aggregate.shape)
+    return aggregate.astype(np.float32)

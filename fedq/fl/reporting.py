@@ -172,6 +172,7 @@ class RoundReporter:
             "client_train_seconds": traffic.client_train_seconds,
             "client_encode_seconds": traffic.client_encode_seconds,
             "server_decode_seconds": traffic.server_decode_seconds,
+            "server_train_seconds": traffic.server_train_seconds,
         }
         self.log.write_round(row)
         for sink in self.sinks:

@@ -42,6 +42,7 @@ from fedq.fl.faults import Faults
 from fedq.fl.federation import Federation
 from fedq.fl.partial import fill_from_senders
 from fedq.fl.protocol import Reply, TrainRequest
+from fedq.fl.root import RootTrainer
 from fedq.fl.settings import FLConfig, clients_per_round, clients_sampled
 from fedq.fl.strategies import STRATEGIES
 
@@ -116,11 +117,12 @@ class RoundOutcome:
     client_train_seconds: float = 0.0  # the slowest admitted client's (the round waits for it)
     client_encode_seconds: float = 0.0
     server_decode_seconds: float = 0.0
+    server_train_seconds: float = 0.0  # the server's own training on its root set (fl.defence=fltrust)
     sim_seconds: float | None = None  # the virtual clock of the round (with fl.devices)
     rejections: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # each client that delivered nothing, and why
     # The defence's screening (fl.attack): attackers' updates that reached it, how many of them it kept, how many
-    # honest updates it removed; None where it transforms the updates rather than choosing among them (nnm, cclip)
+    # honest updates it removed; None where it transforms the updates rather than choosing or weighing them (nnm, cclip)
     attackers: int = 0
     attackers_admitted: int | None = None
     honest_removed: int | None = None
@@ -245,6 +247,7 @@ class Coordinator:
         # the defence's choice is what reaches the model only where the strategy then averages every update it gets
         self.counts_screening = not (strategy.coordinate_wise or strategy.chooses)
         self.keeps_center = self.defence.uses_last_step or federation.uplink.reads_reference
+        self.root = RootTrainer(federation) if self.defence.uses_root else None
         self.unreachable: set[int] = set()  # clients whose node stopped answering, until it is seen again
 
     def candidates(self, server_round: int, busy: Iterable[int] = ()) -> np.ndarray:
@@ -359,24 +362,35 @@ class Coordinator:
         weights = [a.metrics[protocol.NUM_TOKENS] for a in admitted]
         updates = fill_from_senders(updates, [a.sent for a in admitted], weights)
         screened = updates
-        updates, weights = self.defence(updates, weights, RoundView(fl, self.cfg.seed, server_round, self.center))
-        self._count_screening(admitted, screened, updates, outcome)
+        view = RoundView(fl, self.cfg.seed, server_round, self.center, self._root_update(server_round, vector, outcome))
+        updates, weights = self.defence(updates, weights, view)
+        self._count_screening(admitted, screened, updates, view.admitted, outcome)
         aggregate = self.aggregator(server_round, vector, updates, weights)
         if self.server_lr != 1.0:
             aggregate = vector + self.server_lr * (aggregate - vector)
         self.center = aggregate - vector  # the last round's step: centered clipping's center, mask's reference
         return aggregate
 
+    def _root_update(self, server_round: int, vector: np.ndarray, outcome: RoundOutcome) -> np.ndarray | None:
+        """The server's own update on its root set, for a defence that measures the clients' against it."""
+        if self.root is None:
+            return None
+        start = time.perf_counter()
+        update = self.root.update(server_round, vector)
+        outcome.server_train_seconds = time.perf_counter() - start
+        return update
+
     def _count_screening(self, admitted: list[_Admitted], screened: list[np.ndarray], kept: list[np.ndarray],
-                         outcome: RoundOutcome) -> None:
+                         weighed: list[bool] | None, outcome: RoundOutcome) -> None:
         """How the defence treated the attackers: a defence that returns some of the updates it was given (the very
-        arrays: dnc, a filter of one's own, none) chose among them, and its choice is counted."""
+        arrays: dnc, a filter of one's own, none) chose among them, one that says which it gave weight (``weighed``:
+        fltrust, flame) weighed them; either choice is counted."""
         attacking = [a.partition in self.faults.attackers for a in admitted]
         outcome.attackers = sum(attacking)
         chosen, given = {id(update) for update in kept}, {id(update) for update in screened}
-        if not self.counts_screening or not chosen <= given:
+        if not self.counts_screening or (weighed is None and not chosen <= given):
             return  # it made new updates (mixing, buckets, clipping), or the strategy chooses again: not counted
-        survived = [id(update) in chosen for update in screened]
+        survived = weighed if weighed is not None else [id(update) in chosen for update in screened]
         outcome.attackers_admitted = sum(a and s for a, s in zip(attacking, survived))
         outcome.honest_removed = sum(not a and not s for a, s in zip(attacking, survived))
 

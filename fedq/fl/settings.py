@@ -84,6 +84,10 @@ class FLConfig:
     dnc_filter: float = 1.0  # dnc: each draw removes ceil(dnc_filter x fl.byzantine) updates
     dnc_iterations: int = 1  # dnc: draws of coordinates; an update is kept only if every draw keeps it
     dnc_dims: int = 10000  # dnc: coordinates per draw
+    # fltrust: training pairs carved out for the server's root set (no client holds them); None: 100 (Cao et al.'s
+    # size) with a defence that uses a root set, else none
+    root_pairs: Optional[int] = None
+    flame_noise: float = 0.0  # flame: Gaussian noise of flame_noise x the median update norm per value (FLAME's lambda)
     # Late work (a virtual clock, fl.devices): sample more and close the round at the clients_per_round-th arrival ...
     overselect: float = 0.0  # sample (1 + overselect) x clients_per_round; the slowest beyond the target are not waited for
     # ... or aggregate asynchronously (FedBuff, Nguyen et al. 2022): each round applies the next buffer_size arrivals,
@@ -165,6 +169,9 @@ def _validate_faults(fl: FLConfig, k: int) -> None:
     _at_least(fl.clip_tau, 0, "clip_tau")
     _at_least(fl.clip_iterations, 1, "clip_iterations")
     _at_least(fl.attack_z, 0, "attack_z")
+    if fl.root_pairs is not None:
+        _at_least(fl.root_pairs, 0, "root_pairs")
+    _at_least(fl.flame_noise, 0, "flame_noise")
     _above(fl.attack_eps, 0, "attack_eps")
 
 

@@ -13,6 +13,8 @@ writes one folder, ``data.cache_dir/shards/KEY/``:
     held.npy          the training-split indices of the pairs held out from training (partition.holdout),
                       client after client: each client's last ones, scored as its own text
     held_clients.npy  per client: its first held-out pair ([clients + 1], int64)
+    root.npy          the training-split indices of the server's root set (``fl.root_pairs``, FLTrust): pairs
+                      drawn before the clients' split, so that no client holds them
     done.json         written last: the folder is complete
 
 Later processes memory-map the arrays and read a client's shard when it is
@@ -21,7 +23,7 @@ sampled, so a fleet of any size costs a process what its clients cost.
 KEY is computed without reading the corpus: from the settings that shape the
 shards (``data.*``, ``partition.*``, ``clients``, ``seed``), the corpus files'
 names, sizes and modification times, and for the built-in corpus the source of
-its generator. A changed file or setting gives a new key, never stale shards.
+its generator (and ``fl.root_pairs`` where set). A changed file or setting gives a new key, never stale shards.
 """
 
 from __future__ import annotations
@@ -42,13 +44,15 @@ from fedq.data.batching import EncodedPair, encode_pairs
 from fedq.data.partition import min_median_max, partition_indices, partition_labels
 from fedq.data.tokenizer import SubwordTokenizer
 from fedq.engine import budget_note, within_length
+from fedq.errors import ConfigError
 from fedq.files import atomic_write
+from fedq.fl.defences import root_pairs
 from fedq.task import TranslationTask, cache_dir, load_task
 
 log = logging.getLogger(__name__)
 
-FORMAT = 4  # 3: a folder of memory-mapped arrays, one shard read at a time; 4: held-out pairs
-ARRAYS = ("tokens", "pairs", "clients", "talks", "held", "held_clients")
+FORMAT = 5  # 3: a folder of memory-mapped arrays, one shard read at a time; 4: held-out pairs; 5: the root set
+ARRAYS = ("tokens", "pairs", "clients", "talks", "held", "held_clients", "root")
 
 
 @dataclass
@@ -62,6 +66,7 @@ class ClientShards:
     talks_per_client: np.ndarray | None = None  # for a corpus with talks (TED): how many distinct talks each holds
     held: np.ndarray | None = None  # training-split indices held out from training, client after client
     held_clients: np.ndarray | None = None  # per client: its first entry of ``held``
+    root: np.ndarray | None = None  # training-split indices of the server's root set (fl.root_pairs), in no shard
 
     def __len__(self) -> int:
         return len(self.clients) - 1
@@ -107,6 +112,8 @@ def shards_key(cfg: FedqConfig) -> str:
         "seed": cfg.seed,
         "sources": _source_files(cfg),
     }
+    if root_pairs(cfg.fl):
+        settings["root_pairs"] = root_pairs(cfg.fl)
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -126,7 +133,7 @@ def client_shards(cfg: FedqConfig, task: TranslationTask | None = None) -> Clien
 def build_shards(cfg: FedqConfig, task: TranslationTask) -> ClientShards:
     """Encode the training split, keep the pairs within ``data.max_len`` and split them among the clients."""
     encoded = encode_pairs(task.corpus.train, task.tokenizer)
-    kept = within_length(encoded, cfg.data.max_len)
+    kept, root = carve_root(within_length(encoded, cfg.data.max_len), root_pairs(cfg.fl), cfg.fl.clients, cfg.seed)
     if note := budget_note([encoded[i] for i in kept], cfg.data.max_tokens):
         log.info(note)
     talks, topics = task.corpus.train_talks, task.corpus.train_topics
@@ -149,7 +156,20 @@ def build_shards(cfg: FedqConfig, task: TranslationTask) -> ClientShards:
     held_indices = np.array([kept[i] for out in held for i in out], np.int64)
     held_clients = np.concatenate([[0], np.cumsum([len(out) for out in held])]).astype(np.int64)
     return ClientShards(task.tokenizer, tokens, np.stack([starts, lengths[:, 0]], axis=1), clients, talks_per_client,
-                        held_indices, held_clients)
+                        held_indices, held_clients, np.array(root, np.int64) if root else None)
+
+
+def carve_root(kept: list[int], pairs: int, clients: int, seed: int) -> tuple[list[int], list[int]]:
+    """(the training-split indices left for the clients, the server's root set): ``pairs`` of ``kept`` drawn with a
+    seeded generator, before the clients' split, so that no client holds them."""
+    if not pairs:
+        return kept, []
+    if pairs > len(kept) - clients:
+        raise ConfigError(f"fl.root_pairs={pairs} leaves {len(kept) - pairs} training pairs for clients={clients}: "
+                          f"lower fl.root_pairs (the training split has {len(kept)} usable pairs)")
+    drawn = np.zeros(len(kept), bool)
+    drawn[np.random.default_rng([seed, 0x2007]).choice(len(kept), size=pairs, replace=False)] = True
+    return [i for i, d in zip(kept, drawn) if not d], [i for i, d in zip(kept, drawn) if d]
 
 
 def held_count(size: int, holdout: float) -> int:
@@ -187,7 +207,8 @@ def _write(folder: Path, data: ClientShards) -> None:
     talks = data.talks_per_client if data.talks_per_client is not None else np.zeros(0, np.int64)
     held = data.held if data.held is not None else np.zeros(0, np.int64)
     held_clients = data.held_clients if data.held_clients is not None else np.zeros(len(data) + 1, np.int64)
-    for name, array in zip(ARRAYS, (data.tokens, data.pairs, data.clients, talks, held, held_clients)):
+    root = data.root if data.root is not None else np.zeros(0, np.int64)
+    for name, array in zip(ARRAYS, (data.tokens, data.pairs, data.clients, talks, held, held_clients, root)):
         atomic_write(folder / f"{name}.npy", _npy(np.asarray(array)))
     atomic_write(folder / "done.json", json.dumps({"format": FORMAT, "clients": len(data), "pairs": int(len(data.pairs))}))
 
@@ -195,8 +216,8 @@ def _write(folder: Path, data: ClientShards) -> None:
 def _read(folder: Path) -> ClientShards:
     tokenizer = SubwordTokenizer((folder / "tokenizer.model").read_bytes())
     arrays = (np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in ARRAYS)
-    tokens, pairs, clients, talks, held, held_clients = arrays
+    tokens, pairs, clients, talks, held, held_clients, root = arrays
     if json.loads((folder / "done.json").read_text()).get("clients") != len(clients) - 1:
         raise ValueError(f"{folder} does not match its done.json")
     return ClientShards(tokenizer, tokens, pairs, np.asarray(clients), np.asarray(talks) if talks.size else None,
-                        held, np.asarray(held_clients))
+                        held, np.asarray(held_clients), np.asarray(root) if root.size else None)
