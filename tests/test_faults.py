@@ -158,13 +158,14 @@ def test_a_deadline_no_device_can_meet_is_refused_before_the_run(tmp_path):
 
 @pytest.mark.e2e
 def test_a_run_with_dropouts_crashes_stragglers_and_an_attacker_completes_and_counts_them(tmp_path):
+    """Through Flower + Ray, with FLTrust: the ServerApp trains on its root set and counts the attacker it admitted."""
     run = tmp_path / "run"
     overrides = [
         "clients=8", "fl.clients_per_round=6", "fl.rounds=3", "fl.local_steps=3", "fl.eval_every=0",
         "data.demo_train_size=800", "data.demo_eval_size=10", "data.vocab_size=200", "model.d_model=32",
         "model.ffn_dim=64", f"data.cache_dir={tmp_path / 'cache'}", "fl.devices=mixed", "fl.round_deadline=4",
         "fl.dropout_rate=0.3", "fl.crash_rate=0.1", "fl.attack=sign_flip", "fl.attackers=0.125",
-        "fl.strategy=fedmedian", "fl.max_update_norm_ratio=10", "seed=3", f"hydra.run.dir={run}",
+        "fl.defence=fltrust", "fl.root_pairs=40", "fl.max_update_norm_ratio=10", "seed=3", f"hydra.run.dir={run}",
     ]
     result = subprocess.run([sys.executable, "-m", "fedq.simulate", *overrides], capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
@@ -173,6 +174,8 @@ def test_a_run_with_dropouts_crashes_stragglers_and_an_attacker_completes_and_co
     for row in rows:
         assert row["clients"] + sum(row["dropped"].values()) + row["rejected"] == row["sampled"]
         assert row["sim_seconds"] is not None and row["sim_seconds"] <= 4.0 + 1e-9
+        assert row["server_train_seconds"] > 0  # FLTrust's server trained on its root set in the ServerApp
+        assert row["attackers_admitted"] is not None or row["attackers"] == 0
     assert summary["dropped_clients"].get("dropout", 0) > 0
     assert summary["sim_seconds"] == pytest.approx(sum(row["sim_seconds"] for row in rows))
     assert "dropout" in result.stdout and "simulated fleet time (mixed)" in result.stdout
