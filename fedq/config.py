@@ -45,6 +45,7 @@ from fedq.fl.attacks import ATTACKS
 from fedq.fl.defences import DEFENCES
 from fedq.fl.entries import check_entry_settings
 from fedq.fl.fleet import FLEETS, PROFILES
+from fedq.fl.privacy import check_privacy
 from fedq.fl.settings import FLConfig, attackers_per_round, clients_per_round, validate_fl_config
 from fedq.fl.strategies import STRATEGIES
 from fedq.model.adapters import AdapterConfig, validate_adapter_config
@@ -260,6 +261,7 @@ def validate_config(cfg: FedqConfig) -> None:
     strategy = STRATEGIES.make(cfg.fl.strategy)
     strategy.check(cfg.fl, round_size, attackers)
     check_entry_settings(cfg.fl)
+    check_privacy(cfg.fl, strategy.plain_mean, cfg.fl.defence)
     validate_comm_config(cfg.comm, cfg.quant.bits)
     validate_eval_config(cfg.eval)
     validate_deploy_config(cfg.deploy)

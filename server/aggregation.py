@@ -12,10 +12,13 @@ import time
 import numpy as np
 from flwr.app import DEFAULT_TTL, Array, ArrayRecord, Message, Metadata, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flower_strategies
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedq.config import FedqConfig
 from fedq.fl import protocol
+from fedq.fl.privacy import noise_multiplier
+from fedq.fl.settings import clients_per_round
 from fedq.fl.strategies import STRATEGIES, Strategy
 
 WEIGHTS = "weights"  # the one array of a model record: fedq's flat weight vector
@@ -30,13 +33,19 @@ def flower_class(entry: Strategy) -> type:
 
 
 class FlowerAggregator:
-    """``fl.strategy``'s Flower strategy, fed the admitted clients' ``global + update`` weighted by target tokens."""
+    """``fl.strategy``'s Flower strategy, fed the admitted clients' ``global + update`` weighted by target tokens;
+    with ``fl.dp.clip``, inside Flower's central-DP wrapper, which clips each decoded update, weighs them equally and
+    adds the round's noise (``fedq.fl.privacy``)."""
 
     def __init__(self, cfg: FedqConfig) -> None:
         fl = cfg.fl
         self.entry = STRATEGIES.make(fl.strategy)
         build = flower_class(self.entry)
-        self.strategy = build(weighted_by_key=protocol.NUM_TOKENS, fraction_evaluate=0.0, **self.entry.options(fl))
+        self.inner = build(weighted_by_key=protocol.NUM_TOKENS, fraction_evaluate=0.0, **self.entry.options(fl))
+        self.private = fl.dp.clip > 0
+        self.strategy = DifferentialPrivacyServerSideFixedClipping(
+            self.inner, noise_multiplier(fl), fl.dp.clip, clients_per_round(fl)) if self.private else self.inner
+        self.seed = cfg.seed
         self.steps_itself = self.entry.steps_itself
         logging.getLogger("flwr").setLevel(logging.INFO if fl.verbose else logging.WARNING)
 
@@ -44,8 +53,12 @@ class FlowerAggregator:
         self, server_round: int, global_vector: np.ndarray, updates: list[np.ndarray], weights: list[float]
     ) -> np.ndarray:
         if self.steps_itself:  # what their configure_train records: FedOpt a dict of arrays, FedAvgM an ArrayRecord
-            by_name = isinstance(self.strategy, FedOpt)
-            self.strategy.current_arrays = {WEIGHTS: global_vector} if by_name else ArrayRecord({WEIGHTS: Array(global_vector)})
+            by_name = isinstance(self.inner, FedOpt)
+            self.inner.current_arrays = {WEIGHTS: global_vector} if by_name else ArrayRecord({WEIGHTS: Array(global_vector)})
+        if self.private:  # the wrapper clips each reply's change from these; every client weighs the same
+            self.strategy.current_arrays = ArrayRecord({WEIGHTS: Array(global_vector)})
+            weights = [1.0] * len(updates)
+            np.random.seed([self.seed, server_round, 0xD9])  # Flower draws the noise from numpy's global generator
         replies = []
         for i, (update, weight) in enumerate(zip(updates, weights)):
             content = RecordDict({"arrays": ArrayRecord({WEIGHTS: Array(global_vector + update)}),
@@ -54,19 +67,20 @@ class FlowerAggregator:
             # Flower's typed overloads omit the metadata form that its own reply messages are built with
             replies.append(Message(content, metadata=metadata))  # type: ignore[call-overload]
         arrays, _ = self.strategy.aggregate_train(server_round, replies)
+        assert arrays is not None  # Flower returns none only for error replies, which fedq never passes on
         return arrays[WEIGHTS].numpy()
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The server optimizer's state, to save with the run (FedAdam's moments, FedAvgM's momentum; none otherwise):
         each a dict of arrays by name (FedAdam) or a list of the record's one array (FedAvgM)."""
-        tables = {name: getattr(self.strategy, name) for name in self.entry.optimizer_state}
+        tables = {name: getattr(self.inner, name) for name in self.entry.optimizer_state}
         return {f"{name}.{key}": value for name, table in tables.items() if table is not None
                 for key, value in (table.items() if isinstance(table, dict) else [(WEIGHTS, table[0])])}
 
     def restore_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         if arrays and not self.steps_itself:
-            raise ValueError(f"{type(self.strategy).__name__} keeps no optimizer state, got {sorted(arrays)}")
-        by_name = isinstance(self.strategy, FedOpt)  # FedOpt: dicts of arrays; FedAvgM: a list of one
+            raise ValueError(f"{type(self.inner).__name__} keeps no optimizer state, got {sorted(arrays)}")
+        by_name = isinstance(self.inner, FedOpt)  # FedOpt: dicts of arrays; FedAvgM: a list of one
         for name in self.entry.optimizer_state:
             table = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{name}.")} or None
-            setattr(self.strategy, name, table if by_name or not table else [table[WEIGHTS]])
+            setattr(self.inner, name, table if by_name or not table else [table[WEIGHTS]])

@@ -91,8 +91,8 @@ def test_fedq_imports_no_flower_module_and_validating_a_config_imports_no_engine
 # What the Flower apps may import: Flower, the standard library, numpy, and fedq's round as the library exposes it
 # (settings, the message protocol, the round, the run folder). Training, codecs, models and data stay in fedq.
 APP_IMPORTS = ("flwr", "numpy", "server", "fedq.config", "fedq.errors", "fedq.fl.protocol", "fedq.fl.rounds", "fedq.fl.run",
-               "fedq.fl.client", "fedq.fl.settings", "fedq.fl.strategies", "fedq.report.run_log", "fedq.run_folder",
-               "fedq.logs")
+               "fedq.fl.client", "fedq.fl.settings", "fedq.fl.strategies", "fedq.fl.privacy", "fedq.report.run_log",
+               "fedq.run_folder", "fedq.logs")
 APP_FORBIDDEN = ("torch", "fedq.comm", "fedq.model", "fedq.quant", "fedq.engine", "fedq.data", "fedq.task", "ray")
 
 
@@ -110,7 +110,8 @@ def test_the_flower_apps_only_translate_messages():
         assert not [n for n in imports_of(path) if n.split(".")[0] in ("server", "clients")], f"{path} imports a Flower app"
 
 
-@pytest.mark.parametrize("strategy", [["fl.strategy=fedadam"], ["fl.strategy=fedavgm", "fl.server_momentum=0.5"]])
+@pytest.mark.parametrize("strategy", [["fl.strategy=fedadam"], ["fl.strategy=fedavgm", "fl.server_momentum=0.5"],
+                                      ["fl.dp.clip=1", "fl.dp.noise_multiplier=1"]])
 def test_flower_still_has_the_strategy_attributes_fedq_reads_and_writes(strategy):
     """server/aggregation.py sets a strategy's current model and saves its optimizer state through attributes Flower
     does not document; an upgrade that renames one must fail here, by name, not corrupt a resumed run."""
@@ -123,9 +124,10 @@ def test_flower_still_has_the_strategy_attributes_fedq_reads_and_writes(strategy
     vector = np.zeros(8, np.float32)
     for server_round in (1, 2):
         vector = aggregator(server_round, vector, [np.full(8, 0.1, np.float32), np.full(8, 0.3, np.float32)], [1.0, 1.0])
-    for name in ("current_arrays", *aggregator.entry.optimizer_state):
-        assert getattr(aggregator.strategy, name, None) is not None, (
-            f"flwr {__import__('flwr').__version__}: {type(aggregator.strategy).__name__} has no attribute {name} any more; "
+    held = [(aggregator.strategy, "current_arrays"), *((aggregator.inner, name) for name in aggregator.entry.optimizer_state)]
+    for strategy_object, name in held:  # the DP wrapper's current model; FedAdam's and FedAvgM's own and their state
+        assert getattr(strategy_object, name, None) is not None, (
+            f"flwr {__import__('flwr').__version__}: {type(strategy_object).__name__} has no attribute {name} any more; "
             "server/aggregation.py reads and writes it (fedq/fl/strategies.py optimizer_state, current_arrays): update "
             "them for this Flower")
-    assert set(aggregator.state_arrays()) and not np.allclose(vector, 0)
+    assert bool(aggregator.state_arrays()) == bool(aggregator.entry.optimizer_state) and not np.allclose(vector, 0)

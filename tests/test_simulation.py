@@ -33,11 +33,13 @@ TINY_RUN = [
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory) -> tuple[Path, str]:
-    """One small Flower + Ray run that the end-to-end tests below read: its folder and its output."""
+    """One small Flower + Ray run that the end-to-end tests below read: its folder and its output. It is private
+    (fl.dp): clipping and noise run in the ClientApps and the ServerApp's Flower strategy."""
     tmp = tmp_path_factory.mktemp("small-run")
     out = tmp / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "fedq.simulate", *TINY_RUN, f"data.cache_dir={tmp / 'cache'}", f"hydra.run.dir={out}"],
+        [sys.executable, "-m", "fedq.simulate", *TINY_RUN, "fl.dp.clip=0.5", "fl.dp.noise_multiplier=0.05",
+         f"data.cache_dir={tmp / 'cache'}", f"hydra.run.dir={out}"],
         capture_output=True, text=True, timeout=420,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -70,6 +72,8 @@ def test_end_to_end_simulation_with_flower_and_ray(small_run):
     assert (out / "bleu_vs_uplink.png").stat().st_size > 1000
     assert (out / "checkpoint" / "model.fedq").is_file()
     assert summary["train_loss_final"] == rows[-1]["train_loss"]
+    assert 0 < rows[0]["epsilon"] < rows[1]["epsilon"] < rows[2]["epsilon"] == summary["epsilon"]  # DP, accounted
+    assert f"ε {rows[2]['epsilon']:.3g}" in [line for line in stdout.splitlines() if line.startswith("round 3/3")][0]
 
 
 @pytest.mark.e2e

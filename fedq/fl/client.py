@@ -30,6 +30,7 @@ from fedq.fl import protocol
 from fedq.fl.client_state import CLIENT_STATE_DIR, ClientStore
 from fedq.fl.federation import Federation
 from fedq.fl.fleet import training_flops
+from fedq.fl.privacy import clip_to_norm
 from fedq.fl.protocol import NoUpdate, Reply, TrainReply, TrainRequest
 from fedq.fl.settings import client_threads
 from fedq.fl.weights import model_to_vector, vector_to_model
@@ -148,7 +149,10 @@ def client_round(federation: Federation, request: TrainRequest, store: ClientSto
 
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
-    update = federation.faults.tamper(partition, model_to_vector(federation.model) - start_vector, rng)
+    update = model_to_vector(federation.model) - start_vector
+    if cfg.fl.dp.clip:  # DP-FedAvg: the bound acts on what the codec encodes (fedq.fl.privacy)
+        update = clip_to_norm(update, cfg.fl.dp.clip)
+    update = federation.faults.tamper(partition, update, rng)
     stratum = Stratum(cfg.seed, server_round, request.slot, request.slots) if cfg.comm.uplink.correlated else None
     if federation.error_feedback:
         arrays, residual = encode_with_feedback(federation.uplink, update, state.residual, rng, stratum)

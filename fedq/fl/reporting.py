@@ -21,6 +21,7 @@ from fedq.config import FedqConfig, config_to_yaml, settings_changed
 from fedq.environment import describe_environment
 from fedq.fl.federation import Federation
 from fedq.fl.personal import personal_scores
+from fedq.fl.privacy import dp_delta, dp_enabled, epsilon, noise_multiplier, sampling_rate
 from fedq.fl.rounds import RoundOutcome
 from fedq.fl.settings import clients_per_round
 from fedq.fl.state import ServerState, save_state
@@ -115,6 +116,11 @@ class RoundReporter:
                     if cfg.adapter.rank else "")
         log.info(f"model: {federation.numel / 1e6:.2f}M values on the wire; {describe_quantization(federation.model)}{adapters}")
         log.info(f"shards: {federation.data.describe()}")
+        self.noise = noise_multiplier(fl) if dp_enabled(fl) else None  # DP's z, for each row's epsilon
+        if self.noise is not None:
+            log.info(f"privacy: DP-FedAvg, updates clipped to {fl.dp.clip:g}, noise multiplier {self.noise:.4g}, sampling "
+                     f"rate {sampling_rate(fl):.4g}: epsilon {epsilon(fl, fl.rounds, self.noise):.3g} at delta "
+                     f"{dp_delta(fl):.3g} after {fl.rounds} rounds (Opacus's RDP accountant)")
 
     def start(self, vector: np.ndarray) -> None:
         """Score the untrained global model (round 0)."""
@@ -173,6 +179,7 @@ class RoundReporter:
             "client_encode_seconds": traffic.client_encode_seconds,
             "server_decode_seconds": traffic.server_decode_seconds,
             "server_train_seconds": traffic.server_train_seconds,
+            "epsilon": epsilon(self.cfg.fl, server_round, self.noise) if self.noise is not None else None,
         }
         self.log.write_round(row)
         for sink in self.sinks:

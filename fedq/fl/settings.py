@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from fedq.errors import ConfigError
@@ -40,6 +40,16 @@ def buffer_size(fl: FLConfig) -> int:
 
 def concurrency(fl: FLConfig) -> int:
     return fl.concurrency or 2 * buffer_size(fl)
+
+
+@dataclass
+class DPConfig:
+    """User-level differential privacy, DP-FedAvg with central noise (``fedq.fl.privacy``)."""
+
+    clip: float = 0.0  # C: each client clips its update to this L2 norm before encoding it (the server again after decoding)
+    noise_multiplier: float = 0.0  # z: Gaussian noise of z x C on the sum of a round's clipped updates
+    target_epsilon: float = 0.0  # > 0: the z that spends this epsilon in fl.rounds rounds (instead of noise_multiplier)
+    delta: float = 0.0  # the delta epsilon is stated at; 0 = 1 / clients
 
 
 @dataclass
@@ -102,6 +112,7 @@ class FLConfig:
     # Flower's deployment runtime: wall seconds a round waits for a node's reply before it counts the node unreachable
     # (not sampled until it connects again); 0 = until Flower itself reports the node gone (two missed heartbeats, ~60 s)
     reply_timeout: float = 0.0
+    dp: DPConfig = field(default_factory=DPConfig)
     num_cpus: int = 1  # CPUs per simulated client (whole CPUs: Flower's simulation config takes integers)
     num_gpus: float = 0.0  # GPUs per simulated client; fractions share a GPU
     verbose: bool = False  # show Flower's own INFO/DEBUG log

@@ -158,7 +158,7 @@ def report_rows(runs: list[Run], target_bleu: float | None = None) -> list[dict[
                 sim_hours=s["sim_seconds"] / 3600 if s.get("sim_seconds") is not None else None,
                 start_test_bleu=s.get("initial_test_bleu"), own_text=s.get("own_text_bleu"),
                 attackers=s.get("attackers", 0), attackers_admitted=s.get("attackers_admitted"),
-                honest_removed=s.get("honest_removed"),
+                honest_removed=s.get("honest_removed"), epsilon=s.get("epsilon"),
             )
         else:
             m = run.meta or {}
@@ -185,6 +185,8 @@ def markdown(rows: list[dict[str, Any]], target_bleu: float | None = None) -> st
     extra += ["after personal steps"] if personal else []
     attacked = any(r.get("attackers") for r in rows)
     extra += ["attackers admitted", "honest removed"] if attacked else []
+    private = any(r.get("epsilon") is not None for r in rows)
+    extra += ["ε"] if private else []
     header = ["setting", "training", "QAT", "uplink", "downlink", "up MB", "down MB", "total ratio", "test BLEU",
               "Δ vs fp32", "valid BLEU", "simulated hours", "minutes", *extra]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -205,6 +207,8 @@ def markdown(rows: list[dict[str, Any]], target_bleu: float | None = None) -> st
             present = r.get("attackers") or 0
             cells += [f"{r['attackers_admitted']}/{present}" if r.get("attackers_admitted") is not None and present else "-",
                       cell(r.get("honest_removed"))]
+        if private:
+            cells += [cell(r.get("epsilon"), "{:.2f}")]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n" + environment_note(rows)
 

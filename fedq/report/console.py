@@ -74,7 +74,8 @@ def progress_line(row: dict[str, Any], rows: list[dict[str, Any]], planned: int,
     sim = f" | sim {format_seconds(row['sim_seconds'])}" if row["sim_seconds"] is not None else ""
     screened = row.get("attackers") and row.get("attackers_admitted") is not None  # rows before the count have none
     admitted = f" | attackers admitted {row['attackers_admitted']}/{row['attackers']}" if screened else ""
+    private = f" | ε {row['epsilon']:.3g}" if row.get("epsilon") is not None else ""
     return (f"round {row['round']}/{planned} | {row['clients']} clients{rejected}{admitted} | loss {loss} | "
             f"up {row['uplink_bytes'] / 1e6:.3f} MB ({ratio}) | down {row['downlink_bytes'] / 1e6:.3f} MB{down_ratio} | "
-            f"total {total} vs fp32 so far{bleu}{sim} | {row['wall_seconds']:.1f}s"
+            f"total {total} vs fp32 so far{bleu}{private}{sim} | {row['wall_seconds']:.1f}s"
             + (f" | ETA {format_seconds(eta)}" if eta is not None else ""))

@@ -119,6 +119,7 @@ def summarize_traffic(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "attackers_admitted": _total(row.get("attackers_admitted") for row in rows),
         "honest_removed": _total(row.get("honest_removed") for row in rows),
         "dropped_clients": _sum_counts(row.get("dropped", {}) for row in rows),
+        "epsilon": rows[-1].get("epsilon") if rows else None,  # DP: the privacy spent after the last round
         "sim_seconds": sum(row["sim_seconds"] for row in rows) if rows and all(row.get("sim_seconds") is not None for row in rows)
         else None,
     }

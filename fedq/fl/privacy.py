@@ -1,0 +1,109 @@
+"""User-level differential privacy: DP-FedAvg (McMahan et al., ICLR 2018) with fixed clipping and central noise.
+
+``fl.dp.clip`` C bounds what one client can change: each client clips its
+update to norm C *before* its codec quantizes it (so the bound acts on what is
+sent, and quantization error is measured against the clipped update), and the
+server clips each *decoded* update to C again, since stochastic rounding can
+leave a decoded update a little longer than what was clipped. The server's part
+is Flower's ``DifferentialPrivacyServerSideFixedClipping`` around FedAvg
+(``server/aggregation.py``): it clips, averages with equal weights (a client's
+token count would leak and change its sensitivity) and adds Gaussian noise of
+standard deviation z x C / clients_per_round to the average, once a round.
+Flower's ``fixedclipping_mod`` cannot do the client's part: it clips the arrays
+of the reply, which in fedq are the codec's payload, not the update.
+
+The privacy spent is accounted by Opacus's RDP accountant for the sampled
+Gaussian mechanism (sampling rate q = clients_per_round / clients, one step a
+round) and stated as epsilon at ``fl.dp.delta`` (default 1 / clients) with
+every round's row and in the summary. ``fl.dp.target_epsilon`` instead chooses
+the z that spends that epsilon over ``fl.rounds`` (Opacus's
+``get_noise_multiplier``). The accountant assumes Poisson sampling; fedq draws
+a fixed-size cohort, as DP-FedAvg's own experiments do.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from fedq.errors import ConfigError
+from fedq.fl.settings import FLConfig, clients_per_round
+
+MAX_NOISE_MULTIPLIER = 100.0  # a target epsilon that needs more noise than this learns nothing: refused
+
+
+def dp_enabled(fl: FLConfig) -> bool:
+    """Whether the run adds noise (clipping alone states no epsilon)."""
+    return fl.dp.noise_multiplier > 0 or fl.dp.target_epsilon > 0
+
+
+def sampling_rate(fl: FLConfig) -> float:
+    return clients_per_round(fl) / fl.clients
+
+
+def dp_delta(fl: FLConfig) -> float:
+    return fl.dp.delta or 1.0 / fl.clients
+
+
+def noise_multiplier(fl: FLConfig) -> float:
+    """z: ``fl.dp.noise_multiplier``, or the one that spends ``fl.dp.target_epsilon`` in ``fl.rounds`` rounds."""
+    if not fl.dp.target_epsilon:
+        return fl.dp.noise_multiplier
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with warnings.catch_warnings():  # "optimal order is the largest alpha": the bound is valid, only looser
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            return float(get_noise_multiplier(target_epsilon=fl.dp.target_epsilon, target_delta=dp_delta(fl),
+                                              sample_rate=sampling_rate(fl), steps=fl.rounds, accountant="rdp",
+                                              epsilon_tolerance=min(0.005, fl.dp.target_epsilon / 100)))
+        except ValueError:  # Opacus: "The privacy budget is too low" (no noise it tries reaches the target)
+            return math.inf
+
+
+def epsilon(fl: FLConfig, rounds: int, z: float | None = None) -> float:
+    """Epsilon at ``dp_delta(fl)`` after ``rounds`` rounds of the sampled Gaussian mechanism with noise ``z``."""
+    from opacus.accountants import RDPAccountant
+
+    z = noise_multiplier(fl) if z is None else z
+    if rounds == 0:
+        return 0.0
+    accountant = RDPAccountant()
+    accountant.history = [(z, sampling_rate(fl), rounds)]  # what `rounds` calls of accountant.step() would record
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return max(0.0, float(accountant.get_epsilon(dp_delta(fl))))  # the RDP bound can dip below 0 at huge noise
+
+
+def clip_to_norm(update: np.ndarray, bound: float) -> np.ndarray:
+    """``update`` scaled down to L2 norm ``bound`` if it is longer (a copy), else itself."""
+    norm = float(np.linalg.norm(update))
+    return (update * np.float32(bound / norm)).astype(update.dtype) if norm > bound else update
+
+
+def check_privacy(fl: FLConfig, plain_mean: bool, defence: str) -> None:
+    """Refuse DP settings that cannot hold their guarantee, with one line, before any work."""
+    dp = fl.dp
+    for name in ("clip", "noise_multiplier", "target_epsilon", "delta"):
+        if getattr(dp, name) < 0:
+            raise ConfigError(f"fl.dp.{name}={getattr(dp, name)} must be >= 0")
+    if not dp_enabled(fl):
+        return
+    if dp.noise_multiplier and dp.target_epsilon:
+        raise ConfigError("give fl.dp.noise_multiplier or fl.dp.target_epsilon, not both (the target chooses the noise)")
+    if not dp.clip:
+        raise ConfigError("differential privacy without clipping bounds nothing: set fl.dp.clip (the L2 norm each "
+                          "client's update is clipped to)")
+    if not dp_delta(fl) < 1:
+        raise ConfigError(f"fl.dp.delta={dp.delta} must be below 1")
+    if not plain_mean or defence != "none":
+        raise ConfigError(f"fl.dp adds noise to the plain mean of clipped updates: use fl.strategy=fedavg with no "
+                          f"fl.defence (not fl.strategy={fl.strategy}, fl.defence={defence})")
+    if dp.target_epsilon:
+        z = noise_multiplier(fl)
+        if not math.isfinite(z) or z > MAX_NOISE_MULTIPLIER:
+            raise ConfigError(f"fl.dp.target_epsilon={dp.target_epsilon} over fl.rounds={fl.rounds} needs noise "
+                              f"multiplier {z:.3g} (> {MAX_NOISE_MULTIPLIER:g}): nothing would be learned; raise the "
+                              "target, sample fewer clients a round or run fewer rounds")
