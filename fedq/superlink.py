@@ -27,6 +27,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -132,12 +133,22 @@ class LocalSuperLink:
     ``flower-supernode`` processes on loopback, node K with the node config
     ``partition-id=K num-partitions=N``, each running its ClientApp in its own
     process as on a real device (the tests and the deployment benchmark use it).
+    With ``credentials`` (a folder of ``fedq.credentials``), the deployment runs
+    as on real devices: the SuperLink serves TLS with the folder's CA and
+    certificate and admits only registered SuperNodes; node K's public key
+    ``device-K.pub`` is registered before it starts, and it connects trusting
+    ``ca.crt`` and signing with ``device-K``.
     """
 
-    def __init__(self, ray_address: str | None = None, verbose: bool = False, supernodes: int = 0) -> None:
+    def __init__(self, ray_address: str | None = None, verbose: bool = False, supernodes: int = 0,
+                 credentials: Path | None = None) -> None:
+        if credentials is not None and not supernodes:
+            raise ValueError("credentials are for a deployment (supernodes > 0): a simulation has no devices to connect")
         self.home = Path(tempfile.mkdtemp(prefix="fedq-flwr-"))
         self.verbose = verbose
         self.supernodes = supernodes
+        self.credentials = credentials
+        self.http = 0
         self.env = {
             **os.environ,
             # Flower's processes start each other by name (flower-superexec, flwr-serverapp, ...): find this
@@ -179,26 +190,56 @@ class LocalSuperLink:
         return process
 
     def start(self) -> None:
-        http, control, *node_ports = free_ports(2 + self.supernodes)
+        self.http, *node_ports = free_ports(1 + self.supernodes)
         mode = ["--simulation"] if self.supernodes == 0 else []
         superlink = self._launch("superlink", [
-            _tool("flower-superlink"), "--insecure", *mode, "--isolation", "subprocess",
-            "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(http),
-            "--control-api-address", f"127.0.0.1:{control}",
+            _tool("flower-superlink"), *self._server_security(), *mode, "--isolation", "subprocess",
+            "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(self.http),
         ])
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not _healthy(http):
+        while not _healthy(self.http, self.credentials):
             if superlink.poll() is not None or time.monotonic() > deadline:
                 tail = (self.home / "superlink.log").read_text(errors="replace").strip().splitlines()[-1:]
                 raise SuperLinkError(f"flower-superlink did not start ({' '.join(tail) or 'no output'})")
             time.sleep(0.2)
-        for node, port in enumerate(node_ports):
-            self._launch(f"supernode{node}", [
-                _tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{http}", "--port", str(port),
-                "--node-config", f"partition-id={node} num-partitions={self.supernodes}",
-            ])
-        connection = {"superlink": {"default": CONNECTION, CONNECTION: {"address": f"127.0.0.1:{http}", "insecure": True}}}
+        trust = ({"root-certificates": str(self.credentials / "ca.crt")} if self.credentials is not None
+                 else {"insecure": True})
+        connection = {"superlink": {"default": CONNECTION, CONNECTION: {"address": f"127.0.0.1:{self.http}", **trust}}}
         (self.home / "config.toml").write_text(tomli_w.dumps(connection))
+        for node, port in enumerate(node_ports):
+            if self.credentials is not None:
+                self.register(self.credentials / f"device-{node}.pub")
+            self.add_supernode(f"supernode{node}", node, port)
+
+    def _server_security(self) -> list[str]:
+        if self.credentials is None:
+            return ["--insecure"]
+        folder = self.credentials
+        return ["--ssl-ca-certfile", str(folder / "ca.crt"), "--ssl-certfile", str(folder / "superlink.crt"),
+                "--ssl-keyfile", str(folder / "superlink.key"), "--enable-supernode-auth"]
+
+    def register(self, public_key: Path) -> None:
+        """``flwr supernode register``: the SuperLink will admit the SuperNode that signs with this key's pair."""
+        result = subprocess.run([_tool("flwr"), "supernode", "register", str(public_key), CONNECTION], env=self.env,
+                                capture_output=True, text=True, timeout=START_TIMEOUT_SECONDS)
+        if result.returncode != 0:
+            raise SuperLinkError(f"could not register {public_key.name}: {(result.stdout + result.stderr).strip()[-300:]}")
+
+    def add_supernode(self, name: str, partition: int, port: int | None = None, private_key: Path | None = None,
+                      root_certificates: Path | None = None) -> subprocess.Popen:
+        """Start a SuperNode playing ``partition`` (its log: ``HOME/NAME.log``). With credentials it trusts
+        ``root_certificates`` (default the folder's CA) and signs with ``private_key`` (default ``device-PARTITION``)."""
+        if self.credentials is None:
+            security = ["--insecure"]
+        else:
+            key = private_key or self.credentials / f"device-{partition}"
+            security = ["--root-certificates", str(root_certificates or self.credentials / "ca.crt"),
+                        "--auth-supernode-private-key", str(key)]
+        return self._launch(name, [
+            _tool("flower-supernode"), *security, "--superlink", f"127.0.0.1:{self.http}",
+            "--port", str(port or free_ports(1)[0]),
+            "--node-config", f"partition-id={partition} num-partitions={self.supernodes}",
+        ])
 
     def run(
         self,
@@ -261,8 +302,12 @@ def _toml_value(value: object) -> str:
     return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
 
 
-def _healthy(port: int) -> bool:
+def _healthy(port: int, credentials: Path | None = None) -> bool:
+    verify: bool | ssl.SSLContext = True
+    scheme = "http"
+    if credentials is not None:
+        scheme, verify = "https", ssl.create_default_context(cafile=str(credentials / "ca.crt"))
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).is_success
+        return httpx.get(f"{scheme}://127.0.0.1:{port}/health", timeout=0.5, verify=verify).is_success
     except httpx.HTTPError:
         return False

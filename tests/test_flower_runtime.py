@@ -18,6 +18,7 @@ from fedq.config import (
     config_from_yaml,
     overrides_from_run_config,
 )
+from fedq.credentials import make_credentials
 from fedq.superlink import APP_COMPONENTS, LocalSuperLink, app_config_defaults
 
 pytestmark = pytest.mark.e2e  # Flower + Ray, or a subprocess run of an installed fedq
@@ -42,11 +43,16 @@ def test_a_group_chosen_in_overrides_is_not_overwritten_by_key_defaults():
     assert (cfg.quant.bits, cfg.fl.clients) == (8, 5)  # a key the user set wins; num-clients over the federation
 
 
-def test_deployment_runtime_with_three_supernodes_one_of_which_dies(tmp_path):
-    """A real SuperLink and three SuperNodes on loopback; every ClientApp runs in its own process. SIGKILL one
-    SuperNode after round 1: round 2 waits fl.reply_timeout (30 s: first replies include starting a ClientApp
-    process; not Flower's ~60 s heartbeat verdict) and names it unreachable with its node id; round 3 samples only
-    the two nodes still connected."""
+def test_deployment_runtime_over_tls_with_authenticated_supernodes_one_of_which_dies(tmp_path):
+    """A real SuperLink and three SuperNodes on loopback, as on real devices: TLS with the federation's own CA and
+    registered SuperNode keys (fedq.credentials); every ClientApp runs in its own process. A SuperNode whose key is
+    not registered is refused, one that trusts another CA cannot connect; neither joins the federation. SIGKILL one
+    registered SuperNode after round 1: round 2 waits fl.reply_timeout (30 s: first replies include starting a
+    ClientApp process; not Flower's ~60 s heartbeat verdict) and names it unreachable with its node id; round 3
+    samples only the two nodes still connected."""
+    credentials, stranger = tmp_path / "credentials", tmp_path / "other-ca"
+    make_credentials(credentials, [], devices=4)  # device-3: a key pair nobody registers
+    make_credentials(stranger, [], devices=0)
     out = tmp_path / "run"
     lines: list[str] = []
     run_config = {
@@ -55,15 +61,23 @@ def test_deployment_runtime_with_three_supernodes_one_of_which_dies(tmp_path):
                      f"data.cache_dir={tmp_path / 'cache'}",
         "out-dir": str(out),
     }
-    with LocalSuperLink(supernodes=3) as link:
+    with LocalSuperLink(supernodes=3, credentials=credentials) as link:
+        unregistered = link.add_supernode("unregistered", 0, private_key=credentials / "device-3")
+        untrusting = link.add_supernode("untrusting", 1, root_certificates=stranger / "ca.crt")
+
         def on_line(line: str) -> None:
             lines.append(line)
             if line.startswith("round 1/3"):
                 os.killpg(link.processes[1].pid, signal.SIGKILL)  # the SuperNode of partition 0, and its ClientApps
 
         code = link.run(REPO, run_config, on_line=on_line)
+        refused = {name: (link.home / f"{name}.log").read_text(errors="replace") for name in ("unregistered", "untrusting")}
+        still_running = [process.poll() is None for process in (unregistered, untrusting)]
     log = "\n".join(lines)
     assert code == 0, log[-3000:]
+    assert "Failed to activate SuperNode" in refused["unregistered"], refused["unregistered"][-2000:]
+    assert "CERTIFICATE_VERIFY_FAILED" in refused["untrusting"], refused["untrusting"][-2000:]
+    assert still_running == [False, False]  # both gave up: Flower's exit code 305
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((out / "summary.json").read_text())
     assert [(row["round"], row["sampled"], row["clients"]) for row in rows] == [(1, 3, 3), (2, 3, 2), (3, 2, 2)], log[-3000:]
