@@ -17,11 +17,12 @@ from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedq.config import FedqConfig
 from fedq.fl import protocol
-from fedq.fl.privacy import noise_multiplier
+from fedq.fl.privacy import ClipNorm, noise_split
 from fedq.fl.settings import clients_per_round
 from fedq.fl.strategies import STRATEGIES, Strategy
 
 WEIGHTS = "weights"  # the one array of a model record: fedq's flat weight vector
+CLIP_NORM_STATE = "dp.clip_norm"  # the run state's name of an adaptive clipping norm
 
 
 def flower_class(entry: Strategy) -> type:
@@ -43,8 +44,9 @@ class FlowerAggregator:
         build = flower_class(self.entry)
         self.inner = build(weighted_by_key=protocol.NUM_TOKENS, fraction_evaluate=0.0, **self.entry.options(fl))
         self.private = fl.dp.clip > 0
+        self.clipping = ClipNorm.of(fl)
         self.strategy = DifferentialPrivacyServerSideFixedClipping(
-            self.inner, noise_multiplier(fl), fl.dp.clip, clients_per_round(fl)) if self.private else self.inner
+            self.inner, noise_split(fl)[0], fl.dp.clip, clients_per_round(fl)) if self.private else self.inner
         self.seed = cfg.seed
         self.steps_itself = self.entry.steps_itself
         logging.getLogger("flwr").setLevel(logging.INFO if fl.verbose else logging.WARNING)
@@ -57,6 +59,7 @@ class FlowerAggregator:
             self.inner.current_arrays = {WEIGHTS: global_vector} if by_name else ArrayRecord({WEIGHTS: Array(global_vector)})
         if self.private:  # the wrapper clips each reply's change from these; every client weighs the same
             self.strategy.current_arrays = ArrayRecord({WEIGHTS: Array(global_vector)})
+            self.strategy.clipping_norm = self.clipping.norm
             weights = [1.0] * len(updates)
             np.random.seed([self.seed, server_round, 0xD9])  # Flower draws the noise from numpy's global generator
         replies = []
@@ -70,14 +73,28 @@ class FlowerAggregator:
         assert arrays is not None  # Flower returns none only for error replies, which fedq never passes on
         return arrays[WEIGHTS].numpy()
 
+    @property
+    def clip_norm(self) -> float:
+        return self.clipping.norm
+
+    def adapt_clipping(self, server_round: int, unclipped: list[bool]) -> None:
+        self.clipping.adapt(unclipped, np.random.default_rng([self.seed, server_round, 0xC11]))
+
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The server optimizer's state, to save with the run (FedAdam's moments, FedAvgM's momentum; none otherwise):
-        each a dict of arrays by name (FedAdam) or a list of the record's one array (FedAvgM)."""
+        each a dict of arrays by name (FedAdam) or a list of the record's one array (FedAvgM); and an adaptive
+        clipping norm."""
         tables = {name: getattr(self.inner, name) for name in self.entry.optimizer_state}
-        return {f"{name}.{key}": value for name, table in tables.items() if table is not None
-                for key, value in (table.items() if isinstance(table, dict) else [(WEIGHTS, table[0])])}
+        arrays = {f"{name}.{key}": value for name, table in tables.items() if table is not None
+                  for key, value in (table.items() if isinstance(table, dict) else [(WEIGHTS, table[0])])}
+        if self.clipping.target_quantile:
+            arrays[CLIP_NORM_STATE] = np.array([self.clipping.norm], np.float64)
+        return arrays
 
     def restore_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        arrays = dict(arrays)
+        if CLIP_NORM_STATE in arrays:
+            self.clipping.norm = float(arrays.pop(CLIP_NORM_STATE)[0])
         if arrays and not self.steps_itself:
             raise ValueError(f"{type(self.inner).__name__} keeps no optimizer state, got {sorted(arrays)}")
         by_name = isinstance(self.inner, FedOpt)  # FedOpt: dicts of arrays; FedAvgM: a list of one

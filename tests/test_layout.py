@@ -124,7 +124,8 @@ def test_flower_still_has_the_strategy_attributes_fedq_reads_and_writes(strategy
     vector = np.zeros(8, np.float32)
     for server_round in (1, 2):
         vector = aggregator(server_round, vector, [np.full(8, 0.1, np.float32), np.full(8, 0.3, np.float32)], [1.0, 1.0])
-    held = [(aggregator.strategy, "current_arrays"), *((aggregator.inner, name) for name in aggregator.entry.optimizer_state)]
+    held = [(aggregator.strategy, "current_arrays"), *((aggregator.inner, name) for name in aggregator.entry.optimizer_state),
+            *([(aggregator.strategy, "clipping_norm")] if aggregator.private else [])]
     for strategy_object, name in held:  # the DP wrapper's current model; FedAdam's and FedAvgM's own and their state
         assert getattr(strategy_object, name, None) is not None, (
             f"flwr {__import__('flwr').__version__}: {type(strategy_object).__name__} has no attribute {name} any more; "

@@ -15,7 +15,7 @@ from fedq.errors import ConfigError
 from fedq.fl.client import LocalExchange
 from fedq.fl.client_state import ClientStore
 from fedq.fl.federation import Federation
-from fedq.fl.privacy import epsilon, noise_multiplier
+from fedq.fl.privacy import ClipNorm, epsilon, noise_multiplier, noise_split
 from fedq.fl.run import run_federation
 from helpers import TINY
 from server.aggregation import FlowerAggregator
@@ -89,3 +89,59 @@ def test_a_private_run_clips_what_each_client_sends_and_states_epsilon_in_every_
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["epsilon"] for row in rows] == pytest.approx([epsilon(cfg.fl, r) for r in (1, 2, 3)])
     assert rows[0]["epsilon"] < rows[1]["epsilon"] < rows[2]["epsilon"] == summary["epsilon"]
+
+
+def test_adaptive_clipping_moves_the_norm_towards_its_quantile_of_the_update_norms():
+    """Andrew et al.: every update within the norm (b = 1 > target 0.5) shrinks it, every update clipped grows it. (Flower
+    1.42's adaptive wrappers step by the clipped fraction: the second case would shrink too.)"""
+    clip = ClipNorm(1.0, target_quantile=0.5, lr=0.2, count_stddev=0.0, cohort=4)
+    clip.adapt([True] * 4, np.random.default_rng(0))
+    assert clip.norm == pytest.approx(np.exp(-0.2 * 0.5))
+    clip.adapt([False] * 4, np.random.default_rng(0))
+    assert clip.norm == pytest.approx(1.0)
+    fixed = ClipNorm(1.0)
+    fixed.adapt([False] * 4, np.random.default_rng(0))
+    assert fixed.norm == 1.0
+    fl = compose_config(["clients=1000", "fl.clients_per_round=100", "fl.dp.clip=0.1", "fl.dp.noise_multiplier=1",
+                         "fl.dp.target_quantile=0.5"]).fl
+    updates_z, count_stddev = noise_split(fl)
+    assert count_stddev == 5.0 and updates_z == pytest.approx((1 - (2 * 5.0) ** -2) ** -0.5)  # both spend what z=1 does
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["fl.dp.target_quantile=0.5"], "starts from fl.dp.clip"),
+    (["fl.dp.clip=1", "fl.dp.target_quantile=1.5"], "must be in \\[0, 1\\)"),
+    (["fl.dp.clip=1", "fl.dp.noise_multiplier=1", "fl.dp.target_quantile=0.5", "clients=20", "fl.clients_per_round=5"],
+     "with 5 clients a round cannot spend noise multiplier 1"),
+    (["fl.dp.clip=1", "fl.dp.noise_multiplier=1", "fl.devices=mixed", "fl.mode=async"], "fl.mode=async"),
+])
+def test_adaptive_clipping_that_cannot_run_is_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(compose_config(overrides))
+
+
+def test_an_adaptive_norm_travels_to_the_clients_grows_while_every_update_is_clipped_and_is_saved(tmp_path):
+    cfg = compose_config([*TINY, f"data.cache_dir={tmp_path / 'cache'}", "fl.rounds=3", "fl.eval_every=0",
+                          "comm.uplink.name=fp32", "fl.dp.clip=0.001", "fl.dp.target_quantile=0.5", "fl.dp.clip_lr=0.5"])
+    validate_config(cfg)
+    federation = Federation(cfg)
+    local = LocalExchange(federation, ClientStore(None))
+    norms, sent = [], []
+
+    def exchange(requests):
+        replies = local(requests)
+        if all(r.reply is not None for r in replies):  # not the first try of a client that asks for a resync
+            norms.append({r.clip_norm for r in requests})
+            sent.append(max(float(np.linalg.norm(r.reply.arrays[0])) for r in replies))
+        return replies
+
+    aggregator = FlowerAggregator(cfg)
+    run_federation(cfg, tmp_path / "run", exchange, aggregator, federation=federation)
+    (first,), (second,), (third,) = norms
+    assert first == 0.001 and second == pytest.approx(0.001 * np.exp(0.25)) and third == pytest.approx(second * np.exp(0.25))
+    assert all(top <= norm * (1 + 1e-6) for top, (norm,) in zip(sent, norms))  # each round's own norm bound what was sent
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["clip_norm"] for row in rows] == pytest.approx([first, second, third])
+    restored = FlowerAggregator(cfg)
+    restored.restore_state_arrays(aggregator.state_arrays())
+    assert restored.clip_norm == aggregator.clip_norm == pytest.approx(third * np.exp(0.25))

@@ -47,7 +47,7 @@ class BufferedCoordinator(Coordinator):
 
     def run_round(self, server_round: int, vector: np.ndarray, exchange: Exchange) -> tuple[np.ndarray, RoundOutcome]:
         fl = self.cfg.fl
-        outcome = RoundOutcome()
+        outcome = RoundOutcome(clip_norm=self.aggregator.clip_norm)
         self.dispatch(server_round, vector, exchange, outcome)
         self.in_flight.sort(key=lambda f: (f.arrives, f.reply.partition))
         buffer, self.in_flight = self.in_flight[: buffer_size(fl)], self.in_flight[buffer_size(fl) :]

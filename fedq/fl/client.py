@@ -150,8 +150,9 @@ def client_round(federation: Federation, request: TrainRequest, store: ClientSto
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     update = model_to_vector(federation.model) - start_vector
-    if cfg.fl.dp.clip:  # DP-FedAvg: the bound acts on what the codec encodes (fedq.fl.privacy)
-        update = clip_to_norm(update, cfg.fl.dp.clip)
+    unclipped = not request.clip_norm or float(np.linalg.norm(update)) <= request.clip_norm
+    if request.clip_norm:  # DP-FedAvg: the bound acts on what the codec encodes (fedq.fl.privacy)
+        update = clip_to_norm(update, request.clip_norm)
     update = federation.faults.tamper(partition, update, rng)
     stratum = Stratum(cfg.seed, server_round, request.slot, request.slots) if cfg.comm.uplink.correlated else None
     if federation.error_feedback:
@@ -169,6 +170,7 @@ def client_round(federation: Federation, request: TrainRequest, store: ClientSto
         protocol.NUM_TOKENS: float(stats.tokens),
         protocol.TRAIN_LOSS: stats.loss,
         protocol.PAYLOAD_BYTES: float(payload_bytes(arrays)),
+        protocol.UNCLIPPED: float(unclipped),
         protocol.TRAIN_SECONDS: train_seconds,
         protocol.ENCODE_SECONDS: encode_seconds,
         protocol.STEPS: float(stats.steps),

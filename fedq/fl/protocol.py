@@ -28,6 +28,7 @@ BASE_ROUND = "fedq-base-round"  # the round whose model a delta builds on (0: th
 BASE_DIGEST = "fedq-base-digest"  # a delta against the seeded model: that model's digest
 KEEP = "fedq-keep"  # 1: the server remembers what this client now holds, so the client keeps it too
 SLOT, SLOTS = "fedq-slot", "fedq-slots"  # the client's place among the round's clients (correlated rounding)
+CLIP_NORM = "fedq-clip-norm"  # fl.dp: the norm the client clips its update to before encoding it (0: none)
 NUM_PARTITIONS = "num-partitions"  # a SuperNode's node-config key
 
 # a train reply's metrics
@@ -40,6 +41,7 @@ ENCODE_SECONDS = "encode-seconds"
 STEPS = "steps"
 FINGERPRINT = "tokenizer-fingerprint"
 SIM_SECONDS = "sim-seconds"  # the client's round on its simulated device (fl.devices)
+UNCLIPPED = "fedq-unclipped"  # fl.dp: 1 if the update was within the clip norm (adaptive clipping counts them)
 
 # the reason of an error reply: a simulated fault, or a client that does not hold what a delta builds on
 DROPOUT = "dropout"
@@ -79,12 +81,13 @@ class TrainRequest:
     keep: bool = False
     slot: int = 0
     slots: int = 1
+    clip_norm: float = 0.0
 
-    def config(self) -> dict[str, int | str]:
+    def config(self) -> dict[str, int | float | str]:
         return {
             SERVER_ROUND: self.server_round, PARTITION: self.partition, DOWNLINK_KIND: self.downlink.kind,
             BASE_ROUND: self.downlink.base_round, BASE_DIGEST: self.downlink.base_digest, KEEP: int(self.keep),
-            SLOT: self.slot, SLOTS: self.slots,
+            SLOT: self.slot, SLOTS: self.slots, CLIP_NORM: self.clip_norm,
         }
 
     @classmethod
@@ -93,7 +96,7 @@ class TrainRequest:
             downlink = Downlink(list(arrays), str(config[DOWNLINK_KIND]), int(config[BASE_ROUND]),  # type: ignore[call-overload]
                                 str(config[BASE_DIGEST]))
             return cls(int(config[PARTITION]), int(config[SERVER_ROUND]), downlink, bool(config[KEEP]),  # type: ignore[call-overload]
-                       int(config[SLOT]), int(config[SLOTS]))  # type: ignore[call-overload]
+                       int(config[SLOT]), int(config[SLOTS]), float(config[CLIP_NORM]))  # type: ignore[call-overload, arg-type]
         except (KeyError, TypeError, ValueError) as err:
             why = f"a train request without a valid {err}: server and client run different fedq versions?"
             raise ProtocolError(why) from None

@@ -180,6 +180,7 @@ class RoundReporter:
             "server_decode_seconds": traffic.server_decode_seconds,
             "server_train_seconds": traffic.server_train_seconds,
             "epsilon": epsilon(self.cfg.fl, server_round, self.noise) if self.noise is not None else None,
+            "clip_norm": traffic.clip_norm or None,
         }
         self.log.write_round(row)
         for sink in self.sinks:

@@ -65,9 +65,17 @@ class Aggregator(Protocol):
     """Turns the admitted updates of a round into the aggregate model (Flower's strategies in ``server/``)."""
 
     steps_itself: bool  # True: the aggregate is already the server's step (FedAdam), fl.server_lr is not applied
+    @property
+    def clip_norm(self) -> float:
+        """fl.dp: the norm clients clip their updates to this round (0: none)."""
+        ...
 
     def __call__(self, server_round: int, global_vector: np.ndarray, updates: list[np.ndarray],
                  weights: list[float]) -> np.ndarray: ...
+
+    def adapt_clipping(self, server_round: int, unclipped: list[bool]) -> None:
+        """fl.dp adaptive clipping: the next round's norm, from which of this round's updates were within it."""
+        ...
 
     def state_arrays(self) -> dict[str, np.ndarray]: ...
 
@@ -118,6 +126,7 @@ class RoundOutcome:
     client_encode_seconds: float = 0.0
     server_decode_seconds: float = 0.0
     server_train_seconds: float = 0.0  # the server's own training on its root set (fl.defence=fltrust)
+    clip_norm: float = 0.0  # fl.dp: the norm the round's clients clipped to (0: none)
     sim_seconds: float | None = None  # the virtual clock of the round (with fl.devices)
     rejections: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # each client that delivered nothing, and why
@@ -277,14 +286,15 @@ class Coordinator:
 
     def request(self, partition: int, server_round: int, vector: np.ndarray, slot: int, slots: int) -> TrainRequest:
         downlink = self.broadcaster.message_for(partition, vector, server_round)
-        return TrainRequest(partition, server_round, downlink, self.broadcaster.keeps, slot, slots)
+        return TrainRequest(partition, server_round, downlink, self.broadcaster.keeps, slot, slots, self.aggregator.clip_norm)
 
     def run_round(self, server_round: int, vector: np.ndarray, exchange: Exchange) -> tuple[np.ndarray, RoundOutcome]:
         """One round; returns the new global model and what the round cost."""
         fl = self.cfg.fl
         self.refresh_reachable(exchange)
         partitions = self.sample(server_round)
-        outcome = RoundOutcome(sampled=len(partitions), fp32_downlink_bytes=len(partitions) * vector.nbytes)
+        outcome = RoundOutcome(sampled=len(partitions), fp32_downlink_bytes=len(partitions) * vector.nbytes,
+                               clip_norm=self.aggregator.clip_norm)
         replies = self.collude(server_round, self.send(server_round, vector, partitions, exchange, outcome))
         waits = True
         if fl.overselect:
@@ -366,6 +376,7 @@ class Coordinator:
         updates, weights = self.defence(updates, weights, view)
         self._count_screening(admitted, screened, updates, view.admitted, outcome)
         aggregate = self.aggregator(server_round, vector, updates, weights)
+        self.aggregator.adapt_clipping(server_round, [bool(a.metrics.get(protocol.UNCLIPPED, 1.0)) for a in admitted])
         if self.server_lr != 1.0:
             aggregate = vector + self.server_lr * (aggregate - vector)
         self.center = aggregate - vector  # the last round's step: centered clipping's center, mask's reference

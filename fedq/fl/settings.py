@@ -50,6 +50,10 @@ class DPConfig:
     noise_multiplier: float = 0.0  # z: Gaussian noise of z x C on the sum of a round's clipped updates
     target_epsilon: float = 0.0  # > 0: the z that spends this epsilon in fl.rounds rounds (instead of noise_multiplier)
     delta: float = 0.0  # the delta epsilon is stated at; 0 = 1 / clients
+    # > 0: adaptive clipping (Andrew et al. 2021): fl.dp.clip is where the norm starts, and it follows this quantile
+    # of the clients' update norms, learnt from their noised count of unclipped updates
+    target_quantile: float = 0.0
+    clip_lr: float = 0.2  # adaptive clipping: the geometric step of the norm
 
 
 @dataclass
