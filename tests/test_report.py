@@ -129,3 +129,20 @@ def test_the_progress_line_says_how_many_attackers_the_defence_admitted_where_it
     assert "| 5 clients | attackers admitted 0/1 | loss 2.000 |" in progress_line(row, [row], 5)
     for uncounted in ({"attackers_admitted": None}, {"attackers": 0, "attackers_admitted": 0}):
         assert "attackers" not in progress_line({**row, **uncounted}, [row], 5)
+
+
+def test_the_table_states_each_private_runs_epsilon_and_a_run_without_dp_none():
+    from fedq.config import compose_config
+    from fedq.report.compare import Run, markdown, report_rows
+    from fedq.report.run_log import summarize_traffic
+
+    def run(epsilons: list[float | None], *settings: str) -> Run:
+        rows = [{"uplink_bytes": 10, "downlink_bytes": 20, "fp32_uplink_bytes": 40, "fp32_downlink_bytes": 80,
+                 "rejected": 0, "dropped": {}, "sim_seconds": None, "wall_seconds": 1.0, "epsilon": e} for e in epsilons]
+        summary = {**summarize_traffic(rows), "final_test_bleu": 50.0, "final_valid_bleu": 50.0, "wall_seconds": 60.0}
+        return Run(Path("-".join(settings) or "plain"), compose_config(list(settings)), summary, None)
+
+    table = markdown(report_rows([run([1.5, 2.25], "fl.dp.clip=1", "fl.dp.noise_multiplier=1"), run([None, None])]))
+    assert table.splitlines()[0].endswith("| ε |")
+    assert [line.rsplit(" | ", 1)[-1] for line in table.splitlines()[2:4]] == ["2.25 |", "- |"]  # the last round's
+    assert "fl.dp.clip=1.0 fl.dp.noise_multiplier=1.0" in table  # labelled by the nested settings that differ
