@@ -65,6 +65,7 @@ class Aggregator(Protocol):
     """Turns the admitted updates of a round into the aggregate model (Flower's strategies in ``server/``)."""
 
     steps_itself: bool  # True: the aggregate is already the server's step (FedAdam), fl.server_lr is not applied
+
     @property
     def clip_norm(self) -> float:
         """fl.dp: the norm clients clip their updates to this round (0: none)."""
