@@ -27,7 +27,7 @@ SLOW_SCRIPTS = {"bench_adapter_memory.py", "bench_deployment.py", "bench_fleet.p
 def test_the_studies_are_the_ones_the_benchmarks_readme_runs():
     readme = (REPO / "benchmarks" / "README.md").read_text()
     studies = sorted({study for study, _ in ROWS})
-    assert studies == ["downlink", "faults", "fl_multi30k", "fl_table", "frontier", "frontier_rare", "qat_table"]
+    assert studies == ["defences", "downlink", "faults", "fl_multi30k", "fl_table", "frontier", "frontier_rare", "qat_table"]
     assert all(f"python benchmarks/study.py {study}" in readme for study in studies)
     assert all(f"`{script}`" in readme for script in SCRIPTS)
 
@@ -79,3 +79,24 @@ def test_every_benchmark_script_has_a_quick_mode_that_completes(script, tmp_path
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "QUICK smoke run" in result.stdout and json.loads(out.read_text())
+
+
+def test_the_defence_table_puts_attacks_in_rows_and_defences_in_columns_against_clean_fedavg(tmp_path):
+    from defence_table import main
+
+    def finished(row: str, bleu: float, admitted: int | None = None) -> None:
+        (tmp_path / row).mkdir()
+        summary = {"final_test_bleu": bleu, "attackers": 4 if admitted is not None else 0, "attackers_admitted": admitted}
+        (tmp_path / row / "summary.json").write_text(json.dumps(summary))
+
+    finished("none-fedavg", 60.0)
+    finished("none-fltrust", 59.5)
+    finished("ipm-fedavg", 50.0, 4)
+    finished("ipm-fltrust", 59.0, 0)
+    finished("ipm_eps2-fedavg", 20.0, 4)
+    out = tmp_path / "table.md"
+    main(["--results", str(tmp_path), "--out", str(out)])
+    lines = out.read_text().splitlines()
+    assert lines[2] == "| attack | FedAvg | FLTrust |"
+    assert lines[4:6] == ["| no attack | +0.00 | -0.50 |", "| IPM (ε 0.5) | -10.00 (4/4) | -1.00 (0/4) |"]
+    assert "| ipm_eps2-fedavg | 20.00 | -40.00 |" in lines  # a sweep row, below the grid
