@@ -324,8 +324,8 @@ def flame_aggregate(updates: list[np.ndarray], admitted: list[bool], noise: floa
     stacked = np.stack(updates).astype(np.float64)
     norms = np.linalg.norm(stacked, axis=1)
     bound = float(np.median(norms))
-    kept = stacked[np.array(admitted)] * np.minimum(1.0, bound / np.maximum(norms[np.array(admitted)], 1e-12))[:, None]
-    aggregate = kept.mean(axis=0)
+    kept = np.array(admitted)
+    aggregate = (stacked[kept] * np.minimum(1.0, bound / np.maximum(norms[kept], 1e-12))[:, None]).mean(axis=0)
     if noise:
         aggregate += rng.normal(0.0, noise * bound, aggregate.shape)
     return aggregate.astype(np.float32)

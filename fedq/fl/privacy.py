@@ -33,6 +33,7 @@ a fixed-size cohort, as DP-FedAvg's own experiments do.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -62,14 +63,21 @@ def noise_multiplier(fl: FLConfig) -> float:
     """z: ``fl.dp.noise_multiplier``, or the one that spends ``fl.dp.target_epsilon`` in ``fl.rounds`` rounds."""
     if not fl.dp.target_epsilon:
         return fl.dp.noise_multiplier
+    return _noise_for_target(fl.dp.target_epsilon, dp_delta(fl), sampling_rate(fl), fl.rounds)
+
+
+@functools.lru_cache(maxsize=16)
+def _noise_for_target(target_epsilon: float, delta: float, rate: float, rounds: int) -> float:
+    """Opacus's search for z (up to a second): once per setting and process, however many readers ask (validation,
+    the aggregator, the reporter)."""
     from opacus.accountants.utils import get_noise_multiplier
 
     with warnings.catch_warnings():  # "optimal order is the largest alpha": the bound is valid, only looser
         warnings.simplefilter("ignore", UserWarning)
         try:
-            return float(get_noise_multiplier(target_epsilon=fl.dp.target_epsilon, target_delta=dp_delta(fl),
-                                              sample_rate=sampling_rate(fl), steps=fl.rounds, accountant="rdp",
-                                              epsilon_tolerance=min(0.005, fl.dp.target_epsilon / 100)))
+            return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=rate,
+                                              steps=rounds, accountant="rdp",
+                                              epsilon_tolerance=min(0.005, target_epsilon / 100)))
         except ValueError:  # Opacus: "The privacy budget is too low" (no noise it tries reaches the target)
             return math.inf
 
@@ -88,10 +96,12 @@ def epsilon(fl: FLConfig, rounds: int, z: float | None = None) -> float:
         return max(0.0, float(accountant.get_epsilon(dp_delta(fl))))  # the RDP bound can dip below 0 at huge noise
 
 
-def clip_to_norm(update: np.ndarray, bound: float) -> np.ndarray:
-    """``update`` scaled down to L2 norm ``bound`` if it is longer (a copy), else itself."""
+def clip_to_norm(update: np.ndarray, bound: float) -> tuple[np.ndarray, bool]:
+    """(``update`` scaled down to L2 norm ``bound`` if it is longer (a copy), else itself; whether it was within)."""
     norm = float(np.linalg.norm(update))
-    return (update * np.float32(bound / norm)).astype(update.dtype) if norm > bound else update
+    if norm <= bound:
+        return update, True
+    return (update * np.float32(bound / norm)).astype(update.dtype), False
 
 
 def check_privacy(fl: FLConfig, plain_mean: bool, defence: str) -> None:
