@@ -24,6 +24,7 @@ import datetime
 import ipaddress
 import logging
 import os
+import sys
 from pathlib import Path
 
 from cryptography import x509
@@ -31,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedq.errors import ConfigError
+from fedq.errors import ConfigError, FedqError
 from fedq.logs import configure
 
 log = logging.getLogger("fedq.credentials")  # not __name__: run as __main__
@@ -43,11 +44,20 @@ DEVICE_CURVE = ec.SECP384R1()  # Flower takes NIST curves for SuperNode keys
 def make_ca(folder: Path, days: int = VALID_DAYS) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """The federation's CA (``ca.crt``, ``ca.key``), made once and read back after."""
     cert_path, key_path = folder / "ca.crt", folder / "ca.key"
-    if cert_path.exists() and key_path.exists():
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if cert_path.exists() != key_path.exists():
+        have, missing = (cert_path, key_path) if cert_path.exists() else (key_path, cert_path)
+        raise ConfigError(f"{have} is there but {missing.name} is not: put it back, or remove {have.name} to make a new "
+                          "CA (and then every certificate and registration again)")
+    if cert_path.exists():
+        try:
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"the CA in {folder} cannot be read ({err}): ca.crt and ca.key must be the PEM files "
+                              "python -m fedq.credentials wrote, the key unencrypted") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ConfigError(f"{key_path} is not an EC private key")
-        return x509.load_pem_x509_certificate(cert_path.read_bytes()), key
+        return cert, key
     key = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedq federation CA")])
     cert = (_builder(name, name, key.public_key(), days)
@@ -135,7 +145,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.devices < 0:
         raise SystemExit(f"error: --devices={args.devices} must be >= 0")
     configure()
-    make_credentials(args.out, args.host, args.devices)
+    try:
+        make_credentials(args.out, args.host, args.devices)
+    except FedqError as err:
+        log.error(str(err))
+        sys.exit(2)
+    except OSError as err:
+        log.error(f"cannot write the credentials in {args.out}: {err.strerror or err} ({err.filename or args.out})")
+        sys.exit(2)
     log.info(f"credentials in {args.out}: ca.crt, superlink.crt/.key, {args.devices} device key pairs")
 
 

@@ -33,3 +33,22 @@ def test_the_superlink_certificate_is_signed_by_the_ca_for_its_names_and_device_
     main([str(out), "--devices", "3"])  # a second call adds device-2 and overwrites nothing
     assert {p.name for p in out.iterdir()} == set(kept) | {"device-2", "device-2.pub"}
     assert all((out / name).read_bytes() == data for name, data in kept.items())
+
+
+def test_a_damaged_or_half_ca_is_one_line_and_nothing_is_overwritten(tmp_path, capsys):
+    import pytest
+
+    out = tmp_path / "credentials"
+    out.mkdir()
+    (out / "ca.key").write_text("not a key\n")
+    (out / "ca.crt").write_text("not a certificate\n")
+    for files, message in (({"ca.key", "ca.crt"}, "cannot be read"), ({"ca.key"}, "ca.key is there but ca.crt is not")):
+        for name in {"ca.key", "ca.crt"} - files:
+            (out / name).unlink()
+        with pytest.raises(SystemExit) as stop:
+            main([str(out), "--devices", "1"])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert sorted(p.name for p in out.iterdir()) == sorted(files)  # nothing made beside a CA it cannot use
+    assert (out / "ca.key").read_text() == "not a key\n"
