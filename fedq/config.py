@@ -261,7 +261,6 @@ def validate_config(cfg: FedqConfig) -> None:
     strategy = STRATEGIES.make(cfg.fl.strategy)
     strategy.check(cfg.fl, round_size, attackers)
     check_entry_settings(cfg.fl)
-    check_privacy(cfg.fl, strategy.plain_mean, cfg.fl.defence)
     validate_comm_config(cfg.comm, cfg.quant.bits)
     validate_eval_config(cfg.eval)
     validate_deploy_config(cfg.deploy)
@@ -282,6 +281,7 @@ def validate_config(cfg: FedqConfig) -> None:
         raise ConfigError(f"fl.personal_steps={cfg.fl.personal_steps} scores each client on its held-out pairs after "
                           "training on its own: set partition.holdout (e.g. 0.2)")
     reads_reference = uplink_codec(cfg.comm, cfg.quant.bits).reads_reference
+    check_privacy(cfg.fl, strategy.plain_mean, cfg.fl.defence, cfg.comm.uplink.name if reads_reference else None)
     if reads_reference and strategy.coordinate_wise:
         raise ConfigError(f"comm.uplink.name={cfg.comm.uplink.name} with fl.strategy={cfg.fl.strategy}: most updates hold "
                           "the server's last step where their client sent nothing, so a coordinate-wise median or "

@@ -49,6 +49,8 @@ def test_a_target_epsilon_chooses_the_noise_that_spends_it_over_the_planned_roun
      "nothing would be learned"),
     (["fl.dp.clip=-1"], "fl.dp.clip=-1.0 must be >= 0"),
     (["fl.dp.clip=1", "fl.dp.noise_multiplier=1", "fl.dp.delta=1"], "must be below 1"),
+    (["fl.dp.clip=1", "fl.dp.noise_multiplier=1", "comm.uplink.name=mask"],
+     "comm.uplink.name=mask\\) has the server fill the rest"),
 ])
 def test_privacy_settings_that_cannot_hold_their_guarantee_are_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message):

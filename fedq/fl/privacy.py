@@ -104,8 +104,9 @@ def clip_to_norm(update: np.ndarray, bound: float) -> tuple[np.ndarray, bool]:
     return (update * np.float32(bound / norm)).astype(update.dtype), False
 
 
-def check_privacy(fl: FLConfig, plain_mean: bool, defence: str) -> None:
-    """Refuse DP settings that cannot hold their guarantee, with one line, before any work."""
+def check_privacy(fl: FLConfig, plain_mean: bool, defence: str, partial_uplink: str | None) -> None:
+    """Refuse DP settings that cannot hold their guarantee, with one line, before any work (``partial_uplink``: the
+    uplink codec's name where it leaves values unsent for the server to fill, else None)."""
     dp = fl.dp
     for name in ("clip", "noise_multiplier", "target_epsilon", "delta"):
         if getattr(dp, name) < 0:
@@ -127,6 +128,10 @@ def check_privacy(fl: FLConfig, plain_mean: bool, defence: str) -> None:
     if not plain_mean or defence != "none":
         raise ConfigError(f"fl.dp adds noise to the plain mean of clipped updates: use fl.strategy=fedavg with no "
                           f"fl.defence (not fl.strategy={fl.strategy}, fl.defence={defence})")
+    if partial_uplink:
+        raise ConfigError(f"fl.dp bounds what each client's update moves: an uplink that sends part of the values "
+                          f"(comm.uplink.name={partial_uplink}) has the server fill the rest from the other clients' "
+                          "values, so one client moves more than its clipped norm; use another uplink codec")
     if fl.mode == "async" or fl.overselect:
         raise ConfigError("fl.dp's accountant counts one uniformly sampled cohort a round: fl.mode=async and "
                           "fl.overselect aggregate whichever clients arrive first, which it does not cover")
