@@ -2,23 +2,22 @@
 
 Thin on purpose: the round is ``fedq.fl.client``'s. A request names the client
 (partition) it is for: a node of ``fedq.simulate``'s pool plays whichever client
-the server sends it, a SuperNode started with ``partition-id`` is that client.
+the server sends it, several per message (one after another, on the node's one
+model), a SuperNode started with ``partition-id`` is that client.
 What a client keeps between its rounds is on disk (``fedq.fl.client_state``),
 never in Flower's in-memory ``context.state``. A round without an update (a
-simulated dropout or crash, a resync) is an error reply with its reason.
+simulated dropout or crash, a resync) is its reason in the reply's errors record.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import ErrorCode
 
 from fedq.fl import protocol
 from fedq.fl.client import ClientRun
-from fedq.fl.protocol import NoUpdate, TrainRequest
 
 app = ClientApp()
 _RUNS: dict[int, ClientRun] = {}  # the run of this process, its config parsed once
@@ -40,12 +39,10 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     content = msg.content
-    request = TrainRequest.parse(content.array_records[protocol.ARRAYS].to_numpy_ndarrays(),
-                                 content.config_records[protocol.CONFIG])
-    try:
-        reply = run_of(context).train(request, context.node_config)
-    except NoUpdate as failure:
-        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=failure.reason), reply_to=msg)
-    metrics: dict[str, Any] = reply.metrics
-    answer = RecordDict({protocol.ARRAYS: ArrayRecord(reply.arrays), protocol.METRICS: MetricRecord(metrics)})
-    return Message(answer, reply_to=msg)
+    requests = protocol.unpack_requests({name: record.to_numpy_ndarrays() for name, record in content.array_records.items()},
+                                        content.config_records)
+    arrays, metrics, errors = protocol.pack_replies(run_of(context).train(requests, context.node_config))
+    records: dict[str, Any] = {name: ArrayRecord(values) for name, values in arrays.items()}
+    records |= {name: MetricRecord(dict(values)) for name, values in metrics.items()}
+    records[protocol.ERRORS] = ConfigRecord(dict(errors))
+    return Message(RecordDict(records), reply_to=msg)

@@ -21,8 +21,10 @@ class FileWriteError(FedqError):
     """A file could not be written (disk full, no permission, no such folder)."""
 
 
-def atomic_write(path: str | Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename); return the path."""
+def atomic_write(path: str | Path, data: bytes | str, durable: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename); return the path. Not ``durable``: no fsync,
+    so a killed process still leaves the last complete version but a machine that loses power may leave none (for
+    files whose loss is a normal case, such as a simulated client's)."""
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     tmp = None
@@ -33,7 +35,8 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
         tmp = None
     except OSError as err:

@@ -4,8 +4,10 @@ Runs the ServerApp (``server/``) and ClientApp (``clients/``) of this package
 the way Flower runs simulations: ``flwr run`` on a local SuperLink in
 simulation mode (``fedq.superlink``), each client a Ray actor with
 ``fl.num_cpus`` CPUs and ``fl.num_gpus`` GPUs. The simulated federation is a
-pool of as many nodes as a round has clients, each playing whichever client the
-server sends it, so that a fleet of any size costs what its rounds cost. Before
+pool of as many nodes as Ray runs clients at once (:func:`pool_size`), each
+playing whichever clients the server sends it, several per message, so that a
+fleet of any size costs what its rounds cost and a round one message per
+worker. Before
 anything starts, every setting is validated and the clients' resources are
 compared with the machine.
 
@@ -21,6 +23,7 @@ folder has one writer at a time (``fedq.run_folder``).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import time
@@ -90,6 +93,16 @@ def check_client_resources(cfg: FedqConfig, cpus: float, gpus: float, where: str
         raise ConfigError(f"fl.num_gpus={fl.num_gpus:g} but {where} has {gpus:g} GPUs: no client could ever start")
 
 
+def pool_size(cfg: FedqConfig, cpus: float, gpus: float) -> int:
+    """The simulation's nodes: as many as Ray runs clients at once (``fl.num_cpus`` and ``fl.num_gpus`` each), at most
+    a round's requests. Each node is sent its share of a round's clients in one message."""
+    fl = cfg.fl
+    workers = math.floor(cpus / fl.num_cpus)
+    if fl.num_gpus > 0:
+        workers = min(workers, math.floor(gpus / fl.num_gpus))
+    return max(1, min(workers, clients_sampled(fl)))
+
+
 def override_keys(overrides: Sequence[str]) -> list[str]:
     """The settings (or groups) a command line names, without Hydra's own and ``resume``."""
     keys = [override_key(o) for o in overrides if "=" in o]
@@ -133,7 +146,8 @@ def simulate(cfg: FedqConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
 def _simulate(cfg: FedqConfig, out_dir: Path, resume: bool) -> dict:
     """The run, with ``out_dir`` held by this process."""
     ray_address = os.environ.get(RAY_ADDRESS_VARIABLE) or None
-    check_client_resources(cfg, *machine_resources(ray_address))
+    cpus, gpus, where = machine_resources(ray_address)
+    check_client_resources(cfg, cpus, gpus, where)
     if cfg.init_from:
         check_init_from(cfg)  # fail now, not after the corpus, the tokenizer and the SuperLink
     device = resolve_device(cfg.device)
@@ -156,7 +170,7 @@ def _simulate(cfg: FedqConfig, out_dir: Path, resume: bool) -> dict:
     try:
         with LocalSuperLink(ray_address, verbose=cfg.fl.verbose) as link:
             app_dir = write_app_dir(link.home / "app", _fedq_version())
-            pool = clients_sampled(cfg.fl)
+            pool = pool_size(cfg, cpus, gpus)
             run_config = {"config": config_to_yaml(cfg), "out-dir": str(out_dir), "resume": resume, CLIENT_POOL_KEY: pool,
                           LOCK_HOLDER_KEY: os.getpid()}
             simulation = {

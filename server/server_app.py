@@ -26,7 +26,7 @@ from fedq.config import (
 )
 from fedq.errors import FedqError
 from fedq.fl import protocol
-from fedq.fl.protocol import Reply, TrainReply, TrainRequest
+from fedq.fl.protocol import Reply, TrainRequest
 from fedq.fl.rounds import FederationMismatchError, nodes_by_partition, too_few_nodes
 from fedq.fl.run import run_federation
 from fedq.logs import configure as configure_logging
@@ -82,10 +82,10 @@ def ask_partitions(grid: Grid, nodes: list[int], timeout: float) -> dict[int, in
 
 
 class GridExchange:
-    """Request i goes to its client's node (``{partition: node}``), or to node i of the pool; each reply comes back as
-    a fedq Reply. A node that Flower reports unavailable, or that sends nothing within ``reply_timeout`` seconds,
-    makes its client unreachable; it is reachable again once its node reconnects (or a new node holding its partition
-    does)."""
+    """Request i goes to its client's node (``{partition: node}``), or to node i mod n of the pool; the requests for one
+    node go in one message (a pool node plays them one after another), and each client's reply comes back as a fedq
+    Reply. A node that Flower reports unavailable, or that sends nothing within ``reply_timeout`` seconds, makes its
+    clients unreachable; they are reachable again once their node reconnects (or a new node holding the partition does)."""
 
     def __init__(self, grid: Grid, nodes: list[int] | dict[int, int], reply_timeout: float) -> None:
         self.grid, self.nodes, self.timeout = grid, nodes, reply_timeout or REPLY_TIMEOUT_SECONDS
@@ -98,31 +98,42 @@ class GridExchange:
         return self.nodes[request.partition]
 
     def __call__(self, requests: Sequence[TrainRequest]) -> list[Reply]:
-        nodes = [self.node_of(i, request) for i, request in enumerate(requests)]
+        by_node: dict[int, list[int]] = {}
+        for index, request in enumerate(requests):
+            by_node.setdefault(self.node_of(index, request), []).append(index)
         messages = []
-        for request, node in zip(requests, nodes):
-            config: dict[str, Any] = request.config()
-            content = RecordDict({protocol.ARRAYS: ArrayRecord(request.downlink.arrays), protocol.CONFIG: ConfigRecord(config)})
-            messages.append(Message(content, dst_node_id=node, message_type=protocol.TRAIN))
-        answers = exchange(self.grid, messages, self.timeout)
-        replies = [self.reply(request.partition, answer, node) for request, answer, node in zip(requests, answers, nodes)]
+        for node, indices in by_node.items():
+            arrays, configs = protocol.pack_requests([requests[i] for i in indices])
+            records: dict[str, Any] = {name: ArrayRecord(values) for name, values in arrays.items()}
+            records |= {name: ConfigRecord(dict(config)) for name, config in configs.items()}
+            messages.append(Message(RecordDict(records), dst_node_id=node, message_type=protocol.TRAIN))
+        replies: list[Reply] = [Reply(request.partition) for request in requests]
+        for (node, indices), answer in zip(by_node.items(), exchange(self.grid, messages, self.timeout)):
+            for index, reply in zip(indices, self.replies([requests[i].partition for i in indices], answer, node)):
+                replies[index] = reply
         if isinstance(self.nodes, dict):
-            lost = {node for reply, node in zip(replies, nodes) if (reply.error or "").startswith(protocol.UNREACHABLE)}
+            lost = {node for node, indices in by_node.items()
+                    if any((replies[i].error or "").startswith(protocol.UNREACHABLE) for i in indices)}
             if lost:
                 self.silent |= dict.fromkeys(lost, "")
                 self.silent |= {n.node_id: n.last_activated_at for n in self.grid.get_nodes() if n.node_id in lost}
         return replies
 
-    def reply(self, partition: int, message: Message | None, node: int) -> Reply:
+    def replies(self, partitions: list[int], message: Message | None, node: int) -> list[Reply]:
+        """The replies of the clients ``partitions`` that one message to ``node`` carried."""
         if message is None:
-            return Reply(partition, error=f"{protocol.UNREACHABLE}: node {node}: sent no reply within {self.timeout:g}s")
+            return [Reply(p, error=f"{protocol.UNREACHABLE}: node {node}: sent no reply within {self.timeout:g}s")
+                    for p in partitions]
         if message.has_error():  # Flower's verdict on a node that missed its heartbeats, or the ClientApp's error
-            if message.error.code == ErrorCode.NODE_UNAVAILABLE:
-                return Reply(partition, error=f"{protocol.UNREACHABLE}: node {node}: {message.error.reason}")
-            return Reply(partition, error=message.error.reason)
-        arrays = message.content.array_records[protocol.ARRAYS].to_numpy_ndarrays()
-        metrics: dict[str, Any] = dict(message.content.metric_records[protocol.METRICS])
-        return Reply(partition, TrainReply(arrays, metrics))
+            unavailable = message.error.code == ErrorCode.NODE_UNAVAILABLE
+            error = f"{protocol.UNREACHABLE}: node {node}: {message.error.reason}" if unavailable else message.error.reason
+            return [Reply(p, error=error) for p in partitions]
+        content = message.content
+        answers = protocol.unpack_replies(
+            len(partitions), {name: record.to_numpy_ndarrays() for name, record in content.array_records.items()},
+            content.metric_records, content.config_records.get(protocol.ERRORS, {}))
+        return [Reply(p, error=answer) if isinstance(answer, str) else Reply(p, answer)
+                for p, answer in zip(partitions, answers)]
 
     def back_online(self, partitions: set[int]) -> set[int]:
         if isinstance(self.nodes, list):

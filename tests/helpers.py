@@ -44,3 +44,7 @@ def answering(updates: dict[int, np.ndarray | str], codec, fingerprint: int, tok
                                  (tokens or {}).get(request.partition, 10.0), fingerprint))
         return out
     return send
+
+# a row's measured times: they differ between two runs of the same work
+TIME_FIELDS = ("wall_seconds", "eval_seconds", "client_train_seconds", "client_encode_seconds", "server_decode_seconds",
+               "stage_seconds")

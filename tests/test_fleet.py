@@ -91,6 +91,8 @@ def test_clients_share_one_folder_that_keeps_the_held_models_of_at_most_capacity
     store = ClientStore(tmp_path, capacity=2)
     for round_, partition in enumerate((5, 6, 7), start=1):
         store.save(partition, round_, 0, normal(10), residual=normal(10))
+    assert len(list(tmp_path.glob("*.held.npy"))) == 3  # a node evicts once it has played its batch of clients
+    store.evict()
     assert sorted(int(p.name.split(".")[0]) for p in tmp_path.glob("*.held.npy")) == [6, 7]  # as the server forgets
     assert store.load(5, 0).held is None and store.load(5, 0).residual is not None  # residuals are kept
 

@@ -25,10 +25,9 @@ from fedq.fl.run import run_federation
 from fedq.report.compare import environment_note
 from fedq.run_folder import RunFolderBusyError, RunFolderLock, holds_run, refuse_overwrite
 from fedq.simulate import resumed_config, simulate
-from helpers import TINY
+from helpers import TIME_FIELDS, TINY
 from server.aggregation import FlowerAggregator
 
-TIME_FIELDS = ("wall_seconds", "eval_seconds", "client_train_seconds", "client_encode_seconds", "server_decode_seconds")
 
 
 @pytest.fixture(scope="module")

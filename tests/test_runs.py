@@ -27,13 +27,12 @@ from fedq.fl.rounds import Coordinator, RoundFailedError
 from fedq.fl.state import load_state
 from fedq.simulate import check_client_resources
 from fedq.supervise import descendants
-from helpers import TINY_DEMO, tiny_federation
+from helpers import TIME_FIELDS, TINY_DEMO, tiny_federation
 from server.aggregation import FlowerAggregator
 
 TINY = [  # the default codecs both ways: 2-bit uplink, 4-bit deltas down that build on what each client holds
     "clients=3", "fl.clients_per_round=2", "fl.local_steps=6", "fl.eval_every=0", "quant.bits=2", *TINY_DEMO,
 ]
-TIME_FIELDS = ("wall_seconds", "eval_seconds", "client_train_seconds", "client_encode_seconds", "server_decode_seconds")
 
 
 def simulate(*overrides: str, **popen: object) -> subprocess.Popen:

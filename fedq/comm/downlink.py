@@ -17,7 +17,10 @@ not carry stays in ``global - held`` and goes with the next one (error feedback
 on the server), so the held model tracks the global one. A client the server
 holds nothing for (new, forgotten, or one that lost its storage) is sent a delta
 against the seeded model, which it can always rebuild: the same bytes, with the
-error of one delta of the whole model's change since the seed. When a delta would
+error of one delta of the whole model's change since the seed. That delta is the
+same message for every such client of a round (one encoding, one draw), as is
+the whole model of a stateless scheme: a message that carries several clients
+carries it once, and each client's bytes count it. When a delta would
 cost more than the whole model, the whole model is sent (fp16, fp32 if a weight
 is out of fp16's range).
 
@@ -87,6 +90,9 @@ class Broadcaster:
         self.capacity = capacity if self.stateful else 0
         self.full_codecs = (Fp16Codec(), Fp32Codec())
         self.held: OrderedDict[int, tuple[int, np.ndarray]] = OrderedDict()  # partition -> (round synced, model)
+        # the round's message for every client that holds the seeded model (or, stateless, for every client), and what
+        # it then holds: (round, the global vector it was made from, message, model)
+        self.shared: tuple[int, np.ndarray, Downlink, np.ndarray | None] | None = None
 
     @property
     def keeps(self) -> bool:
@@ -95,20 +101,41 @@ class Broadcaster:
 
     def message_for(self, partition: int, global_vector: np.ndarray, server_round: int) -> Downlink:
         if not self.stateful:
-            return Downlink(self.codec.encode(global_vector, np.random.default_rng(server_round)), FULL, 0)
-        base_round, held = self.held.pop(partition, (0, self.seeded.vector))  # type: ignore[union-attr]
-        rng = np.random.default_rng([server_round, partition])
+            return self._shared_message(global_vector, server_round)[0]
+        base_round, held = self.held.pop(partition, (0, None))
+        if held is None:  # it holds the seeded model, as every client the server remembers nothing for
+            message, model = self._shared_message(global_vector, server_round)
+            self._remember(partition, server_round, model)
+            return message
+        message, model = self._delta_or_whole(global_vector, held, base_round, np.random.default_rng([server_round, partition]))
+        self._remember(partition, server_round, model)
+        return message
+
+    def _shared_message(self, global_vector: np.ndarray, server_round: int) -> tuple[Downlink, np.ndarray]:
+        """The round's one message to the clients that hold the seeded model (stateless: to every client)."""
+        if self.shared is None or self.shared[0] != server_round or self.shared[1] is not global_vector:
+            if not self.stateful:
+                message = Downlink(self.codec.encode(global_vector, np.random.default_rng(server_round)), FULL, 0)
+                self.shared = (server_round, global_vector, message, None)
+            else:
+                rng = np.random.default_rng([server_round, 0, 0])  # a stream no client's own delta draws from
+                self.shared = (server_round, global_vector,
+                               *self._delta_or_whole(global_vector, self.seeded.vector, 0, rng))  # type: ignore[union-attr]
+        return self.shared[2], self.shared[3]  # type: ignore[return-value]
+
+    def _delta_or_whole(self, global_vector: np.ndarray, held: np.ndarray, base_round: int,
+                        rng: np.random.Generator) -> tuple[Downlink, np.ndarray]:
+        """The message that brings a client from ``held`` (synced in ``base_round``) to the global model, and the
+        model it then holds: a delta, or the whole model where a delta would cost more."""
         try:
             arrays = self.codec.encode(global_vector - held, rng)
         except CodecError:  # a delta beyond the codec's range (fp16 scales): the whole model goes instead
             arrays = None
         if arrays is not None and payload_bytes(arrays) < global_vector.nbytes // 2:  # cheaper than fp16 whole
-            message = Downlink(arrays, DELTA, base_round, self.seeded.digest if base_round == 0 else "")  # type: ignore[union-attr]
-            self._remember(partition, server_round, held + self.codec.decode(arrays, global_vector.size))
-            return message
+            digest = self.seeded.digest if base_round == 0 else ""  # type: ignore[union-attr]
+            return Downlink(arrays, DELTA, base_round, digest), held + self.codec.decode(arrays, global_vector.size)
         arrays = self._whole_model(global_vector)
-        self._remember(partition, server_round, decode_whole_model(arrays, global_vector.size))
-        return Downlink(arrays, FULL, 0)
+        return Downlink(arrays, FULL, 0), decode_whole_model(arrays, global_vector.size)
 
     def _remember(self, partition: int, server_round: int, model: np.ndarray) -> None:
         if self.capacity <= 0:

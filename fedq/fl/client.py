@@ -62,10 +62,12 @@ class ClientRun:
             raise ConfigError('this SuperNode has no integer partition-id / num-partitions; start it with '
                               '--node-config "partition-id=K num-partitions=N"') from None
 
-    def train(self, request: TrainRequest, node_config: Mapping[str, object]) -> TrainReply:
-        if not self.pooled and self.partition_of(node_config)[0] != request.partition:
-            raise ConfigError(f"this SuperNode holds partition {self.partition_of(node_config)[0]}, not {request.partition}")
-        return client_round(self.federation, request, self.store)
+    def train(self, requests: Sequence[TrainRequest], node_config: Mapping[str, object]) -> list[TrainReply | str]:
+        """The replies to one message's requests (see :func:`play`)."""
+        for request in requests:
+            if not self.pooled and self.partition_of(node_config)[0] != request.partition:
+                raise ConfigError(f"this SuperNode holds partition {self.partition_of(node_config)[0]}, not {request.partition}")
+        return play(self.federation, requests, self.store)
 
 
 def client_federation(cfg: FedqConfig) -> Federation:
@@ -126,6 +128,7 @@ def client_round(federation: Federation, request: TrainRequest, store: ClientSto
     (``fl.dropout_rate``, ``fl.crash_rate``) and for a delta against a model this
     client does not hold (it asks for a resync).
     """
+    began = time.perf_counter()
     cfg = federation.cfg
     partition, server_round, downlink = request.partition, request.server_round, request.downlink
     if not 0 <= partition < len(federation.data):
@@ -180,24 +183,35 @@ def client_round(federation: Federation, request: TrainRequest, store: ClientSto
     if device is not None:
         flops = training_flops(federation.parameters, stats.tokens + stats.src_tokens, federation.frozen)
         metrics[protocol.SIM_SECONDS] = device.round_seconds(downlink.nbytes, flops, payload_bytes(arrays))
+    metrics[protocol.ROUND_SECONDS] = time.perf_counter() - began
     return TrainReply(arrays, metrics)
 
 
+def play(federation: Federation, requests: Sequence[TrainRequest], store: ClientStore) -> list[TrainReply | str]:
+    """Several clients' rounds one after another on the one model of this process, as a node of the simulation's
+    pool plays the clients of one message: each client's reply, or why it has none; then the clients' folder is
+    brought back to what the server remembers."""
+    replies: list[TrainReply | str] = []
+    for request in requests:
+        try:
+            replies.append(client_round(federation, request, store))
+        except NoUpdate as failure:
+            replies.append(failure.reason)
+    store.evict()
+    return replies
+
+
 class LocalExchange:
-    """Requests answered by :func:`client_round` in this process, one after another (no Flower, no Ray)."""
+    """Requests answered by :func:`play` in this process (no Flower, no Ray)."""
 
     def __init__(self, federation: Federation, store: ClientStore) -> None:
         self.federation = federation
         self.store = store
 
     def __call__(self, requests: Sequence[TrainRequest]) -> list[Reply]:
-        replies = []
-        for request in requests:
-            try:
-                replies.append(Reply(request.partition, client_round(self.federation, request, self.store)))
-            except NoUpdate as failure:
-                replies.append(Reply(request.partition, error=failure.reason))
-        return replies
+        replies = play(self.federation, requests, self.store)
+        return [Reply(request.partition, error=reply) if isinstance(reply, str) else Reply(request.partition, reply)
+                for request, reply in zip(requests, replies)]
 
     def back_online(self, partitions: set[int]) -> set[int]:
         return partitions  # a client in this process is never unreachable

@@ -1,14 +1,16 @@
 """What a client keeps between its rounds: the model it holds and its error-feedback residual, on disk.
 
 Nothing a client keeps stays in RAM between its rounds: one small set of files
-per client, written atomically (a kill leaves the last complete version), read
-when the client is next sampled. Both parts are optional:
+per client, written atomically (a kill leaves the last complete version; they
+are not synced to the disk, since a lost file only costs a resync), read when
+the client is next sampled. Both parts are optional:
 
 - the **held model** (``PARTITION.ROUND.held.npy``): only when the server asks the
   client to keep it (``keep``: the server remembers it too, so that the next delta
   builds on it). In a simulation every client shares one folder, which keeps the
   held models of at most ``capacity`` clients, the least recently synced
-  forgotten first, as the server forgets them (``fedq.comm.downlink.Broadcaster``);
+  forgotten first, as the server forgets them (``fedq.comm.downlink.Broadcaster``),
+  after each batch of clients a node plays (:meth:`ClientStore.evict`);
 - the **residual** (``PARTITION.ROUND.residual.npy``) of a biased uplink codec with
   error feedback: kept for every client that has one.
 
@@ -92,14 +94,12 @@ class ClientStore:
             return
         for kind, array in (("held", held), ("residual", residual)):
             if array is not None:
-                atomic_write(self.folder / f"{partition}.{server_round}.{kind}.npy", _bytes(array))
+                atomic_write(self.folder / f"{partition}.{server_round}.{kind}.npy", _bytes(array), durable=False)
         keep_held = {server_round, base_round} if held is not None else set()
         keep_residual = {server_round, base_round} if residual is not None else {base_round}
         for r, kind, path in self._mine(partition):
             if r not in (keep_held if kind == "held" else keep_residual):
                 path.unlink(missing_ok=True)
-        if held is not None and self.capacity is not None:
-            self._evict(self.capacity)
 
     def drop_held(self, partition: int) -> None:
         """The client may not hold what it was last sent (it dropped out or crashed mid-round)."""
@@ -107,16 +107,19 @@ class ClientStore:
             if kind == "held":
                 path.unlink(missing_ok=True)
 
-    def _evict(self, capacity: int) -> None:
-        """Keep the held models of the ``capacity`` most recently synced clients, as the server does."""
+    def evict(self) -> None:
+        """Keep the held models of the ``capacity`` most recently synced clients, as the server does (once after a
+        batch of clients: it reads the whole folder)."""
+        if self.capacity is None:
+            return
         newest: dict[int, int] = {}
         for partition, r, kind, _ in self._files():
             if kind == "held":
                 newest[partition] = max(r, newest.get(partition, -1))
-        if len(newest) <= capacity:
+        if len(newest) <= self.capacity:
             return
         order = sorted(newest, key=lambda p: (newest[p], p))
-        for partition in order[: len(newest) - capacity]:
+        for partition in order[: len(newest) - self.capacity]:
             self.drop_held(partition)
 
 

@@ -2,9 +2,17 @@
 
 Every key that travels lives here, so that the server (``fedq.fl.rounds``),
 the client (``fedq.fl.client``) and the Flower apps that carry their messages
-(``server/``, ``clients/``) agree by construction. A message is plain arrays
-plus a flat dict of numbers and strings, which the Flower apps wrap in an
-``ArrayRecord`` and a ``ConfigRecord`` / ``MetricRecord``.
+(``server/``, ``clients/``) agree by construction. A message is named lists of
+plain arrays plus flat dicts of numbers and strings, which the Flower apps wrap
+in ``ArrayRecord``\ s and ``ConfigRecord``\ s / ``MetricRecord``\ s.
+
+One message may carry several clients' requests (:func:`pack_requests`): a node
+of the simulation's pool plays them one after another, so that a round costs
+one Flower message per worker rather than per client. A downlink that several
+of them are sent (the whole model, or one delta against the seeded model)
+travels once in the message; every client's bytes are still counted as its own
+message's (``fedq.fl.rounds``). A real device is one client: its messages carry
+one request.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ KEEP = "fedq-keep"  # 1: the server remembers what this client now holds, so the
 SLOT, SLOTS = "fedq-slot", "fedq-slots"  # the client's place among the round's clients (correlated rounding)
 CLIP_NORM = "fedq-clip-norm"  # fl.dp: the norm the client clips its update to before encoding it (0: none)
 NUM_PARTITIONS = "num-partitions"  # a SuperNode's node-config key
+DOWNLINK_RECORD = "fedq-downlink-record"  # the name of the record that holds a request's downlink arrays
+ERRORS = "errors"  # a reply's record of the clients that delivered no update: {index: reason}
 
 # a train reply's metrics
 NUM_EXAMPLES = "num-examples"
@@ -38,6 +48,7 @@ TRAIN_LOSS = "train-loss"
 PAYLOAD_BYTES = "payload-bytes"
 TRAIN_SECONDS = "train-seconds"
 ENCODE_SECONDS = "encode-seconds"
+ROUND_SECONDS = "round-seconds"  # the client's whole round in its process: rebuild, train, encode, keep
 STEPS = "steps"
 FINGERPRINT = "tokenizer-fingerprint"
 SIM_SECONDS = "sim-seconds"  # the client's round on its simulated device (fl.devices)
@@ -132,3 +143,61 @@ class Reply:
         text = " ".join((self.error or "").split())
         return f"client {self.partition}: {self.reason}" + (f" ({text[:200]})" if not text.startswith(self.reason) else
                                                              f": {text[len(self.reason) + 1:].strip()[:200]}")
+
+
+def _named(kind: str, index: int) -> str:
+    return f"{kind}.{index}"
+
+
+def pack_requests(requests: Sequence[TrainRequest]) -> tuple[dict[str, list[np.ndarray]], dict[str, dict[str, int | float | str]]]:
+    """One message's records for ``requests``: each distinct downlink (the same list object) once as
+    ``arrays.J``, each request's config as ``config.I`` naming the record that holds its downlink."""
+    arrays: dict[str, list[np.ndarray]] = {}
+    records: dict[int, str] = {}
+    configs: dict[str, dict[str, int | float | str]] = {}
+    for index, request in enumerate(requests):
+        name = records.setdefault(id(request.downlink.arrays), _named(ARRAYS, len(records)))
+        arrays[name] = request.downlink.arrays
+        configs[_named(CONFIG, index)] = {**request.config(), DOWNLINK_RECORD: name}
+    return arrays, configs
+
+
+def unpack_requests(arrays: Mapping[str, Sequence[np.ndarray]], configs: Mapping[str, Mapping[str, object]]) -> list[TrainRequest]:
+    """The requests of one message, in the order they were packed (clients sent the same downlink share its list)."""
+    shared = {name: list(values) for name, values in arrays.items()}
+    requests = []
+    for index in range(len(configs)):
+        config = configs.get(_named(CONFIG, index))
+        if config is None or str(config.get(DOWNLINK_RECORD)) not in shared:
+            raise ProtocolError(f"a train request without its config or downlink record {index}: server and client run "
+                                "different fedq versions?")
+        requests.append(TrainRequest.parse(shared[str(config[DOWNLINK_RECORD])], config))
+    return requests
+
+
+def pack_replies(replies: Sequence[TrainReply | str]) -> tuple[dict[str, list[np.ndarray]], dict[str, dict[str, float]], dict[str, str]]:
+    """One message's records for the replies of the clients it carried, in their order: each update as
+    ``arrays.I`` with ``metrics.I``, each client without one as its reason in the errors record."""
+    arrays: dict[str, list[np.ndarray]] = {}
+    metrics: dict[str, dict[str, float]] = {}
+    errors: dict[str, str] = {}
+    for index, reply in enumerate(replies):
+        if isinstance(reply, str):
+            errors[str(index)] = reply
+        else:
+            arrays[_named(ARRAYS, index)], metrics[_named(METRICS, index)] = reply.arrays, reply.metrics
+    return arrays, metrics, errors
+
+
+def unpack_replies(count: int, arrays: Mapping[str, list[np.ndarray]], metrics: Mapping[str, Mapping[str, float]],
+                   errors: Mapping[str, object]) -> list[TrainReply | str]:
+    """The ``count`` replies of one message (a reason for each client without an update)."""
+    replies: list[TrainReply | str] = []
+    for index in range(count):
+        if str(index) in errors:
+            replies.append(str(errors[str(index)]))
+        elif _named(ARRAYS, index) in arrays and _named(METRICS, index) in metrics:
+            replies.append(TrainReply(arrays[_named(ARRAYS, index)], dict(metrics[_named(METRICS, index)])))
+        else:
+            replies.append(f"{CRASHED}: the reply carries no update for its client {index} (different fedq versions?)")
+    return replies

@@ -179,6 +179,7 @@ class RoundReporter:
             "client_encode_seconds": traffic.client_encode_seconds,
             "server_decode_seconds": traffic.server_decode_seconds,
             "server_train_seconds": traffic.server_train_seconds,
+            "stage_seconds": traffic.stage_seconds,
             "epsilon": epsilon(self.cfg.fl, server_round, self.noise) if self.noise is not None else None,
             "clip_norm": traffic.clip_norm or None,
         }

@@ -49,6 +49,10 @@ from fedq.fl.strategies import STRATEGIES
 log = logging.getLogger(__name__)
 
 CENTER = "cclip_center"  # the run state's name of the last round's step (kept for cclip and mask)
+# A round's stages in its row's stage_seconds: the server encoding the downlinks; the exchange (delivering requests and
+# collecting replies: the clients' work and the transport); the clients' whole rounds and their training, summed over
+# the clients that replied (however many ran at once); the server's decoding and checks; its defence and aggregation
+STAGES = ("downlink", "exchange", "clients", "clients_train", "decode", "aggregate")
 
 
 class Exchange(Protocol):
@@ -129,6 +133,8 @@ class RoundOutcome:
     server_train_seconds: float = 0.0  # the server's own training on its root set (fl.defence=fltrust)
     clip_norm: float = 0.0  # fl.dp: the norm the round's clients clipped to (0: none)
     sim_seconds: float | None = None  # the virtual clock of the round (with fl.devices)
+    # Where the round's wall time went, by stage (see STAGES); the clients' stages are sums over the round's clients
+    stage_seconds: dict[str, float] = field(default_factory=dict)
     rejections: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # each client that delivered nothing, and why
     # The defence's screening (fl.attack): attackers' updates that reached it, how many of them it kept, how many
@@ -176,6 +182,8 @@ class Admission:
                     waited.append(self.faults.waited(None))
                 continue
             metrics = reply.reply.metrics
+            for stage, key in (("clients", protocol.ROUND_SECONDS), ("clients_train", protocol.TRAIN_SECONDS)):
+                outcome.stage_seconds[stage] = outcome.stage_seconds.get(stage, 0.0) + float(metrics.get(key, 0.0))
             outcome.uplink_bytes += payload_bytes(reply.reply.arrays)
             outcome.fp32_uplink_bytes += vector.nbytes
             clock = float(metrics.get(protocol.SIM_SECONDS, 0.0))
@@ -196,7 +204,7 @@ class Admission:
                                  f"{fl.max_update_norm_ratio:g} x the round's median {median:.3g}", outcome)
                 else:
                     admitted.append(a)
-        outcome.server_decode_seconds = time.perf_counter() - start
+        outcome.server_decode_seconds = outcome.stage_seconds["decode"] = time.perf_counter() - start
         outcome.clients = len(admitted)
         if self.faults.has_clock:
             outcome.sim_seconds = max(waited)
@@ -310,16 +318,22 @@ class Coordinator:
         """Requests to ``partitions`` and their replies; a client asking for a resync is sent a delta against the
         seeded model in the same round; every downlink message counts."""
         slots = slots or len(partitions)
+        stages, start = outcome.stage_seconds, time.perf_counter()
         requests = [self.request(p, server_round, vector, slot % slots, slots) for slot, p in enumerate(partitions)]
+        stages["downlink"] = stages.get("downlink", 0.0) + time.perf_counter() - start
+        start = time.perf_counter()
         replies = exchange(requests) if requests else []
+        stages["exchange"] = stages.get("exchange", 0.0) + time.perf_counter() - start
         resync = [reply.partition for reply in replies if reply.error is not None and reply.reason == protocol.RESYNC]
         if resync:  # the client holds nothing the server can build on: a delta against the seeded model
             outcome.resynced += len(resync)
             for partition in resync:
                 self.broadcaster.forget(partition)
+            start = time.perf_counter()
             again = [self.request(p, server_round, vector, partitions.index(p) % slots, slots) for p in resync]
             requests += again
             replies = [reply for reply in replies if reply.partition not in resync] + exchange(again)
+            stages["exchange"] += time.perf_counter() - start
         outcome.downlink_bytes += sum(request.downlink.nbytes for request in requests)
         for reply in replies:
             if reply.reply is None:
@@ -370,6 +384,7 @@ class Coordinator:
         round's other clients (``mask``), the defence (``fl.defence``, its screening counted in ``outcome``),
         Flower's strategy, and ``global += fl.server_lr x (aggregate - global)``."""
         fl = self.cfg.fl
+        start = time.perf_counter()
         weights = [a.metrics[protocol.NUM_TOKENS] for a in admitted]
         updates = fill_from_senders(updates, [a.sent for a in admitted], weights)
         screened = updates
@@ -381,6 +396,7 @@ class Coordinator:
         if self.server_lr != 1.0:
             aggregate = vector + self.server_lr * (aggregate - vector)
         self.center = aggregate - vector  # the last round's step: centered clipping's center, mask's reference
+        outcome.stage_seconds["aggregate"] = time.perf_counter() - start - outcome.server_train_seconds
         return aggregate
 
     def _root_update(self, server_round: int, vector: np.ndarray, outcome: RoundOutcome) -> np.ndarray | None:

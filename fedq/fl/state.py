@@ -1,8 +1,9 @@
 """What a resumed federated run needs, written atomically after a round: no pickle, checksummed.
 
     state/arrays.safetensors   the global weight vector and the server optimizer's arrays
-    state/held/P.R.SHA.npy     the model client P holds since round R (SHA: 16 hex of its SHA-256), for each
-                               client the server remembers (``comm.downlink.cache_mb``); written once per version
+    state/held/R.SHA.npy       a model clients hold since round R (SHA: 16 hex of its SHA-256), for the clients the
+                               server remembers (``comm.downlink.cache_mb``); written once per version, one file
+                               for every client that holds the same model (the round's delta from the seeded one)
     state/state.json           rounds completed, SHA-256 of the arrays file, which held models belong
                                to this state, the untrained model's BLEU, wall seconds so far, the config
 
@@ -57,18 +58,23 @@ def save_state(run_dir: Path, state: ServerState) -> None:
     arrays = save({WEIGHTS: state.vector, **state.optimizer})
     atomic_write(folder / ARRAYS_FILE, arrays)
     held_dir = folder / HELD_DIR
-    names = {}
+    on_disk = {path.name for path in held_dir.glob("*.npy")} if held_dir.is_dir() else set()
+    before = _previous_held(run_dir) if on_disk else {}
+    names: dict[str, str] = {}
+    by_model: dict[int, str] = {}  # clients that hold the very same array share its file
     for partition, (synced, model) in state.held.items():
-        written = sorted(held_dir.glob(f"{partition}.{synced}.*.npy")) if held_dir.is_dir() else []
-        if written:
-            name = written[0].name
-        else:
+        name = before.get(str(partition), "")
+        if name not in on_disk or _held_round(name) != synced:  # what a client holds since a round never changes
+            name = by_model.get(id(model), "")
+        if not name:
             buffer = io.BytesIO()
             np.save(buffer, model, allow_pickle=False)
             data = buffer.getvalue()
-            name = f"{partition}.{synced}.{hashlib.sha256(data).hexdigest()[:16]}.npy"
-            atomic_write(held_dir / name, data)
-        names[str(partition)] = name
+            name = f"{synced}.{hashlib.sha256(data).hexdigest()[:16]}.npy"
+            if name not in on_disk:
+                atomic_write(held_dir / name, data)
+                on_disk.add(name)
+        by_model[id(model)] = names[str(partition)] = name
     record = {
         "rounds": state.rounds,
         "arrays_sha256": hashlib.sha256(arrays).hexdigest(),
@@ -83,6 +89,19 @@ def save_state(run_dir: Path, state: ServerState) -> None:
         for path in held_dir.glob("*.npy"):
             if path.name not in names.values():
                 path.unlink(missing_ok=True)
+
+
+def _held_round(name: str) -> int:
+    """The round of a held model's file name (``R.SHA.npy``; runs saved before files were shared: ``P.R.SHA.npy``)."""
+    return int(name.split(".")[-3])
+
+
+def _previous_held(run_dir: Path) -> dict[str, str]:
+    """The held models' files the last saved state names ({client: file}); none if it cannot be read."""
+    try:
+        return dict(_read_record(run_dir).get("held") or {})
+    except RunStateError:
+        return {}
 
 
 def _read_record(run_dir: Path) -> dict:
@@ -111,14 +130,16 @@ def load_state(run_dir: Path) -> ServerState:
         arrays = load(data)
     except SafetensorError as err:
         raise RunStateError(f"cannot read {folder / ARRAYS_FILE}: {err}") from None
-    held = {}
+    held, models = {}, {}
     for partition, name in (record.get("held") or {}).items():
         path = folder / HELD_DIR / name
         try:
-            data = path.read_bytes()
-            if hashlib.sha256(data).hexdigest()[:16] != name.split(".")[2]:
-                raise RunStateError(f"{path} is damaged: its SHA-256 does not match its name")
-            held[int(partition)] = (int(name.split(".")[1]), np.load(io.BytesIO(data), allow_pickle=False))
+            if name not in models:  # a file several clients share is read once
+                data = path.read_bytes()
+                if hashlib.sha256(data).hexdigest()[:16] != name.split(".")[-2]:
+                    raise RunStateError(f"{path} is damaged: its SHA-256 does not match its name")
+                models[name] = np.load(io.BytesIO(data), allow_pickle=False)
+            held[int(partition)] = (_held_round(name), models[name])
         except (OSError, ValueError, IndexError) as err:
             raise RunStateError(f"cannot read {path}: {err}") from None
     return ServerState(
