@@ -4,7 +4,7 @@ Every key that travels lives here, so that the server (``fedq.fl.rounds``),
 the client (``fedq.fl.client``) and the Flower apps that carry their messages
 (``server/``, ``clients/``) agree by construction. A message is named lists of
 plain arrays plus flat dicts of numbers and strings, which the Flower apps wrap
-in ``ArrayRecord``\ s and ``ConfigRecord``\ s / ``MetricRecord``\ s.
+in Flower's ``ArrayRecord``, ``ConfigRecord`` and ``MetricRecord``.
 
 One message may carry several clients' requests (:func:`pack_requests`): a node
 of the simulation's pool plays them one after another, so that a round costs
@@ -149,12 +149,15 @@ def _named(kind: str, index: int) -> str:
     return f"{kind}.{index}"
 
 
-def pack_requests(requests: Sequence[TrainRequest]) -> tuple[dict[str, list[np.ndarray]], dict[str, dict[str, int | float | str]]]:
+Config = dict[str, int | float | str]
+
+
+def pack_requests(requests: Sequence[TrainRequest]) -> tuple[dict[str, list[np.ndarray]], dict[str, Config]]:
     """One message's records for ``requests``: each distinct downlink (the same list object) once as
     ``arrays.J``, each request's config as ``config.I`` naming the record that holds its downlink."""
     arrays: dict[str, list[np.ndarray]] = {}
     records: dict[int, str] = {}
-    configs: dict[str, dict[str, int | float | str]] = {}
+    configs: dict[str, Config] = {}
     for index, request in enumerate(requests):
         name = records.setdefault(id(request.downlink.arrays), _named(ARRAYS, len(records)))
         arrays[name] = request.downlink.arrays
@@ -162,7 +165,8 @@ def pack_requests(requests: Sequence[TrainRequest]) -> tuple[dict[str, list[np.n
     return arrays, configs
 
 
-def unpack_requests(arrays: Mapping[str, Sequence[np.ndarray]], configs: Mapping[str, Mapping[str, object]]) -> list[TrainRequest]:
+def unpack_requests(arrays: Mapping[str, Sequence[np.ndarray]],
+                    configs: Mapping[str, Mapping[str, object]]) -> list[TrainRequest]:
     """The requests of one message, in the order they were packed (clients sent the same downlink share its list)."""
     shared = {name: list(values) for name, values in arrays.items()}
     requests = []
@@ -175,7 +179,9 @@ def unpack_requests(arrays: Mapping[str, Sequence[np.ndarray]], configs: Mapping
     return requests
 
 
-def pack_replies(replies: Sequence[TrainReply | str]) -> tuple[dict[str, list[np.ndarray]], dict[str, dict[str, float]], dict[str, str]]:
+def pack_replies(
+    replies: Sequence[TrainReply | str],
+) -> tuple[dict[str, list[np.ndarray]], dict[str, dict[str, float]], dict[str, str]]:
     """One message's records for the replies of the clients it carried, in their order: each update as
     ``arrays.I`` with ``metrics.I``, each client without one as its reason in the errors record."""
     arrays: dict[str, list[np.ndarray]] = {}
@@ -189,7 +195,7 @@ def pack_replies(replies: Sequence[TrainReply | str]) -> tuple[dict[str, list[np
     return arrays, metrics, errors
 
 
-def unpack_replies(count: int, arrays: Mapping[str, list[np.ndarray]], metrics: Mapping[str, Mapping[str, float]],
+def unpack_replies(count: int, arrays: Mapping[str, list[np.ndarray]], metrics: Mapping[str, Mapping[str, object]],
                    errors: Mapping[str, object]) -> list[TrainReply | str]:
     """The ``count`` replies of one message (a reason for each client without an update)."""
     replies: list[TrainReply | str] = []
@@ -197,7 +203,8 @@ def unpack_replies(count: int, arrays: Mapping[str, list[np.ndarray]], metrics: 
         if str(index) in errors:
             replies.append(str(errors[str(index)]))
         elif _named(ARRAYS, index) in arrays and _named(METRICS, index) in metrics:
-            replies.append(TrainReply(arrays[_named(ARRAYS, index)], dict(metrics[_named(METRICS, index)])))
+            values = metrics[_named(METRICS, index)]
+            replies.append(TrainReply(arrays[_named(ARRAYS, index)], {key: float(v) for key, v in values.items()}))  # type: ignore[arg-type]  # numbers by protocol
         else:
             replies.append(f"{CRASHED}: the reply carries no update for its client {index} (different fedq versions?)")
     return replies
