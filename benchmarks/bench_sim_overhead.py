@@ -37,7 +37,6 @@ Baseline and simulation runs are interleaved when --repeats > 1.
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import json
 import os
 import subprocess
@@ -61,14 +60,6 @@ TARGET = 1.25
 
 class SimulationFailed(RuntimeError):
     pass
-
-
-def makespan(durations: list[float], workers: int) -> float:
-    """Finish time of the jobs on ``workers`` workers, longest first to the least-loaded worker."""
-    loads = [0.0] * max(1, workers)
-    for d in sorted(durations, reverse=True):
-        heapq.heapreplace(loads, loads[0] + d)
-    return max(loads)
 
 
 def run_baseline(cfg: FedqConfig, parallel: int, seed: int) -> list[dict]:
@@ -96,7 +87,7 @@ def run_baseline(cfg: FedqConfig, parallel: int, seed: int) -> list[dict]:
     return [{
         "round": row["round"],
         "sequential_seconds": row["wall_seconds"],
-        "parallel_seconds": row["wall_seconds"] - sum(client_s) + makespan(client_s, parallel),
+        "parallel_seconds": row["wall_seconds"] - sum(client_s) + benchlib.makespan(client_s, parallel),
         "client_seconds": client_s,
         "client_train_seconds": row["client_train_seconds"],
     } for row, client_s in zip(rows, timed)]

@@ -8,6 +8,7 @@ as medians, so that background load on a shared CPU hits every variant alike.
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import os
 import platform
@@ -74,6 +75,14 @@ def interleaved(variants: dict[str, Callable[[], object]], repeats: int, warmup:
             fn()
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def makespan(durations: list[float], workers: int) -> float:
+    """Finish time of the jobs on ``workers`` workers, longest first to the least-loaded worker."""
+    loads = [0.0] * max(1, workers)
+    for d in sorted(durations, reverse=True):
+        heapq.heapreplace(loads, loads[0] + d)
+    return max(loads)
 
 
 def median(values: Sequence[float]) -> float:

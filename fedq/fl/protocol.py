@@ -203,8 +203,8 @@ def unpack_replies(count: int, arrays: Mapping[str, list[np.ndarray]], metrics: 
         if str(index) in errors:
             replies.append(str(errors[str(index)]))
         elif _named(ARRAYS, index) in arrays and _named(METRICS, index) in metrics:
-            values = metrics[_named(METRICS, index)]
-            replies.append(TrainReply(arrays[_named(ARRAYS, index)], {key: float(v) for key, v in values.items()}))  # type: ignore[arg-type]  # numbers by protocol
+            # as sent: the tokenizer's fingerprint is an int of 60 bits, which a float would round
+            replies.append(TrainReply(arrays[_named(ARRAYS, index)], dict(metrics[_named(METRICS, index)])))  # type: ignore[arg-type]
         else:
             replies.append(f"{CRASHED}: the reply carries no update for its client {index} (different fedq versions?)")
     return replies
