@@ -53,6 +53,15 @@ def _pack_narrow(v: np.ndarray, width: int) -> np.ndarray:
     if width == 1:
         return np.packbits(v.astype(bool), bitorder="little")
     n = v.size
+    if 8 % width == 0:  # 2 and 4 bits: whole values per byte, packed in uint8 (8x less memory than the words below)
+        per = 8 // width
+        lanes = np.zeros(-(-n // per) * per, np.uint8)
+        lanes[:n] = v
+        lanes = lanes.reshape(-1, per)
+        packed = lanes[:, 0].copy()
+        for i in range(1, per):
+            packed |= lanes[:, i] << np.uint8(width * i)
+        return packed
     groups = -(-n // 8)
     padded = np.zeros(groups * 8, np.uint64)
     padded[:n] = v
@@ -67,6 +76,12 @@ def _pack_narrow(v: np.ndarray, width: int) -> np.ndarray:
 def _unpack_narrow(data: np.ndarray, width: int, count: int) -> np.ndarray:
     if width == 1:
         return np.unpackbits(data, count=count, bitorder="little")
+    if 8 % width == 0:
+        per, mask8 = 8 // width, np.uint8((1 << width) - 1)
+        values = np.empty((data.size, per), np.uint8)
+        for i in range(per):
+            values[:, i] = (data >> np.uint8(width * i)) & mask8
+        return values.ravel()[:count]
     groups = -(-count // 8)
     stream = np.zeros(groups * width, np.uint8)
     stream[: data.size] = data

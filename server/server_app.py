@@ -37,7 +37,7 @@ from server.aggregation import FlowerAggregator
 log = logging.getLogger("fedq.server_app")  # under fedq's logger (fedq.logs)
 
 REPLY_TIMEOUT_SECONDS = 24 * 3600.0  # Flower's default of one hour is too short for a long local round
-POLL_SECONDS = 0.2  # Flower's own send_and_receive looks every 3 s on its HTTP grid
+POLL_SECONDS = 0.05  # Flower's own send_and_receive looks every 3 s; a round waits up to this long for nothing
 app = ServerApp()
 
 

@@ -20,7 +20,7 @@ from fedq.config import FedqConfig
 from fedq.errors import ConfigError
 from fedq.fl.faults import Faults
 from fedq.fl.shards import ClientShards, client_shards
-from fedq.fl.weights import float_state_names, model_to_vector
+from fedq.fl.weights import float_state, model_to_vector
 from fedq.model.transformer import Transformer
 from fedq.task import TranslationTask, build_model, load_task, resolve_device
 
@@ -43,7 +43,7 @@ class Federation:
         # With adapters the frozen base is init_from's, in every process: it never travels.
         base = cfg.init_from if cfg.adapter.rank else None
         self.model: Transformer = build_model(cfg, self.tokenizer, base).to(self.device)
-        self.numel = sum(self.model.state_dict()[name].numel() for name in float_state_names(self.model))
+        self.numel = sum(tensor.numel() for tensor in float_state(self.model).values())
         self.parameters = sum(p.numel() for p in self.model.parameters())
         self.frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
         # What every process builds from the seed, taken before any round trains self.model: the model each

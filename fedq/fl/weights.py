@@ -17,28 +17,26 @@ from fedq.errors import FedqError
 from fedq.model.adapters import B_NAME
 
 
-def float_state_names(model: torch.nn.Module) -> list[str]:
-    """The names of the tensors the vector holds, in state-dict order."""
-    names = [name for name, tensor in model.state_dict().items() if tensor.is_floating_point()]
-    return [name for name in names if name.endswith("." + B_NAME)] or names
+def float_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors the vector holds, by name, in state-dict order (one state_dict call: it walks every module)."""
+    state = model.state_dict()
+    floats = {name: tensor for name, tensor in state.items() if tensor.is_floating_point()}
+    return {name: tensor for name, tensor in floats.items() if name.endswith("." + B_NAME)} or floats
 
 
 def model_to_vector(model: torch.nn.Module) -> np.ndarray:
-    state = model.state_dict()
-    parts = [state[name].detach().float().cpu().reshape(-1) for name in float_state_names(model)]
+    parts = [tensor.detach().float().cpu().reshape(-1) for tensor in float_state(model).values()]
     return torch.cat(parts).numpy().astype(np.float32, copy=False)
 
 
 def vector_to_model(model: torch.nn.Module, vector: np.ndarray) -> None:
-    state = model.state_dict()
-    names = float_state_names(model)
-    total = sum(state[name].numel() for name in names)
+    tensors = list(float_state(model).values())
+    total = sum(tensor.numel() for tensor in tensors)
     if vector.shape != (total,):
         raise FedqError(f"weight vector has {vector.size} values, the model has {total}")
     flat = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float32))
     offset = 0
     with torch.no_grad():
-        for name in names:
-            tensor = state[name]
+        for tensor in tensors:
             tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
             offset += tensor.numel()
