@@ -212,6 +212,28 @@ def fedq_rounds(overrides: list[str]) -> tuple[list[float], list[dict]]:
     return [row["wall_seconds"] for row in rows], rows
 
 
+def stage_profile(rows: list[dict], workers: int) -> dict[str, float]:
+    """Where a fedq round's wall time went (median over rounds 2..), from its rows' ``stage_seconds``: the clients'
+    sums spread over ``workers``; the exchange's time beyond them is Flower + Ray's (and waiting on the slowest)."""
+    def median_of(value) -> float:
+        return timed([value(row) for row in rows])
+
+    def stage(name: str):
+        return lambda row: row["stage_seconds"].get(name, 0.0)
+
+    spent = ("downlink", "exchange", "decode", "aggregate")
+    return {
+        "server: downlink messages": median_of(stage("downlink")),
+        "clients: whole rounds, per worker": median_of(lambda r: stage("clients")(r) / workers),
+        "  of which local training": median_of(lambda r: stage("clients_train")(r) / workers),
+        "Flower + Ray: transport and waiting": median_of(lambda r: stage("exchange")(r) - stage("clients")(r) / workers),
+        "server: decode and checks": median_of(stage("decode")),
+        "server: defence and aggregation": median_of(stage("aggregate")),
+        "server: run state and row": median_of(lambda r: r["wall_seconds"] - sum(stage(k)(r) for k in spent)),
+        "round (wall)": median_of(lambda r: r["wall_seconds"]),
+    }
+
+
 def timed(values: list[float]) -> float:
     """The median of rounds 2.. (round 1 warms up)."""
     return statistics.median(values[1:] if len(values) > 1 else values)
@@ -261,10 +283,12 @@ def main() -> None:
         else:
             measure(f"pfl fp32, {workers} processes x 1 thread", lambda: pfl_rounds(fp32, args.rounds, workers, 1))
             measure(f"pfl fp32, 1 process x {workers} threads", lambda: pfl_rounds(fp32, args.rounds, 1, workers))
+    stages: dict[str, dict[str, float]] = {}
     if "fedq" not in args.skip:
         for name, overrides in (("fedq fp32 (quant.bits=32 comm=fp32)", fp32), ("fedq default (quant.bits=2)", default)):
             seconds, fedq_rows = fedq_rounds(overrides)
             rows[name], detail[name] = timed(seconds), {"wall_seconds": seconds, "rows": fedq_rows}
+            stages[name.split(" (")[0]] = stage_profile(fedq_rows, workers)
             print(f"{name}: {rows[name]:.2f} s per round", flush=True)
 
     base = rows.get("plain fp32")
@@ -272,6 +296,10 @@ def main() -> None:
           f"{workers} workers; median s per round of rounds 2..{args.rounds}")
     print(benchlib.table(["what runs the round", "s per round", "x plain fp32"],
                          [[name, value, value / base if base else float("nan")] for name, value in rows.items()]))
+    if stages:
+        print(f"\nwhere fedq's round goes (s, median of rounds 2..; clients' work divided among {workers} workers)")
+        names = list(stages)
+        print(benchlib.table(["stage", *names], [[stage, *(stages[n][stage] for n in names)] for stage in stages[names[0]]]))
     pfl_best = min((v for k, v in rows.items() if k.startswith("pfl")), default=None)
     checks = []
     if "plain QAT" in rows and "fedq default (quant.bits=2)" in rows:
@@ -284,7 +312,7 @@ def main() -> None:
                       f"{'PASS' if ratio <= FP32_TARGET else 'FAIL'}")
     print("\n".join(["", *checks]))
     benchlib.write_json(args.out, {"machine": machine, "args": vars(args) | {"pfl_worker": None}, "seconds": rows,
-                                   "detail": detail, "checks": checks})
+                                   "stages": stages, "detail": detail, "checks": checks})
 
 
 if __name__ == "__main__":

@@ -55,12 +55,12 @@ def _pack_narrow(v: np.ndarray, width: int) -> np.ndarray:
     n = v.size
     if 8 % width == 0:  # 2 and 4 bits: whole values per byte, packed in uint8 (8x less memory than the words below)
         per = 8 // width
-        lanes = np.zeros(-(-n // per) * per, np.uint8)
-        lanes[:n] = v
-        lanes = lanes.reshape(-1, per)
-        packed = lanes[:, 0].copy()
+        flat = np.zeros(-(-n // per) * per, np.uint8)
+        flat[:n] = v
+        values = flat.reshape(-1, per)
+        packed = values[:, 0].copy()
         for i in range(1, per):
-            packed |= lanes[:, i] << np.uint8(width * i)
+            packed |= values[:, i] << np.uint8(width * i)
         return packed
     groups = -(-n // 8)
     padded = np.zeros(groups * 8, np.uint64)
