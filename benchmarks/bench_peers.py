@@ -288,7 +288,8 @@ def main() -> None:
         for name, overrides in (("fedq fp32 (quant.bits=32 comm=fp32)", fp32), ("fedq default (quant.bits=2)", default)):
             seconds, fedq_rows = fedq_rounds(overrides)
             rows[name], detail[name] = timed(seconds), {"wall_seconds": seconds, "rows": fedq_rows}
-            stages[name.split(" (")[0]] = stage_profile(fedq_rows, workers)
+            if "stage_seconds" in fedq_rows[0]:  # (fedq before 2026-12-07 did not time its stages)
+                stages[name.split(" (")[0]] = stage_profile(fedq_rows, workers)
             print(f"{name}: {rows[name]:.2f} s per round", flush=True)
 
     base = rows.get("plain fp32")

@@ -21,7 +21,7 @@ ROWS = [(study.name, row) for study in sorted(STUDIES.iterdir()) if (study / "_c
         for row in study_rows(study.name)]
 SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("bench_*.py"))
 # -m bench: the scripts that start Flower + Ray, or a process per variant (2-3 minutes together)
-SLOW_SCRIPTS = {"bench_adapter_memory.py", "bench_deployment.py", "bench_fleet.py", "bench_sim_overhead.py"}
+SLOW_SCRIPTS = {"bench_adapter_memory.py", "bench_deployment.py", "bench_fleet.py", "bench_peers.py", "bench_sim_overhead.py"}
 
 
 def test_the_studies_are_the_ones_the_benchmarks_readme_runs():

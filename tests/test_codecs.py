@@ -540,6 +540,24 @@ def test_the_downlink_grid_step_defaults_to_1_and_its_error_settles_where_step_4
     assert errors[2.0] < 0.02 and errors[4.0] > 0.1  # a round's change is 0.01
 
 
+def test_the_clients_that_hold_the_seeded_model_are_sent_one_message_a_round_and_the_others_their_own():
+    codec = make_codec("uniform", bits=4)
+    seeded = SeededModel.of(normal(3000))
+    server = Broadcaster(codec, seeded, capacity=8)
+    model = seeded.vector + 0.01 * normal(3000, seed=1)
+    first = [server.message_for(client, model, 1) for client in range(3)]
+    assert first[0] is first[1] is first[2] and first[0].base_round == 0  # encoded once, one draw
+    assert server.held[0][1] is server.held[2][1]  # and held once
+    np.testing.assert_array_equal(receive(codec, first[1], model.size, None, None, seeded), server.held[1][1])
+    model = model + 0.01 * normal(3000, seed=2)
+    again = server.message_for(0, model, 2)  # client 0 holds round 1's model: a delta of its own
+    new = [server.message_for(client, model, 2) for client in (5, 6)]  # never synced: the round's shared one
+    assert again.base_round == 1 and again is not new[0] and new[0] is new[1] and new[0] is not first[0]
+    assert server.message_for(7, model + 1, 2) is not new[0]  # another global vector, another message
+    whole = Broadcaster(make_codec("fp16"))
+    assert whole.message_for(0, model, 3) is whole.message_for(1, model, 3)
+
+
 def test_a_delta_against_a_model_the_client_does_not_hold_is_refused():
     codec = make_codec("uniform", bits=8)
     seeded = SeededModel.of(normal(100))

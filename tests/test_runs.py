@@ -372,6 +372,23 @@ def test_a_damaged_checkpoint_is_refused_by_evaluate_and_deploy(tmp_path, damage
         assert ("not a valid fedq config" if damage == "config" else "is damaged") in result.stderr
 
 
+def test_clients_that_hold_the_same_model_share_one_saved_file_and_a_kept_version_is_not_written_again(tmp_path):
+    from fedq.fl.state import ServerState, save_state
+
+    seeded_delta, own = np.arange(10, dtype=np.float32), np.ones(10, np.float32)
+    save_state(tmp_path, ServerState(1, own, held={3: (1, seeded_delta), 5: (1, seeded_delta), 8: (1, own)}))
+    held = tmp_path / "state" / "held"
+    assert len(list(held.glob("*.npy"))) == 2
+    loaded = load_state(tmp_path).held
+    assert loaded[3][1] is loaded[5][1] and loaded[8][0] == 1
+    np.testing.assert_array_equal(loaded[5][1], seeded_delta)
+    written = {path.name: path.stat().st_mtime_ns for path in held.glob("*.npy")}
+    save_state(tmp_path, ServerState(2, own, held={3: (1, seeded_delta.copy()), 9: (2, own + 1)}))  # 5 and 8 forgotten
+    after = {path.name: path.stat().st_mtime_ns for path in held.glob("*.npy")}
+    assert len(after) == 2 and all(written[name] == after[name] for name in after if name in written)
+    assert load_state(tmp_path).held[3][0] == 1 and load_state(tmp_path).held[9][0] == 2
+
+
 @pytest.mark.e2e
 def test_a_damaged_run_state_is_refused_before_the_corpus_and_ray(tmp_path):
     from fedq.fl.state import ServerState, save_state

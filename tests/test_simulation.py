@@ -13,11 +13,14 @@ import pytest
 import helpers
 from fedq.cli import check_overrides
 from fedq.comm import make_codec, payload_bytes
+from fedq.comm.downlink import Downlink
 from fedq.config import compose_config, validate_config
 from fedq.errors import ConfigError, FedqError
 from fedq.fl import protocol
-from fedq.fl.rounds import Admission, Coordinator, RoundOutcome
+from fedq.fl.protocol import TrainReply, TrainRequest
+from fedq.fl.rounds import STAGES, Admission, Coordinator, RoundOutcome
 from fedq.fl.strategies import STRATEGIES
+from fedq.simulate import pool_size
 from helpers import TINY, answering, reply, tiny_federation
 from server.aggregation import FlowerAggregator
 
@@ -37,8 +40,8 @@ def small_run(tmp_path_factory) -> tuple[Path, str]:
     (fl.dp): clipping and noise run in the ClientApps and the ServerApp's Flower strategy."""
     tmp = tmp_path_factory.mktemp("small-run")
     out = tmp / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "fedq.simulate", *TINY_RUN, "fl.dp.clip=0.5", "fl.dp.noise_multiplier=0.05",
+    result = subprocess.run(  # 2 CPUs a client on this 2-core machine: one node, sent both clients in one message
+        [sys.executable, "-m", "fedq.simulate", *TINY_RUN, "fl.dp.clip=0.5", "fl.dp.noise_multiplier=0.05", "fl.num_cpus=2",
          f"data.cache_dir={tmp / 'cache'}", f"hydra.run.dir={out}"],
         capture_output=True, text=True, timeout=420,
     )
@@ -73,6 +76,10 @@ def test_end_to_end_simulation_with_flower_and_ray(small_run):
     assert (out / "checkpoint" / "model.fedq").is_file()
     assert summary["train_loss_final"] == rows[-1]["train_loss"]
     assert 0 < rows[0]["epsilon"] < rows[1]["epsilon"] < rows[2]["epsilon"] == summary["epsilon"]  # DP, accounted
+    for row in rows:  # where the round's time went: the clients' own timings came back through Flower
+        stages = row["stage_seconds"]
+        assert stages["exchange"] > stages["clients"] / 2 and stages["clients"] > stages["clients_train"] > 0
+        assert sorted(stages) == sorted(STAGES) and row["wall_seconds"] > stages["exchange"]
     assert f"ε {rows[2]['epsilon']:.3g}" in [line for line in stdout.splitlines() if line.startswith("round 3/3")][0]
 
 
@@ -105,6 +112,34 @@ def coordinator(federation, *overrides: str) -> Coordinator:
 
 def fingerprint(federation) -> int:
     return protocol.fingerprint_number(federation.tokenizer.fingerprint)
+
+
+def test_one_message_carries_several_clients_and_a_downlink_they_share_once():
+    shared, own = Downlink([np.arange(4, dtype=np.uint8)], "delta", 0, "abc"), Downlink([np.ones(3, np.float32)], "delta", 2)
+    requests = [TrainRequest(5, 3, shared, True, 0, 3), TrainRequest(9, 3, own, True, 1, 3, 0.5), TrainRequest(7, 3, shared, True, 2, 3)]
+    arrays, configs = protocol.pack_requests(requests)
+    assert len(arrays) == 2 and len(configs) == 3  # the shared downlink travels once
+    unpacked = protocol.unpack_requests(arrays, configs)
+    assert [(r.partition, r.slot, r.clip_norm, r.downlink.base_round) for r in unpacked] == [(5, 0, 0.0, 0), (9, 1, 0.5, 2), (7, 2, 0.0, 0)]
+    assert unpacked[0].downlink.arrays[0] is unpacked[2].downlink.arrays[0] and unpacked[0].downlink.base_digest == "abc"
+    with pytest.raises(protocol.ProtocolError, match="without its config or downlink record 1"):
+        protocol.unpack_requests({"arrays.0": arrays["arrays.0"]}, configs)
+
+    update = TrainReply([np.zeros(2, np.float32)], {protocol.NUM_TOKENS: 3.0, protocol.FINGERPRINT: 2**59 + 1})
+    arrays, metrics, errors = protocol.pack_replies([update, "dropout: simulated", update])
+    back = protocol.unpack_replies(3, arrays, metrics, errors)
+    assert back[1] == "dropout: simulated" and back[2].metrics[protocol.FINGERPRINT] == 2**59 + 1  # an int, not rounded
+    assert protocol.unpack_replies(4, arrays, metrics, errors)[3].startswith("crashed: the reply carries no update")
+
+
+@pytest.mark.parametrize(("overrides", "cpus", "gpus", "nodes"), [
+    (["fl.clients_per_round=10"], 2, 0, 2),  # as many as Ray runs at once
+    (["fl.clients_per_round=3"], 16, 0, 3),  # never more than a round's clients
+    (["fl.clients_per_round=10", "fl.num_cpus=3"], 16, 0, 5),
+    (["fl.clients_per_round=10", "fl.num_gpus=0.5"], 16, 1, 2),  # the GPU shares bound it
+])
+def test_the_simulations_pool_has_a_node_per_client_ray_runs_at_once(overrides, cpus, gpus, nodes):
+    assert pool_size(compose_config(["clients=20", *overrides]), cpus, gpus) == nodes
 
 
 def test_server_rejects_a_malformed_payload_and_averages_the_rest(federation):
