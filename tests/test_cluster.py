@@ -18,13 +18,12 @@ from fedq.fl.client import LocalExchange
 from fedq.fl.client_state import ClientStore
 from fedq.fl.run import run_federation
 from fedq.superlink import free_ports
-from helpers import tiny_federation
+from helpers import TIME_FIELDS, tiny_federation
 from server.aggregation import FlowerAggregator
 
 pytestmark = pytest.mark.e2e  # Flower + Ray, or a subprocess run of an installed fedq
 
 RAY = Path(sys.executable).parent / "ray"
-TIMES = ("wall_seconds", "eval_seconds", "client_train_seconds", "client_encode_seconds", "server_decode_seconds")
 
 
 def ray_processes(marker: str) -> list[int]:
@@ -76,6 +75,6 @@ def test_a_run_on_a_ray_cluster_gives_the_rows_of_the_same_run_on_one_machine(cl
     federation = tiny_federation(f"data.cache_dir={tmp_path / 'cache'}", *overrides)
     run_federation(federation.cfg, tmp_path / "local", LocalExchange(federation, ClientStore(tmp_path / "clients")),
                    FlowerAggregator(federation.cfg), federation=federation)
-    rows = {name: [{k: v for k, v in json.loads(line).items() if k not in TIMES}
+    rows = {name: [{k: v for k, v in json.loads(line).items() if k not in TIME_FIELDS}
                    for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()] for name in ("cluster", "local")}
     assert rows["cluster"] == rows["local"] and len(rows["local"]) == 2
