@@ -132,8 +132,7 @@ class GridExchange:
         answers = protocol.unpack_replies(
             len(partitions), {name: record.to_numpy_ndarrays() for name, record in content.array_records.items()},
             content.metric_records, content.config_records.get(protocol.ERRORS, {}))
-        return [Reply(p, error=answer) if isinstance(answer, str) else Reply(p, answer)
-                for p, answer in zip(partitions, answers)]
+        return [Reply.of(p, answer) for p, answer in zip(partitions, answers)]
 
     def back_online(self, partitions: set[int]) -> set[int]:
         if isinstance(self.nodes, list):

@@ -64,9 +64,11 @@ class ClientRun:
 
     def train(self, requests: Sequence[TrainRequest], node_config: Mapping[str, object]) -> list[TrainReply | str]:
         """The replies to one message's requests (see :func:`play`)."""
-        for request in requests:
-            if not self.pooled and self.partition_of(node_config)[0] != request.partition:
-                raise ConfigError(f"this SuperNode holds partition {self.partition_of(node_config)[0]}, not {request.partition}")
+        if not self.pooled:
+            own = self.partition_of(node_config)[0]
+            for request in requests:
+                if request.partition != own:
+                    raise ConfigError(f"this SuperNode holds partition {own}, not {request.partition}")
         return play(self.federation, requests, self.store)
 
 
@@ -210,8 +212,7 @@ class LocalExchange:
 
     def __call__(self, requests: Sequence[TrainRequest]) -> list[Reply]:
         replies = play(self.federation, requests, self.store)
-        return [Reply(request.partition, error=reply) if isinstance(reply, str) else Reply(request.partition, reply)
-                for request, reply in zip(requests, replies)]
+        return [Reply.of(request.partition, reply) for request, reply in zip(requests, replies)]
 
     def back_online(self, partitions: set[int]) -> set[int]:
         return partitions  # a client in this process is never unreachable

@@ -129,6 +129,11 @@ class Reply:
     reply: TrainReply | None = None
     error: str | None = None
 
+    @classmethod
+    def of(cls, partition: int, answer: TrainReply | str) -> Reply:
+        """A client's reply from what its round gave: an update, or the reason it has none (see :func:`pack_replies`)."""
+        return cls(partition, error=answer) if isinstance(answer, str) else cls(partition, answer)
+
     @property
     def reason(self) -> str:
         """The row's name for a failed reply: dropout, resync, unreachable, storage, worker died, else crashed."""
@@ -167,15 +172,14 @@ def pack_requests(requests: Sequence[TrainRequest]) -> tuple[dict[str, list[np.n
 
 def unpack_requests(arrays: Mapping[str, Sequence[np.ndarray]],
                     configs: Mapping[str, Mapping[str, object]]) -> list[TrainRequest]:
-    """The requests of one message, in the order they were packed (clients sent the same downlink share its list)."""
-    shared = {name: list(values) for name, values in arrays.items()}
+    """The requests of one message, in the order they were packed (clients sent the same downlink share its arrays)."""
     requests = []
     for index in range(len(configs)):
         config = configs.get(_named(CONFIG, index))
-        if config is None or str(config.get(DOWNLINK_RECORD)) not in shared:
+        if config is None or str(config.get(DOWNLINK_RECORD)) not in arrays:
             raise ProtocolError(f"a train request without its config or downlink record {index}: server and client run "
                                 "different fedq versions?")
-        requests.append(TrainRequest.parse(shared[str(config[DOWNLINK_RECORD])], config))
+        requests.append(TrainRequest.parse(arrays[str(config[DOWNLINK_RECORD])], config))
     return requests
 
 
