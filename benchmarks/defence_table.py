@@ -19,7 +19,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "defences"
 ATTACKS = {"none": "no attack", "signflip": "sign flip", "ipm": "IPM (ε 0.5)", "alie": "ALIE (z 1.5)",
            "minmax": "min-max", "minsum": "min-sum"}
 DEFENCES = {"fedavg": "FedAvg", "median": "FedMedian", "trimmed": "FedTrimmedAvg", "krum": "Krum",
-            "cclip": "centered clipping", "nnm": "NNM + FedAvg", "fltrust": "FLTrust", "dnc": "DnC", "flame": "FLAME"}
+            "cclip": "centered clipping", "nnm": "NNM + FedAvg", "fltrust": "FLTrust", "dnc": "DnC", "flame": "FLAME",
+            "flamemedian": "FLAME + FedMedian"}
 CLEAN = "none-fedavg"
 
 

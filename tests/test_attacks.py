@@ -215,6 +215,7 @@ def test_a_round_with_divide_and_conquer_drops_its_colluding_attackers(tmp_path)
     ([], 1, 0),  # no defence: every update reaches the mean
     (["fl.defence=nnm", "fl.byzantine=1"], None, None),  # it mixes updates: nobody is kept or removed as such
     (["fl.strategy=fedmedian"], None, None),  # the strategy chooses again, per coordinate: not counted
+    (["fl.defence=dnc", "fl.byzantine=1", "fl.strategy=fedmedian"], 0, 0),  # what a filter removed never reaches it
 ])
 def test_a_round_counts_the_attackers_its_defence_admitted_and_the_honest_clients_it_removed(
         tmp_path, monkeypatch, settings, admitted, removed):

@@ -65,6 +65,24 @@ def test_flame_in_a_round_says_which_updates_it_weighed():
     assert np.std(first - flame_aggregate(updates, view.admitted, 0.0, rng)) == pytest.approx(0.5 * bound, rel=0.1)
 
 
+def test_flame_without_noise_hands_the_admitted_clipped_updates_to_the_strategy():
+    cfg = compose_config(["fl.defence=flame", "fl.strategy=fedmedian"])
+    validate_config(cfg)  # a median of what FLAME admits: allowed without noise
+    rng = np.random.default_rng(2)
+    mean = rng.normal(size=500)
+    updates = [(mean + 0.2 * rng.normal(size=500)).astype(np.float32) * s for s in (1, 1, 1, 4, 1)]
+    updates.append((-mean).astype(np.float32))
+    view = RoundView(cfg.fl, 1, 3, np.zeros(500, np.float32))
+    kept, weights = DEFENCES.make("flame")(updates, [5.0, 1.0, 1.0, 1.0, 1.0, 1.0], view)
+    assert view.admitted is not None and not view.admitted[5] and len(kept) == sum(view.admitted)
+    assert weights == [1.0] * len(kept)  # equal weights, as in the paper
+    bound = float(np.median(np.linalg.norm(np.stack(updates), axis=1)))
+    assert max(np.linalg.norm(u) for u in kept) == pytest.approx(bound, rel=1e-5)  # the long one clipped to the median
+    np.testing.assert_allclose(np.mean(kept, axis=0), flame_aggregate(updates, view.admitted, 0.0, rng), rtol=1e-5)
+    with pytest.raises(FedqError, match="fl.defence=flame is itself the robust mean: use it with fl.strategy=fedavg"):
+        validate_config(compose_config(["fl.defence=flame", "fl.strategy=fedmedian", "fl.flame_noise=0.1"]))
+
+
 def test_the_root_set_is_drawn_before_the_clients_split_and_only_when_asked_for():
     kept = list(range(0, 300, 3))
     clients, root = carve_root(kept, 20, 4, seed=1)

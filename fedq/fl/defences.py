@@ -25,7 +25,8 @@ the strategy aggregates (``fl.defence``):
 - ``flame`` (Nguyen et al., USENIX Security 2022): HDBSCAN (scikit-learn) on
   the updates' cosine distances keeps the majority cluster, every update is
   clipped to the round's median norm, and Gaussian noise of ``fl.flame_noise``
-  x that norm per value may be added.
+  x that norm per value may be added to their mean; without noise the strategy
+  aggregates the admitted, clipped updates (``fl.strategy=fedmedian``: their median).
 
 All of them work on decoded updates, whatever the uplink codec, and on the
 buffer of an asynchronous round as on a synchronous round's replies. A
@@ -282,7 +283,9 @@ def fltrust(updates: list[np.ndarray], reference: np.ndarray) -> tuple[np.ndarra
 
 @DEFENCES.add
 class Flame(Defence):
-    """FLAME (Nguyen et al., USENIX Security 2022): cluster, clip, (noise)."""
+    """FLAME (Nguyen et al., USENIX Security 2022): cluster, clip, (noise). Without noise it is a filter and clipper
+    whose output the strategy aggregates (``fl.strategy=fedmedian`` takes the median of the admitted, clipped
+    updates); its noise is added to one mean, so ``fl.flame_noise`` needs the plain mean."""
 
     name = "flame"
     settings = ("flame_noise",)
@@ -290,12 +293,16 @@ class Flame(Defence):
     def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
         if round_size < 3:
             raise ConfigError(f"fl.defence=flame clusters the round's updates: it needs at least 3 a round, not {round_size}")
-        needs_plain_mean(fl)
+        if fl.flame_noise:
+            needs_plain_mean(fl)
 
     def __call__(self, updates: list[np.ndarray], weights: list[float],
                  view: RoundView) -> tuple[list[np.ndarray], list[float]]:
         admitted = flame_majority(updates)
         view.admitted = admitted
+        clipped = flame_clip(updates, admitted)
+        if not view.fl.flame_noise:
+            return clipped, [1.0] * len(clipped)  # equal weights, as in the paper: a client could claim any size
         rng = np.random.default_rng([view.seed, view.server_round, 0xF1A])
         return [flame_aggregate(updates, admitted, view.fl.flame_noise, rng)], [1.0]
 
@@ -318,14 +325,19 @@ def flame_majority(updates: list[np.ndarray]) -> list[bool]:
     return [bool(label == majority) for label in labels]
 
 
+def flame_clip(updates: list[np.ndarray], admitted: list[bool]) -> list[np.ndarray]:
+    """The admitted updates, each clipped to the median norm of all of them."""
+    norms = [float(np.linalg.norm(update.astype(np.float64))) for update in updates]
+    bound = float(np.median(norms))
+    return [(update * min(1.0, bound / max(norm, 1e-12))).astype(np.float32)
+            for update, norm, kept in zip(updates, norms, admitted) if kept]
+
+
 def flame_aggregate(updates: list[np.ndarray], admitted: list[bool], noise: float, rng: np.random.Generator) -> np.ndarray:
     """The mean of the admitted updates, each clipped to the median norm of all of them, plus Gaussian noise of
     ``noise`` x that norm per value."""
-    stacked = np.stack(updates).astype(np.float64)
-    norms = np.linalg.norm(stacked, axis=1)
-    bound = float(np.median(norms))
-    kept = np.array(admitted)
-    aggregate = (stacked[kept] * np.minimum(1.0, bound / np.maximum(norms[kept], 1e-12))[:, None]).mean(axis=0)
+    aggregate = np.mean(np.stack(flame_clip(updates, admitted)).astype(np.float64), axis=0)
     if noise:
+        bound = float(np.median([np.linalg.norm(update.astype(np.float64)) for update in updates]))
         aggregate += rng.normal(0.0, noise * bound, aggregate.shape)
     return aggregate.astype(np.float32)

@@ -262,8 +262,9 @@ class Coordinator:
         self.center = np.zeros(federation.numel, np.float32)
         self.defence = DEFENCES.make(cfg.fl.defence)
         strategy = STRATEGIES.make(cfg.fl.strategy)
-        # the defence's choice is what reaches the model only where the strategy then averages every update it gets
-        self.counts_screening = not (strategy.coordinate_wise or strategy.chooses)
+        # what a defence filters out never reaches the model; with no defence, the strategy's own choice is not counted
+        # where it takes a median or selects (what reaches the model there is not one client's update)
+        self.counts_screening = self.defence.name != "none" or not (strategy.coordinate_wise or strategy.chooses)
         self.keeps_center = self.defence.uses_last_step or federation.uplink.reads_reference
         self.root = RootTrainer(federation) if self.defence.uses_root else None
         self.unreachable: set[int] = set()  # clients whose node stopped answering, until it is seen again
