@@ -46,6 +46,7 @@ from fedq.fl.defences import DEFENCES
 from fedq.fl.entries import check_entry_settings
 from fedq.fl.fleet import FLEETS, PROFILES
 from fedq.fl.privacy import check_privacy
+from fedq.fl.secagg import check_secure_aggregation
 from fedq.fl.settings import FLConfig, attackers_per_round, clients_per_round, validate_fl_config
 from fedq.fl.strategies import STRATEGIES
 from fedq.model.adapters import AdapterConfig, validate_adapter_config
@@ -280,8 +281,10 @@ def validate_config(cfg: FedqConfig) -> None:
     if cfg.fl.personal_steps and not cfg.partition.holdout:
         raise ConfigError(f"fl.personal_steps={cfg.fl.personal_steps} scores each client on its held-out pairs after "
                           "training on its own: set partition.holdout (e.g. 0.2)")
-    reads_reference = uplink_codec(cfg.comm, cfg.quant.bits).reads_reference
+    uplink = uplink_codec(cfg.comm, cfg.quant.bits)
+    reads_reference = uplink.reads_reference
     check_privacy(cfg.fl, strategy.plain_mean, cfg.fl.defence, cfg.comm.uplink.name if reads_reference else None)
+    check_secure_aggregation(cfg.fl, strategy.plain_mean, cfg.comm.uplink, uplink, ATTACKS.get(cfg.fl.attack).collusive)
     if reads_reference and strategy.coordinate_wise:
         raise ConfigError(f"comm.uplink.name={cfg.comm.uplink.name} with fl.strategy={cfg.fl.strategy}: most updates hold "
                           "the server's last step where their client sent nothing, so a coordinate-wise median or "

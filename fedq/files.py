@@ -21,17 +21,18 @@ class FileWriteError(FedqError):
     """A file could not be written (disk full, no permission, no such folder)."""
 
 
-def atomic_write(path: str | Path, data: bytes | str, durable: bool = True) -> Path:
+def atomic_write(path: str | Path, data: bytes | str, durable: bool = True, private: bool = False) -> Path:
     """Write ``data`` to ``path`` atomically (temp file + fsync + rename); return the path. Not ``durable``: no fsync,
     so a killed process still leaves the last complete version but a machine that loses power may leave none (for
-    files whose loss is a normal case, such as a simulated client's)."""
+    files whose loss is a normal case, such as a simulated client's). ``private``: readable by its owner only (keys)."""
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a result file is as readable as any other
+        if not private:
+            os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a result file is as readable as any other
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()

@@ -45,8 +45,11 @@ class FlowerAggregator:
         self.inner = build(weighted_by_key=protocol.NUM_TOKENS, fraction_evaluate=0.0, **self.entry.options(fl))
         self.private = fl.dp.clip > 0
         self.clipping = ClipNorm.of(fl)
+        # under fl.secagg the wrapper is given one update, the round's secure mean: noise z x C / cohort on it
+        cohort = clients_per_round(fl)
+        z, given = (noise_split(fl)[0] / cohort, 1) if fl.secagg else (noise_split(fl)[0], cohort)
         self.strategy = DifferentialPrivacyServerSideFixedClipping(
-            self.inner, noise_split(fl)[0], fl.dp.clip, clients_per_round(fl)) if self.private else self.inner
+            self.inner, z, fl.dp.clip, given) if self.private else self.inner
         self.seed = cfg.seed
         self.steps_itself = self.entry.steps_itself
         logging.getLogger("flwr").setLevel(logging.INFO if fl.verbose else logging.WARNING)

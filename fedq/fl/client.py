@@ -26,7 +26,7 @@ from fedq.engine import (
 )
 from fedq.errors import ConfigError, FedqError
 from fedq.files import FileWriteError
-from fedq.fl import protocol
+from fedq.fl import protocol, secagg
 from fedq.fl.client_state import CLIENT_STATE_DIR, ClientStore
 from fedq.fl.federation import Federation
 from fedq.fl.fleet import training_flops
@@ -35,6 +35,8 @@ from fedq.fl.protocol import NoUpdate, Reply, TrainReply, TrainRequest
 from fedq.fl.settings import client_threads
 from fedq.fl.weights import model_to_vector, vector_to_model
 from fedq.quant.swap import hold_base_as_codes
+
+UPDATE = "update"  # the secret a client keeps under secure aggregation until it is masked
 
 
 class ClientRun:
@@ -160,13 +162,21 @@ def client_round(federation: Federation, request: TrainRequest, store: ClientSto
         update, unclipped = clip_to_norm(update, request.clip_norm)
     update = federation.faults.tamper(partition, update, rng)
     stratum = Stratum(cfg.seed, server_round, request.slot, request.slots) if cfg.comm.uplink.correlated else None
-    if federation.error_feedback:
+    secrets: dict[str, np.ndarray] | None = None
+    if request.secagg:  # kept until the round's grid is known; its public keys are sent (fedq.fl.secagg)
+        keys, arrays = secagg.advertise()
+        if not request.clip_norm:
+            arrays.append(secagg.block_scales(update, federation.uplink.block_size))  # type: ignore[attr-defined]
+        secrets, residual = {**keys.arrays(), UPDATE: update}, None
+    elif federation.error_feedback:
         arrays, residual = encode_with_feedback(federation.uplink, update, state.residual, rng, stratum)
     else:
         arrays, residual = federation.uplink.encode(update, rng, stratum), None
     encode_seconds = time.perf_counter() - start
     try:
         store.save(partition, server_round, downlink.base_round, start_vector if request.keep else None, residual)
+        if secrets is not None:
+            store.save_secrets(partition, server_round, secrets)
     except FileWriteError as err:
         raise NoUpdate(f"{protocol.STORAGE}: {err}") from None
 
@@ -195,12 +205,45 @@ def play(federation: Federation, requests: Sequence[TrainRequest], store: Client
     brought back to what the server remembers."""
     replies: list[TrainReply | str] = []
     for request in requests:
+        if request.stage != protocol.TRAIN_STAGE:
+            replies.append(secure_stage(federation, request, store))
+            continue
         try:
             replies.append(client_round(federation, request, store))
         except NoUpdate as failure:
             replies.append(failure.reason)
     store.evict()
     return replies
+
+
+def secure_stage(federation: Federation, request: TrainRequest, store: ClientStore) -> TrainReply | str:
+    """A later stage of secure aggregation (``fedq.fl.secagg``) for the client the request names, from the secrets it
+    kept at its train stage: its encrypted shares, its masked codes, or the shares it reveals."""
+    partition, server_round, extra = request.partition, request.server_round, request.extra
+    saved = store.load_secrets(partition, server_round)
+    if saved is None:
+        return f"{protocol.CRASHED}: client {partition} kept no secure-aggregation secrets of round {server_round}"
+    secrets = secagg.ClientSecrets.of(saved)
+    try:
+        if request.stage == secagg.SHARES:
+            arrays = secagg.share(secrets, partition, server_round, extra[0], extra[1])
+            store.save_secrets(partition, server_round, {**secrets.arrays(), UPDATE: saved[UPDATE]})
+        elif request.stage == secagg.MASKED:
+            grid = secagg.Grid.parse(extra[1], request.settings)
+            rng = np.random.default_rng([round_seed(federation.cfg, server_round, partition), 0x5EC])
+            codes = grid.encode(saved[UPDATE], rng)
+            arrays = secagg.masked_codes(secrets, partition, server_round, codes, grid, extra[0])
+            store.save_secrets(partition, server_round, secrets.arrays())  # the update is not needed any more
+        elif request.stage == secagg.UNMASK:
+            arrays = secagg.reveal(secrets, partition, server_round, extra[0], extra[1], extra[2])
+            store.drop_secrets(partition)
+        else:
+            return f"{protocol.CRASHED}: a request of stage {request.stage!r}: server and client run different fedq versions?"
+    except (secagg.SecAggError, IndexError, KeyError, ValueError) as err:
+        return f"{protocol.CRASHED}: secure aggregation, {request.stage}: {err}"
+    except FileWriteError as err:
+        return f"{protocol.STORAGE}: {err}"
+    return TrainReply(arrays, {protocol.PAYLOAD_BYTES: float(payload_bytes(arrays))})
 
 
 class LocalExchange:

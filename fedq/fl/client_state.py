@@ -12,7 +12,12 @@ the client is next sampled. Both parts are optional:
   forgotten first, as the server forgets them (``fedq.comm.downlink.Broadcaster``),
   after each batch of clients a node plays (:meth:`ClientStore.evict`);
 - the **residual** (``PARTITION.ROUND.residual.npy``) of a biased uplink codec with
-  error feedback: kept for every client that has one.
+  error feedback: kept for every client that has one;
+- with secure aggregation (``fl.secagg``), the round's **secrets**
+  (``PARTITION.ROUND.secagg.npz``: its update until it is masked, its private keys,
+  its mask seed and its neighbours' public keys) between the stages of the round,
+  deleted when it has revealed its shares (or at its next round). A client
+  without a folder keeps them in memory.
 
 Each save keeps the version the round started from beside the new one, so that a
 run resumed from the last saved round finds what its server expects the client
@@ -50,6 +55,39 @@ class ClientStore:
     def __init__(self, folder: Path | None, capacity: int | None = None) -> None:
         self.folder = folder
         self.capacity = capacity
+        self.secrets: dict[tuple[int, int], dict[str, np.ndarray]] = {}  # without a folder
+
+    def _secret_path(self, partition: int, server_round: int) -> Path:
+        assert self.folder is not None
+        return self.folder / f"{partition}.{server_round}.secagg.npz"
+
+    def save_secrets(self, partition: int, server_round: int, arrays: dict[str, np.ndarray]) -> None:
+        """Keep a round's secure-aggregation secrets (fedq.fl.secagg) until the round's later stages; older ones go."""
+        self.drop_secrets(partition)
+        if self.folder is None:
+            self.secrets[partition, server_round] = dict(arrays)
+            return
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy types savez(file, allow_pickle, **arrays)
+        atomic_write(self._secret_path(partition, server_round), buffer.getvalue(), durable=False, private=True)
+
+    def load_secrets(self, partition: int, server_round: int) -> dict[str, np.ndarray] | None:
+        if self.folder is None:
+            return self.secrets.get((partition, server_round))
+        try:
+            with np.load(self._secret_path(partition, server_round), allow_pickle=False) as saved:
+                return {name: saved[name] for name in saved.files}
+        except (OSError, ValueError):
+            return None
+
+    def drop_secrets(self, partition: int) -> None:
+        if self.folder is None:
+            for key in [key for key in self.secrets if key[0] == partition]:
+                del self.secrets[key]
+            return
+        for path in self.folder.glob(f"{partition}.*.secagg.npz"):
+            if path.name.split(".", 1)[0] == str(partition):
+                path.unlink(missing_ok=True)
 
     def _files(self) -> list[tuple[int, int, str, Path]]:
         if self.folder is None or not self.folder.is_dir():

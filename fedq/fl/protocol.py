@@ -26,7 +26,7 @@ from fedq.comm.downlink import Downlink
 from fedq.errors import FedqError
 
 TRAIN, QUERY = "train", "query"  # message types
-ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"  # record names inside a message
+ARRAYS, CONFIG, METRICS, EXTRA = "arrays", "config", "metrics", "extra"  # record names inside a message
 
 # a train request's config
 SERVER_ROUND = "server-round"
@@ -37,6 +37,10 @@ BASE_DIGEST = "fedq-base-digest"  # a delta against the seeded model: that model
 KEEP = "fedq-keep"  # 1: the server remembers what this client now holds, so the client keeps it too
 SLOT, SLOTS = "fedq-slot", "fedq-slots"  # the client's place among the round's clients (correlated rounding)
 CLIP_NORM = "fedq-clip-norm"  # fl.dp: the norm the client clips its update to before encoding it (0: none)
+SECAGG = "fedq-secagg"  # 1: keep the update for secure aggregation and send public keys (fedq.fl.secagg)
+STAGE = "fedq-stage"  # train, or a later stage of secure aggregation (whose arrays are in EXTRA_RECORD)
+STAGE_SETTING = "fedq-stage."  # the prefix of a stage's own settings
+EXTRA_RECORD = "fedq-extra-record"  # the name of the record that holds a stage request's own arrays
 NUM_PARTITIONS = "num-partitions"  # a SuperNode's node-config key
 DOWNLINK_RECORD = "fedq-downlink-record"  # the name of the record that holds a request's downlink arrays
 ERRORS = "errors"  # a reply's record of the clients that delivered no update: {index: reason}
@@ -52,10 +56,12 @@ ROUND_SECONDS = "round-seconds"  # the client's whole round in its process: rebu
 STEPS = "steps"
 FINGERPRINT = "tokenizer-fingerprint"
 SIM_SECONDS = "sim-seconds"  # the client's round on its simulated device (fl.devices)
+TRAIN_STAGE = "train"
 UNCLIPPED = "fedq-unclipped"  # fl.dp: 1 if the update was within the clip norm (adaptive clipping counts them)
 
 # the reason of an error reply: a simulated fault, or a client that does not hold what a delta builds on
 DROPOUT = "dropout"
+SECAGG_DROPPED = "secagg"  # fl.secagg: admitted, then failed a later stage (its update is not in the sum)
 CRASHED = "crashed"
 RESYNC = "resync"
 WORKER_DIED = "worker died"  # the simulation's worker (a Ray actor) that ran the client died
@@ -77,6 +83,9 @@ class NoUpdate(Exception):
         self.reason = reason
 
 
+NO_DOWNLINK = Downlink([], "none", 0)  # a stage request of secure aggregation sends no model
+
+
 def fingerprint_number(fingerprint: str) -> int:
     """A tokenizer fingerprint as an int that a Flower MetricRecord can carry (60 bits of the hash)."""
     return int(fingerprint[:15], 16)
@@ -93,21 +102,31 @@ class TrainRequest:
     slot: int = 0
     slots: int = 1
     clip_norm: float = 0.0
+    secagg: bool = False
+    # a later stage of secure aggregation: its name, arrays and settings (fedq.fl.secagg); the downlink is then empty
+    stage: str = TRAIN_STAGE
+    extra: list[np.ndarray] = field(default_factory=list)
+    settings: dict[str, float] = field(default_factory=dict)
 
     def config(self) -> dict[str, int | float | str]:
         return {
             SERVER_ROUND: self.server_round, PARTITION: self.partition, DOWNLINK_KIND: self.downlink.kind,
             BASE_ROUND: self.downlink.base_round, BASE_DIGEST: self.downlink.base_digest, KEEP: int(self.keep),
-            SLOT: self.slot, SLOTS: self.slots, CLIP_NORM: self.clip_norm,
+            SLOT: self.slot, SLOTS: self.slots, CLIP_NORM: self.clip_norm, SECAGG: int(self.secagg), STAGE: self.stage,
+            **{STAGE_SETTING + name: value for name, value in self.settings.items()},
         }
 
     @classmethod
-    def parse(cls, arrays: Sequence[np.ndarray], config: Mapping[str, object]) -> TrainRequest:
+    def parse(cls, arrays: Sequence[np.ndarray], config: Mapping[str, object],
+              extra: Sequence[np.ndarray] = ()) -> TrainRequest:
         try:
             downlink = Downlink(list(arrays), str(config[DOWNLINK_KIND]), int(config[BASE_ROUND]),  # type: ignore[call-overload]
                                 str(config[BASE_DIGEST]))
+            settings = {key[len(STAGE_SETTING):]: float(value) for key, value in config.items()  # type: ignore[arg-type]
+                        if key.startswith(STAGE_SETTING)}
             return cls(int(config[PARTITION]), int(config[SERVER_ROUND]), downlink, bool(config[KEEP]),  # type: ignore[call-overload]
-                       int(config[SLOT]), int(config[SLOTS]), float(config[CLIP_NORM]))  # type: ignore[call-overload, arg-type]
+                       int(config[SLOT]), int(config[SLOTS]), float(config[CLIP_NORM]),  # type: ignore[call-overload, arg-type]
+                       bool(config[SECAGG]), str(config[STAGE]), list(extra), settings)
         except (KeyError, TypeError, ValueError) as err:
             why = f"a train request without a valid {err}: server and client run different fedq versions?"
             raise ProtocolError(why) from None
@@ -159,7 +178,8 @@ Config = dict[str, int | float | str]
 
 def pack_requests(requests: Sequence[TrainRequest]) -> tuple[dict[str, list[np.ndarray]], dict[str, Config]]:
     """One message's records for ``requests``: each distinct downlink (the same list object) once as
-    ``arrays.J``, each request's config as ``config.I`` naming the record that holds its downlink."""
+    ``arrays.J``, each request's config as ``config.I`` naming the record that holds its downlink, and a stage
+    request's own arrays as ``extra.I``."""
     arrays: dict[str, list[np.ndarray]] = {}
     records: dict[int, str] = {}
     configs: dict[str, Config] = {}
@@ -167,6 +187,9 @@ def pack_requests(requests: Sequence[TrainRequest]) -> tuple[dict[str, list[np.n
         name = records.setdefault(id(request.downlink.arrays), _named(ARRAYS, len(records)))
         arrays[name] = request.downlink.arrays
         configs[_named(CONFIG, index)] = {**request.config(), DOWNLINK_RECORD: name}
+        if request.extra:
+            arrays[_named(EXTRA, index)] = request.extra
+            configs[_named(CONFIG, index)][EXTRA_RECORD] = _named(EXTRA, index)
     return arrays, configs
 
 
@@ -179,7 +202,8 @@ def unpack_requests(arrays: Mapping[str, Sequence[np.ndarray]],
         if config is None or str(config.get(DOWNLINK_RECORD)) not in arrays:
             raise ProtocolError(f"a train request without its config or downlink record {index}: server and client run "
                                 "different fedq versions?")
-        requests.append(TrainRequest.parse(arrays[str(config[DOWNLINK_RECORD])], config))
+        extra = arrays.get(str(config.get(EXTRA_RECORD)), ())
+        requests.append(TrainRequest.parse(arrays[str(config[DOWNLINK_RECORD])], config, extra))
     return requests
 
 

@@ -23,7 +23,8 @@ from fedq.fl.federation import Federation
 from fedq.fl.personal import personal_scores
 from fedq.fl.privacy import dp_delta, dp_enabled, epsilon, noise_multiplier, sampling_rate
 from fedq.fl.rounds import RoundOutcome
-from fedq.fl.settings import clients_per_round
+from fedq.fl.secagg import modulus_bits
+from fedq.fl.settings import clients_per_round, clients_sampled
 from fedq.fl.state import ServerState, save_state
 from fedq.fl.weights import vector_to_model
 from fedq.quant import describe_quantization
@@ -121,6 +122,15 @@ class RoundReporter:
             log.info(f"privacy: DP-FedAvg, updates clipped to {fl.dp.clip:g}, noise multiplier {self.noise:.4g}, sampling "
                      f"rate {sampling_rate(fl):.4g}: epsilon {epsilon(fl, fl.rounds, self.noise):.3g} at delta "
                      f"{dp_delta(fl):.3g} after {fl.rounds} rounds (Opacus's RDP accountant)")
+        if fl.secagg:
+            bits = federation.uplink.bits  # type: ignore[attr-defined]  # fl.secagg runs with the uniform uplink only
+            grid = (f"step {fl.secagg_step:g} x fl.dp.clip / sqrt(values)" if fl.dp.clip else
+                    f"outer levels at {fl.secagg_step:g} x the clients' median block max |x|")
+            what = (f"summed in {modulus_bits(bits, clients_sampled(fl))} bits a value, masks shared among up to "
+                    f"{fl.secagg_neighbours} neighbours per client" if fl.secagg_masks else
+                    "sent in the clear (fl.secagg_masks=false: the server sees every client's codes)")
+            log.info(f"secure aggregation (SecAgg+): the server learns only each round's sum; {bits}-bit codes on the "
+                     f"round's shared grid ({grid}) {what}")
 
     def start(self, vector: np.ndarray) -> None:
         """Score the untrained global model (round 0)."""
@@ -179,6 +189,7 @@ class RoundReporter:
             "client_encode_seconds": traffic.client_encode_seconds,
             "server_decode_seconds": traffic.server_decode_seconds,
             "server_train_seconds": traffic.server_train_seconds,
+            "secagg_bytes": traffic.secagg_bytes,
             "stage_seconds": traffic.stage_seconds,
             "epsilon": epsilon(self.cfg.fl, server_round, self.noise) if self.noise is not None else None,
             "clip_norm": traffic.clip_norm or None,

@@ -17,6 +17,10 @@ A reader follows one round in :meth:`Coordinator.run_round`:
 4. **aggregate** the admitted updates with the aggregator (Flower's strategy in
    ``server/``) and **step**: ``global += fl.server_lr x (aggregate - global)``.
 
+With ``fl.secagg`` step 2's replies carry public keys instead of updates, and
+three more exchanges with the admitted clients (``fedq.fl.secagg``) give the
+server the sum of their updates only; their mean is the one update aggregated.
+
 Replies are taken in partition order, so a rerun, or a resumed run, adds the same
 numbers in the same order and ends with the same weights. Every byte counted is
 the size of an array sent, per client, in both directions.
@@ -43,6 +47,7 @@ from fedq.fl.federation import Federation
 from fedq.fl.partial import fill_from_senders
 from fedq.fl.protocol import Reply, TrainRequest
 from fedq.fl.root import RootTrainer
+from fedq.fl.secagg import MASKED, Exchanger, Grid, SecureSum, StageMessage, public_keys_of, scale_blocks
 from fedq.fl.settings import FLConfig, clients_per_round, clients_sampled
 from fedq.fl.strategies import STRATEGIES
 
@@ -52,7 +57,7 @@ CENTER = "cclip_center"  # the run state's name of the last round's step (kept f
 # A round's stages in its row's stage_seconds: the server encoding the downlinks; the exchange (delivering requests and
 # collecting replies: the clients' work and the transport); the clients' whole rounds and their training, summed over
 # the clients that replied (however many ran at once); the server's decoding and checks; its defence and aggregation
-STAGES = ("downlink", "exchange", "clients", "clients_train", "decode", "aggregate")
+STAGES = ("downlink", "exchange", "clients", "clients_train", "decode", "aggregate", "secagg")
 
 
 class Exchange(Protocol):
@@ -131,6 +136,7 @@ class RoundOutcome:
     client_encode_seconds: float = 0.0
     server_decode_seconds: float = 0.0
     server_train_seconds: float = 0.0  # the server's own training on its root set (fl.defence=fltrust)
+    secagg_bytes: int = 0  # fl.secagg: the protocol's bytes besides the masked updates (keys, shares, grid), both ways
     clip_norm: float = 0.0  # fl.dp: the norm the round's clients clipped to (0: none)
     sim_seconds: float | None = None  # the virtual clock of the round (with fl.devices)
     # Where the round's wall time went, by stage (see STAGES); the clients' stages are sums over the round's clients
@@ -227,6 +233,12 @@ class Admission:
         late = self.faults.late(float(metrics.get(protocol.SIM_SECONDS, 0.0)))
         if late is not None:
             return late, None
+        if self.fl.secagg:  # its public keys (fedq.fl.secagg): the update itself never comes
+            try:
+                public_keys_of(arrays, scale_blocks(reference.size, self.uplink.block_size, self.fl.dp.clip > 0))  # type: ignore[attr-defined]
+            except FedqError as err:
+                return str(err), None
+            return None, ServerUpdate(np.zeros(0, np.float32), None)
         try:
             update = self.uplink.decode_update(arrays, reference.size, reference)
         except CodecError as err:
@@ -296,7 +308,8 @@ class Coordinator:
 
     def request(self, partition: int, server_round: int, vector: np.ndarray, slot: int, slots: int) -> TrainRequest:
         downlink = self.broadcaster.message_for(partition, vector, server_round)
-        return TrainRequest(partition, server_round, downlink, self.broadcaster.keeps, slot, slots, self.aggregator.clip_norm)
+        return TrainRequest(partition, server_round, downlink, self.broadcaster.keeps, slot, slots, self.aggregator.clip_norm,
+                            self.cfg.fl.secagg)
 
     def run_round(self, server_round: int, vector: np.ndarray, exchange: Exchange) -> tuple[np.ndarray, RoundOutcome]:
         """One round; returns the new global model and what the round cost."""
@@ -312,7 +325,56 @@ class Coordinator:
         admitted = self.admission.admit(replies, vector, self.center, outcome, waits_for_missing=waits)
         if len(admitted) < fl.min_replies:
             raise self._failure(server_round, replies, outcome)
+        if fl.secagg:
+            mean = self.secure_mean(server_round, admitted, replies, exchange, outcome)
+            return self.step(server_round, vector, admitted, [mean], outcome, weights=[1.0]), outcome
         return self.step(server_round, vector, admitted, [a.update for a in admitted], outcome), outcome
+
+    def secure_mean(self, server_round: int, admitted: list[_Admitted], replies: Sequence[Reply], exchange: Exchange,
+                    outcome: RoundOutcome) -> np.ndarray:
+        """The mean of the admitted clients' updates, of which the server learns only the sum (``fedq.fl.secagg``):
+        the round's grid from their reported block scales (or, with fl.dp, from the clip norm), then the stages."""
+        fl, numel, start = self.cfg.fl, self.federation.numel, time.perf_counter()
+        chosen = {a.partition for a in admitted}
+        sent = {r.partition: r.reply.arrays for r in replies if r.partition in chosen and r.reply is not None}
+        bits, block = self.federation.uplink.bits, self.federation.uplink.block_size  # type: ignore[attr-defined]
+        keys = {p: public_keys_of(arrays, scale_blocks(numel, block, fl.dp.clip > 0))[0] for p, arrays in sent.items()}
+        outcome.secagg_bytes += sum(payload_bytes(arrays) for arrays in sent.values())
+        if fl.dp.clip:
+            grid = Grid.of_clip(self.aggregator.clip_norm, numel, bits, len(keys), fl.secagg_step, fl.secagg_masks)
+        else:
+            grid = Grid.of_scales([arrays[1] for arrays in sent.values()], block, bits, len(keys), fl.secagg_step,
+                                  fl.secagg_masks)
+        rng = np.random.default_rng([self.cfg.seed, server_round, 0x5EC])
+        total, count = SecureSum(server_round, numel, grid, fl.secagg_neighbours, rng).run(
+            keys, self._stage_exchange(server_round, exchange, outcome))
+        if count < len(keys):
+            outcome.dropped[protocol.SECAGG_DROPPED] = len(keys) - count
+        outcome.clients = count
+        outcome.stage_seconds["secagg"] = time.perf_counter() - start
+        return grid.decode_mean(total, count)
+
+    def _stage_exchange(self, server_round: int, exchange: Exchange, outcome: RoundOutcome) -> Exchanger:
+        """The exchange of one stage of secure aggregation, its bytes counted both ways (the masked updates as the
+        uplink's, the rest also as the protocol's)."""
+        def run(messages: dict[int, StageMessage]) -> dict[int, list[np.ndarray] | None]:
+            requests = [TrainRequest(p, server_round, protocol.NO_DOWNLINK, stage=m.stage, extra=m.arrays,
+                                     settings=m.settings) for p, m in messages.items()]
+            replies = exchange(requests) if requests else []
+            answers: dict[int, list[np.ndarray] | None] = {}
+            for message in messages.values():
+                outcome.downlink_bytes += payload_bytes(message.arrays)
+                outcome.secagg_bytes += payload_bytes(message.arrays)
+            for reply in replies:
+                answers[reply.partition] = reply.reply.arrays if reply.reply is not None else None
+                if reply.reply is None:
+                    outcome.failures.append(reply.describe())
+                    continue
+                outcome.uplink_bytes += payload_bytes(reply.reply.arrays)
+                if messages[reply.partition].stage != MASKED:
+                    outcome.secagg_bytes += payload_bytes(reply.reply.arrays)
+            return answers
+        return run
 
     def send(self, server_round: int, vector: np.ndarray, partitions: list[int], exchange: Exchange,
              outcome: RoundOutcome, slots: int | None = None) -> list[Reply]:
@@ -380,18 +442,21 @@ class Coordinator:
         return [r for r in replies if r.partition not in cut], False
 
     def step(self, server_round: int, vector: np.ndarray, admitted: list[_Admitted], updates: list[np.ndarray],
-             outcome: RoundOutcome) -> np.ndarray:
-        """``updates`` (the ``admitted`` ones, perhaps scaled) with what a client did not send filled from the
-        round's other clients (``mask``), the defence (``fl.defence``, its screening counted in ``outcome``),
-        Flower's strategy, and ``global += fl.server_lr x (aggregate - global)``."""
+             outcome: RoundOutcome, weights: list[float] | None = None) -> np.ndarray:
+        """``updates`` (the ``admitted`` ones, perhaps scaled; or, given their ``weights``, one secure mean of them)
+        with what a client did not send filled from the round's other clients (``mask``), the defence
+        (``fl.defence``, its screening counted in ``outcome``), Flower's strategy, and
+        ``global += fl.server_lr x (aggregate - global)``."""
         fl = self.cfg.fl
         start = time.perf_counter()
-        weights = [a.metrics[protocol.NUM_TOKENS] for a in admitted]
-        updates = fill_from_senders(updates, [a.sent for a in admitted], weights)
+        if weights is None:
+            weights = [a.metrics[protocol.NUM_TOKENS] for a in admitted]
+            updates = fill_from_senders(updates, [a.sent for a in admitted], weights)
         screened = updates
         view = RoundView(fl, self.cfg.seed, server_round, self.center, self._root_update(server_round, vector, outcome))
         updates, weights = self.defence(updates, weights, view)
-        self._count_screening(admitted, screened, updates, view.admitted, outcome)
+        if not fl.secagg:  # a secure mean is no client's update: nothing to count
+            self._count_screening(admitted, screened, updates, view.admitted, outcome)
         aggregate = self.aggregator(server_round, vector, updates, weights)
         self.aggregator.adapt_clipping(server_round, [bool(a.metrics.get(protocol.UNCLIPPED, 1.0)) for a in admitted])
         if self.server_lr != 1.0:

@@ -117,6 +117,13 @@ class FLConfig:
     # (not sampled until it connects again); 0 = until Flower itself reports the node gone (two missed heartbeats, ~60 s)
     reply_timeout: float = 0.0
     dp: DPConfig = field(default_factory=DPConfig)
+    # Secure aggregation (fedq.fl.secagg): the server learns only the sum of a round's updates, coded on a grid the
+    # round shares (comm.uplink.bits levels up to secagg_step x the clients' median block max |x|, or with fl.dp one step
+    # of secagg_step x fl.dp.clip / sqrt(values)), masked pairwise among secagg_neighbours neighbours per client
+    secagg: bool = False
+    secagg_neighbours: int = 16
+    secagg_step: float = 1.0
+    secagg_masks: bool = True  # false: the same grid's codes sent in the clear (the baseline secure aggregation costs)
     num_cpus: int = 1  # CPUs per simulated client (whole CPUs: Flower's simulation config takes integers)
     num_gpus: float = 0.0  # GPUs per simulated client; fractions share a GPU
     verbose: bool = False  # show Flower's own INFO/DEBUG log
@@ -188,6 +195,11 @@ def _validate_faults(fl: FLConfig, k: int) -> None:
         _at_least(fl.root_pairs, 0, "root_pairs")
     _at_least(fl.flame_noise, 0, "flame_noise")
     _above(fl.attack_eps, 0, "attack_eps")
+    _at_least(fl.secagg_neighbours, 1, "secagg_neighbours")
+    _above(fl.secagg_step, 0, "secagg_step")
+    if not fl.secagg and (fl.secagg_neighbours != 16 or fl.secagg_step != 1.0 or not fl.secagg_masks):
+        raise ConfigError("fl.secagg_neighbours, fl.secagg_step and fl.secagg_masks are settings of secure aggregation: "
+                          "set fl.secagg=true")
 
 
 def _validate_late_work(fl: FLConfig, k: int) -> None:

@@ -114,6 +114,7 @@ def summarize_traffic(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "uplink_ratio": up32 / up if up else None,
         "downlink_ratio": down32 / down if down else None,
         "total_ratio": (up32 + down32) / (up + down) if up + down else None,
+        "secagg_bytes": sum(row.get("secagg_bytes", 0) for row in rows),  # fl.secagg: the protocol's, both ways
         "rejected_updates": sum(row["rejected"] for row in rows),
         "attackers": sum(row.get("attackers", 0) for row in rows),
         "attackers_admitted": _total(row.get("attackers_admitted") for row in rows),

@@ -55,6 +55,9 @@ class UpdateCodec(ABC):
     stochastic: ClassVar[bool] = False  # True: rounds with a uniform dither (which may be correlated across clients)
     reads_reference: ClassVar[bool] = False  # True: the server fills what a payload did not carry from its last step
     whole_values: ClassVar[bool] = False  # True: every value as a float (the downlink sends the whole model with it)
+    # True: per-block levels at ``bits`` that secure aggregation (fedq.fl.secagg) can put on a grid the round shares
+    # instead of the client's own scales (the codec's ``bits`` and ``block_size`` are then the grid's)
+    shares_a_grid: ClassVar[bool] = False
 
     @classmethod
     def takes_default_bits(cls, settings: dict[str, object]) -> bool:

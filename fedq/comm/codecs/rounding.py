@@ -68,6 +68,7 @@ class UniformCodec(DitheredRounding):
     entropy_coding: bool = False
     name: ClassVar[str] = "uniform"
     stochastic: ClassVar[bool] = True
+    shares_a_grid: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_bits(self.name, self.bits)
