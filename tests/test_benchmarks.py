@@ -28,7 +28,7 @@ def test_the_studies_are_the_ones_the_benchmarks_readme_runs():
     readme = (REPO / "benchmarks" / "README.md").read_text()
     studies = sorted({study for study, _ in ROWS})
     assert studies == ["defences", "downlink", "faults", "fl_multi30k", "fl_table", "frontier", "frontier_rare", "privacy",
-                       "qat_table"]
+                       "qat_table", "secagg"]
     assert all(f"python benchmarks/study.py {study}" in readme for study in studies)
     assert all(f"`{script}`" in readme for script in SCRIPTS)
 
