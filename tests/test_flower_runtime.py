@@ -49,7 +49,8 @@ def test_deployment_runtime_over_tls_with_authenticated_supernodes_one_of_which_
     not registered is refused, one that trusts another CA cannot connect; neither joins the federation. SIGKILL one
     registered SuperNode after round 1: round 2 waits fl.reply_timeout (30 s: first replies include starting a
     ClientApp process; not Flower's ~60 s heartbeat verdict) and names it unreachable with its node id; round 3
-    samples only the two nodes still connected."""
+    samples only the two nodes still connected. The rounds run under secure aggregation (fl.secagg): its stages
+    reach each SuperNode as messages of their own."""
     credentials, stranger = tmp_path / "credentials", tmp_path / "other-ca"
     make_credentials(credentials, [], devices=4)  # device-3: a key pair nobody registers
     make_credentials(stranger, [], devices=0)
@@ -57,7 +58,7 @@ def test_deployment_runtime_over_tls_with_authenticated_supernodes_one_of_which_
     lines: list[str] = []
     run_config = {
         "num-server-rounds": 3,
-        "overrides": f"quant=w4 comm.uplink.name=uniform fl.clients_per_round=3 fl.reply_timeout=30 {TINY} "
+        "overrides": f"quant=w4 comm.uplink.name=uniform fl.clients_per_round=3 fl.reply_timeout=30 fl.secagg=true {TINY} "
                      f"data.cache_dir={tmp_path / 'cache'}",
         "out-dir": str(out),
     }
@@ -82,6 +83,7 @@ def test_deployment_runtime_over_tls_with_authenticated_supernodes_one_of_which_
     summary = json.loads((out / "summary.json").read_text())
     assert [(row["round"], row["sampled"], row["clients"]) for row in rows] == [(1, 3, 3), (2, 3, 2), (3, 2, 2)], log[-3000:]
     assert rows[1]["dropped"] == {"unreachable": 1}
+    assert all(row["secagg_bytes"] > 0 and row["stage_seconds"]["secagg"] > 0 for row in rows)
     assert re.fullmatch(r"client 0: unreachable: node \d+: sent no reply within 30s", rows[1]["failures"][0])
     assert "not sampled until its node is seen again" in log
     assert summary["uplink_bytes"] == sum(row["uplink_bytes"] for row in rows)
