@@ -101,3 +101,23 @@ def test_the_defence_table_puts_attacks_in_rows_and_defences_in_columns_against_
     assert lines[2] == "| attack | FedAvg | FLTrust |"
     assert lines[4:6] == ["| no attack | +0.00 | -0.50 |", "| IPM (ε 0.5) | -10.00 (4/4) | -1.00 (0/4) |"]
     assert "| ipm_eps2-fedavg | 20.00 | -40.00 |" in lines  # a sweep row, below the grid
+
+
+def test_the_secagg_table_checks_the_targets_side_by_side(tmp_path):
+    from secagg_table import main
+
+    def finished(row: str, bleu: float, uplink: int, seconds: float, epsilon: float | None = None) -> None:
+        (tmp_path / row).mkdir()
+        summary = {"final_test_bleu": bleu, "uplink_bytes": uplink, "secagg_bytes": uplink // 100, "epsilon": epsilon}
+        (tmp_path / row / "summary.json").write_text(json.dumps(summary))
+        (tmp_path / row / "metrics.jsonl").write_text("\n".join(json.dumps({"wall_seconds": s}) for s in (seconds, 99.0, seconds)))
+
+    finished("plain", 10.0, 2_000_000, 4.0)
+    finished("clear_grid", 9.5, 2_000_000, 4.0)
+    finished("secagg", 9.5, 9_000_000, 6.0)
+    out = tmp_path / "table.md"
+    main(["--results", str(tmp_path), "--out", str(out)])
+    text = out.read_text()
+    assert "| SecAgg+ on the shared grid | 9.50 | · | 9.0 | 0.09 | 4.50 | 6.0 |" in text  # the median round
+    assert "test BLEU 9.50 vs 9.50 (identical); a round 1.50× the time" in text
+    assert "test BLEU -0.50 (target within 1: met); uplink 4.50× (target ≤ 4: missed" in text
