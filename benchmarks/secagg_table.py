@@ -8,8 +8,8 @@ bytes in both directions), the uplink against the default 2-bit uplink's, and
 the median wall seconds of a round. The checks compare, on the same work:
 SecAgg+ with the same shared grid in the clear (the sum is exact: the same
 BLEU), with the default uplink's per-client scales (within 1 BLEU), its uplink
-bytes with the default's (target ≤ 4×), and central DP at ε 8 with and without
-secure aggregation.
+bytes with the default's (target ≤ 4×), central DP at ε 8 with and without
+secure aggregation, and distributed DP (the clients' Skellam noise) with central DP.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results" / "secagg"
 ROWS = {"plain": "default 2-bit uplink (per-client scales)", "clear_grid": "shared grid in the clear",
         "secagg": "SecAgg+ on the shared grid", "central_eps8": "central DP ε 8, default uplink",
-        "secagg_eps8": "central DP ε 8 under SecAgg+"}
+        "secagg_eps8": "central DP ε 8 under SecAgg+", "distributed_eps8": "distributed DP ε 8 under SecAgg+"}
 
 
 def load(folder: Path) -> dict[str, dict]:
@@ -63,6 +63,10 @@ def table(runs: dict[str, dict]) -> str:
     if {"central_eps8", "secagg_eps8"} <= runs.keys():
         gap = runs["secagg_eps8"]["final_test_bleu"] - runs["central_eps8"]["final_test_bleu"]
         checks.append(f"- central DP ε 8 under SecAgg+ vs without: test BLEU {gap:+.2f}")
+    if {"central_eps8", "distributed_eps8"} <= runs.keys():
+        gap = runs["distributed_eps8"]["final_test_bleu"] - runs["central_eps8"]["final_test_bleu"]
+        checks.append(f"- distributed vs central DP at ε 8: test BLEU {gap:+.2f} (target within 1: "
+                      f"{'met' if abs(gap) <= 1 else 'missed'})")
     if plain and "central_eps8" in runs:
         gap = runs["central_eps8"]["final_test_bleu"] - plain["final_test_bleu"]
         checks.append(f"- central DP ε {runs['central_eps8']['epsilon']:.2f} vs no DP: test BLEU {gap:+.2f} "

@@ -43,7 +43,7 @@ class FlowerAggregator:
         self.entry = STRATEGIES.make(fl.strategy)
         build = flower_class(self.entry)
         self.inner = build(weighted_by_key=protocol.NUM_TOKENS, fraction_evaluate=0.0, **self.entry.options(fl))
-        self.private = fl.dp.clip > 0
+        self.private = fl.dp.clip > 0 and not fl.dp.distributed  # distributed DP: the clients added the noise
         self.clipping = ClipNorm.of(fl)
         # under fl.secagg the wrapper is given one update, the round's secure mean: noise z x C / cohort on it
         cohort = clients_per_round(fl)

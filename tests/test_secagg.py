@@ -202,6 +202,44 @@ def test_the_same_grid_in_the_clear_gives_the_same_model_in_fewer_bytes(tmp_path
         + 3 * (secagg.CIPHER_BYTES + secagg.SHARE_BYTES))
 
 
+def test_distributed_noise_sums_to_the_accountants_variance_and_rounding_stays_within_its_bound():
+    numel, clients, z = 20000, 50, 0.8
+    grid = secagg.Grid.of_clip(1.0, numel, 2, clients, 1.0, noise_multiplier=z)
+    assert grid.norm_bound == pytest.approx(secagg.rounded_norm_bound(math.sqrt(numel), numel))
+    assert math.sqrt(numel) < grid.norm_bound < 1.2 * math.sqrt(numel)  # rounding adds a little to the clipped norm
+    rng, noise = np.random.default_rng(0), np.random.default_rng(1)
+    update = rng.normal(size=numel)
+    update *= 1.0 / np.linalg.norm(update)  # clipped to fl.dp.clip
+    plain = secagg.Grid(grid.steps, grid.block, 2, grid.modulus_bits, norm_bound=grid.norm_bound)
+    for _ in range(20):
+        assert np.linalg.norm(plain.encode(update, rng) - 1.5) <= grid.norm_bound
+    total = sum(grid.encode(update, rng, noise).astype(np.int64) for _ in range(clients)) % (1 << grid.modulus_bits)
+    summed = grid.code_sum(total.astype(np.uint32), clients)  # below 0 and above the codes' range: recovered
+    signal = clients * (np.clip(update / grid.steps[0], -1.5, 1.5) + 1.5)
+    assert np.std(summed - signal) == pytest.approx(z * grid.norm_bound, rel=0.05)  # z x the bound, as accounted
+    assert (summed < 0).any() or (summed > 3 * clients).any()
+
+
+def test_a_distributed_dp_round_is_noised_by_the_clients_not_the_server(tmp_path, monkeypatch):
+    settings = [*TINY, f"data.cache_dir={tmp_path / 'cache'}", "clients=6", "fl.clients_per_round=5", "fl.secagg=true",
+                "fl.dp.clip=0.5", "fl.dp.noise_multiplier=0.5"]
+    steps = {}
+    for distributed in (False, True):
+        cfg = compose_config([*settings, f"fl.dp.distributed={distributed}"])
+        validate_config(cfg)
+        federation = Federation(cfg)
+        aggregator = FlowerAggregator(cfg)
+        assert aggregator.private is not distributed  # Flower's central wrapper adds noise only when the clients do not
+        start = federation.initial_vector()
+        new, outcome = Coordinator(federation, aggregator).run_round(1, start, LocalExchange(federation, ClientStore(None)))
+        assert outcome.clients == 5 and not outcome.failures
+        steps[distributed] = new - start
+    expected = 0.5 * 0.5 / 5  # z x C / cohort per value, either way
+    assert np.std(steps[False]) == pytest.approx(expected, rel=0.2)
+    bound = secagg.rounded_norm_bound(math.sqrt(steps[True].size), steps[True].size) / math.sqrt(steps[True].size)
+    assert np.std(steps[True]) == pytest.approx(expected * bound, rel=0.2)  # z x the rounded codes' bound
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (["fl.strategy=fedmedian"], "cannot screen, rank or take medians .* fl.strategy=fedmedian"),
     (["fl.defence=flame"], "fl.defence=flame"),
@@ -211,6 +249,11 @@ def test_the_same_grid_in_the_clear_gives_the_same_model_in_fewer_bytes(tmp_path
     (["fl.max_update_norm=3"], "never sees under fl.secagg"),
     (["fl.dp.clip=0.1", "fl.dp.target_quantile=0.5", "fl.dp.noise_multiplier=0.1"], "counts each client's clipped bit"),
     (["fl.clients_per_round=2"], "with 2 clients a round"),
+    (["fl.dp.clip=0.1", "fl.dp.noise_multiplier=1", "fl.dp.distributed=true", "fl.secagg_masks=false"],
+     "fl.secagg_masks=false would send them in the clear"),
+    (["fl.dp.clip=0.1", "fl.dp.distributed=true"], "fl.dp.distributed adds the clients' share of the noise"),
+    (["fl.dp.clip=0.1", "fl.dp.noise_multiplier=1", "fl.dp.distributed=true", "fl.secagg=false"],
+     "only secure aggregation keeps from the server"),
 ])
 def test_what_cannot_run_under_secure_aggregation_is_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -231,7 +231,7 @@ def secure_stage(federation: Federation, request: TrainRequest, store: ClientSto
         elif request.stage == secagg.MASKED:
             grid = secagg.Grid.parse(extra[1], request.settings)
             rng = np.random.default_rng([round_seed(federation.cfg, server_round, partition), 0x5EC])
-            codes = grid.encode(saved[UPDATE], rng)
+            codes = grid.encode(saved[UPDATE], rng, np.random.default_rng())  # its noise: secret, from the OS
             arrays = secagg.masked_codes(secrets, partition, server_round, codes, grid, extra[0])
             store.save_secrets(partition, server_round, secrets.arrays())  # the update is not needed any more
         elif request.stage == secagg.UNMASK:

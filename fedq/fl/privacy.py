@@ -117,6 +117,9 @@ def check_privacy(fl: FLConfig, plain_mean: bool, defence: str, partial_uplink: 
     if dp.target_quantile and not dp.clip:
         raise ConfigError("adaptive clipping (fl.dp.target_quantile) starts from fl.dp.clip: set it (e.g. 0.1)")
     if not dp_enabled(fl):
+        if dp.distributed:
+            raise ConfigError("fl.dp.distributed adds the clients' share of the noise: set fl.dp.noise_multiplier or "
+                              "fl.dp.target_epsilon (and fl.dp.clip)")
         return
     if dp.noise_multiplier and dp.target_epsilon:
         raise ConfigError("give fl.dp.noise_multiplier or fl.dp.target_epsilon, not both (the target chooses the noise)")

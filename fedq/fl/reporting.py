@@ -119,7 +119,10 @@ class RoundReporter:
         log.info(f"shards: {federation.data.describe()}")
         self.noise = noise_multiplier(fl) if dp_enabled(fl) else None  # DP's z, for each row's epsilon
         if self.noise is not None:
-            log.info(f"privacy: DP-FedAvg, updates clipped to {fl.dp.clip:g}, noise multiplier {self.noise:.4g}, sampling "
+            where = ("the clients' Skellam shares under secure aggregation (distributed)" if fl.dp.distributed else
+                     "the server (central)")
+            log.info(f"privacy: DP-FedAvg, updates clipped to {fl.dp.clip:g}, noise multiplier {self.noise:.4g} added by "
+                     f"{where}, sampling "
                      f"rate {sampling_rate(fl):.4g}: epsilon {epsilon(fl, fl.rounds, self.noise):.3g} at delta "
                      f"{dp_delta(fl):.3g} after {fl.rounds} rounds (Opacus's RDP accountant)")
         if fl.secagg:

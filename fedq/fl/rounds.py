@@ -45,6 +45,7 @@ from fedq.fl.defences import DEFENCES, RoundView
 from fedq.fl.faults import Faults
 from fedq.fl.federation import Federation
 from fedq.fl.partial import fill_from_senders
+from fedq.fl.privacy import noise_multiplier
 from fedq.fl.protocol import Reply, TrainRequest
 from fedq.fl.root import RootTrainer
 from fedq.fl.secagg import MASKED, Exchanger, Grid, SecureSum, StageMessage, public_keys_of, scale_blocks
@@ -341,7 +342,8 @@ class Coordinator:
         keys = {p: public_keys_of(arrays, scale_blocks(numel, block, fl.dp.clip > 0))[0] for p, arrays in sent.items()}
         outcome.secagg_bytes += sum(payload_bytes(arrays) for arrays in sent.values())
         if fl.dp.clip:
-            grid = Grid.of_clip(self.aggregator.clip_norm, numel, bits, len(keys), fl.secagg_step, fl.secagg_masks)
+            z = noise_multiplier(fl) if fl.dp.distributed else 0.0
+            grid = Grid.of_clip(self.aggregator.clip_norm, numel, bits, len(keys), fl.secagg_step, fl.secagg_masks, z)
         else:
             grid = Grid.of_scales([arrays[1] for arrays in sent.values()], block, bits, len(keys), fl.secagg_step,
                                   fl.secagg_masks)

@@ -63,6 +63,8 @@ SECRET_BYTES = 32  # the self-mask seed and the X25519 mask key: two 16-byte chu
 SHARE_BYTES = 4 + SECRET_BYTES  # the holder's index, then its share of each chunk
 NONCE_BYTES = 12
 CIPHER_BYTES = NONCE_BYTES + 8 + 2 * SHARE_BYTES + 16  # nonce, (from, to), the two shares, GCM tag
+MAX_ROUNDINGS = 100  # conditional rounding: draws before a client gives up (each succeeds with probability >= 0.39)
+NOISE_TAILS = 10  # distributed DP: the modulus holds the sum's noise out to this many standard deviations
 SHARES_INFO, MASK_INFO = b"fedq-secagg-shares", b"fedq-secagg-mask"  # what each agreed key is for
 
 
@@ -73,6 +75,9 @@ class SecAggError(FedqError):
 def check_secure_aggregation(fl: FLConfig, plain_mean: bool, uplink: UplinkConfig, codec: UpdateCodec,
                              collusive: bool) -> None:
     """Refuse, with one line before any work, what cannot run when the server sees only the sum of the updates."""
+    if fl.dp.distributed and not fl.secagg:
+        raise ConfigError("fl.dp.distributed: the clients add the noise, which only secure aggregation keeps from the "
+                          "server (each noisy update alone is barely noised): set fl.secagg=true")
     if not fl.secagg:
         return
     if fl.defence != "none" or not plain_mean:
@@ -98,6 +103,9 @@ def check_secure_aggregation(fl: FLConfig, plain_mean: bool, uplink: UplinkConfi
     if fl.dp.target_quantile:
         raise ConfigError("adaptive clipping (fl.dp.target_quantile) counts each client's clipped bit in the clear; "
                           "under fl.secagg use fixed clipping")
+    if fl.dp.distributed and not fl.secagg_masks:
+        raise ConfigError("fl.dp.distributed hides each client's noisy codes in the masked sum: fl.secagg_masks=false "
+                          "would send them in the clear")
     if clients_per_round(fl) < 3:
         raise ConfigError(f"fl.secagg with {clients_per_round(fl)} clients a round: the sum of two updates tells each "
                           "client the other's; sample at least 3 a round")
@@ -173,21 +181,26 @@ def add_mod(total: np.ndarray, values: np.ndarray, signed: int, modulus_bits: in
 
 # --- the grid and the graph ------------------------------------------------------------------------------------------
 
-def modulus_bits(bits: int, count: int) -> int:
-    """K: the bits that hold the sum of ``count`` codes of ``bits`` bits exactly."""
-    return max(1, math.ceil(math.log2(((1 << bits) - 1) * count + 1)))
+def modulus_bits(bits: int, count: int, noise_std: float = 0.0) -> int:
+    """K: the bits that hold the sum of ``count`` codes of ``bits`` bits exactly, and with distributed DP its noise
+    of standard deviation ``noise_std`` out to NOISE_TAILS deviations either side."""
+    return max(1, math.ceil(math.log2(((1 << bits) - 1) * count + 2 * NOISE_TAILS * noise_std + 1)))
 
 
 @dataclass(frozen=True)
 class Grid:
     """The round's shared grid: 2^bits levels ``(code - (2^bits - 1) / 2) x step`` with one step per block of
-    ``block`` values (the same for every client of the round), codes summed mod 2^modulus_bits."""
+    ``block`` values (the same for every client of the round), codes summed mod 2^modulus_bits. With distributed DP
+    (``fl.dp.distributed``) each client rounds until its centred codes are within ``norm_bound`` and adds Skellam
+    noise of variance ``noise_variance`` per value, so that the sum carries the noise the accountant assumes."""
 
     steps: np.ndarray
     block: int
     bits: int
     modulus_bits: int
     masked: bool = True  # False: the codes go in the clear (fl.secagg_masks=false, the same grid's baseline)
+    noise_variance: float = 0.0
+    norm_bound: float = 0.0
 
     @property
     def width(self) -> int:
@@ -201,15 +214,38 @@ class Grid:
     def per_value(self, numel: int) -> np.ndarray:
         return np.repeat(self.steps.astype(np.float64), self.block)[:numel]
 
-    def encode(self, update: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Unbiased stochastic rounding onto the grid (values beyond the outer levels are clipped to them)."""
+    def encode(self, update: np.ndarray, rng: np.random.Generator,
+               noise: np.random.Generator | None = None) -> np.ndarray:
+        """Unbiased stochastic rounding onto the grid (values beyond the outer levels are clipped to them), with
+        distributed DP conditional on the norm bound (Kairouz et al. 2021) and plus the client's Skellam noise drawn
+        from ``noise`` (the client's own secret randomness); the codes mod 2^32."""
         position = np.clip(update.astype(np.float64) / self.per_value(update.size) + self.top / 2, 0.0, self.top)
         low = np.floor(position)
-        return (low + (rng.random(update.size) < position - low)).astype(np.uint32)
+        for _ in range(MAX_ROUNDINGS):
+            codes = low + (rng.random(update.size) < position - low)
+            if not self.norm_bound or float(np.linalg.norm(codes - self.top / 2)) <= self.norm_bound:
+                break
+        else:
+            raise SecAggError(f"no rounding of the update within the norm bound {self.norm_bound:.4g} in "
+                              f"{MAX_ROUNDINGS} draws (is it clipped to fl.dp.clip?)")
+        whole = codes.astype(np.int64)
+        if self.noise_variance:
+            assert noise is not None  # a client always passes its own generator
+            half = self.noise_variance / 2  # Skellam(mu, mu) = Poisson(mu) - Poisson(mu): variance 2 mu
+            whole += noise.poisson(half, update.size) - noise.poisson(half, update.size)
+        return (whole & 0xFFFFFFFF).astype(np.uint32)
+
+    def code_sum(self, total: np.ndarray, count: int) -> np.ndarray:
+        """The sum of ``count`` clients' codes from ``total`` mod 2^K: as it is without noise (it never wraps), else
+        the representative nearest the codes' centre (noise can take it below 0)."""
+        if not self.noise_variance:
+            return total.astype(np.float64)
+        modulus, centre = 1 << self.modulus_bits, count * self.top // 2
+        return ((total.astype(np.int64) - centre + modulus // 2) % modulus - modulus // 2 + centre).astype(np.float64)
 
     def decode_mean(self, total: np.ndarray, count: int) -> np.ndarray:
         """The mean update of ``count`` clients whose codes sum to ``total``."""
-        return ((total.astype(np.float64) / count - self.top / 2) * self.per_value(total.size)).astype(np.float32)
+        return ((self.code_sum(total, count) / count - self.top / 2) * self.per_value(total.size)).astype(np.float32)
 
     @classmethod
     def of_scales(cls, scales: Sequence[np.ndarray], block: int, bits: int, count: int, multiplier: float,
@@ -220,21 +256,38 @@ class Grid:
         return cls(steps.astype(np.float32), block, bits, modulus_bits(bits, count), masked)
 
     @classmethod
-    def of_clip(cls, clip: float, numel: int, bits: int, count: int, multiplier: float, masked: bool = True) -> Grid:
-        """With fl.dp, a grid from public values only: one step, ``multiplier`` x the RMS of an update of norm ``clip``."""
-        return cls(np.array([multiplier * clip / math.sqrt(numel)], np.float32), numel, bits, modulus_bits(bits, count),
-                   masked)
+    def of_clip(cls, clip: float, numel: int, bits: int, count: int, multiplier: float, masked: bool = True,
+                noise_multiplier: float = 0.0) -> Grid:
+        """With fl.dp, a grid from public values only: one step, ``multiplier`` x the RMS of an update of norm
+        ``clip``; with distributed DP (``noise_multiplier`` > 0) the norm bound of its rounded codes and each of the
+        ``count`` clients' share of the noise, z x that bound on the sum."""
+        step = multiplier * clip / math.sqrt(numel)
+        bound = rounded_norm_bound(clip / step, numel) if noise_multiplier else 0.0
+        variance = (noise_multiplier * bound) ** 2 / count
+        modulus = modulus_bits(bits, count, math.sqrt(count * variance))
+        if modulus > 32:
+            raise SecAggError(f"distributed DP: the sum of {count} clients' codes and noise (z {noise_multiplier:.3g}) "
+                              f"needs {modulus} bits a value, more than 32; raise fl.secagg_step or lower the noise")
+        return cls(np.array([step], np.float32), numel, bits, modulus, masked, variance, bound)
 
     def arrays(self) -> list[np.ndarray]:
         return [self.steps]
 
     def settings(self) -> dict[str, float]:
-        return {"block": self.block, "bits": self.bits, "modulus-bits": self.modulus_bits, "masked": int(self.masked)}
+        return {"block": self.block, "bits": self.bits, "modulus-bits": self.modulus_bits, "masked": int(self.masked),
+                "noise-variance": self.noise_variance, "norm-bound": self.norm_bound}
 
     @classmethod
     def parse(cls, steps: np.ndarray, settings: dict[str, float]) -> Grid:
         return cls(steps.astype(np.float32), int(settings["block"]), int(settings["bits"]), int(settings["modulus-bits"]),
-                   bool(settings["masked"]))
+                   bool(settings["masked"]), float(settings["noise-variance"]), float(settings["norm-bound"]))
+
+
+def rounded_norm_bound(norm: float, numel: int, beta: float = math.exp(-0.5)) -> float:
+    """The L2 bound that conditional randomized rounding keeps a vector of norm ``norm`` (in grid steps) within
+    (Kairouz, Liu & Steinke, ICML 2021, DDGauss): a draw succeeds with probability at least 1 - ``beta``."""
+    squared = norm ** 2 + numel / 4 + math.sqrt(2 * math.log(1 / beta)) * (norm + math.sqrt(numel) / 2)
+    return min(math.sqrt(squared), norm + math.sqrt(numel))
 
 
 def scale_blocks(numel: int, block: int, private: bool) -> int:

@@ -54,6 +54,9 @@ class DPConfig:
     # of the clients' update norms, learnt from their noised count of unclipped updates
     target_quantile: float = 0.0
     clip_lr: float = 0.2  # adaptive clipping: the geometric step of the norm
+    # Distributed DP under fl.secagg: each client adds its share of Skellam noise to its codes (Agarwal et al. 2021), so
+    # that no party sees a noise-free update and the masked sum carries z x the codes' norm bound; the server adds none
+    distributed: bool = False
 
 
 @dataclass
