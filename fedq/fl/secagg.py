@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from Crypto.Protocol.SecretSharing import Shamir
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -417,8 +418,9 @@ def reveal(secrets: ClientSecrets, partition: int, server_round: int, senders: n
         key = agree(secrets.cipher_key, keys[sender][:KEY_BYTES].tobytes(), info(server_round, SHARES_INFO))
         try:
             plaintext = decrypt(key, ciphertext.tobytes())
-        except Exception as err:  # cryptography's InvalidTag: tampered or misaddressed
-            raise SecAggError(f"client {partition} could not decrypt the share of client {sender}: {err!r}") from None
+        except InvalidTag:  # tampered with, or encrypted for another client
+            raise SecAggError(f"client {partition} could not decrypt the share of client {sender}: not addressed to it "
+                              "or altered") from None
         if int.from_bytes(plaintext[:4], "little") != sender or int.from_bytes(plaintext[4:8], "little") != partition:
             raise SecAggError(f"client {partition} was forwarded a share that client {sender} did not address to it")
         start = 8 if alive else 8 + SHARE_BYTES
