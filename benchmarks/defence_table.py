@@ -20,7 +20,7 @@ ATTACKS = {"none": "no attack", "signflip": "sign flip", "ipm": "IPM (ε 0.5)", 
            "minmax": "min-max", "minsum": "min-sum"}
 DEFENCES = {"fedavg": "FedAvg", "median": "FedMedian", "trimmed": "FedTrimmedAvg", "krum": "Krum",
             "cclip": "centered clipping", "nnm": "NNM + FedAvg", "fltrust": "FLTrust", "dnc": "DnC", "flame": "FLAME",
-            "flamemedian": "FLAME + FedMedian"}
+            "flamemedian": "FLAME + FedMedian", "trustmedian": "trust filter + FedMedian"}
 CLEAN = "none-fedavg"
 
 

@@ -155,13 +155,13 @@ def test_an_extension_that_cannot_be_used_is_one_line(tmp_path, user_module):
     for setting, why in ((f"fl.defence={user_module}:Nothing", f"{user_module} has no Nothing"),
                          ("fl.defence=no_such_module_here:X", "cannot import no_such_module_here"),
                          (f"fl.defence={user_module}:Amplify", "is not a fedq.fl.defences.Defence"),
-                         ("fl.defence=nmm", "fl.defence='nmm' is unknown; choose one of none, nnm, bucketing, cclip, dnc, fltrust, flame")):
+                         ("fl.defence=nmm", "fl.defence='nmm' is unknown; choose one of none, nnm, bucketing, cclip, dnc, fltrust, trustfilter, flame")):
         with pytest.raises(ConfigError, match=re.escape(why)):
             validate_config(compose_config([*base, setting]))
 
 
 def test_the_registries_hold_the_built_in_entries_and_their_checks_refuse_what_cannot_run(tmp_path):
-    assert DEFENCES.names() == ("none", "nnm", "bucketing", "cclip", "dnc", "fltrust", "flame")
+    assert DEFENCES.names() == ("none", "nnm", "bucketing", "cclip", "dnc", "fltrust", "trustfilter", "flame")
     assert ATTACKS.names() == ("none", "sign_flip", "scaled_noise", "std_shift", "alie", "ipm", "min_max", "min_sum")
     assert all(issubclass(DEFENCES.get(name), Defence) for name in DEFENCES.names())
     assert [name for name in ATTACKS.names() if ATTACKS.get(name).collusive] == ["alie", "ipm", "min_max", "min_sum"]

@@ -83,6 +83,23 @@ def test_flame_without_noise_hands_the_admitted_clipped_updates_to_the_strategy(
         validate_config(compose_config(["fl.defence=flame", "fl.strategy=fedmedian", "fl.flame_noise=0.1"]))
 
 
+def test_the_trust_filter_hands_the_trusted_updates_as_sent_to_the_strategy():
+    cfg = compose_config(["fl.defence=trustfilter", "fl.strategy=fedmedian"])
+    validate_config(cfg)
+    rng = np.random.default_rng(4)
+    reference = rng.normal(size=300).astype(np.float32)
+    updates = [(reference * s + 0.5 * rng.normal(size=300)).astype(np.float32) for s in (1.0, 3.0, 0.5)]
+    updates.insert(1, -reference)  # a sign-flipped update: cosine -1
+    view = RoundView(cfg.fl, 1, 2, np.zeros(300, np.float32), root_update=reference)
+    kept, weights = DEFENCES.make("trustfilter")(updates, [1.0, 2.0, 3.0, 4.0], view)
+    assert [id(u) for u in kept] == [id(updates[i]) for i in (0, 2, 3)]  # the very arrays: not rescaled, counted
+    assert weights == [1.0, 3.0, 4.0]
+    (none,), _ = DEFENCES.make("trustfilter")([-reference], [1.0], view)
+    assert not none.any()  # nothing trusted: no step, as FLTrust
+    with pytest.raises(FedqError, match="fl.defence=trustfilter keeps .* fl.root_pairs=0 leaves it none"):
+        validate_config(compose_config(["fl.defence=trustfilter", "fl.root_pairs=0"]))
+
+
 def test_the_root_set_is_drawn_before_the_clients_split_and_only_when_asked_for():
     kept = list(range(0, 300, 3))
     clients, root = carve_root(kept, 20, 4, seed=1)

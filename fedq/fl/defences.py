@@ -22,6 +22,9 @@ the strategy aggregates (``fl.defence``):
 - ``fltrust`` (Cao et al., NDSS 2021): the server trains on a root set of its
   own (``fl.root_pairs``, ``fedq.fl.root``) and weighs each update by the
   ReLU of its cosine to the server's update, rescaled to that update's norm;
+- ``trustfilter``: FLTrust's trust as a filter, without its reweighting and
+  rescaling: the updates whose cosine to the server's root update is positive go
+  to the strategy as they were sent (``fl.strategy=fedmedian``: their median);
 - ``flame`` (Nguyen et al., USENIX Security 2022): HDBSCAN (scikit-learn) on
   the updates' cosine distances keeps the majority cluster, every update is
   clipped to the round's median norm, and Gaussian noise of ``fl.flame_noise``
@@ -264,6 +267,29 @@ class FLTrust(Defence):
         aggregate, trust = fltrust(updates, view.root_update)
         view.admitted = [bool(t > 0) for t in trust]
         return [aggregate], [1.0]
+
+
+@DEFENCES.add
+class TrustFilter(Defence):
+    """FLTrust's trust as a filter: the updates whose cosine to the server's update on its root set is positive, as
+    they were sent, for the strategy to aggregate (``fl.strategy=fedmedian``: their median)."""
+
+    name = "trustfilter"
+    uses_root = True
+    settings = ("root_pairs",)
+
+    def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
+        if root_pairs(fl) < 1:
+            raise ConfigError(f"fl.defence=trustfilter keeps the updates whose cosine to the server's own update on a "
+                              f"root set is positive: fl.root_pairs={fl.root_pairs} leaves it none")
+
+    def __call__(self, updates: list[np.ndarray], weights: list[float],
+                 view: RoundView) -> tuple[list[np.ndarray], list[float]]:
+        assert view.root_update is not None
+        trusted = fltrust(updates, view.root_update)[1] > 0
+        if not trusted.any():
+            return [np.zeros_like(view.root_update, np.float32)], [1.0]  # as FLTrust: nothing trusted, no step
+        return [u for u, t in zip(updates, trusted) if t], [w for w, t in zip(weights, trusted) if t]
 
 
 def fltrust(updates: list[np.ndarray], reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
