@@ -96,7 +96,7 @@ def test_the_trust_filter_hands_the_trusted_updates_as_sent_to_the_strategy():
     assert weights == [1.0, 3.0, 4.0]
     (none,), _ = DEFENCES.make("trustfilter")([-reference], [1.0], view)
     assert not none.any()  # nothing trusted: no step, as FLTrust
-    with pytest.raises(FedqError, match="fl.defence=trustfilter keeps .* fl.root_pairs=0 leaves it none"):
+    with pytest.raises(FedqError, match="fl.defence=trustfilter measures .* fl.root_pairs=0 leaves it none"):
         validate_config(compose_config(["fl.defence=trustfilter", "fl.root_pairs=0"]))
 
 

@@ -255,11 +255,14 @@ class FLTrust(Defence):
     settings = ("root_pairs",)
 
     def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
-        if root_pairs(fl) < 1:
-            raise ConfigError(f"fl.defence=fltrust weighs each update by its cosine to the server's own update on a root "
-                              f"set that no client holds: fl.root_pairs={fl.root_pairs} leaves it none (default "
-                              f"{DEFAULT_ROOT_PAIRS})")
+        self.check_root(fl)
         needs_plain_mean(fl)
+
+    def check_root(self, fl: FLConfig) -> None:
+        if root_pairs(fl) < 1:
+            raise ConfigError(f"fl.defence={self.name} measures each update by its cosine to the server's own update on "
+                              f"a root set that no client holds: fl.root_pairs={fl.root_pairs} leaves it none (default "
+                              f"{DEFAULT_ROOT_PAIRS})")
 
     def __call__(self, updates: list[np.ndarray], weights: list[float],
                  view: RoundView) -> tuple[list[np.ndarray], list[float]]:
@@ -270,18 +273,14 @@ class FLTrust(Defence):
 
 
 @DEFENCES.add
-class TrustFilter(Defence):
+class TrustFilter(FLTrust):
     """FLTrust's trust as a filter: the updates whose cosine to the server's update on its root set is positive, as
     they were sent, for the strategy to aggregate (``fl.strategy=fedmedian``: their median)."""
 
     name = "trustfilter"
-    uses_root = True
-    settings = ("root_pairs",)
 
     def check(self, fl: FLConfig, round_size: int, attackers: int) -> None:
-        if root_pairs(fl) < 1:
-            raise ConfigError(f"fl.defence=trustfilter keeps the updates whose cosine to the server's own update on a "
-                              f"root set is positive: fl.root_pairs={fl.root_pairs} leaves it none")
+        self.check_root(fl)
 
     def __call__(self, updates: list[np.ndarray], weights: list[float],
                  view: RoundView) -> tuple[list[np.ndarray], list[float]]:
