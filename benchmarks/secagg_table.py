@@ -3,7 +3,7 @@
     python benchmarks/study.py secagg               # runs the rows into benchmarks/results/secagg/
     python benchmarks/secagg_table.py [--out FILE]  # this table
 
-Each row: test BLEU, ε (where DP is on), uplink MB (the protocol's share of the
+Each row: test BLEU, the last round's train loss, ε (where DP is on), uplink MB (the protocol's share of the
 bytes in both directions), the uplink against the default 2-bit uplink's, and
 the median wall seconds of a round. The checks compare, on the same work:
 SecAgg+ with the same shared grid in the clear (the sum is exact: the same
@@ -37,21 +37,24 @@ def load(folder: Path) -> dict[str, dict]:
 
 def table(runs: dict[str, dict]) -> str:
     plain = runs.get("plain")
-    lines = ["| row | test BLEU | ε | uplink MB | protocol MB | × default uplink | s a round |", "|---|---|---|---|---|---|---|"]
+    lines = ["| row | test BLEU | train loss, last round | ε | uplink MB | protocol MB | × default uplink | s a round |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, label in ROWS.items():
         if name not in runs:
             continue
         run = runs[name]
         epsilon = f"{run['epsilon']:.2f}" if run.get("epsilon") is not None else "·"
         ratio = f"{run['uplink_bytes'] / plain['uplink_bytes']:.2f}" if plain else "·"
-        lines.append(f"| {label} | {run['final_test_bleu']:.2f} | {epsilon} | {run['uplink_bytes'] / 1e6:.1f} | "
+        lines.append(f"| {label} | {run['final_test_bleu']:.2f} | {run['train_loss_final']:.3f} | {epsilon} | "
+                     f"{run['uplink_bytes'] / 1e6:.1f} | "
                      f"{run.get('secagg_bytes', 0) / 1e6:.2f} | {ratio} | {run['round_seconds']:.1f} |")
     lines.append("")
     checks = []
     if {"secagg", "clear_grid"} <= runs.keys():
-        same = runs["secagg"]["final_test_bleu"] == runs["clear_grid"]["final_test_bleu"]
+        same = all(runs["secagg"][key] == runs["clear_grid"][key] for key in ("final_test_bleu", "train_loss_final"))
         checks.append(f"- SecAgg+ vs the same grid in the clear: test BLEU {runs['secagg']['final_test_bleu']:.2f} vs "
-                      f"{runs['clear_grid']['final_test_bleu']:.2f} ({'identical' if same else 'DIFFERENT'}); "
+                      f"{runs['clear_grid']['final_test_bleu']:.2f}, train loss {runs['secagg']['train_loss_final']:.4f} vs "
+                      f"{runs['clear_grid']['train_loss_final']:.4f} ({'identical' if same else 'DIFFERENT'}); "
                       f"a round {runs['secagg']['round_seconds'] / runs['clear_grid']['round_seconds']:.2f}× the time")
     if plain and "secagg" in runs:
         gap = runs["secagg"]["final_test_bleu"] - plain["final_test_bleu"]

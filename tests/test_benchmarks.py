@@ -108,7 +108,8 @@ def test_the_secagg_table_checks_the_targets_side_by_side(tmp_path):
 
     def finished(row: str, bleu: float, uplink: int, seconds: float, epsilon: float | None = None) -> None:
         (tmp_path / row).mkdir()
-        summary = {"final_test_bleu": bleu, "uplink_bytes": uplink, "secagg_bytes": uplink // 100, "epsilon": epsilon}
+        summary = {"final_test_bleu": bleu, "uplink_bytes": uplink, "secagg_bytes": uplink // 100, "epsilon": epsilon,
+                   "train_loss_final": 5.0}
         (tmp_path / row / "summary.json").write_text(json.dumps(summary))
         (tmp_path / row / "metrics.jsonl").write_text("\n".join(json.dumps({"wall_seconds": s}) for s in (seconds, 99.0, seconds)))
 
@@ -118,6 +119,6 @@ def test_the_secagg_table_checks_the_targets_side_by_side(tmp_path):
     out = tmp_path / "table.md"
     main(["--results", str(tmp_path), "--out", str(out)])
     text = out.read_text()
-    assert "| SecAgg+ on the shared grid | 9.50 | · | 9.0 | 0.09 | 4.50 | 6.0 |" in text  # the median round
-    assert "test BLEU 9.50 vs 9.50 (identical); a round 1.50× the time" in text
+    assert "| SecAgg+ on the shared grid | 9.50 | 5.000 | · | 9.0 | 0.09 | 4.50 | 6.0 |" in text  # the median round
+    assert "test BLEU 9.50 vs 9.50, train loss 5.0000 vs 5.0000 (identical); a round 1.50× the time" in text
     assert "test BLEU -0.50 (target within 1: met); uplink 4.50× (target ≤ 4: missed" in text
