@@ -79,7 +79,7 @@ def test_end_to_end_simulation_with_flower_and_ray(small_run):
     for row in rows:  # where the round's time went: the clients' own timings came back through Flower
         stages = row["stage_seconds"]
         assert stages["exchange"] > stages["clients"] / 2 and stages["clients"] > stages["clients_train"] > 0
-        assert sorted(stages) == sorted(STAGES) and row["wall_seconds"] > stages["exchange"]
+        assert set(stages) == set(STAGES) - {"secagg"} and row["wall_seconds"] > stages["exchange"]  # no fl.secagg
     assert f"ε {rows[2]['epsilon']:.3g}" in [line for line in stdout.splitlines() if line.startswith("round 3/3")][0]
 
 

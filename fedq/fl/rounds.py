@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 CENTER = "cclip_center"  # the run state's name of the last round's step (kept for cclip and mask)
 # A round's stages in its row's stage_seconds: the server encoding the downlinks; the exchange (delivering requests and
 # collecting replies: the clients' work and the transport); the clients' whole rounds and their training, summed over
-# the clients that replied (however many ran at once); the server's decoding and checks; its defence and aggregation
+# the clients that replied (however many ran at once); the server's decoding and checks; its defence and aggregation;
+# with fl.secagg only, the secure stages after the train request (grid, shares, masked codes, unmasking)
 STAGES = ("downlink", "exchange", "clients", "clients_train", "decode", "aggregate", "secagg")
 
 
