@@ -129,11 +129,14 @@ class RoundReporter:
             bits = federation.uplink.bits  # type: ignore[attr-defined]  # fl.secagg runs with the uniform uplink only
             grid = (f"step {fl.secagg_step:g} x fl.dp.clip / sqrt(values)" if fl.dp.clip else
                     f"outer levels at {fl.secagg_step:g} x the clients' median block max |x|")
-            what = (f"summed in {modulus_bits(bits, clients_sampled(fl))} bits a value, masks shared among up to "
-                    f"{fl.secagg_neighbours} neighbours per client" if fl.secagg_masks else
-                    "sent in the clear (fl.secagg_masks=false: the server sees every client's codes)")
-            log.info(f"secure aggregation (SecAgg+): the server learns only each round's sum; {bits}-bit codes on the "
-                     f"round's shared grid ({grid}) {what}")
+            codes = f"{bits}-bit codes on the round's shared grid ({grid})"
+            if fl.secagg_masks:
+                log.info(f"secure aggregation (SecAgg+): the server learns only each round's sum; {codes} summed in "
+                         f"{modulus_bits(bits, clients_sampled(fl))} bits a value, masks shared among up to "
+                         f"{fl.secagg_neighbours} neighbours per client")
+            else:
+                log.info(f"secure aggregation's grid without its masks (fl.secagg_masks=false): {codes} sent in the "
+                         "clear, the server sees every client's codes")
 
     def start(self, vector: np.ndarray) -> None:
         """Score the untrained global model (round 0)."""

@@ -13,6 +13,7 @@ from fedq.fl.fleet import validate_fleet
 log = logging.getLogger(__name__)
 
 LOCAL_OPTIMIZERS = ("adam", "sgd")
+SECAGG_SETTINGS = ("secagg_neighbours", "secagg_step", "secagg_masks")  # refused away from their default without fl.secagg
 MODES = ("sync", "async")
 
 
@@ -200,7 +201,7 @@ def _validate_faults(fl: FLConfig, k: int) -> None:
     _above(fl.attack_eps, 0, "attack_eps")
     _at_least(fl.secagg_neighbours, 1, "secagg_neighbours")
     _above(fl.secagg_step, 0, "secagg_step")
-    if not fl.secagg and (fl.secagg_neighbours != 16 or fl.secagg_step != 1.0 or not fl.secagg_masks):
+    if not fl.secagg and any(getattr(fl, name) != getattr(FLConfig, name) for name in SECAGG_SETTINGS):
         raise ConfigError("fl.secagg_neighbours, fl.secagg_step and fl.secagg_masks are settings of secure aggregation: "
                           "set fl.secagg=true")
 
