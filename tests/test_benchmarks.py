@@ -27,8 +27,8 @@ SLOW_SCRIPTS = {"bench_adapter_memory.py", "bench_deployment.py", "bench_fleet.p
 def test_the_studies_are_the_ones_the_benchmarks_readme_runs():
     readme = (REPO / "benchmarks" / "README.md").read_text()
     studies = sorted({study for study, _ in ROWS})
-    assert studies == ["defences", "downlink", "faults", "fl_multi30k", "fl_table", "frontier", "frontier_rare", "privacy",
-                       "qat_table", "secagg"]
+    assert studies == ["defences", "defences_fleet", "downlink", "faults", "fl_multi30k", "fl_table", "frontier",
+                       "frontier_rare", "privacy", "qat_table", "secagg"]
     assert all(f"python benchmarks/study.py {study}" in readme for study in studies)
     assert all(f"`{script}`" in readme for script in SCRIPTS)
 
@@ -94,13 +94,15 @@ def test_the_defence_table_puts_attacks_in_rows_and_defences_in_columns_against_
     finished("none-fltrust", 59.5)
     finished("ipm-fedavg", 50.0, 4)
     finished("ipm-fltrust", 59.0, 0)
+    finished("ipm10-fltrust", 59.75, 0)
     finished("ipm_eps2-fedavg", 20.0, 4)
     out = tmp_path / "table.md"
     main(["--results", str(tmp_path), "--out", str(out)])
     lines = out.read_text().splitlines()
     assert lines[2] == "| attack | FedAvg | FLTrust |"
-    assert lines[4:6] == ["| no attack | +0.00 | -0.50 |", "| IPM (ε 0.5) | -10.00 (4/4) | -1.00 (0/4) |"]
-    assert "| ipm_eps2-fedavg | 20.00 | -40.00 |" in lines  # a sweep row, below the grid
+    assert lines[4:7] == ["| no attack | +0.00 | -0.50 |", "| IPM (ε 0.5) | -10.00 (4/4) | -1.00 (0/4) |",
+                          "| IPM (ε 0.5), 10 % | · | -0.25 (0/4) |"]
+    assert "| ipm_eps2-fedavg | 20.00 | -40.00 (4/4) |" in lines  # a sweep row, below the grid
 
 
 def test_the_secagg_table_checks_the_targets_side_by_side(tmp_path):
