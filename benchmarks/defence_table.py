@@ -19,12 +19,12 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "defences"
 ATTACKS = {"none": "no attack", "signflip": "sign flip", "ipm": "IPM (ε 0.5)", "ipm_eps8": "IPM (ε 8)",
-           "alie_z10": "ALIE (z 10)",
-           "minmax": "min-max", "minsum": "min-sum"}
+           "alie_z10": "ALIE (z 10)", "minmax": "min-max", "minsum": "min-sum"}
 ATTACKS |= {f"{attack}10": f"{ATTACKS[attack]}, 10 %" for attack in ("signflip", "ipm", "minmax", "minsum")}
 DEFENCES = {"fedavg": "FedAvg", "median": "FedMedian", "trimmed": "FedTrimmedAvg", "krum": "Krum",
             "cclip": "centered clipping", "nnm": "NNM + FedAvg", "fltrust": "FLTrust", "dnc": "DnC", "flame": "FLAME",
-            "flamemedian": "FLAME + FedMedian", "trustmedian": "trust filter + FedMedian"}
+            "flamemedian": "FLAME + FedMedian", "trustmedian": "trust filter + FedMedian",
+            "trusttrimmed": "trust filter + FedTrimmedAvg"}
 CLEAN = "none-fedavg"
 
 
