@@ -41,9 +41,9 @@ def cell(summary: dict | None, clean: float) -> str:
     return text
 
 
-def table(runs: dict[str, dict]) -> str:
+def table(runs: dict[str, dict], folder: Path = RESULTS) -> str:
     if CLEAN not in runs:
-        raise SystemExit(f"error: the clean row {CLEAN} has not finished in {RESULTS}: run it first")
+        raise SystemExit(f"error: the clean row {CLEAN} has not finished in {folder}: run it first")
     clean = runs[CLEAN]["final_test_bleu"]
     defences = [d for d in DEFENCES if any(f"{a}-{d}" in runs for a in ATTACKS)]
     lines = [f"Test BLEU against the clean FedAvg run ({clean:.2f}); 20 % of the clients attacking unless a row says "
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help="the study's results folder")
     parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args(argv)
-    text = table(summaries(args.results))
+    text = table(summaries(args.results), args.results)
     print(text, end="")
     if args.out:
         args.out.write_text(text)

@@ -103,6 +103,9 @@ def test_the_defence_table_puts_attacks_in_rows_and_defences_in_columns_against_
     assert lines[4:7] == ["| no attack | +0.00 | -0.50 |", "| IPM (ε 0.5) | -10.00 (4/4) | -1.00 (0/4) |",
                           "| IPM (ε 0.5), 10 % | · | -0.25 (0/4) |"]
     assert "| ipm_eps2-fedavg | 20.00 | -40.00 (4/4) |" in lines  # a sweep row, below the grid
+    (tmp_path / "none-fedavg" / "summary.json").unlink()
+    with pytest.raises(SystemExit, match=f"the clean row none-fedavg has not finished in {tmp_path}"):
+        main(["--results", str(tmp_path)])
 
 
 def test_the_secagg_table_checks_the_targets_side_by_side(tmp_path):
