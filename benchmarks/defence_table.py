@@ -41,7 +41,7 @@ def cell(summary: dict | None, clean: float) -> str:
     return text
 
 
-def table(runs: dict[str, dict], folder: Path = RESULTS) -> str:
+def table(runs: dict[str, dict], folder: Path) -> str:
     if CLEAN not in runs:
         raise SystemExit(f"error: the clean row {CLEAN} has not finished in {folder}: run it first")
     clean = runs[CLEAN]["final_test_bleu"]
